@@ -1,0 +1,119 @@
+"""poolx's exceptions.
+
+Each one subclasses the stdlib type that existing ``except`` clauses already
+catch, so code written for ``concurrent.futures`` keeps working::
+
+    Exception
+    ├── PoolxError                                   everything raised by poolx itself
+    │   ├── WorkerDiedError      (+ BrokenProcessPool)  a worker process died running the task
+    │   ├── InitializerError     (+ BrokenProcessPool)  the worker initializer raised; executor broken
+    │   ├── SerializationError   (+ pickle.PicklingError)  a callable, argument or result cannot be pickled
+    │   ├── DeserializationError (+ pickle.UnpicklingError) a task or result cannot be unpickled
+    │   └── RemoteError                              a task's exception that could not travel as itself
+    └── RemoteTraceback                              the ``__cause__`` of a re-raised task exception:
+                                                     the worker's formatted traceback
+
+A task's own exception is re-raised in the caller as its original type, with
+the worker's traceback attached as ``__cause__`` (a ``RemoteTraceback``), as
+``concurrent.futures`` and ``multiprocessing`` do.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+from concurrent.futures.process import BrokenProcessPool
+
+
+class PoolxError(Exception):
+    """Base class of the errors poolx raises itself."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised in a worker."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class WorkerDiedError(PoolxError, BrokenProcessPool):
+    """The worker process running this task died (crash, signal, ``os._exit``).
+
+    Only the task the worker was running fails; the worker is replaced and the
+    executor keeps serving other tasks.  ``exitcode`` is the process's exit code
+    (negative: killed by that signal) and ``pid`` its process id.
+    """
+
+    def __init__(self, message: str, *, exitcode: int | None = None, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+        self.pid = pid
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_rebuild_worker_died, (str(self), self.exitcode, self.pid))
+
+
+def _rebuild_worker_died(message: str, exitcode: int | None, pid: int | None) -> WorkerDiedError:
+    return WorkerDiedError(message, exitcode=exitcode, pid=pid)
+
+
+class InitializerError(PoolxError, BrokenProcessPool):
+    """The worker initializer raised; the executor cannot start workers."""
+
+
+class SerializationError(PoolxError, pickle.PicklingError):
+    """A callable, argument or result could not be pickled."""
+
+
+class DeserializationError(PoolxError, pickle.UnpicklingError):
+    """A task could not be unpickled in the worker, or a result in the driver."""
+
+
+class RemoteError(PoolxError):
+    """A task raised an exception that could not be sent back as itself.
+
+    ``type_name`` is the exception's ``module.qualname``, ``message`` its
+    ``str()`` and ``tb`` the worker's formatted traceback.
+    """
+
+    def __init__(self, type_name: str, message: str, tb: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.tb = tb
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (RemoteError, (self.type_name, self.message, self.tb))
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Explain a worker's exit code, naming the signal and the likely cause."""
+    if exitcode is None:
+        return "its exit code is unknown"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        cause = _SIGNAL_CAUSES.get(name, "it was killed by a signal")
+        return f"it was killed by {name} ({exitcode}); {cause}"
+    if exitcode == 0:
+        return "it exited with code 0 while running the task (sys.exit(0) in a thread, or os._exit(0))"
+    return (
+        f"it exited with code {exitcode} (os._exit() or a fatal error in an extension module); "
+        "run the task in the serial backend to see it happen in-process"
+    )
+
+
+_SIGNAL_CAUSES = {
+    "SIGSEGV": "likely a crash in C code (an extension module, ctypes) or a stack overflow",
+    "SIGBUS": "likely a bad memory access in C code or a truncated memory-mapped file",
+    "SIGABRT": "likely an assertion or abort() in C code",
+    "SIGKILL": "likely the kernel's out-of-memory killer (check `dmesg`), or an external kill -9",
+    "SIGTERM": "something sent it SIGTERM",
+    "SIGFPE": "likely an arithmetic fault in C code",
+}

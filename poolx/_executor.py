@@ -1,0 +1,474 @@
+"""poolx.Executor: the one front door.
+
+A drop-in ``concurrent.futures.ProcessPoolExecutor`` (same signature, same
+semantics) whose work runs on a pluggable backend.  Every other front end
+(Pool, the joblib backend, the Ray-style API, the profiling harness) is built
+on this class and never talks to a backend directly.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import math
+import os
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ParamSpec, TypeVar
+
+from ._errors import RemoteTraceback
+from ._futures import Future, Task
+from ._telemetry import Statistics, Telemetry
+from .backends import Backend, BackendOptions, get_backend
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Seconds of work a map() chunk should hold once the per-item cost is known: long
+# enough that per-message costs vanish, short enough to balance the workers.
+TARGET_CHUNK_SECONDS = 0.02
+# Largest automatic chunk, in items.
+MAX_AUTO_CHUNK = 65536
+# Chunks of one map() kept in flight per worker when no buffersize is given.
+MAP_INFLIGHT_PER_WORKER = 4
+
+_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+_interpreter_exiting = False
+
+
+def _at_exit() -> None:
+    """Let pending work finish before the interpreter exits (the stdlib's rule).
+
+    After an uncaught Ctrl-C, pending work is cancelled and workers stopped at
+    once instead: the user asked the program to stop.
+    """
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    interrupted = getattr(sys, "last_type", None) is KeyboardInterrupt
+    for ex in list(_live):
+        try:
+            if interrupted:
+                ex._interrupt()
+            else:
+                ex.shutdown(wait=True)
+        except Exception:
+            pass
+
+
+threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+
+
+def default_max_workers() -> int:
+    """The CPUs this process may use (affinity and cgroup quotas included)."""
+    from loky import cpu_count
+
+    return max(1, cpu_count())
+
+
+class Executor(cf.Executor):
+    """Run callables in parallel; a drop-in for ``ProcessPoolExecutor``.
+
+    ``max_workers`` defaults to the CPUs this process may use; ``mp_context``
+    (a multiprocessing context or a start-method name) defaults to forkserver
+    on Linux and spawn elsewhere; ``initializer(*initargs)`` runs once in each
+    worker; ``max_tasks_per_child`` replaces a worker after that many tasks.
+    ``backend`` picks where tasks run: ``"processes"`` (default), ``"threads"``,
+    ``"serial"``, or any registered backend.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        backend: str = "processes",
+    ) -> None:
+        if max_workers is None:
+            max_workers = default_max_workers()
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+            method = _start_method(mp_context)
+            if method == "fork":
+                raise ValueError(
+                    "max_tasks_per_child is incompatible with the 'fork' multiprocessing "
+                    "start method; supply a different mp_context."
+                )
+        backend_cls = get_backend(backend)
+        if max_tasks_per_child is not None and not backend_cls.supports_max_tasks_per_child:
+            raise ValueError(
+                f"the {backend!r} backend does not support max_tasks_per_child; "
+                "use backend='processes'"
+            )
+        self._max_workers = max_workers
+        self._telemetry = Telemetry()
+        self._backend: Backend = backend_cls(
+            BackendOptions(max_workers, mp_context, initializer, tuple(initargs), max_tasks_per_child),
+            self._telemetry,
+        )
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._feeders: list[_Feeder] = []
+        _live.add(self)
+
+    # -- introspection ---------------------------------------------------------
+
+    @property
+    def max_workers(self) -> int:
+        """The number of workers this executor runs at most."""
+        return self._max_workers
+
+    @property
+    def backend(self) -> str:
+        """The name of the backend tasks run on."""
+        return self._backend.name
+
+    def statistics(self) -> Statistics:
+        """A frozen snapshot: tasks, workers, bytes moved, busy time per worker."""
+        return self._telemetry.snapshot(
+            backend=self._backend.name, max_workers=self._max_workers, **self._backend.worker_counts()
+        )
+
+    def export_trace(self, path: str | os.PathLike[str]) -> None:
+        """Write the task timeline as Chrome/Perfetto trace JSON (one lane per worker).
+
+        Open it at https://ui.perfetto.dev or chrome://tracing.
+        """
+        self._telemetry.export_trace(path, self._backend.name)
+
+    # -- submitting -------------------------------------------------------------
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)``; returns a Future for its result."""
+        return self._submit(fn, args, kwargs).future
+
+    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Task:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable, got {type(fn).__name__} {fn!r}")
+        task = Task(fn, args, kwargs)
+        self._backend.submit(task)
+        self._telemetry.task_submitted()
+        return task
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
+    ) -> Iterator[T]:
+        """Like ``concurrent.futures.Executor.map``, with automatic chunking.
+
+        ``chunksize=None`` (the default) lets poolx size chunks itself: one item
+        at a time until the cost of an item is measured, then chunks of about
+        TARGET_CHUNK_SECONDS (at most a quarter of each worker's share when the
+        input has a length).  The input is consumed lazily: at most
+        ``buffersize`` chunks are in flight (Python 3.14 semantics: the next
+        chunk is submitted as a result is consumed); without ``buffersize``, a
+        background feeder keeps a few chunks per worker in flight whether or
+        not results are being consumed, so all the work runs as with the stdlib.
+        """
+        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
+            raise ValueError("buffersize must be None or > 0")
+        if chunksize is not None and chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        sizer = _ChunkSizer(chunksize, _length(iterables), self._max_workers)
+        chunks = _chunks(zip(*iterables), sizer)
+        if buffersize is not None or self._backend.runs_in_caller:
+            # An in-process backend runs each chunk as it is consumed, in the caller.
+            return _results_buffered(self, fn, chunks, sizer, buffersize or 1, end_time)
+        feeder = _Feeder(self, fn, chunks, sizer, MAP_INFLIGHT_PER_WORKER * self._max_workers)
+        return _results_fed(feeder, end_time)
+
+    # -- stopping ---------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; with ``wait``, return when all of it has finished."""
+        feeders = list(self._feeders)
+        for feeder in feeders:
+            if cancel_futures:
+                feeder.stop()
+        if wait:
+            for feeder in feeders:
+                feeder.join()
+        with self._shutdown_lock:
+            self._shutdown = True
+        self._backend.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def terminate_workers(self) -> None:
+        """SIGTERM every worker now; pending work is cancelled (Python 3.14 API)."""
+        self._force(kill=False)
+
+    def kill_workers(self) -> None:
+        """SIGKILL every worker now; pending work is cancelled (Python 3.14 API)."""
+        self._force(kill=True)
+
+    def _force(self, kill: bool) -> None:
+        if not self._backend.supports_terminate:
+            self._backend.terminate_workers(kill)  # raises, naming the backend
+        for feeder in list(self._feeders):
+            feeder.stop()
+        with self._shutdown_lock:
+            self._shutdown = True
+        self._backend.terminate_workers(kill)
+        self._backend.shutdown(wait=False, cancel_futures=True)
+
+    def _interrupt(self) -> None:
+        """After Ctrl-C: cancel what is pending, stop workers, return promptly."""
+        if self._backend.supports_terminate:
+            self._force(kill=True)
+            self._backend.shutdown(wait=True, cancel_futures=True)
+        else:
+            self.shutdown(wait=False, cancel_futures=True)
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._interrupt()
+        else:
+            self.shutdown(wait=True)
+        return False
+
+
+def _start_method(mp_context: Any) -> str:
+    if mp_context is None:
+        return "forkserver" if sys.platform.startswith("linux") else "spawn"
+    if isinstance(mp_context, str):
+        return mp_context
+    return str(mp_context.get_start_method())
+
+
+def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    try:
+        return min(len(it) for it in iterables)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+class _ChunkSizer:
+    """Chooses map() chunk sizes: fixed, or measured from completed chunks."""
+
+    def __init__(self, chunksize: int | None, length: int | None, workers: int) -> None:
+        self.fixed = chunksize
+        self.cap = MAX_AUTO_CHUNK
+        if length is not None:
+            # The multiprocessing.Pool rule: at most 4 chunks per worker's share.
+            self.cap = max(1, min(self.cap, math.ceil(length / (4 * workers))))
+        self.per_item: float | None = None
+
+    def next_size(self) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        if self.per_item is None:
+            return 1
+        return max(1, min(self.cap, int(TARGET_CHUNK_SECONDS / max(self.per_item, 1e-9))))
+
+    def observe(self, task: Task, n: int) -> None:
+        if task.t_end > task.t_start > 0:
+            per_item = (task.t_end - task.t_start) / n
+            prev = self.per_item
+            self.per_item = per_item if prev is None else 0.5 * (prev + per_item)
+
+
+def _chunks(items: Iterator[tuple[Any, ...]], sizer: _ChunkSizer) -> Iterator[list[tuple[Any, ...]]]:
+    while True:
+        chunk = list(itertools.islice(items, sizer.next_size()))
+        if not chunk:
+            return
+        yield chunk
+
+
+def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
+    """Runs in the worker: apply ``fn`` to each item of a chunk."""
+    results = []
+    for args in chunk:
+        try:
+            results.append(fn(*args))
+        except BaseException as exc:
+            raise _ChunkError(results, exc) from exc
+    return results
+
+
+class _ChunkError(Exception):
+    """A map() item failed: carries the results before it and the error."""
+
+    def __init__(self, results: list[Any], error: BaseException) -> None:
+        super().__init__(results, error)
+        self.results = results
+        self.error = error
+
+
+def _submit_chunk(ex: Executor, fn: Callable[..., Any], chunk: list[Any], sizer: _ChunkSizer) -> Task:
+    task = ex._submit(_run_chunk, (fn, chunk), {})
+    # Measured when the chunk finishes, whether or not anyone consumes results yet.
+    task.future.add_done_callback(lambda _f: sizer.observe(task, len(chunk)))
+    return task
+
+
+def _chunk_outcome(task: Task, timeout: float | None) -> tuple[list[Any], BaseException | None]:
+    """The results of a finished chunk, and the item error that ended it, if any."""
+    try:
+        return task.future.result(timeout), None
+    except _ChunkError as exc:
+        error = exc.error
+        if isinstance(exc.__cause__, RemoteTraceback) and error.__cause__ is None:
+            error.__cause__ = exc.__cause__
+        return exc.results, error
+
+
+def _remaining(end_time: float | None) -> float | None:
+    return None if end_time is None else end_time - time.monotonic()
+
+
+def _cancel_all(tasks: Iterable[Task]) -> None:
+    for task in tasks:
+        task.future.cancel()
+
+
+def _results_buffered(ex: Executor, fn: Callable[..., Any], chunks: Iterator[list[Any]],
+                      sizer: _ChunkSizer, buffersize: int, end_time: float | None) -> Iterator[Any]:
+    """map() with ``buffersize``: the next chunk is submitted as one is consumed."""
+    inflight: deque[tuple[Task, int]] = deque()
+    for chunk in itertools.islice(chunks, buffersize):
+        inflight.append((_submit_chunk(ex, fn, chunk, sizer), len(chunk)))
+
+    def results() -> Iterator[Any]:
+        try:
+            while inflight:
+                task, n = inflight.popleft()
+                values, error = _chunk_outcome(task, _remaining(end_time))
+                if error is not None:
+                    yield from values
+                    raise error
+                if not ex._shutdown:
+                    for chunk in itertools.islice(chunks, 1):
+                        inflight.append((_submit_chunk(ex, fn, chunk, sizer), len(chunk)))
+                yield from values
+        finally:
+            _cancel_all(t for t, _ in inflight)
+
+    return results()
+
+
+class _Feeder:
+    """Submits map() chunks from a background thread, a bounded number in flight."""
+
+    def __init__(self, ex: Executor, fn: Callable[..., Any], chunks: Iterator[list[Any]],
+                 sizer: _ChunkSizer, inflight: int) -> None:
+        self.ex = ex
+        self.fn = fn
+        self.chunks = chunks
+        self.sizer = sizer
+        self.slots = threading.Semaphore(inflight)
+        self.cond = threading.Condition()
+        self.tasks: deque[tuple[Task, int]] = deque()
+        self.finished = False
+        self.error: BaseException | None = None
+        self.stopped = False
+        ex._feeders.append(self)
+        # Fill the first window here, so that errors in the input or at submit
+        # surface from map() itself, as with the stdlib.
+        self.feed(first=True)
+        if not self.finished:
+            self.thread: threading.Thread | None = threading.Thread(
+                target=self.feed, name="poolx-map-feeder", daemon=True)
+            self.thread.start()
+        else:
+            self.thread = None
+            self.retire()
+
+    def feed(self, first: bool = False) -> None:
+        try:
+            while not self.stopped:
+                if not self.slots.acquire(blocking=not first):
+                    return  # the first window is full: the thread takes over
+                if self.stopped:
+                    return
+                chunk = next(self.chunks, None)
+                if chunk is None:
+                    break
+                task = _submit_chunk(self.ex, self.fn, chunk, self.sizer)
+                task.future.add_done_callback(lambda _f: self.slots.release())
+                with self.cond:
+                    self.tasks.append((task, len(chunk)))
+                    self.cond.notify_all()
+        except BaseException as exc:
+            if first:
+                self.retire()
+                raise
+            self.error = exc
+        with self.cond:
+            self.finished = True
+            self.cond.notify_all()
+        if not first:
+            self.retire()
+
+    def retire(self) -> None:
+        try:
+            self.ex._feeders.remove(self)
+        except ValueError:
+            pass
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.slots.release()
+        with self.cond:
+            self.finished = True
+            self.cond.notify_all()
+        self.retire()
+
+    def join(self) -> None:
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join()
+
+    def next_task(self, end_time: float | None) -> tuple[Task, int] | None:
+        with self.cond:
+            while not self.tasks:
+                if self.finished:
+                    if self.error is not None:
+                        raise self.error
+                    return None
+                remaining = _remaining(end_time)
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError()
+                self.cond.wait(remaining)
+            return self.tasks.popleft()
+
+
+def _results_fed(feeder: _Feeder, end_time: float | None) -> Iterator[Any]:
+    def results() -> Iterator[Any]:
+        try:
+            while (item := feeder.next_task(end_time)) is not None:
+                task, n = item
+                values, error = _chunk_outcome(task, _remaining(end_time))
+                if error is not None:
+                    yield from values
+                    raise error
+                yield from values
+        finally:
+            if not feeder.finished or feeder.tasks:
+                feeder.stop()
+                _cancel_all(t for t, _ in feeder.tasks)
+
+    return results()
+

@@ -1,0 +1,85 @@
+"""poolx's Future and the task record behind it.
+
+``Future`` subclasses ``concurrent.futures.Future``, so the stdlib's ``wait``,
+``as_completed`` and ``asyncio.wrap_future`` accept it; it is also awaitable.
+``Task`` is the driver-side work item (CPython's ``_WorkItem``): the callable,
+its arguments, the future it completes, and the timestamps the telemetry reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import itertools
+import time
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_task_ids = itertools.count(1)  # next() on a count is atomic under the GIL
+
+
+class Future(cf.Future[T]):
+    """A ``concurrent.futures.Future`` that can also be awaited."""
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return asyncio.wrap_future(self).__await__()
+
+
+class Task:
+    """One unit of work on its way through a backend.
+
+    Timestamps are ``time.perf_counter()`` seconds (system-wide monotonic on
+    Linux and macOS, so a worker's clock compares with the driver's):
+    ``t_submit`` when the caller submitted it, ``t_dispatch`` when it was sent to
+    a worker, ``t_start``/``t_end`` around the call in the worker, ``t_done`` when
+    the driver completed the future.  ``bytes_out``/``bytes_in`` are the pickled
+    sizes each way (0 for in-process backends).
+    """
+
+    __slots__ = (
+        "args",
+        "bytes_in",
+        "bytes_out",
+        "fn",
+        "future",
+        "id",
+        "kwargs",
+        "retries",
+        "state",
+        "t_dispatch",
+        "t_done",
+        "t_end",
+        "t_start",
+        "t_submit",
+        "worker",
+    )
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.id = next(_task_ids)
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.future: Future[Any] = Future()
+        self.t_submit = time.perf_counter()
+        self.t_dispatch = self.t_start = self.t_end = self.t_done = 0.0
+        self.worker = -1
+        self.bytes_out = self.bytes_in = 0
+        self.retries = 0  # times requeued after its worker died
+        self.state: Any = None  # backend-private
+
+    def run_here(self) -> None:
+        """Run in the calling thread and complete the future (in-process backends)."""
+        if not self.future.set_running_or_notify_cancel():
+            return
+        self.t_dispatch = self.t_start = time.perf_counter()
+        try:
+            result = self.fn(*self.args, **self.kwargs)
+        except BaseException as exc:
+            self.t_end = time.perf_counter()
+            self.future.set_exception(exc)
+        else:
+            self.t_end = time.perf_counter()
+            self.future.set_result(result)
+        self.t_done = time.perf_counter()

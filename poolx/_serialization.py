@@ -1,0 +1,96 @@
+"""Pickling for everything that crosses a process boundary.
+
+* cloudpickle, so lambdas, closures and functions defined in ``__main__`` or
+  interactively work under every start method.  Its ``Pickler`` is the C pickler
+  with a ``reducer_override`` hook, so plain data (ints, strings, lists, dicts)
+  costs what the stdlib costs; we reuse one pickler per thread because building
+  one is most of the cost of ``cloudpickle.dumps`` for a small object
+  (1.7 us against 0.5 us, measured on the 2-core CI machine).
+* Pickle protocol 5 with out-of-band buffers: a buffer of at least
+  ``OOB_MIN_BYTES`` (a numpy array, ``bytes``, ``bytearray``) is not copied into
+  the pickle stream; it travels as its own frame and the receiver rebuilds the
+  object on top of the received memory.
+
+This module is shared by the driver and the worker and imports neither.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import threading
+import types
+from typing import Any
+
+import cloudpickle
+
+PROTOCOL = 5
+# Buffers smaller than this are copied into the pickle stream: below ~64 KiB the
+# bookkeeping of a separate frame costs more than the memcpy it saves.
+OOB_MIN_BYTES = 64 * 1024
+
+
+class _Dumper(threading.local):
+    def __init__(self) -> None:
+        self.file = io.BytesIO()
+        self.buffers: list[pickle.PickleBuffer] = []
+        self.pickler = cloudpickle.Pickler(self.file, PROTOCOL, buffer_callback=self._on_buffer)
+        self.busy = False
+
+    def _on_buffer(self, buf: pickle.PickleBuffer) -> bool:
+        if buf.raw().nbytes < OOB_MIN_BYTES:
+            return True  # serialize in band
+        self.buffers.append(buf)
+        return False
+
+
+_dumper = _Dumper()
+
+
+def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickle ``obj``; returns the pickle bytes and its out-of-band buffers."""
+    d = _dumper
+    if d.busy:  # re-entrant use (a __reduce__ that pickles): use a fresh pickler
+        buffers: list[pickle.PickleBuffer] = []
+
+        def keep(buf: pickle.PickleBuffer) -> bool:
+            if buf.raw().nbytes < OOB_MIN_BYTES:
+                return True
+            buffers.append(buf)
+            return False
+
+        return cloudpickle.dumps(obj, PROTOCOL, buffer_callback=keep), buffers
+    d.busy = True
+    try:
+        d.pickler.dump(obj)
+        return d.file.getvalue(), d.buffers
+    finally:
+        d.file.seek(0)
+        d.file.truncate()
+        d.pickler.clear_memo()
+        d.buffers = []
+        d.busy = False
+
+
+def loads(data: bytes | bytearray | memoryview, buffers: Any = ()) -> Any:
+    """Inverse of dumps()."""
+    return pickle.loads(data, buffers=buffers)
+
+
+def cacheable(fn: Any) -> bool:
+    """Whether ``fn`` may be pickled once and then referred to by key.
+
+    Only plain functions and builtins qualify: a bound method, a partial or a
+    callable instance carries state that may change between calls, so those
+    are pickled with each task, as the stdlib does.
+    """
+    return isinstance(fn, types.FunctionType | types.BuiltinFunctionType)
+
+
+def describe(obj: Any) -> str:
+    """A short name for an object in error messages: ``module.qualname`` or its type."""
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    if name is not None:
+        module = getattr(obj, "__module__", None)
+        return f"{module}.{name}" if module else str(name)
+    return f"{type(obj).__module__}.{type(obj).__qualname__} instance"

@@ -1,0 +1,118 @@
+"""Backends: where tasks run.
+
+A backend is one small class.  The ``Executor`` builds ``Task`` records and
+hands them to ``submit``; the backend runs them and completes each task's
+future (and calls ``telemetry.task_done``).  What a backend cannot do is said
+by its class flags, never found out by ``isinstance``.
+
+Built in: ``serial`` (in the calling thread), ``threads`` and ``processes``
+(poolx's own engine, the default).  Third-party packages add backends through
+the ``poolx.backends`` entry-point group, each entry naming a ``Backend``
+subclass.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .._futures import Task
+from .._telemetry import Telemetry
+
+
+@dataclass
+class BackendOptions:
+    """What the ``Executor`` passes to a backend's constructor."""
+
+    max_workers: int
+    mp_context: Any = None
+    initializer: Any = None
+    initargs: tuple[Any, ...] = ()
+    max_tasks_per_child: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """The protocol every backend implements."""
+
+    name: ClassVar[str]
+    #: tasks run in other processes: callables and arguments are pickled
+    uses_processes: ClassVar[bool] = False
+    #: a dead worker is replaced and only its task fails
+    supports_worker_restart: ClassVar[bool] = False
+    #: terminate_workers() / kill_workers() can stop running tasks
+    supports_terminate: ClassVar[bool] = False
+    #: max_tasks_per_child is honoured
+    supports_max_tasks_per_child: ClassVar[bool] = False
+    #: large buffers cross through shared memory (poolx.put, issue 7)
+    supports_shared_memory: ClassVar[bool] = False
+    #: per-task timeouts that stop the running task
+    supports_timeouts: ClassVar[bool] = False
+    #: tasks run synchronously in the submitting thread (map() then runs lazily)
+    runs_in_caller: ClassVar[bool] = False
+
+    def __init__(self, options: BackendOptions, telemetry: Telemetry) -> None:
+        self.options = options
+        self.telemetry = telemetry
+
+    @abstractmethod
+    def submit(self, task: Task) -> None:
+        """Start ``task``; complete ``task.future`` when it finishes.  Never blocks long."""
+
+    @abstractmethod
+    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        """Stop accepting work; with ``wait``, return once everything has finished."""
+
+    def terminate_workers(self, kill: bool) -> None:
+        """Stop every worker now (SIGTERM, or SIGKILL with ``kill``)."""
+        raise NotImplementedError(f"the {self.name!r} backend cannot terminate its workers")
+
+    def worker_counts(self) -> dict[str, int]:
+        """``workers_alive``, ``workers_started`` and ``workers_restarted``."""
+        return {"workers_alive": 0, "workers_started": 0, "workers_restarted": 0}
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (empty for in-process backends)."""
+        return []
+
+
+_BUILTIN = {
+    "serial": "poolx.backends.serial:SerialBackend",
+    "threads": "poolx.backends.threads:ThreadBackend",
+    "processes": "poolx.backends.processes:ProcessBackend",
+}
+_registry: dict[str, type[Backend]] = {}
+
+
+def register_backend(name: str, backend: type[Backend]) -> None:
+    """Make ``backend`` available as ``Executor(backend=name)``."""
+    if not (isinstance(backend, type) and issubclass(backend, Backend)):
+        raise TypeError(f"register_backend({name!r}, ...) needs a Backend subclass, got {backend!r}")
+    _registry[name] = backend
+
+
+def get_backend(name: str) -> type[Backend]:
+    """Return the backend class registered as ``name``."""
+    if name in _registry:
+        return _registry[name]
+    target = _BUILTIN.get(name) or _entry_points().get(name)
+    if target is None:
+        known = ", ".join(sorted(available_backends()))
+        raise ValueError(f"unknown backend {name!r}; available backends: {known}")
+    module, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    register_backend(name, cls)
+    return cls  # type: ignore[no-any-return]
+
+
+def available_backends() -> list[str]:
+    """Names accepted by ``Executor(backend=...)``."""
+    return sorted({*_BUILTIN, *_registry, *_entry_points()})
+
+
+def _entry_points() -> dict[str, str]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group="poolx.backends")}

@@ -1,0 +1,592 @@
+"""The driver side of the processes engine: one scheduler thread.
+
+Data flow::
+
+    user threads                    scheduler thread (this module)                 workers
+    ------------                    ------------------------------                 -------
+    Executor.submit                 +-------------------------------+
+      pickle args (SerializationError
+      raised here, in the caller)   |  take_incoming: tasks and      |
+      incoming.append(task) ------->|  commands -> queue             |
+      wake() (one byte, only if     |                                |   TASKS (a batch,
+      the loop may be asleep)       |  dispatch: least-loaded ready  |   fn pickled once
+                                    |  worker first, up to its       |   per worker)
+                                    |  window; one message per       |------------------> worker 0
+                                    |  worker per pass               |------------------> worker 1
+    future.result() <---------------|                                |<------------------ RESULTS
+      set_result / set_exception    |  on_message: complete futures, |   (batched)
+                                    |  update the duration estimate  |
+                                    |                                |
+                                    |  on_exit (process sentinel):   |
+                                    |  blame the task in the progress|
+                                    |  cell, requeue the rest,       |
+                                    |  start a replacement           |
+                                    +-------------------------------+
+
+The scheduler owns every socket; user threads only append to ``incoming``.
+Sockets are non-blocking and writes are buffered per worker, so a worker that
+is slow to read never stalls the others, and a large argument never deadlocks
+against a large result.
+
+Why the window: a worker keeps ``1 + prefetch`` tasks in flight, where
+prefetch covers PREFETCH_SECONDS of work at the current estimate of a task's
+duration.  Tiny tasks therefore travel hundreds per message and a worker never
+waits for the driver between them, while long tasks are not queued behind each
+other on one worker when another is idle (no prefetch until the first
+durations are known).
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import logging
+import mmap
+import os
+import pickle
+import selectors
+import socket
+import tempfile
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any
+
+from ..._errors import (
+    DeserializationError,
+    InitializerError,
+    PoolxError,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    WorkerDiedError,
+    describe_exit,
+)
+from ..._futures import Task
+from ..._serialization import describe, loads
+from ..._telemetry import Telemetry
+from . import _channel
+from . import _worker as W
+
+logger = logging.getLogger("poolx")
+
+# Work in flight on one worker, beyond the running task, in seconds of
+# estimated run time.  It must cover the driver's reaction time, which under
+# GIL contention with a submitting thread can reach the 5 ms switch interval.
+PREFETCH_SECONDS = 0.005
+# Upper bound on prefetched tasks per worker, whatever the estimate.
+MAX_PREFETCH = 2048
+# At most this many tasks go into one message.
+MAX_BATCH = 1024
+# Weight of a new observation in the duration estimate (EWMA).
+EST_ALPHA = 0.2
+# Functions a worker keeps unpickled; the driver evicts the oldest beyond this.
+WORKER_FN_CACHE = 1024
+# A task whose worker died this many times without it being the culprit fails.
+MAX_REQUEUE = 3
+# Workers dying before they are ready this many times in a row break the executor.
+MAX_START_FAILURES = 3
+# Grace period for workers to exit after STOP, then SIGKILL.
+STOP_TIMEOUT = 5.0
+
+STARTING, READY, STOPPING = "starting", "ready", "stopping"
+
+# Driver ends of every live channel: a process forked from the driver must not
+# hold them, or a worker would not see its driver hang up (see _worker watchdog).
+_driver_socks: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+def _close_driver_socks_in_child() -> None:
+    for sock in list(_driver_socks):
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_driver_socks_in_child)
+
+
+class _Worker:
+    """The driver's handle on one worker process."""
+
+    def __init__(self, index: int, process: Any, sock: socket.socket, cell: mmap.mmap,
+                 tasks_left: int | None) -> None:
+        self.index = index
+        self.process = process
+        self.sock = sock
+        self.reader = _channel.FrameReader(sock)
+        self.cell = cell
+        self.outbox: list[memoryview] = []
+        self.writing = False
+        self.outstanding: dict[int, Task] = {}  # task id -> Task, in dispatch order
+        self.known: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self.state = STARTING
+        self.pid = process.pid
+        self.tasks_left = tasks_left  # tasks it may still be sent (max_tasks_per_child)
+        self.init_error: tuple[str, str, str] | None = None
+        self.channel_open = True
+        self.stop_deadline = 0.0
+
+    def room(self, window: int) -> int:
+        room = window - len(self.outstanding)
+        if self.tasks_left is not None:
+            room = min(room, self.tasks_left)
+        return room
+
+
+class Scheduler(threading.Thread):
+    def __init__(self, ctx: Any, max_workers: int, setup: bytes, max_tasks: int | None,
+                 telemetry: Telemetry, incoming: deque[Any], wake_fd: int, backend: Any) -> None:
+        super().__init__(name="poolx-scheduler", daemon=True)
+        self.ctx = ctx
+        self.max_workers = max_workers
+        self.setup = setup
+        self.max_tasks = max_tasks
+        self.telemetry = telemetry
+        self.incoming = incoming
+        self.wake_fd = wake_fd
+        self.backend = backend  # for its wake flag and broken state
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(wake_fd, selectors.EVENT_READ, self.on_wake)
+        self.queue: deque[Task] = deque()
+        self.workers: dict[int, _Worker] = {}
+        self.next_index = 0
+        self.est: float | None = None
+        self.closing = False
+        self.terminating = False
+        self.start_failures = 0
+        self.started = 0
+        self.restarted = 0
+
+    # -- the loop -----------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            while True:
+                for key, mask in self.sel.select(self.select_timeout()):
+                    key.data(key, mask)
+                self.take_incoming()
+                if self.backend.broken is not None:
+                    self.fail_queue(InitializerError(self.backend.broken))
+                self.start_workers()
+                self.dispatch()
+                if self.closing and self.wind_down():
+                    return
+        except BaseException as exc:  # never leave futures hanging on a bug here
+            logger.exception("poolx scheduler failed")
+            self.abort(PoolxError(f"the poolx scheduler thread failed: {exc!r}"))
+        finally:
+            self.cleanup()
+
+    def select_timeout(self) -> float | None:
+        if any(w.state == STOPPING for w in self.workers.values()):
+            return 0.05
+        return None
+
+    def on_wake(self, key: Any, mask: int) -> None:
+        # Drain first, then clear the flag, then (in run) take the incoming
+        # tasks.  Clearing before draining could swallow the byte of a wake()
+        # that set the flag again in between, leaving the flag set and the
+        # loop asleep for good.
+        try:
+            while os.read(self.wake_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        self.backend.wake_pending = False
+
+    def take_incoming(self) -> None:
+        incoming = self.incoming
+        while incoming:
+            item = incoming.popleft()
+            if type(item) is tuple:
+                self.command(*item)
+            else:
+                self.queue.append(item)
+
+    def command(self, name: str, arg: Any) -> None:
+        if name == "shutdown":
+            self.closing = True
+            if arg:  # cancel_futures
+                self.cancel_queued()
+        elif name == "terminate":
+            self.closing = self.terminating = True
+            self.cancel_queued()
+            for w in list(self.workers.values()):
+                self.signal(w, kill=arg)
+
+    # -- workers ------------------------------------------------------------
+
+    def start_workers(self) -> None:
+        if self.closing or self.backend.broken is not None:
+            return
+        busy = sum(1 for w in self.workers.values() if w.outstanding or w.state == STARTING)
+        idle = len(self.workers) - busy
+        want = min(self.max_workers - len(self.workers), len(self.queue) - idle)
+        for _ in range(max(want, 0)):
+            self.start_worker()
+
+    def start_worker(self) -> None:
+        index = self.next_index
+        self.next_index += 1
+        parent, child = socket.socketpair()
+        fd, path = tempfile.mkstemp(prefix="poolx-progress-")
+        try:
+            os.unlink(path)  # nothing to clean up, ever: the fds keep it alive
+            os.ftruncate(fd, W.PROGRESS_BYTES)
+            cell = mmap.mmap(fd, W.PROGRESS_BYTES)
+            _driver_socks.add(parent)
+            process = self.ctx.Process(
+                target=W.main, args=(child, W.FdForChild(fd), index, self.setup),
+                name=f"poolx-worker-{index}",
+            )
+            process.start()
+        finally:
+            os.close(fd)
+            child.close()
+        parent.setblocking(False)
+        w = _Worker(index, process, parent, cell, self.max_tasks)
+        self.workers[index] = w
+        self.sel.register(parent, selectors.EVENT_READ, lambda k, m, w=w: self.on_socket(w, m))
+        self.sel.register(process.sentinel, selectors.EVENT_READ, lambda k, m, w=w: self.on_exit(w))
+        self.started += 1
+        if self.started > self.max_workers:
+            self.restarted += 1
+
+    def signal(self, w: _Worker, kill: bool) -> None:
+        try:
+            if kill:
+                w.process.kill()
+            else:
+                w.process.terminate()
+        except (OSError, AttributeError):
+            pass
+
+    # -- sending ------------------------------------------------------------
+
+    def window(self) -> int:
+        if self.est is None:
+            return 1
+        return 1 + min(MAX_PREFETCH, int(PREFETCH_SECONDS / max(self.est, 1e-7)))
+
+    def dispatch(self) -> None:
+        queue = self.queue
+        if not queue:
+            return
+        window = self.window()
+        heap = [(len(w.outstanding), w.index) for w in self.workers.values()
+                if w.state == READY and w.room(window) > 0]
+        if not heap:
+            return
+        heapq.heapify(heap)
+        batches: dict[int, list[Task]] = {}
+        now = time.perf_counter()
+        while queue and heap:
+            load, index = heap[0]
+            w = self.workers[index]
+            task = queue.popleft()
+            if not task.t_dispatch:  # first dispatch (a requeued task is already running)
+                if not task.future.set_running_or_notify_cancel():
+                    self.telemetry.task_cancelled()
+                    continue
+                task.t_dispatch = now
+            task.worker = index
+            w.outstanding[task.id] = task
+            if w.tasks_left is not None:
+                w.tasks_left -= 1
+            batch = batches.setdefault(index, [])
+            batch.append(task)
+            if w.room(window) > 0 and len(batch) < MAX_BATCH:
+                heapq.heapreplace(heap, (load + 1, index))
+            else:
+                heapq.heappop(heap)
+        for index, batch in batches.items():
+            self.send_tasks(self.workers[index], batch)
+
+    def send_tasks(self, w: _Worker, batch: list[Task]) -> None:
+        records = []
+        frames: list[Any] = []
+        known = w.known
+        evict: list[int] = []
+        for task in batch:
+            key, fn_bytes, payload, bufs = task.state
+            if key:
+                if key in known:
+                    known.move_to_end(key)
+                    fn_bytes = None
+                else:
+                    known[key] = None
+                    if len(known) > WORKER_FN_CACHE:
+                        evict.append(known.popitem(last=False)[0])
+            records.append((task.id, key, fn_bytes, payload, len(bufs)))
+            frames.extend(b.raw() for b in bufs)
+        control = pickle.dumps((W.TASKS, evict, records), 5)
+        self.send(w, [control, *frames])
+
+    def send(self, w: _Worker, frames: list[Any]) -> None:
+        if not w.channel_open:
+            return
+        w.outbox.extend(memoryview(b).cast("B") for b in _channel.encode(frames))
+        self.flush(w)
+
+    def flush(self, w: _Worker) -> None:
+        try:
+            while w.outbox:
+                sent = w.sock.sendmsg(w.outbox[:64])
+                w.outbox = _channel.advance(w.outbox, sent)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:  # the worker is gone; its sentinel will tell us how
+            w.outbox = []
+        want_write = bool(w.outbox)
+        if want_write != w.writing and w.channel_open:
+            w.writing = want_write
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
+            self.sel.modify(w.sock, events, self.sel.get_key(w.sock).data)
+
+    # -- receiving ----------------------------------------------------------
+
+    def on_socket(self, w: _Worker, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self.flush(w)
+        if mask & selectors.EVENT_READ:
+            self.read(w, limit=8)
+
+    def read(self, w: _Worker, limit: int | None) -> None:
+        reads = 0
+        try:
+            while limit is None or reads < limit:
+                reads += 1
+                got = w.reader.fill(nonblocking=True)
+                while (msg := w.reader.next_message()) is not None:
+                    self.on_message(w, msg)
+                if not got:
+                    return
+        except _channel.ChannelClosed:
+            self.close_channel(w)
+
+    def close_channel(self, w: _Worker) -> None:
+        if w.channel_open:
+            w.channel_open = False
+            self.sel.unregister(w.sock)
+            w.outbox = []
+
+    def on_message(self, w: _Worker, msg: list[Any]) -> None:
+        control = pickle.loads(msg[0])
+        kind = control[0]
+        if kind == W.RESULTS:
+            self.on_results(w, control[1], msg)
+        elif kind == W.READY:
+            w.state = READY if w.state == STARTING else w.state
+            w.pid = control[1]
+            self.telemetry.worker_pids[w.index] = control[1]
+            self.start_failures = 0
+        elif kind == W.INIT_FAILED:
+            w.init_error = control[1:]
+
+    def on_results(self, w: _Worker, records: list[Any], msg: list[Any]) -> None:
+        oob = 1
+        est = self.est
+        for task_id, status, data, n_oob, t_start, t_end, info in records:
+            bufs = msg[oob : oob + n_oob]
+            oob += n_oob
+            task = w.outstanding.pop(task_id, None)
+            if task is None:
+                continue
+            task.t_start, task.t_end = t_start, t_end
+            task.bytes_in = len(data) + sum(len(b) for b in bufs)
+            duration = t_end - t_start
+            est = duration if est is None else est + EST_ALPHA * (duration - est)
+            self.complete(task, status, data, bufs, info)
+        self.est = est
+
+    def complete(self, task: Task, status: int, data: bytes, bufs: list[Any], info: Any) -> None:
+        fut = task.future
+        ok = False
+        if status == W.OK:
+            try:
+                value = loads(data, bufs)
+            except BaseException as exc:
+                error: BaseException = DeserializationError(
+                    f"the result of {describe(task.fn)} could not be unpickled in the driver: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                error.__cause__ = exc
+            else:
+                ok = True
+        elif status == W.RAISED:
+            try:
+                error = loads(data, bufs)
+            except BaseException:
+                error = RemoteError(*info)
+            error.__cause__ = RemoteTraceback(info[2])
+        elif status == W.UNPICKLABLE_EXCEPTION:
+            error = RemoteError(*info)
+            error.__cause__ = RemoteTraceback(info[2])
+        elif status == W.BAD_TASK:
+            error = DeserializationError(
+                f"the worker could not unpickle the task {describe(task.fn)}: {info[0]}: {info[1]}. "
+                "An argument's class may not be importable in the worker (define it in a module, "
+                "not in __main__ of a notebook), or its __reduce__/__setstate__ raised."
+            )
+            error.__cause__ = RemoteTraceback(info[2])
+        else:  # BAD_RESULT
+            error = SerializationError(
+                f"the result of {describe(task.fn)} (a {info[3]}) could not be pickled in the worker "
+                f"to send it back: {info[0]}: {info[1]}. Return plain data instead."
+            )
+            error.__cause__ = RemoteTraceback(info[2])
+        task.t_done = time.perf_counter()
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(error)
+        self.telemetry.task_done(task, ok)
+
+    def fail(self, task: Task, error: BaseException) -> None:
+        task.t_done = time.perf_counter()
+        if not task.t_dispatch and not task.future.set_running_or_notify_cancel():
+            self.telemetry.task_cancelled()
+            return
+        task.future.set_exception(error)
+        self.telemetry.task_done(task, False)
+
+    # -- worker exit ----------------------------------------------------------
+
+    def on_exit(self, w: _Worker) -> None:
+        if w.channel_open:
+            # The process is gone: take what it sent before it exited.  Reads do
+            # not block: a grandchild that inherited the socket cannot stall us.
+            self.read(w, limit=None)
+            self.close_channel(w)
+        w.process.join(0)
+        self.sel.unregister(w.process.sentinel)
+        del self.workers[w.index]
+        exitcode = w.process.exitcode
+        try:
+            self.after_exit(w, exitcode)
+        finally:
+            w.sock.close()
+            w.cell.close()
+            w.process.close()
+
+    def after_exit(self, w: _Worker, exitcode: int | None) -> None:
+        if w.init_error is not None:
+            type_name, message, tb = w.init_error
+            self.break_executor(
+                f"the worker initializer {self.backend.initializer_name} raised {type_name}: "
+                f"{message}\n\nWorker traceback:\n{tb}"
+            )
+            return
+        if w.state == STARTING and not self.closing:
+            self.start_failures += 1
+            if self.start_failures >= MAX_START_FAILURES:
+                self.break_executor(
+                    f"{self.start_failures} workers in a row died while starting; the last one: "
+                    f"{describe_exit(exitcode)}"
+                )
+        if not w.outstanding:
+            return  # a normal exit: stopped, or retired after max_tasks_per_child
+        if self.terminating:
+            for task in w.outstanding.values():
+                self.fail(task, WorkerDiedError(
+                    f"the executor was forcefully shut down (terminate_workers/kill_workers) while "
+                    f"{describe(task.fn)} was running", exitcode=exitcode, pid=w.pid))
+            return
+        self.blame(w, exitcode)
+
+    def blame(self, w: _Worker, exitcode: int | None) -> None:
+        """Fail the task that was running when ``w`` died; requeue the others.
+
+        The progress cell names the task the worker was in.  Tasks dispatched
+        before it had finished (their results died with the process) and tasks
+        after it had not started: both are run again, on another worker.
+        """
+        running_id, finished = W.PROGRESS.unpack_from(w.cell, 0)
+        requeue = []
+        for task in w.outstanding.values():
+            if task.id == running_id and not finished:
+                self.fail(task, WorkerDiedError(
+                    f"the worker process (pid {w.pid}) running {describe(task.fn)} died: "
+                    f"{describe_exit(exitcode)}. The worker was replaced; other tasks are "
+                    "unaffected.", exitcode=exitcode, pid=w.pid))
+            elif task.retries >= MAX_REQUEUE:
+                self.fail(task, WorkerDiedError(
+                    f"{describe(task.fn)} was on {MAX_REQUEUE + 1} workers that died "
+                    f"(the last: {describe_exit(exitcode)}); giving up on it",
+                    exitcode=exitcode, pid=w.pid))
+            else:
+                task.retries += 1
+                requeue.append(task)
+        self.queue.extendleft(reversed(requeue))
+
+    def break_executor(self, message: str) -> None:
+        if self.backend.broken is None:
+            self.backend.broken = message
+        error = InitializerError(message)
+        self.fail_queue(error)
+        for w in self.workers.values():
+            for task in w.outstanding.values():
+                self.fail(task, error)
+            w.outstanding.clear()
+
+    # -- ending -------------------------------------------------------------
+
+    def cancel_queued(self) -> None:
+        keep: deque[Task] = deque()
+        for task in self.queue:
+            if not task.t_dispatch and task.future.cancel():
+                self.telemetry.task_cancelled()
+            elif not task.future.done():
+                keep.append(task)
+        self.queue = keep
+
+    def fail_queue(self, error: BaseException) -> None:
+        while self.queue:
+            self.fail(self.queue.popleft(), error)
+
+    def wind_down(self) -> bool:
+        """Stop idle workers once all work is done; True when the loop may end."""
+        if self.queue and not self.terminating and self.backend.broken is None:
+            return False
+        if self.terminating or self.backend.broken is not None:
+            self.fail_queue(WorkerDiedError("the executor was shut down before this task ran"))
+        if any(w.outstanding for w in self.workers.values()):
+            return False
+        now = time.monotonic()
+        for w in self.workers.values():
+            if w.state != STOPPING:
+                w.state = STOPPING
+                w.stop_deadline = now + STOP_TIMEOUT
+                self.send(w, [pickle_stop()])
+            elif now > w.stop_deadline:
+                self.signal(w, kill=True)
+        return not self.workers
+
+    def abort(self, error: BaseException) -> None:
+        for w in list(self.workers.values()):
+            self.signal(w, kill=True)
+            for task in w.outstanding.values():
+                if not task.future.done():
+                    self.fail(task, error)
+        for task in self.queue:
+            if not task.future.done():
+                self.fail(task, error)
+        for item in self.incoming:
+            if isinstance(item, Task) and not item.future.done():
+                self.fail(item, error)
+
+    def cleanup(self) -> None:
+        for w in list(self.workers.values()):
+            self.signal(w, kill=True)
+            w.process.join(1.0)
+            w.sock.close()
+        self.sel.close()
+        self.backend.scheduler_exited()
+
+
+def pickle_stop() -> bytes:
+    return pickle.dumps((W.STOP,))

@@ -1,0 +1,260 @@
+"""The worker process: the child side of the processes engine.
+
+``main`` is a plain function with explicit arguments; it imports the channel
+and serialization modules only, never the driver.
+
+The loop, in order:
+
+1. receive: parse the next message from what the socket has delivered; when
+   nothing complete is buffered, flush pending results and block on the socket.
+2. run: for each task of a TASKS message, mark the progress cell (so that, if
+   this process dies, the driver knows which task killed it), look up the
+   function by key (it arrives pickled once per worker), unpickle the
+   arguments, call, pickle the result on its own (an unpicklable result fails
+   only that task).
+3. send: results go back batched; a batch is flushed when no more input is
+   waiting, when FLUSH_MAX results are pending, or when the oldest has waited
+   FLUSH_SECONDS.  If a task is still running FLUSH_SECONDS after it started
+   with results pending, a flusher thread sends them, so a slow task never
+   holds back the results of the fast tasks before it.
+
+A watchdog thread ends the process when the driver's end of the channel hangs
+up, even while a task is running: workers never outlive their driver.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from ... import _serialization as ser
+from . import _channel
+
+# Message kinds (frame 0 is a pickled tuple whose first item is the kind).
+TASKS, STOP = 1, 2  # driver -> worker
+READY, INIT_FAILED, RESULTS = 11, 12, 13  # worker -> driver
+# Result status codes.
+OK, RAISED, UNPICKLABLE_EXCEPTION, BAD_TASK, BAD_RESULT = 0, 1, 2, 3, 4
+
+# Flush results once this many are pending ...
+FLUSH_MAX = 512
+# ... or once the oldest pending result has waited this long (seconds).  Small
+# enough that a task's latency is not noticeably delayed by a slow neighbour in
+# its batch, large enough that tiny tasks still travel hundreds per message.
+FLUSH_SECONDS = 0.002
+
+# The progress cell: u64 id of the task being run, and u64 1 when it finished.
+PROGRESS = struct.Struct("<QQ")
+PROGRESS_BYTES = 4096
+
+
+class FdForChild:
+    """An fd to hand to the worker at start, under any start method.
+
+    Under spawn/forkserver the Process arguments are pickled while the child is
+    being started, which is when multiprocessing can duplicate an fd into it;
+    under fork the object is inherited as is and the fd number stays valid.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        from multiprocessing.reduction import DupFd
+
+        return (_detach, (DupFd(self.fd),))
+
+    def take(self) -> int:
+        return self.fd
+
+
+def _detach(dup: Any) -> int:
+    return int(dup.detach())
+
+
+def main(sock: socket.socket, progress: Any, index: int, setup: bytes) -> None:
+    """Entry point of a worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    fd = progress.take() if isinstance(progress, FdForChild) else int(progress)
+    cell = mmap.mmap(fd, PROGRESS_BYTES)
+    os.close(fd)
+    sock.setblocking(True)
+    _start_watchdog(sock)
+    initializer, initargs, max_tasks = ser.loads(setup)
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            info = (type(exc).__qualname__, str(exc), traceback.format_exc())
+            _channel.send_all(sock, _channel.encode([pickle.dumps((INIT_FAILED, *info))]))
+            sock.close()
+            sys.exit(1)
+    try:
+        _channel.send_all(sock, _channel.encode([pickle.dumps((READY, os.getpid()))]))
+        Worker(sock, cell, max_tasks).loop()
+    except (_channel.ChannelClosed, BrokenPipeError, ConnectionResetError):
+        pass  # the driver is gone: nothing to report to, nobody to report it
+
+
+def _start_watchdog(sock: socket.socket) -> None:
+    """Exit when the driver hangs up, whatever the main thread is doing."""
+    rdhup = getattr(select, "POLLRDHUP", 0)
+    ppid = os.getppid()
+
+    def watch() -> None:
+        if rdhup:
+            poller = select.poll()
+            poller.register(sock.fileno(), rdhup | select.POLLHUP)
+            while True:
+                if any(ev & (rdhup | select.POLLHUP | select.POLLERR | select.POLLNVAL)
+                       for _, ev in poller.poll()):
+                    os._exit(0)
+        while os.getppid() == ppid:  # no POLLRDHUP (macOS): notice reparenting
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="poolx-watchdog", daemon=True).start()
+
+
+class Worker:
+    def __init__(self, sock: socket.socket, cell: mmap.mmap, max_tasks: int | None) -> None:
+        self.sock = sock
+        self.reader = _channel.FrameReader(sock)
+        self.cell = cell
+        self.functions: dict[int, Any] = {}
+        self.results: list[tuple[Any, ...]] = []
+        self.frames: list[Any] = []
+        self.first_pending = 0.0
+        self.tasks_left = max_tasks
+        self.lock = threading.Lock()  # results/frames and the socket's write side
+        self.running = 0  # id of the task being run, 0 between tasks
+        self.wake = threading.Event()
+        threading.Thread(target=self._flusher, name="poolx-flusher", daemon=True).start()
+
+    def _flusher(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            task_id = self.running
+            time.sleep(FLUSH_SECONDS)
+            if task_id and self.running == task_id:
+                self.flush()
+
+    def loop(self) -> None:
+        reader = self.reader
+        while True:
+            msg = reader.next_message()
+            if msg is None:
+                if self.results and reader.fill(nonblocking=True) == 0:
+                    self.flush()
+                elif not self.results:
+                    reader.fill(nonblocking=False)
+                continue
+            control = pickle.loads(msg[0])
+            if control[0] == STOP:
+                self.flush()
+                return
+            self.run_batch(control, msg)
+            if self.tasks_left is not None and self.tasks_left <= 0:
+                self.flush()  # max_tasks_per_child reached: retire
+                return
+
+    def run_batch(self, control: tuple[Any, ...], msg: list[Any]) -> None:
+        _, evict, records = control
+        for key in evict:
+            self.functions.pop(key, None)
+        oob = 1
+        for task_id, key, fn_bytes, payload, n_oob in records:
+            buffers = msg[oob : oob + n_oob]
+            oob += n_oob
+            self.run_one(task_id, key, fn_bytes, payload, buffers)
+            if self.tasks_left is not None:
+                self.tasks_left -= 1
+
+    def run_one(self, task_id: int, key: int, fn_bytes: bytes | None, payload: bytes,
+                buffers: list[Any]) -> None:
+        PROGRESS.pack_into(self.cell, 0, task_id, 0)
+        self.running = task_id
+        if self.results:
+            self.wake.set()
+        t_start = time.perf_counter()
+        try:
+            if key:
+                fn = self.functions.get(key)
+                if fn is None:
+                    fn = self.functions[key] = ser.loads(fn_bytes)  # type: ignore[arg-type]
+                args, kwargs = ser.loads(payload, buffers)
+            else:
+                fn, args, kwargs = ser.loads(payload, buffers)
+        except BaseException as exc:
+            self.add(task_id, BAD_TASK, b"", (), t_start, time.perf_counter(), _info(exc))
+            return
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            t_end = time.perf_counter()
+            PROGRESS.pack_into(self.cell, 0, task_id, 1)
+            self.add_exception(task_id, exc, t_start, t_end)
+            return
+        finally:
+            self.running = 0
+            del args, kwargs
+        t_end = time.perf_counter()
+        PROGRESS.pack_into(self.cell, 0, task_id, 1)
+        try:
+            data, bufs = ser.dumps(result)
+        except BaseException as exc:
+            info = (*_info(exc), ser.describe(type(result)))
+            self.add(task_id, BAD_RESULT, b"", (), t_start, t_end, info)
+            return
+        self.add(task_id, OK, data, bufs, t_start, t_end, None)
+
+    def add_exception(self, task_id: int, exc: BaseException, t_start: float, t_end: float) -> None:
+        info = _info(exc)
+        exc.__traceback__ = None  # the text is in info; frames do not pickle
+        try:
+            data, bufs = ser.dumps(exc)
+        except BaseException:
+            self.add(task_id, UNPICKLABLE_EXCEPTION, b"", (), t_start, t_end, info)
+        else:
+            self.add(task_id, RAISED, data, bufs, t_start, t_end, info)
+
+    def add(self, task_id: int, status: int, data: bytes, bufs: Any, t_start: float,
+            t_end: float, info: Any) -> None:
+        self.running = 0
+        with self.lock:
+            if not self.results:
+                self.first_pending = t_end
+            self.results.append((task_id, status, data, len(bufs), t_start, t_end, info))
+            self.frames.extend(b.raw() for b in bufs)
+            due = len(self.results) >= FLUSH_MAX or t_end - self.first_pending >= FLUSH_SECONDS
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            if not self.results:
+                return
+            control = pickle.dumps((RESULTS, self.results), ser.PROTOCOL)
+            frames, self.results, self.frames = [control, *self.frames], [], []
+            _channel.send_all(self.sock, _channel.encode(frames))
+
+
+def _info(exc: BaseException) -> tuple[str, str, str]:
+    """(type name, message, formatted traceback) of an exception being handled."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        message = str(exc)
+    except BaseException:
+        message = "<str() of the exception failed>"
+    return ser.describe(type(exc)), message, tb

@@ -1,0 +1,32 @@
+"""The serial backend: every task runs in the calling thread, at submit.
+
+For debugging (a breakpoint in a task just works) and as the baseline every
+benchmark compares with.  Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+from .._futures import Task
+from . import Backend
+
+
+class SerialBackend(Backend):
+    name = "serial"
+    runs_in_caller = True
+
+    def submit(self, task: Task) -> None:
+        task.worker = 0
+        task.run_here()
+        if task.future.cancelled():
+            self.telemetry.task_cancelled()
+            return
+        error = task.future.exception()
+        self.telemetry.task_done(task, error is None)
+        if isinstance(error, KeyboardInterrupt):
+            raise error  # Ctrl-C while a task ran in this thread: stop, as serial code would
+
+    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        pass
+
+    def worker_counts(self) -> dict[str, int]:
+        return {"workers_alive": 1, "workers_started": 1, "workers_restarted": 0}

@@ -1,0 +1,76 @@
+"""The threads backend: tasks run on a pool of threads in this process.
+
+Right for work that releases the GIL (I/O, numpy, most C extensions) and on
+free-threaded Python.  Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+
+from .._futures import Task
+from . import Backend, BackendOptions
+from .._telemetry import Telemetry
+
+
+class ThreadBackend(Backend):
+    name = "threads"
+
+    def __init__(self, options: BackendOptions, telemetry: Telemetry) -> None:
+        super().__init__(options, telemetry)
+        self._pool = cf.ThreadPoolExecutor(
+            options.max_workers,
+            thread_name_prefix="poolx-thread",
+            initializer=options.initializer,
+            initargs=options.initargs,
+        )
+        self._index = threading.local()
+        self._next_index = iter(range(1 << 62)).__next__
+        self._pending: set[Task] = set()
+        self._lock = threading.Lock()
+
+    def submit(self, task: Task) -> None:
+        with self._lock:
+            self._pending.add(task)
+        inner = self._pool.submit(self._run, task)
+        # If the pool breaks (initializer failed) or drops the call at shutdown,
+        # the inner future fails or is cancelled and ours must follow.
+        inner.add_done_callback(lambda f, task=task: self._after(f, task))
+
+    def _run(self, task: Task) -> None:
+        index = getattr(self._index, "value", None)
+        if index is None:
+            index = self._index.value = self._next_index()
+        task.worker = index
+        task.run_here()
+
+    def _after(self, inner: cf.Future[None], task: Task) -> None:
+        with self._lock:
+            self._pending.discard(task)
+        fut = task.future
+        if not fut.done():
+            if inner.cancelled():
+                fut.cancel()
+            else:
+                exc = inner.exception()
+                if fut.set_running_or_notify_cancel() and exc is not None:
+                    fut.set_exception(exc)
+        if fut.cancelled():
+            self.telemetry.task_cancelled()
+        elif task.t_start:
+            self.telemetry.task_done(task, fut.exception() is None)
+        else:
+            self.telemetry.task_done(task, False)
+
+    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        if cancel_futures:
+            with self._lock:
+                pending = list(self._pending)
+            for task in pending:
+                task.future.cancel()  # only succeeds for tasks not yet running
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def worker_counts(self) -> dict[str, int]:
+        n = len(self._pool._threads)
+        return {"workers_alive": n, "workers_started": n, "workers_restarted": 0}
