@@ -195,10 +195,11 @@ class Executor(cf.Executor):
         end_time = None if timeout is None else timeout + time.monotonic()
         sizer = _ChunkSizer(chunksize, _length(iterables), self._max_workers)
         chunks = _chunks(zip(*iterables), sizer)
+        runner = _chunk_runner(fn)
         if buffersize is not None or self._backend.runs_in_caller:
             # An in-process backend runs each chunk as it is consumed, in the caller.
-            return _results_buffered(self, fn, chunks, sizer, buffersize or 1, end_time)
-        feeder = _Feeder(self, fn, chunks, sizer, MAP_INFLIGHT_PER_WORKER * self._max_workers)
+            return _results_buffered(self, runner, chunks, sizer, buffersize or 1, end_time)
+        feeder = _Feeder(self, runner, chunks, sizer, MAP_INFLIGHT_PER_WORKER * self._max_workers)
         return _results_fed(feeder, end_time)
 
     # -- stopping ---------------------------------------------------------------
@@ -318,8 +319,18 @@ class _ChunkError(Exception):
         self.error = error
 
 
-def _submit_chunk(ex: Executor, fn: Callable[..., Any], chunk: list[Any], sizer: _ChunkSizer) -> Task:
-    task = ex._submit(_run_chunk, (fn, chunk), {})
+def _chunk_runner(fn: Callable[..., Any]) -> Callable[[list[tuple[Any, ...]]], list[Any]]:
+    # One function object per map() call: the engine pickles it (and ``fn`` in
+    # its closure) once per worker, instead of sending ``fn`` with every chunk.
+    def run_chunk(chunk: list[tuple[Any, ...]]) -> list[Any]:
+        return _run_chunk(fn, chunk)
+
+    return run_chunk
+
+
+def _submit_chunk(ex: Executor, runner: Callable[..., Any], chunk: list[Any],
+                  sizer: _ChunkSizer) -> Task:
+    task = ex._submit(runner, (chunk,), {})
     # Measured when the chunk finishes, whether or not anyone consumes results yet.
     task.future.add_done_callback(lambda _f: sizer.observe(task, len(chunk)))
     return task

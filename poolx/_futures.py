@@ -8,7 +8,6 @@ its arguments, the future it completes, and the timestamps the telemetry reads.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as cf
 import itertools
 import time
@@ -24,6 +23,8 @@ class Future(cf.Future[T]):
     """A ``concurrent.futures.Future`` that can also be awaited."""
 
     def __await__(self) -> Generator[Any, None, T]:
+        import asyncio  # lazily: asyncio costs ~20 ms to import and most users never await
+
         return asyncio.wrap_future(self).__await__()
 
 

@@ -8,7 +8,6 @@ timestamps were already taken on the ``Task``.  ``statistics()`` and
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections import deque
@@ -35,8 +34,14 @@ class Statistics:
     workers_alive: int
     workers_started: int
     workers_restarted: int
+    """Workers started to replace one that died or retired (max_tasks_per_child)."""
+    workers_died: int
+    """Workers that died unexpectedly (crash, signal, os._exit)."""
     bytes_sent: int
     bytes_received: int
+    messages_sent: int
+    """Messages sent to workers (many tiny tasks travel in one)."""
+    messages_received: int
     busy_time: dict[int, float] = field(default_factory=dict)
     """Seconds each worker (by index) spent running tasks."""
 
@@ -60,6 +65,8 @@ class Telemetry:
         self.cancelled = 0
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.messages_sent = 0  # written by one thread only (the scheduler)
+        self.messages_received = 0
         self.busy: dict[int, float] = {}
         self.records: deque[tuple[Any, ...]] = deque(maxlen=TRACE_CAPACITY)
         self.worker_pids: dict[int, int] = {}
@@ -96,6 +103,8 @@ class Telemetry:
                 tasks_cancelled=self.cancelled,
                 bytes_sent=self.bytes_sent,
                 bytes_received=self.bytes_received,
+                messages_sent=self.messages_sent,
+                messages_received=self.messages_received,
                 busy_time=dict(self.busy),
                 **workers,
             )
@@ -133,5 +142,6 @@ class Telemetry:
         return events
 
     def export_trace(self, path: str | os.PathLike[str], backend: str) -> None:
+        import json
         with open(path, "w", encoding="utf-8") as f:
             json.dump({"traceEvents": self.trace_events(backend), "displayTimeUnit": "ms"}, f)

@@ -70,8 +70,8 @@ class Backend(ABC):
         raise NotImplementedError(f"the {self.name!r} backend cannot terminate its workers")
 
     def worker_counts(self) -> dict[str, int]:
-        """``workers_alive``, ``workers_started`` and ``workers_restarted``."""
-        return {"workers_alive": 0, "workers_started": 0, "workers_restarted": 0}
+        """``workers_alive``, ``workers_started``, ``workers_restarted``, ``workers_died``."""
+        return {"workers_alive": 0, "workers_started": 0, "workers_restarted": 0, "workers_died": 0}
 
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (empty for in-process backends)."""
@@ -81,7 +81,7 @@ class Backend(ABC):
 _BUILTIN = {
     "serial": "poolx.backends.serial:SerialBackend",
     "threads": "poolx.backends.threads:ThreadBackend",
-    "processes": "poolx.backends.processes:ProcessBackend",
+    "processes": "poolx.backends.processes._backend:ProcessBackend",
 }
 _registry: dict[str, type[Backend]] = {}
 

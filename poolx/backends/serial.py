@@ -29,4 +29,4 @@ class SerialBackend(Backend):
         pass
 
     def worker_counts(self) -> dict[str, int]:
-        return {"workers_alive": 1, "workers_started": 1, "workers_restarted": 0}
+        return {"workers_alive": 1, "workers_started": 1, "workers_restarted": 0, "workers_died": 0}

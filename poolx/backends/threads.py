@@ -73,4 +73,4 @@ class ThreadBackend(Backend):
 
     def worker_counts(self) -> dict[str, int]:
         n = len(self._pool._threads)
-        return {"workers_alive": n, "workers_started": n, "workers_restarted": 0}
+        return {"workers_alive": n, "workers_started": n, "workers_restarted": 0, "workers_died": 0}

@@ -160,6 +160,8 @@ class Scheduler(threading.Thread):
         self.start_failures = 0
         self.started = 0
         self.restarted = 0
+        self.died = 0
+        self.to_replace = 0  # exits (crash or retirement) not yet followed by a new start
 
     # -- the loop -----------------------------------------------------------
 
@@ -253,7 +255,8 @@ class Scheduler(threading.Thread):
         self.sel.register(parent, selectors.EVENT_READ, lambda k, m, w=w: self.on_socket(w, m))
         self.sel.register(process.sentinel, selectors.EVENT_READ, lambda k, m, w=w: self.on_exit(w))
         self.started += 1
-        if self.started > self.max_workers:
+        if self.to_replace:
+            self.to_replace -= 1
             self.restarted += 1
 
     def signal(self, w: _Worker, kill: bool) -> None:
@@ -324,6 +327,7 @@ class Scheduler(threading.Thread):
             records.append((task.id, key, fn_bytes, payload, len(bufs)))
             frames.extend(b.raw() for b in bufs)
         control = pickle.dumps((W.TASKS, evict, records), 5)
+        self.telemetry.messages_sent += 1
         self.send(w, [control, *frames])
 
     def send(self, w: _Worker, frames: list[Any]) -> None:
@@ -377,6 +381,7 @@ class Scheduler(threading.Thread):
     def on_message(self, w: _Worker, msg: list[Any]) -> None:
         control = pickle.loads(msg[0])
         kind = control[0]
+        self.telemetry.messages_received += 1
         if kind == W.RESULTS:
             self.on_results(w, control[1], msg)
         elif kind == W.READY:
@@ -462,7 +467,12 @@ class Scheduler(threading.Thread):
             # not block: a grandchild that inherited the socket cannot stall us.
             self.read(w, limit=None)
             self.close_channel(w)
-        w.process.join(0)
+        # The sentinel fires as the process closes its fds, a moment before it
+        # can be reaped: join() with a bound, not join(0).
+        w.process.join(1.0)
+        if w.process.exitcode is None:
+            self.signal(w, kill=True)
+            w.process.join(1.0)
         self.sel.unregister(w.process.sentinel)
         del self.workers[w.index]
         exitcode = w.process.exitcode
@@ -471,7 +481,8 @@ class Scheduler(threading.Thread):
         finally:
             w.sock.close()
             w.cell.close()
-            w.process.close()
+            if w.process.exitcode is not None:
+                w.process.close()
 
     def after_exit(self, w: _Worker, exitcode: int | None) -> None:
         if w.init_error is not None:
@@ -488,14 +499,20 @@ class Scheduler(threading.Thread):
                     f"{self.start_failures} workers in a row died while starting; the last one: "
                     f"{describe_exit(exitcode)}"
                 )
+        if w.state == STOPPING:
+            return
+        self.to_replace += 1
         if not w.outstanding:
-            return  # a normal exit: stopped, or retired after max_tasks_per_child
+            if not (w.tasks_left == 0 and exitcode == 0):
+                self.died += 1  # died while idle; else it retired after max_tasks_per_child
+            return
         if self.terminating:
             for task in w.outstanding.values():
                 self.fail(task, WorkerDiedError(
                     f"the executor was forcefully shut down (terminate_workers/kill_workers) while "
                     f"{describe(task.fn)} was running", exitcode=exitcode, pid=w.pid))
             return
+        self.died += 1
         self.blame(w, exitcode)
 
     def blame(self, w: _Worker, exitcode: int | None) -> None:

@@ -185,7 +185,7 @@ class Worker:
                 buffers: list[Any]) -> None:
         PROGRESS.pack_into(self.cell, 0, task_id, 0)
         self.running = task_id
-        if self.results:
+        if self.results and not self.wake.is_set():
             self.wake.set()
         t_start = time.perf_counter()
         try:

@@ -1,0 +1,195 @@
+"""poolx's own process engine, the default backend.
+
+The caller's side lives here (pickling at submit, so a bad argument raises in
+the caller); the scheduler thread is in ``_scheduler``, the child in
+``_worker``, the wire format in ``_channel``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import threading
+from collections import OrderedDict, deque
+from typing import Any
+
+from ..._errors import InitializerError, SerializationError
+from ..._futures import Task
+from ..._serialization import cacheable, describe, dumps
+from ..._telemetry import Telemetry
+from .. import Backend, BackendOptions
+from ._scheduler import Scheduler
+
+# Functions kept pickled in the driver (by identity), newest first out.
+DRIVER_FN_CACHE = 1024
+
+
+def default_context() -> Any:
+    """forkserver on Linux (Python 3.14's default; safe with threads), spawn elsewhere."""
+    if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        _preload_worker_module()
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _preload_worker_module() -> None:
+    # Workers forked from a forkserver that has already imported the worker
+    # module start in about a millisecond instead of importing poolx each time.
+    # Only touched while the forkserver is not running and still has the stdlib
+    # default preload, so a user's own set_forkserver_preload() wins.
+    try:
+        from multiprocessing import forkserver
+
+        server = forkserver._forkserver  # type: ignore[attr-defined]
+        if server._forkserver_pid is None and server._preload_modules == ["__main__"]:
+            server._preload_modules = ["__main__", "poolx.backends.processes._worker"]
+    except AttributeError:
+        pass
+
+
+class ProcessBackend(Backend):
+    name = "processes"
+    uses_processes = True
+    supports_worker_restart = True
+    supports_terminate = True
+    supports_max_tasks_per_child = True
+
+    def __init__(self, options: BackendOptions, telemetry: Telemetry) -> None:
+        super().__init__(options, telemetry)
+        ctx = options.mp_context
+        if ctx is None:
+            ctx = default_context()
+        elif isinstance(ctx, str):
+            ctx = multiprocessing.get_context(ctx)
+        self.context = ctx
+        self.broken: str | None = None
+        self.initializer_name = describe(options.initializer) if options.initializer else ""
+        try:
+            setup, _ = dumps((options.initializer, options.initargs, options.max_tasks_per_child))
+        except Exception as exc:
+            raise SerializationError(
+                f"the initializer {self.initializer_name} or its initargs cannot be pickled "
+                f"to send them to the workers: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._fn_lock = threading.Lock()
+        self._fn_cache: OrderedDict[Any, tuple[int, bytes]] = OrderedDict()
+        self._next_key = 1
+        self._incoming: deque[Any] = deque()
+        self.wake_pending = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._closed = False
+        self._scheduler = Scheduler(ctx, options.max_workers, setup, options.max_tasks_per_child,
+                                    telemetry, self._incoming, self._wake_r, self)
+        self._scheduler.start()
+
+    # -- the caller's side ------------------------------------------------------
+
+    def submit(self, task: Task) -> None:
+        if self.broken is not None:
+            raise InitializerError(self.broken)
+        fn = task.fn
+        key, fn_bytes = self._function(fn) if cacheable(fn) else (0, None)
+        obj = (task.args, task.kwargs) if key else (fn, task.args, task.kwargs)
+        try:
+            payload, bufs = dumps(obj)
+        except Exception as exc:
+            raise _pickling_error(fn, task.args, task.kwargs, exc) from exc
+        task.state = (key, fn_bytes, payload, bufs)
+        task.bytes_out = len(payload) + sum(b.raw().nbytes for b in bufs)
+        self._incoming.append(task)
+        self._wake()
+
+    def _function(self, fn: Any) -> tuple[int, bytes]:
+        """The key and pickled bytes of ``fn``, pickling it the first time only."""
+        with self._fn_lock:
+            entry = self._fn_cache.get(fn)
+            if entry is not None:
+                self._fn_cache.move_to_end(fn)
+                return entry
+        try:
+            data, _ = dumps(fn)
+        except Exception as exc:
+            raise SerializationError(
+                f"the callable {describe(fn)} cannot be pickled to send it to a worker: "
+                f"{type(exc).__name__}: {exc}. Define it at module level, or use "
+                "backend='threads' for work that must share unpicklable state."
+            ) from exc
+        with self._fn_lock:
+            entry = self._fn_cache.get(fn)
+            if entry is None:
+                entry = self._fn_cache[fn] = (self._next_key, data)
+                self._next_key += 1
+                if len(self._fn_cache) > DRIVER_FN_CACHE:
+                    self._fn_cache.popitem(last=False)
+            return entry
+
+    def _wake(self) -> None:
+        # Order matters: the task is appended before the flag is read, and the
+        # scheduler clears the flag before it drains ``incoming``, so a task is
+        # never left behind with the scheduler asleep.
+        if not self.wake_pending:
+            self.wake_pending = True
+            try:
+                os.write(self._wake_w, b"\0")
+            except (BlockingIOError, OSError):
+                pass
+
+    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        if not self._closed:
+            self._closed = True
+            self._incoming.append(("shutdown", cancel_futures))
+            self._wake()
+        if wait and self._scheduler.is_alive() and threading.current_thread() is not self._scheduler:
+            self._scheduler.join()
+
+    def terminate_workers(self, kill: bool) -> None:
+        self._closed = True
+        self._incoming.append(("terminate", kill))
+        self._wake()
+
+    def scheduler_exited(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def worker_counts(self) -> dict[str, int]:
+        s = self._scheduler
+        return {
+            "workers_alive": len(s.workers),
+            "workers_started": s.started,
+            "workers_restarted": s.restarted,
+            "workers_died": s.died,
+        }
+
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in list(self._scheduler.workers.values()) if w.pid]
+
+    @property
+    def running(self) -> bool:
+        return self._scheduler.is_alive()
+
+
+def _pickling_error(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                    exc: Exception) -> SerializationError:
+    """Name the argument that cannot be pickled."""
+    culprit = f"the callable {describe(fn)}"
+    candidates = [(f"argument {i} ({describe(type(a))})", a) for i, a in enumerate(args)]
+    candidates += [(f"keyword argument {k!r} ({describe(type(v))})", v) for k, v in kwargs.items()]
+    for name, value in candidates:
+        try:
+            dumps(value)
+        except Exception:
+            culprit = name
+            break
+    return SerializationError(
+        f"cannot pickle {culprit} of a task calling {describe(fn)}: {type(exc).__name__}: {exc}. "
+        "Tasks run in other processes, so their arguments must be picklable: pass the data the "
+        "object is built from and build it in the task (or in an initializer), or use "
+        "backend='threads'."
+    )

@@ -1,0 +1,204 @@
+"""Executor semantics that hold on every backend (concurrent.futures behaviour)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import itertools
+import threading
+import time
+
+import pytest
+from _tasks import add, divide, raise_value_error, sleep_and_return, square
+
+import poolx
+
+
+def test_submit_returns_a_poolx_future_with_the_result(executor):
+    fut = executor.submit(add, 2, b=3)
+    assert isinstance(fut, poolx.Future) and isinstance(fut, cf.Future)
+    assert fut.result(timeout=30) == 5
+
+
+def test_exception_is_reraised_with_its_type(executor):
+    fut = executor.submit(raise_value_error, "bad value")
+    with pytest.raises(ValueError, match="bad value"):
+        fut.result(timeout=30)
+    assert executor.submit(square, 4).result(timeout=30) == 16  # still usable
+
+
+def test_stdlib_wait_and_as_completed_accept_poolx_futures(executor):
+    futs = [executor.submit(square, i) for i in range(20)]
+    done, not_done = cf.wait(futs, timeout=30)
+    assert not not_done and {f.result() for f in done} == {i * i for i in range(20)}
+    assert sorted(f.result() for f in cf.as_completed(futs, timeout=30)) == sorted(i * i for i in range(20))
+
+
+def test_futures_are_awaitable_and_wrap_for_asyncio(executor):
+    async def main():
+        a = await executor.submit(square, 6)
+        b = await asyncio.wrap_future(executor.submit(square, 7))
+        return a, b
+
+    assert asyncio.run(main()) == (36, 49)
+
+
+def test_map_returns_results_in_order(executor):
+    assert list(executor.map(square, range(500), timeout=60)) == [i * i for i in range(500)]
+
+
+def test_map_zips_several_iterables_like_builtin_map(executor):
+    assert list(executor.map(add, range(10), range(100, 105))) == [i + 100 + i for i in range(5)]
+
+
+def test_map_of_nothing(executor):
+    assert list(executor.map(square, [])) == []
+
+
+@pytest.mark.parametrize("chunksize", [1, 7, 1000])
+def test_map_with_explicit_chunksize(executor, chunksize):
+    assert list(executor.map(square, range(50), chunksize=chunksize)) == [i * i for i in range(50)]
+
+
+def test_map_yields_results_before_the_failing_item_then_raises(executor):
+    it = executor.map(divide, [1, 1, 1, 1], [2, 4, 0, 5])
+    assert next(it) == 0.5
+    assert next(it) == 0.25
+    with pytest.raises(ZeroDivisionError):
+        next(it)
+
+
+def test_map_consumes_an_infinite_input_lazily_with_buffersize(executor):
+    it = executor.map(square, itertools.count(), buffersize=4)
+    assert [next(it) for _ in range(10)] == [i * i for i in range(10)]
+    it.close()
+
+
+def test_map_buffersize_bounds_how_far_input_is_read(executor):
+    consumed = []
+
+    def source():
+        for i in range(1000):
+            consumed.append(i)
+            yield i
+
+    it = executor.map(square, source(), chunksize=1, buffersize=3)
+    assert next(it) == 0
+    assert len(consumed) <= 4  # the 3 in flight, plus the one submitted as a result was taken
+    it.close()
+
+
+def test_map_without_buffersize_runs_everything_even_if_not_consumed(executor, tmp_path):
+    # The stdlib runs every map() task whether or not results are read.
+    it = executor.map(sleep_and_return, [0.0] * 30, range(30))
+    del it
+    executor.shutdown(wait=True)
+    assert executor.statistics().tasks_pending == 0
+    assert executor.statistics().tasks_completed >= 1
+
+
+def test_map_timeout_raises_timeout_error(executor, backend):
+    if backend == "serial":
+        pytest.skip("serial runs each task as results are read; nothing can time out")
+    it = executor.map(sleep_and_return, [0.0, 3.0], timeout=0.5, chunksize=1)
+    with pytest.raises(TimeoutError):
+        list(it)
+
+
+def test_map_rejects_bad_arguments(executor):
+    with pytest.raises(ValueError, match="chunksize"):
+        executor.map(square, [1], chunksize=0)
+    with pytest.raises(ValueError, match="buffersize"):
+        executor.map(square, [1], buffersize=0)
+
+
+def test_submit_after_shutdown_raises_runtime_error(backend):
+    ex = poolx.Executor(2, backend=backend)
+    ex.shutdown()
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        ex.submit(square, 1)
+    with pytest.raises(RuntimeError):
+        ex.map(square, [1])
+
+
+def test_shutdown_cancel_futures_cancels_what_has_not_started(backend):
+    if backend == "serial":
+        pytest.skip("serial has nothing pending: tasks run at submit")
+    ex = poolx.Executor(1, backend=backend)
+    first = ex.submit(sleep_and_return, 0.5, "first")
+    time.sleep(0.2)
+    rest = [ex.submit(square, i) for i in range(20)]
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert first.result() == "first"
+    assert all(f.done() for f in rest)
+    assert any(f.cancelled() for f in rest)
+
+
+def test_cancel_a_pending_future(backend):
+    if backend == "serial":
+        pytest.skip("serial has nothing pending: tasks run at submit")
+    with poolx.Executor(1, backend=backend) as ex:
+        blocker = ex.submit(sleep_and_return, 0.5)
+        time.sleep(0.2)
+        queued = [ex.submit(square, i) for i in range(5)]
+        assert queued[-1].cancel()
+        assert queued[-1].cancelled()
+        blocker.result(timeout=30)
+        assert [f.result(timeout=30) for f in queued[:-1]] == [0, 1, 4, 9]
+
+
+def test_submit_from_many_threads_at_once(executor):
+    results: list[list[int]] = [[] for _ in range(4)]
+
+    def client(k):
+        futs = [executor.submit(add, k, i) for i in range(300)]
+        results[k] = [f.result(timeout=60) for f in futs]
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [[k + i for i in range(300)] for k in range(4)]
+
+
+def test_done_callbacks_run_and_their_errors_do_not_break_anything(executor, caplog):
+    seen = []
+    fut = executor.submit(square, 3)
+    fut.add_done_callback(lambda f: seen.append(f.result()))
+    fut.add_done_callback(lambda f: 1 / 0)
+    fut.result(timeout=30)
+    deadline = time.monotonic() + 5
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == [9]
+    assert executor.submit(square, 5).result(timeout=30) == 25
+
+
+def test_statistics_count_tasks(executor):
+    futs = [executor.submit(square, i) for i in range(10)]
+    futs.append(executor.submit(raise_value_error))
+    cf.wait(futs, timeout=30)
+    time.sleep(0.05)  # telemetry is recorded just after the future completes
+    stats = executor.statistics()
+    assert isinstance(stats, poolx.Statistics)
+    assert (stats.tasks_submitted, stats.tasks_completed, stats.tasks_failed) == (11, 10, 1)
+    assert stats.tasks_pending == 0
+    assert sum(stats.busy_time.values()) >= 0
+    with pytest.raises(AttributeError):
+        stats.tasks_submitted = 0  # frozen
+
+
+def test_export_trace_writes_one_lane_per_worker(executor, tmp_path):
+    import json
+
+    cf.wait([executor.submit(sleep_and_return, 0.01) for _ in range(8)], timeout=30)
+    time.sleep(0.05)
+    path = tmp_path / "trace.json"
+    executor.export_trace(path)
+    events = json.loads(path.read_text())["traceEvents"]
+    spans = [e for e in events if e["ph"] == "X"]
+    lanes = [e for e in events if e["ph"] == "M" and e["name"] == "thread_name"]
+    assert len(spans) == 8
+    assert {e["tid"] for e in spans} == {e["tid"] for e in lanes}
+    assert all(e["dur"] >= 9000 for e in spans)  # each slept 10 ms (trace is in microseconds)

@@ -1,0 +1,381 @@
+"""The processes engine: pickling, batching, crashes, start methods."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+
+import pytest
+from _helpers import run_script
+from _tasks import (
+    FailsToUnpickle,
+    ReduceRaisesInDriver,
+    add,
+    allocate,
+    array_roundtrip,
+    exit_process,
+    failing_init,
+    getpid,
+    kill_self,
+    mark_worker,
+    noop,
+    raise_keyboard_interrupt,
+    raise_system_exit,
+    raise_unpicklable_error,
+    raise_value_error,
+    record_init,
+    return_fails_to_unpickle,
+    return_lock,
+    segfault,
+    set_memory_limit,
+    sleep_and_return,
+    square,
+)
+
+import poolx
+from poolx import (
+    DeserializationError,
+    InitializerError,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    WorkerDiedError,
+)
+
+
+@pytest.fixture
+def pex(start_method):
+    with poolx.Executor(2, mp_context=start_method) as ex:
+        yield ex
+
+
+# -- pickling: what crosses, how ------------------------------------------------
+
+
+def test_lambdas_and_closures_work_under_every_start_method(pex):
+    base = 10
+    assert pex.submit(lambda x: x + base, 5).result(timeout=30) == 15
+
+    def make_adder(n):
+        return lambda x: x + n
+
+    assert list(pex.map(make_adder(3), range(4))) == [3, 4, 5, 6]
+
+
+MAIN_SCRIPT = """
+    import sys
+    import poolx
+
+    SCALE = 3
+
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+    def scaled(p):
+        return p.x * SCALE
+
+    if __name__ == "__main__":
+        with poolx.Executor(2, mp_context=sys.argv[1]) as ex:
+            print(sum(ex.map(scaled, [Point(i) for i in range(10)])))
+            print(ex.submit(lambda: SCALE + 1).result(timeout=30))
+"""
+
+
+def test_functions_and_classes_defined_in_main_work_under_every_start_method(start_method):
+    proc = run_script(MAIN_SCRIPT, start_method)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["135", "4"]
+
+
+UNPICKLE_COUNT_SCRIPT = """
+    import os
+    import sys
+    import poolx
+
+    class Marker:
+        # Unpickling a Marker prints one line from the worker that does it.
+        def __reduce__(self):
+            return (Marker._rebuild, ())
+
+        @staticmethod
+        def _rebuild():
+            print("unpickled", flush=True)
+            return Marker()
+
+    def make():
+        marker = Marker()
+        return lambda x: (marker, x)[1]
+
+    if __name__ == "__main__":
+        fn = make()
+        with poolx.Executor(2, mp_context=sys.argv[1]) as ex:
+            assert list(ex.map(fn, range(200), chunksize=1)) == list(range(200))
+            assert [ex.submit(fn, i).result() for i in range(50)] == list(range(50))
+"""
+
+
+def test_a_function_is_unpickled_once_per_worker_not_per_task(start_method):
+    proc = run_script(UNPICKLE_COUNT_SCRIPT, start_method)
+    assert proc.returncode == 0, proc.stderr
+    # 200 map() chunks and 50 submits on 2 workers: fn is unpickled at most
+    # once per worker for map() (its chunk runner) and once per worker for submit().
+    assert 1 <= proc.stdout.count("unpickled") <= 4, proc.stdout
+
+
+def test_unpicklable_argument_raises_at_submit_naming_it():
+    with poolx.Executor(1) as ex:
+        with pytest.raises(SerializationError) as info:
+            ex.submit(add, 1, threading.Lock())
+        message = str(info.value)
+        assert "argument 1" in message and "lock" in message.lower() and "add" in message
+        assert isinstance(info.value, pickle.PicklingError)
+        with pytest.raises(SerializationError, match="keyword argument 'b'"):
+            ex.submit(add, 1, b=threading.Lock())
+        assert ex.submit(add, 1, 2).result(timeout=30) == 3
+
+
+def test_unpicklable_result_fails_only_that_task():
+    with poolx.Executor(1) as ex:
+        with pytest.raises(SerializationError, match="could not be pickled"):
+            ex.submit(return_lock).result(timeout=30)
+        assert ex.submit(square, 3).result(timeout=30) == 9
+
+
+def test_task_that_cannot_be_unpickled_in_the_worker_fails_only_itself():
+    with poolx.Executor(1) as ex:
+        with pytest.raises(DeserializationError, match="could not unpickle") as info:
+            ex.submit(add, FailsToUnpickle(), 1).result(timeout=30)
+        assert isinstance(info.value.__cause__, RemoteTraceback)
+        assert "cannot rebuild FailsToUnpickle" in info.value.__cause__.tb
+        assert ex.submit(square, 3).result(timeout=30) == 9
+
+
+def test_result_that_cannot_be_unpickled_in_the_driver_fails_only_itself():
+    with poolx.Executor(1) as ex:
+        with pytest.raises(DeserializationError, match="could not be unpickled in the driver"):
+            ex.submit(return_fails_to_unpickle).result(timeout=30)
+        assert ex.submit(square, 3).result(timeout=30) == 9
+    with poolx.Executor(1, initializer=mark_worker) as ex:
+        with pytest.raises(DeserializationError):
+            ex.submit(ReduceRaisesInDriver).result(timeout=30)
+
+
+def test_remote_exception_keeps_its_type_and_carries_the_worker_traceback():
+    with poolx.Executor(1) as ex:
+        with pytest.raises(ValueError, match="boom") as info:
+            ex.submit(raise_value_error, "boom").result(timeout=30)
+        cause = info.value.__cause__
+        assert isinstance(cause, RemoteTraceback)
+        assert "raise_value_error" in cause.tb and 'raise ValueError(message)' in cause.tb
+
+
+def test_exception_that_cannot_be_pickled_comes_back_as_remote_error():
+    with poolx.Executor(1) as ex:
+        with pytest.raises(RemoteError) as info:
+            ex.submit(raise_unpicklable_error).result(timeout=30)
+        err = info.value
+        assert err.type_name.endswith("UnpicklableError")
+        assert err.message == "holds a lock"
+        assert "raise_unpicklable_error" in err.tb
+
+
+def test_large_arrays_cross_out_of_band_and_come_back_intact(pex):
+    np = pytest.importorskip("numpy")
+    arr = np.arange(4_000_000, dtype=np.float64)  # 32 MB
+    out = pex.submit(array_roundtrip, arr).result(timeout=60)
+    assert out.flags.writeable
+    np.testing.assert_array_equal(out, arr * 2)
+    stats = pex.statistics()
+    assert stats.bytes_sent >= arr.nbytes and stats.bytes_received >= arr.nbytes
+
+
+# -- batching and throughput ----------------------------------------------------------
+
+
+def test_tiny_tasks_travel_many_per_message():
+    with poolx.Executor(2) as ex:
+        futs = [ex.submit(noop) for _ in range(5000)]
+        cf.wait(futs, timeout=60)
+        time.sleep(0.05)
+        stats = ex.statistics()
+    assert stats.tasks_completed == 5000
+    assert stats.messages_sent < 5000 / 4, stats
+    assert stats.messages_received < 5000 / 4, stats
+
+
+def test_map_of_tiny_items_is_chunked_automatically():
+    with poolx.Executor(2) as ex:
+        assert sum(ex.map(square, range(100_000))) == sum(i * i for i in range(100_000))
+        stats = ex.statistics()
+    assert stats.tasks_submitted < 1000, stats
+
+
+def test_a_slow_task_does_not_hold_back_results_of_faster_ones():
+    # One worker, a batch: fast tasks before a slow one must come back while it runs.
+    with poolx.Executor(1) as ex:
+        for _ in range(200):  # teach the scheduler that tasks are tiny (large window)
+            ex.submit(noop)
+        fast = [ex.submit(square, i) for i in range(5)]
+        slow = ex.submit(sleep_and_return, 2.0)
+        done, _ = cf.wait(fast, timeout=1.5)
+        assert len(done) == 5
+        assert not slow.done()
+        slow.result(timeout=30)
+
+
+# -- crashes: the crash table -----------------------------------------------------------
+
+CRASHES = [
+    pytest.param(segfault, (), WorkerDiedError, "SIGSEGV", id="segfault"),
+    pytest.param(exit_process, (3,), WorkerDiedError, "exited with code 3", id="os._exit"),
+    pytest.param(kill_self, (signal.SIGKILL,), WorkerDiedError, "SIGKILL", id="sigkill"),
+    pytest.param(raise_system_exit, (2,), SystemExit, "", id="sys.exit"),
+    pytest.param(raise_keyboard_interrupt, (), KeyboardInterrupt, "", id="KeyboardInterrupt"),
+    pytest.param(raise_value_error, ("boom",), ValueError, "boom", id="raise"),
+    pytest.param(return_lock, (), SerializationError, "could not be pickled", id="result-unpicklable"),
+    pytest.param(return_fails_to_unpickle, (), DeserializationError, "unpickled in the driver",
+                 id="result-unloadable"),
+    pytest.param(add, (FailsToUnpickle(), 1), DeserializationError, "could not unpickle",
+                 id="task-unloadable"),
+]
+
+
+@pytest.mark.parametrize(("fn", "args", "error", "text"), CRASHES)
+def test_crash_table(start_method, fn, args, error, text):
+    with poolx.Executor(2, mp_context=start_method) as ex:
+        others = [ex.submit(sleep_and_return, 0.05, i) for i in range(10)]
+        culprit = ex.submit(fn, *args)
+        more = [ex.submit(square, i) for i in range(10)]
+        with pytest.raises(error) as info:
+            culprit.result(timeout=30)
+        assert text in str(info.value)
+        assert [f.result(timeout=30) for f in others] == list(range(10))
+        assert [f.result(timeout=30) for f in more] == [i * i for i in range(10)]
+        assert ex.submit(square, 7).result(timeout=30) == 49
+        if error is WorkerDiedError:
+            assert isinstance(info.value, cf.process.BrokenProcessPool)
+            assert info.value.exitcode is not None and info.value.pid
+            assert fn.__name__ in str(info.value)
+            assert ex.statistics().workers_died == 1
+
+
+def test_memory_exhaustion_in_a_worker_is_a_memory_error_and_the_worker_lives():
+    with poolx.Executor(1, initializer=set_memory_limit, initargs=(1 << 30,)) as ex:
+        with pytest.raises(MemoryError):
+            ex.submit(allocate, 4 << 30).result(timeout=30)
+        assert ex.submit(allocate, 1 << 20).result(timeout=30) == 1 << 20
+
+
+def test_a_worker_killed_from_outside_fails_its_task_naming_the_oom_killer():
+    with poolx.Executor(1) as ex:
+        fut = ex.submit(sleep_and_return, 30)
+        time.sleep(0.5)
+        (pid,) = ex._backend.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(WorkerDiedError, match="out-of-memory killer"):
+            fut.result(timeout=30)
+        assert ex.submit(square, 2).result(timeout=30) == 4
+
+
+def test_workers_ignore_sigint():
+    with poolx.Executor(2) as ex:
+        futs = [ex.submit(sleep_and_return, 0.5, i) for i in range(2)]
+        time.sleep(0.2)
+        for pid in ex._backend.worker_pids():
+            os.kill(pid, signal.SIGINT)
+        assert [f.result(timeout=30) for f in futs] == [0, 1]
+
+
+def test_initializer_runs_once_in_each_worker(tmp_path):
+    path = tmp_path / "inits"
+    with poolx.Executor(2, initializer=record_init, initargs=(str(path),)) as ex:
+        pids = set(ex.map(getpid, range(200)))
+    inits = {int(pid) for pid in path.read_text().split()}
+    assert len(path.read_text().split()) == len(inits) <= 2  # once per worker started
+    assert pids <= inits
+
+
+def test_failing_initializer_breaks_the_executor_clearly_without_respawning():
+    ex = poolx.Executor(2, initializer=failing_init)
+    try:
+        fut = ex.submit(square, 2)
+        with pytest.raises(InitializerError, match="initializer exploded") as info:
+            fut.result(timeout=30)
+        assert isinstance(info.value, cf.process.BrokenProcessPool)
+        assert "failing_init" in str(info.value)
+        time.sleep(0.3)
+        with pytest.raises(InitializerError):
+            ex.submit(square, 3)
+        assert ex.statistics().workers_started <= 2
+    finally:
+        ex.shutdown()
+
+
+def test_max_tasks_per_child_replaces_workers():
+    with poolx.Executor(1, max_tasks_per_child=3) as ex:
+        pids = [ex.submit(getpid).result(timeout=30) for _ in range(9)]
+    assert len(set(pids)) == 3
+    assert [pids.count(p) for p in dict.fromkeys(pids)] == [3, 3, 3]
+
+
+def test_max_tasks_per_child_refuses_fork():
+    with pytest.raises(ValueError, match="fork"):
+        poolx.Executor(1, mp_context="fork", max_tasks_per_child=2)
+
+
+# -- start methods and sizing --------------------------------------------------------------
+
+
+def test_default_start_method_is_forkserver_on_linux():
+    with poolx.Executor(1) as ex:
+        method = ex._backend.context.get_start_method()
+    expected = "forkserver" if sys.platform.startswith("linux") else "spawn"
+    assert method == expected
+
+
+def test_any_context_or_start_method_name_is_accepted(start_method):
+    ctx = multiprocessing.get_context(start_method)
+    for mp_context in (ctx, start_method):
+        with poolx.Executor(1, mp_context=mp_context) as ex:
+            assert ex.submit(square, 3).result(timeout=30) == 9
+            assert ex._backend.context.get_start_method() == start_method
+
+
+def test_default_max_workers_is_the_usable_cpu_count():
+    import loky
+
+    with poolx.Executor() as ex:
+        assert ex.max_workers == loky.cpu_count()
+
+
+def test_workers_start_on_demand():
+    with poolx.Executor(4) as ex:
+        ex.submit(square, 1).result(timeout=30)
+        assert ex.statistics().workers_started == 1
+
+
+# -- forced shutdown ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["terminate_workers", "kill_workers"])
+def test_terminate_and_kill_workers_stop_running_and_cancel_pending(method):
+    ex = poolx.Executor(1)
+    running = ex.submit(sleep_and_return, 30)
+    time.sleep(0.5)
+    pending = [ex.submit(square, i) for i in range(5)]
+    started = time.monotonic()
+    getattr(ex, method)()
+    with pytest.raises(cf.process.BrokenProcessPool):
+        running.result(timeout=10)
+    assert time.monotonic() - started < 5
+    assert all(f.cancelled() for f in pending)
+    with pytest.raises(RuntimeError):
+        ex.submit(square, 1)
+    ex.shutdown(wait=True)
