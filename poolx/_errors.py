@@ -53,7 +53,7 @@ class WorkerDiedError(PoolxError, BrokenProcessPool):
         self.exitcode = exitcode
         self.pid = pid
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild_worker_died, (str(self), self.exitcode, self.pid))
 
 
@@ -86,7 +86,7 @@ class RemoteError(PoolxError):
         self.message = message
         self.tb = tb
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[object, ...]:
         return (RemoteError, (self.type_name, self.message, self.tb))
 
 

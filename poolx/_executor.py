@@ -18,7 +18,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from ._errors import RemoteTraceback
 from ._futures import Future, Task
@@ -123,6 +123,9 @@ class Executor(cf.Executor):
         self._shutdown = False
         self._feeders: list[_Feeder] = []
         _live.add(self)
+        # An executor dropped without shutdown() stops its workers once the
+        # queued work is done (the backend never refers back to the executor).
+        weakref.finalize(self, self._backend.shutdown, False, False)
 
     # -- introspection ---------------------------------------------------------
 
@@ -243,7 +246,7 @@ class Executor(cf.Executor):
         else:
             self.shutdown(wait=False, cancel_futures=True)
 
-    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             self._interrupt()
         else:
@@ -359,24 +362,24 @@ def _cancel_all(tasks: Iterable[Task]) -> None:
 def _results_buffered(ex: Executor, fn: Callable[..., Any], chunks: Iterator[list[Any]],
                       sizer: _ChunkSizer, buffersize: int, end_time: float | None) -> Iterator[Any]:
     """map() with ``buffersize``: the next chunk is submitted as one is consumed."""
-    inflight: deque[tuple[Task, int]] = deque()
+    inflight: deque[Task] = deque()
     for chunk in itertools.islice(chunks, buffersize):
-        inflight.append((_submit_chunk(ex, fn, chunk, sizer), len(chunk)))
+        inflight.append(_submit_chunk(ex, fn, chunk, sizer))
 
     def results() -> Iterator[Any]:
         try:
             while inflight:
-                task, n = inflight.popleft()
+                task = inflight.popleft()
                 values, error = _chunk_outcome(task, _remaining(end_time))
                 if error is not None:
                     yield from values
                     raise error
                 if not ex._shutdown:
                     for chunk in itertools.islice(chunks, 1):
-                        inflight.append((_submit_chunk(ex, fn, chunk, sizer), len(chunk)))
+                        inflight.append(_submit_chunk(ex, fn, chunk, sizer))
                 yield from values
         finally:
-            _cancel_all(t for t, _ in inflight)
+            _cancel_all(inflight)
 
     return results()
 
@@ -392,7 +395,7 @@ class _Feeder:
         self.sizer = sizer
         self.slots = threading.Semaphore(inflight)
         self.cond = threading.Condition()
-        self.tasks: deque[tuple[Task, int]] = deque()
+        self.tasks: deque[Task] = deque()
         self.finished = False
         self.error: BaseException | None = None
         self.stopped = False
@@ -421,7 +424,7 @@ class _Feeder:
                 task = _submit_chunk(self.ex, self.fn, chunk, self.sizer)
                 task.future.add_done_callback(lambda _f: self.slots.release())
                 with self.cond:
-                    self.tasks.append((task, len(chunk)))
+                    self.tasks.append(task)
                     self.cond.notify_all()
         except BaseException as exc:
             if first:
@@ -452,7 +455,7 @@ class _Feeder:
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join()
 
-    def next_task(self, end_time: float | None) -> tuple[Task, int] | None:
+    def next_task(self, end_time: float | None) -> Task | None:
         with self.cond:
             while not self.tasks:
                 if self.finished:
@@ -469,8 +472,7 @@ class _Feeder:
 def _results_fed(feeder: _Feeder, end_time: float | None) -> Iterator[Any]:
     def results() -> Iterator[Any]:
         try:
-            while (item := feeder.next_task(end_time)) is not None:
-                task, n = item
+            while (task := feeder.next_task(end_time)) is not None:
                 values, error = _chunk_outcome(task, _remaining(end_time))
                 if error is not None:
                     yield from values
@@ -479,7 +481,7 @@ def _results_fed(feeder: _Feeder, end_time: float | None) -> Iterator[Any]:
         finally:
             if not feeder.finished or feeder.tasks:
                 feeder.stop()
-                _cancel_all(t for t, _ in feeder.tasks)
+                _cancel_all(feeder.tasks)
 
     return results()
 

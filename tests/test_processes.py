@@ -162,9 +162,8 @@ def test_result_that_cannot_be_unpickled_in_the_driver_fails_only_itself():
         with pytest.raises(DeserializationError, match="could not be unpickled in the driver"):
             ex.submit(return_fails_to_unpickle).result(timeout=30)
         assert ex.submit(square, 3).result(timeout=30) == 9
-    with poolx.Executor(1, initializer=mark_worker) as ex:
-        with pytest.raises(DeserializationError):
-            ex.submit(ReduceRaisesInDriver).result(timeout=30)
+    with poolx.Executor(1, initializer=mark_worker) as ex, pytest.raises(DeserializationError):
+        ex.submit(ReduceRaisesInDriver).result(timeout=30)
 
 
 def test_remote_exception_keeps_its_type_and_carries_the_worker_traceback():

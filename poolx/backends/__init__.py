@@ -104,7 +104,7 @@ def get_backend(name: str) -> type[Backend]:
     module, _, attr = target.partition(":")
     cls = getattr(importlib.import_module(module), attr)
     register_backend(name, cls)
-    return cls  # type: ignore[no-any-return]
+    return cls
 
 
 def available_backends() -> list[str]:

@@ -7,11 +7,12 @@ free-threaded Python.  Nothing is pickled.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import threading
 
 from .._futures import Task
-from . import Backend, BackendOptions
 from .._telemetry import Telemetry
+from . import Backend, BackendOptions
 
 
 class ThreadBackend(Backend):
@@ -36,7 +37,7 @@ class ThreadBackend(Backend):
         inner = self._pool.submit(self._run, task)
         # If the pool breaks (initializer failed) or drops the call at shutdown,
         # the inner future fails or is cancelled and ours must follow.
-        inner.add_done_callback(lambda f, task=task: self._after(f, task))
+        inner.add_done_callback(functools.partial(self._after, task=task))
 
     def _run(self, task: Task) -> None:
         index = getattr(self._index, "value", None)
@@ -45,7 +46,7 @@ class ThreadBackend(Backend):
         task.worker = index
         task.run_here()
 
-    def _after(self, inner: cf.Future[None], task: Task) -> None:
+    def _after(self, inner: cf.Future[None], *, task: Task) -> None:
         with self._lock:
             self._pending.discard(task)
         fut = task.future

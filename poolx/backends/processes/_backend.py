@@ -42,7 +42,7 @@ def _preload_worker_module() -> None:
     try:
         from multiprocessing import forkserver
 
-        server = forkserver._forkserver  # type: ignore[attr-defined]
+        server: Any = forkserver._forkserver
         if server._forkserver_pid is None and server._preload_modules == ["__main__"]:
             server._preload_modules = ["__main__", "poolx.backends.processes._worker"]
     except AttributeError:

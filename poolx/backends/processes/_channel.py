@@ -117,9 +117,8 @@ class FrameReader:
                     return None
                 self._frames.append(self._direct)
                 self._direct = None
-            elif self._lengths is None:
-                if not self._read_header():
-                    return None
+            elif self._lengths is None and not self._read_header():
+                return None
             assert self._lengths is not None
             if len(self._frames) == len(self._lengths):
                 frames, self._frames, self._lengths = self._frames, [], None

@@ -223,7 +223,9 @@ class Scheduler(threading.Thread):
     # -- workers ------------------------------------------------------------
 
     def start_workers(self) -> None:
-        if self.closing or self.backend.broken is not None:
+        # Not while closing only: shutdown() runs what is already queued, even
+        # when no worker had started yet.
+        if self.terminating or self.backend.broken is not None:
             return
         busy = sum(1 for w in self.workers.values() if w.outstanding or w.state == STARTING)
         idle = len(self.workers) - busy

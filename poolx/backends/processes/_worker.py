@@ -69,7 +69,7 @@ class FdForChild:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[object, ...]:
         from multiprocessing.reduction import DupFd
 
         return (_detach, (DupFd(self.fd),))

@@ -1,0 +1,5 @@
+import sys
+
+from poolx.cli import main
+
+sys.exit(main())
