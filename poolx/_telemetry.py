@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,19 +81,23 @@ class Telemetry:
             self.cancelled += 1
 
     def task_done(self, task: Task, ok: bool) -> None:
-        busy = task.t_end - task.t_start
+        self.tasks_done(((task, ok),))
+
+    def tasks_done(self, finished: Iterable[tuple[Task, bool]]) -> None:
+        """Record finished tasks: one lock for a whole batch of results."""
         with self._lock:
-            if ok:
-                self.completed += 1
-            else:
-                self.failed += 1
-            self.bytes_sent += task.bytes_out
-            self.bytes_received += task.bytes_in
-            self.busy[task.worker] = self.busy.get(task.worker, 0.0) + busy
-            self.records.append(
-                (task.id, _name(task.fn), task.worker, task.t_submit, task.t_dispatch, task.t_start,
-                 task.t_end, task.t_done, task.bytes_out, task.bytes_in, ok)
-            )
+            busy = self.busy
+            append = self.records.append
+            for task, ok in finished:
+                if ok:
+                    self.completed += 1
+                else:
+                    self.failed += 1
+                self.bytes_sent += task.bytes_out
+                self.bytes_received += task.bytes_in
+                busy[task.worker] = busy.get(task.worker, 0.0) + (task.t_end - task.t_start)
+                append((task.id, _name(task.fn), task.worker, task.t_submit, task.t_dispatch,
+                        task.t_start, task.t_end, task.t_done, task.bytes_out, task.bytes_in, ok))
 
     def snapshot(self, **workers: Any) -> Statistics:
         with self._lock:

@@ -39,7 +39,6 @@ durations are known).
 from __future__ import annotations
 
 import collections
-import heapq
 import logging
 import mmap
 import os
@@ -278,38 +277,39 @@ class Scheduler(threading.Thread):
         return 1 + min(MAX_PREFETCH, int(PREFETCH_SECONDS / max(self.est, 1e-7)))
 
     def dispatch(self) -> None:
+        """Hand queued tasks to ready workers, least loaded first, one message each.
+
+        Each worker with room gets an equal share of the queue (at least one
+        task), capped by its room and MAX_BATCH: six slow tasks on six idle
+        workers go one per worker, ten thousand tiny ones go in large batches.
+        """
         queue = self.queue
         if not queue:
             return
         window = self.window()
-        heap = [(len(w.outstanding), w.index) for w in self.workers.values()
-                if w.state == READY and w.room(window) > 0]
-        if not heap:
-            return
-        heapq.heapify(heap)
-        batches: dict[int, list[Task]] = {}
+        ready = sorted((w for w in self.workers.values() if w.state == READY and w.room(window) > 0),
+                       key=lambda w: len(w.outstanding))
         now = time.perf_counter()
-        while queue and heap:
-            load, index = heap[0]
-            w = self.workers[index]
-            task = queue.popleft()
-            if not task.t_dispatch:  # first dispatch (a requeued task is already running)
-                if not task.future.set_running_or_notify_cancel():
-                    self.telemetry.task_cancelled()
-                    continue
-                task.t_dispatch = now
-            task.worker = index
-            w.outstanding[task.id] = task
-            if w.tasks_left is not None:
-                w.tasks_left -= 1
-            batch = batches.setdefault(index, [])
-            batch.append(task)
-            if w.room(window) > 0 and len(batch) < MAX_BATCH:
-                heapq.heapreplace(heap, (load + 1, index))
-            else:
-                heapq.heappop(heap)
-        for index, batch in batches.items():
-            self.send_tasks(self.workers[index], batch)
+        for i, w in enumerate(ready):
+            share = -(-len(queue) // (len(ready) - i))  # ceil: what is left over those left
+            take = min(share, w.room(window), MAX_BATCH)
+            batch: list[Task] = []
+            while queue and len(batch) < take:
+                task = queue.popleft()
+                if not task.t_dispatch:  # first dispatch (a requeued task is already running)
+                    if not task.future.set_running_or_notify_cancel():
+                        self.telemetry.task_cancelled()
+                        continue
+                    task.t_dispatch = now
+                task.worker = w.index
+                w.outstanding[task.id] = task
+                batch.append(task)
+            if batch:
+                if w.tasks_left is not None:
+                    w.tasks_left -= len(batch)
+                self.send_tasks(w, batch)
+            if not queue:
+                return
 
     def send_tasks(self, w: _Worker, batch: list[Task]) -> None:
         records = []
@@ -397,6 +397,7 @@ class Scheduler(threading.Thread):
     def on_results(self, w: _Worker, records: list[Any], msg: list[Any]) -> None:
         oob = 1
         est = self.est
+        finished: list[tuple[Task, bool]] = []
         for task_id, status, data, n_oob, t_start, t_end, info in records:
             bufs = msg[oob : oob + n_oob]
             oob += n_oob
@@ -404,13 +405,15 @@ class Scheduler(threading.Thread):
             if task is None:
                 continue
             task.t_start, task.t_end = t_start, t_end
-            task.bytes_in = len(data) + sum(len(b) for b in bufs)
+            task.bytes_in = len(data) + sum(len(b) for b in bufs) if n_oob else len(data)
             duration = t_end - t_start
             est = duration if est is None else est + EST_ALPHA * (duration - est)
-            self.complete(task, status, data, bufs, info)
+            finished.append((task, self.complete(task, status, data, bufs, info)))
         self.est = est
+        self.telemetry.tasks_done(finished)
 
-    def complete(self, task: Task, status: int, data: bytes, bufs: list[Any], info: Any) -> None:
+    def complete(self, task: Task, status: int, data: bytes, bufs: list[Any], info: Any) -> bool:
+        """Complete the task's future from a result record; True if it succeeded."""
         fut = task.future
         ok = False
         if status == W.OK:
@@ -451,7 +454,7 @@ class Scheduler(threading.Thread):
             fut.set_result(value)
         else:
             fut.set_exception(error)
-        self.telemetry.task_done(task, ok)
+        return ok
 
     def fail(self, task: Task, error: BaseException) -> None:
         task.t_done = time.perf_counter()
