@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, ParamSpec, TypeVar
 
@@ -33,6 +33,8 @@ T = TypeVar("T")
 TARGET_CHUNK_SECONDS = 0.02
 # Largest automatic chunk, in items.
 MAX_AUTO_CHUNK = 65536
+# map() runners kept per executor (each holds its function alive).
+RUNNER_CACHE = 256
 # Chunks of one map() kept in flight per worker when no buffersize is given.
 MAP_INFLIGHT_PER_WORKER = 4
 
@@ -122,6 +124,7 @@ class Executor(cf.Executor):
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._feeders: list[_Feeder] = []
+        self._runners: OrderedDict[tuple[Any, bool], Callable[..., Any]] = OrderedDict()
         _live.add(self)
         # An executor dropped without shutdown() stops its workers once the
         # queued work is done (the backend never refers back to the executor).
@@ -197,13 +200,28 @@ class Executor(cf.Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         end_time = None if timeout is None else timeout + time.monotonic()
         sizer = _ChunkSizer(chunksize, _length(iterables), self._max_workers)
-        chunks = _chunks(zip(*iterables), sizer)
-        runner = _chunk_runner(fn)
+        star = len(iterables) != 1
+        chunks = _chunks(zip(*iterables) if star else iter(iterables[0]), sizer)
+        runner = self._runner(fn, star)
         if buffersize is not None or self._backend.runs_in_caller:
             # An in-process backend runs each chunk as it is consumed, in the caller.
             return _results_buffered(self, runner, chunks, sizer, buffersize or 1, end_time)
         feeder = _Feeder(self, runner, chunks, sizer, MAP_INFLIGHT_PER_WORKER * self._max_workers)
         return _results_fed(feeder, end_time)
+
+    def _runner(self, fn: Callable[..., Any], star: bool) -> Callable[..., Any]:
+        # The same runner object for the same fn across map() calls: the engine
+        # then pickles it (with fn in its closure) once per worker and refers to
+        # it by key afterwards, as it does for submit(fn).
+        try:
+            runner = self._runners.get((fn, star))
+        except TypeError:  # fn is not hashable
+            return _chunk_runner(fn, star)
+        if runner is None:
+            runner = self._runners[(fn, star)] = _chunk_runner(fn, star)
+            if len(self._runners) > RUNNER_CACHE:
+                self._runners.popitem(last=False)
+        return runner
 
     # -- stopping ---------------------------------------------------------------
 
@@ -294,7 +312,7 @@ class _ChunkSizer:
             self.per_item = per_item if prev is None else 0.5 * (prev + per_item)
 
 
-def _chunks(items: Iterator[tuple[Any, ...]], sizer: _ChunkSizer) -> Iterator[list[tuple[Any, ...]]]:
+def _chunks(items: Iterator[Any], sizer: _ChunkSizer) -> Iterator[list[Any]]:
     while True:
         chunk = list(itertools.islice(items, sizer.next_size()))
         if not chunk:
@@ -302,14 +320,23 @@ def _chunks(items: Iterator[tuple[Any, ...]], sizer: _ChunkSizer) -> Iterator[li
         yield chunk
 
 
-def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
-    """Runs in the worker: apply ``fn`` to each item of a chunk."""
-    results = []
-    for args in chunk:
-        try:
-            results.append(fn(*args))
-        except BaseException as exc:
-            raise _ChunkError(results, exc) from exc
+def _run_chunk(fn: Callable[..., Any], chunk: list[Any], star: bool) -> list[Any]:
+    """Runs in the worker: apply ``fn`` to each item of a chunk.
+
+    With one iterable the items are the arguments themselves (no 1-tuples to
+    pickle); with several, each item is a tuple of arguments.
+    """
+    results: list[Any] = []
+    append = results.append
+    try:
+        if star:
+            for args in chunk:
+                append(fn(*args))
+        else:
+            for arg in chunk:
+                append(fn(arg))
+    except BaseException as exc:
+        raise _ChunkError(results, exc) from exc
     return results
 
 
@@ -322,12 +349,14 @@ class _ChunkError(Exception):
         self.error = error
 
 
-def _chunk_runner(fn: Callable[..., Any]) -> Callable[[list[tuple[Any, ...]]], list[Any]]:
-    # One function object per map() call: the engine pickles it (and ``fn`` in
-    # its closure) once per worker, instead of sending ``fn`` with every chunk.
-    def run_chunk(chunk: list[tuple[Any, ...]]) -> list[Any]:
-        return _run_chunk(fn, chunk)
+def _chunk_runner(fn: Callable[..., Any], star: bool) -> Callable[[list[Any]], list[Any]]:
+    """The task function of a map() over ``fn``, named after ``fn`` for traces."""
 
+    def run_chunk(chunk: list[Any]) -> list[Any]:
+        return _run_chunk(fn, chunk, star)
+
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    run_chunk.__qualname__ = run_chunk.__name__ = f"{name} [map]"
     return run_chunk
 
 

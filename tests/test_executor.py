@@ -202,3 +202,37 @@ def test_export_trace_writes_one_lane_per_worker(executor, tmp_path):
     assert len(spans) == 8
     assert {e["tid"] for e in spans} == {e["tid"] for e in lanes}
     assert all(e["dur"] >= 9000 for e in spans)  # each slept 10 ms (trace is in microseconds)
+
+
+def test_initializer_runs_before_tasks_on_every_backend(backend, tmp_path):
+    from _tasks import record_init
+
+    path = tmp_path / "inits"
+    with poolx.Executor(2, backend=backend, initializer=record_init, initargs=(str(path),)) as ex:
+        assert ex.submit(square, 3).result(timeout=30) == 9
+    assert 1 <= len(path.read_text().split()) <= 2
+
+
+def test_failing_initializer_is_an_initializer_error_on_every_backend(backend):
+    from _tasks import failing_init
+
+    ex = poolx.Executor(1, backend=backend, initializer=failing_init)
+    try:
+        with pytest.raises((poolx.InitializerError, ValueError), match="initializer exploded"):
+            ex.submit(square, 3).result(timeout=30)
+    finally:
+        ex.shutdown()
+    if backend != "serial":  # serial raises the initializer's own error, in the caller
+        with pytest.raises(poolx.InitializerError):
+            poolx.Executor(1, backend=backend, initializer=failing_init).submit(square, 1).result(30)
+
+
+def test_map_names_trace_spans_after_the_users_function(executor, tmp_path):
+    import json
+
+    list(executor.map(square, range(10)))
+    time.sleep(0.05)
+    executor.export_trace(tmp_path / "t.json")
+    names = {e["name"] for e in json.loads((tmp_path / "t.json").read_text())["traceEvents"]
+             if e["ph"] == "X"}
+    assert names == {"square [map]"}

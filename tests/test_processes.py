@@ -378,3 +378,11 @@ def test_terminate_and_kill_workers_stop_running_and_cancel_pending(method):
     with pytest.raises(RuntimeError):
         ex.submit(square, 1)
     ex.shutdown(wait=True)
+
+
+def test_a_future_passed_as_an_argument_gets_a_clear_error():
+    with poolx.Executor(1) as ex:
+        fut = ex.submit(square, 2)
+        with pytest.raises(SerializationError, match="not supported yet; pass future.result"):
+            ex.submit(square, fut)
+        fut.result(timeout=30)

@@ -21,6 +21,16 @@ from typing import Any, ClassVar
 from .._futures import Task
 from .._telemetry import Telemetry
 
+__all__ = [
+    "Backend",
+    "BackendOptions",
+    "Task",
+    "Telemetry",
+    "available_backends",
+    "get_backend",
+    "register_backend",
+]
+
 
 @dataclass
 class BackendOptions:

@@ -13,8 +13,14 @@ from . import Backend
 class SerialBackend(Backend):
     name = "serial"
     runs_in_caller = True
+    _initialized = False
 
     def submit(self, task: Task) -> None:
+        if not self._initialized:
+            # The caller's thread is the one worker: initialize it at its first task.
+            self._initialized = True
+            if self.options.initializer is not None:
+                self.options.initializer(*self.options.initargs)
         task.worker = 0
         task.run_here()
         if task.future.cancelled():

@@ -9,8 +9,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import threading
+from concurrent.futures.thread import BrokenThreadPool
 
+from .._errors import InitializerError
 from .._futures import Task
+from .._serialization import describe
 from .._telemetry import Telemetry
 from . import Backend, BackendOptions
 
@@ -20,18 +23,36 @@ class ThreadBackend(Backend):
 
     def __init__(self, options: BackendOptions, telemetry: Telemetry) -> None:
         super().__init__(options, telemetry)
+        self._init_error: BaseException | None = None
         self._pool = cf.ThreadPoolExecutor(
             options.max_workers,
             thread_name_prefix="poolx-thread",
-            initializer=options.initializer,
-            initargs=options.initargs,
+            initializer=self._initialize if options.initializer is not None else None,
         )
         self._index = threading.local()
         self._next_index = iter(range(1 << 62)).__next__
         self._pending: set[Task] = set()
         self._lock = threading.Lock()
 
+    def _initialize(self) -> None:
+        try:
+            self.options.initializer(*self.options.initargs)
+        except BaseException as exc:
+            self._init_error = exc
+            raise
+
+    def _broken(self) -> InitializerError:
+        exc = self._init_error
+        error = InitializerError(
+            f"the worker initializer {describe(self.options.initializer)} raised "
+            f"{type(exc).__name__}: {exc}"
+        )
+        error.__cause__ = exc
+        return error
+
     def submit(self, task: Task) -> None:
+        if self._init_error is not None:
+            raise self._broken()
         with self._lock:
             self._pending.add(task)
         inner = self._pool.submit(self._run, task)
@@ -55,6 +76,8 @@ class ThreadBackend(Backend):
                 fut.cancel()
             else:
                 exc = inner.exception()
+                if isinstance(exc, BrokenThreadPool) and self._init_error is not None:
+                    exc = self._broken()
                 if fut.set_running_or_notify_cancel() and exc is not None:
                     fut.set_exception(exc)
         if fut.cancelled():

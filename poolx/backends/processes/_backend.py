@@ -100,8 +100,9 @@ class ProcessBackend(Backend):
             raise _pickling_error(fn, task.args, task.kwargs, exc) from exc
         task.state = (key, fn_bytes, payload, bufs)
         task.bytes_out = len(payload) + sum(b.raw().nbytes for b in bufs)
-        self._incoming.append(task)
-        self._wake()
+        if not self._scheduler.try_direct(task):
+            self._incoming.append(task)
+            self._wake()
 
     def _function(self, fn: Any) -> tuple[int, bytes]:
         """The key and pickled bytes of ``fn``, pickling it the first time only."""
@@ -178,6 +179,14 @@ class ProcessBackend(Backend):
 def _pickling_error(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                     exc: Exception) -> SerializationError:
     """Name the argument that cannot be pickled."""
+    import concurrent.futures as cf
+
+    values = list(args) + list(kwargs.values())
+    if any(isinstance(v, cf.Future) for v in values):
+        return SerializationError(
+            f"a Future was passed as an argument of {describe(fn)}: futures as arguments "
+            "(task dependencies) are not supported yet; pass future.result() instead"
+        )
     culprit = f"the callable {describe(fn)}"
     candidates = [(f"argument {i} ({describe(type(a))})", a) for i, a in enumerate(args)]
     candidates += [(f"keyword argument {k!r} ({describe(type(v))})", v) for k, v in kwargs.items()]
