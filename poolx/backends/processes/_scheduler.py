@@ -86,6 +86,8 @@ WORKER_FN_CACHE = 1024
 MAX_REQUEUE = 3
 # Workers dying before they are ready this many times in a row break the executor.
 MAX_START_FAILURES = 3
+# How much of a dead worker's faulthandler dump goes into the error message.
+CRASH_DUMP_BYTES = 8192
 # Grace period for workers to exit after STOP, then SIGKILL.
 STOP_TIMEOUT = 5.0
 
@@ -111,9 +113,10 @@ if hasattr(os, "register_at_fork"):
 class _Worker:
     """The driver's handle on one worker process."""
 
-    def __init__(self, index: int, process: Any, sock: socket.socket, cell: mmap.mmap,
+    def __init__(self, index: int, process: Any, sock: socket.socket, cell: mmap.mmap, fd: int,
                  tasks_left: int | None) -> None:
         self.index = index
+        self.fd = fd  # the file behind the progress cell, and the crash dump after it
         self.process = process
         self.sock = sock
         self.reader = _channel.FrameReader(sock)
@@ -252,11 +255,13 @@ class Scheduler(threading.Thread):
                 name=f"poolx-worker-{index}",
             )
             process.start()
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        finally:
             child.close()
         parent.setblocking(False)
-        w = _Worker(index, process, parent, cell, self.max_tasks)
+        w = _Worker(index, process, parent, cell, fd, self.max_tasks)
         self.workers[index] = w
         self.sel.register(parent, selectors.EVENT_READ, lambda k, m, w=w: self.on_socket(w, m))
         self.sel.register(process.sentinel, selectors.EVENT_READ, lambda k, m, w=w: self.on_exit(w))
@@ -521,6 +526,7 @@ class Scheduler(threading.Thread):
         finally:
             w.sock.close()
             w.cell.close()
+            os.close(w.fd)
             if w.process.exitcode is not None:
                 w.process.close()
 
@@ -569,7 +575,7 @@ class Scheduler(threading.Thread):
                 self.fail(task, WorkerDiedError(
                     f"the worker process (pid {w.pid}) running {describe(task.fn)} died: "
                     f"{describe_exit(exitcode)}. The worker was replaced; other tasks are "
-                    "unaffected.", exitcode=exitcode, pid=w.pid))
+                    f"unaffected.{crash_dump(w)}", exitcode=exitcode, pid=w.pid))
             elif task.retries >= MAX_REQUEUE:
                 self.fail(task, WorkerDiedError(
                     f"{describe(task.fn)} was on {MAX_REQUEUE + 1} workers that died "
@@ -641,8 +647,19 @@ class Scheduler(threading.Thread):
             self.signal(w, kill=True)
             w.process.join(1.0)
             w.sock.close()
+            w.cell.close()
+            os.close(w.fd)
         self.sel.close()
         self.backend.scheduler_exited()
+
+
+def crash_dump(w: _Worker) -> str:
+    """The worker's faulthandler output, if a fatal error wrote one."""
+    try:
+        dump = os.pread(w.fd, CRASH_DUMP_BYTES, W.PROGRESS_BYTES).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    return f"\n\nThe worker's Python stack when it died (faulthandler):\n{dump}" if dump else ""
 
 
 def pickle_stop() -> bytes:

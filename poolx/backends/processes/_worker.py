@@ -24,6 +24,7 @@ up, even while a task is running: workers never outlive their driver.
 
 from __future__ import annotations
 
+import faulthandler
 import mmap
 import os
 import pickle
@@ -54,6 +55,8 @@ FLUSH_MAX = 512
 FLUSH_SECONDS = 0.002
 
 # The progress cell: u64 id of the task being run, and u64 1 when it finished.
+# It fills the first page of a per-worker unlinked temporary file; a fatal
+# error's stack dump (faulthandler) is written after it.
 PROGRESS = struct.Struct("<QQ")
 PROGRESS_BYTES = 4096
 
@@ -87,7 +90,10 @@ def main(sock: socket.socket, progress: Any, index: int, setup: bytes) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     fd = progress.take() if isinstance(progress, FdForChild) else int(progress)
     cell = mmap.mmap(fd, PROGRESS_BYTES)
-    os.close(fd)
+    # A fatal error (SIGSEGV, SIGABRT, ...) dumps every thread's Python stack
+    # after the progress cell; the driver puts it in the task's WorkerDiedError.
+    os.lseek(fd, PROGRESS_BYTES, os.SEEK_SET)
+    faulthandler.enable(fd, all_threads=False)
     sock.setblocking(True)
     _start_watchdog(sock)
     initializer, initargs, max_tasks = ser.loads(setup)
