@@ -1,0 +1,52 @@
+"""The README's two commands stay true: CI runs the test command verbatim, and
+the main job (``poolx demo``) works."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bash_blocks() -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    commands = [b.strip() for b in _bash_blocks()]
+    test_command = next(c for c in commands if "pytest" in c)
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci, f"{test_command!r} is not a line of .ci/run"
+
+
+def test_the_readme_main_command_runs_the_demo():
+    commands = [b.strip() for b in _bash_blocks()]
+    main = next(c for c in commands if "poolx demo" in c)
+    assert main.endswith(".venv/bin/poolx demo")
+
+
+def test_poolx_demo_prints_both_times_and_the_speedup():
+    pytest.importorskip("numpy")
+    proc = subprocess.run(
+        [sys.executable, "-m", "poolx", "demo", "--samples", "2000000", "--workers", "2"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert re.search(r"serial\s+\d+\.\d+ s", out), out
+    assert re.search(r"tasks \(processes, 2 workers\)\s+\d+\.\d+ s", out), out
+    assert re.search(r"speedup\s+\d+\.\d+x", out), out
+    estimates = re.findall(r"pi ~ (\d\.\d+)", out)
+    assert len(estimates) == 2 and estimates[0] == estimates[1]
+    assert abs(float(estimates[0]) - 3.14159) < 0.01
+
+
+def test_poolx_without_arguments_explains_itself():
+    proc = subprocess.run([sys.executable, "-m", "poolx"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "demo" in proc.stderr
