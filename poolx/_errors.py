@@ -62,7 +62,10 @@ def _rebuild_worker_died(message: str, exitcode: int | None, pid: int | None) ->
 
 
 class InitializerError(PoolxError, BrokenProcessPool):
-    """The worker initializer raised; the executor cannot start workers."""
+    """Workers cannot start: the initializer raised, or no process could be started.
+
+    The executor is broken: pending and later tasks fail with this error.
+    """
 
 
 class SerializationError(PoolxError, pickle.PicklingError):

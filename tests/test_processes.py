@@ -388,3 +388,18 @@ def test_a_future_passed_as_an_argument_gets_a_clear_error():
         with pytest.raises(SerializationError, match="not supported yet; pass future.result"):
             ex.submit(square, fut)
         fut.result(timeout=30)
+
+
+def test_the_driver_lets_go_of_arguments_once_they_are_pickled():
+    import gc
+    import weakref
+
+    np = pytest.importorskip("numpy")
+    with poolx.Executor(1) as ex:
+        arr = np.ones(1_000_000)
+        ref = weakref.ref(arr)
+        fut = ex.submit(array_roundtrip, arr)
+        fut.result(timeout=30)
+        del arr
+        gc.collect()
+        assert ref() is None

@@ -99,6 +99,7 @@ class ProcessBackend(Backend):
         except Exception as exc:
             raise _pickling_error(fn, task.args, task.kwargs, exc) from exc
         task.state = (key, fn_bytes, payload, bufs)
+        task.args, task.kwargs = (), {}  # the pickle is what travels; let the caller's objects go
         task.bytes_out = len(payload) + sum(b.raw().nbytes for b in bufs)
         if not self._scheduler.try_direct(task):
             self._incoming.append(task)

@@ -238,7 +238,11 @@ class Scheduler(threading.Thread):
         idle = len(self.workers) - busy
         want = min(self.max_workers - len(self.workers), len(self.queue) - idle)
         for _ in range(max(want, 0)):
-            self.start_worker()
+            try:
+                self.start_worker()
+            except Exception as exc:  # e.g. EMFILE, or the forkserver died
+                self.break_executor(f"could not start a worker process: {type(exc).__name__}: {exc}")
+                return
 
     def start_worker(self) -> None:
         index = self.next_index
@@ -490,6 +494,7 @@ class Scheduler(threading.Thread):
             )
             error.__cause__ = RemoteTraceback(info[2])
         task.t_done = time.perf_counter()
+        task.state = None  # the pickled arguments are no longer needed
         if ok:
             fut.set_result(value)
         else:
@@ -498,6 +503,7 @@ class Scheduler(threading.Thread):
 
     def fail(self, task: Task, error: BaseException) -> None:
         task.t_done = time.perf_counter()
+        task.state = None
         if not task.t_dispatch and not task.future.set_running_or_notify_cancel():
             self.telemetry.task_cancelled()
             return
