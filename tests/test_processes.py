@@ -385,7 +385,7 @@ def test_terminate_and_kill_workers_stop_running_and_cancel_pending(method):
 def test_a_future_passed_as_an_argument_gets_a_clear_error():
     with poolx.Executor(1) as ex:
         fut = ex.submit(square, 2)
-        with pytest.raises(SerializationError, match="not supported yet; pass future.result"):
+        with pytest.raises(SerializationError, match=r"not supported yet; pass future\.result"):
             ex.submit(square, fut)
         fut.result(timeout=30)
 
