@@ -11,9 +11,13 @@ import time
 
 DATABASE = ["learning", "Ray", "for", "distributed", "data", "processing"]
 
-# Samples drawn per numpy call inside one pi chunk: bounds the memory a chunk
-# needs (two float64 arrays of this length, 16 MB) whatever the chunk size.
-PI_BATCH = 1_000_000
+# Samples drawn per numpy call inside one pi chunk.  The chunk fills the same
+# two preallocated arrays (1 MB in all) again and again, so the work is
+# CPU-bound and does not depend on the process's malloc state: allocating
+# 512 KB arrays per batch costs tens of thousands of page faults per chunk in
+# a process whose glibc mmap threshold is still at its default, and far fewer
+# in one where earlier large allocations raised it.
+PI_BATCH = 65_536
 
 
 def noop():
@@ -39,13 +43,19 @@ def pi_chunk(samples, seed):
     import numpy as np
 
     rng = np.random.default_rng(seed)
+    x = np.empty(PI_BATCH)
+    y = np.empty(PI_BATCH)
     inside = 0
     left = samples
     while left > 0:
         n = min(left, PI_BATCH)
-        x = rng.random(n)
-        y = rng.random(n)
-        inside += int(np.count_nonzero(x * x + y * y <= 1.0))
+        xs, ys = x[:n], y[:n]
+        rng.random(out=xs)
+        rng.random(out=ys)
+        np.multiply(xs, xs, out=xs)
+        np.multiply(ys, ys, out=ys)
+        np.add(xs, ys, out=xs)
+        inside += int(np.count_nonzero(xs <= 1.0))
         left -= n
     return inside
 

@@ -1,0 +1,611 @@
+"""Run poolx and its peers side by side; write RESULTS.md and results.json.
+
+    python benchmarks/run.py [--quick] [--repeats N] [--cases a,b] [--impls a,b]
+                             [--out benchmarks/RESULTS.md] [--strict]
+
+Every (case, implementation, repeat) is one fresh ``python _case.py CASE IMPL``
+subprocess with a time limit; the order of the implementations rotates from
+one repeat to the next.  A failure or a timeout is recorded, never fatal.
+See README.md in this folder for what each case measures.
+"""
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import multiprocessing
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import _case  # noqa: E402  (sizes and implementation names live there)
+
+# Repeats of every (case, implementation): 5 gives a stable median and a
+# min/max spread while a full run stays under ~10 minutes on 2 cores.
+DEFAULT_REPEATS = 5
+QUICK_REPEATS = 1
+
+# The implementations that count as peers when looking for the best one.
+PEERS = ["ProcessPoolExecutor", "multiprocessing.Pool", "loky"]
+
+# Which implementations run each case.  serial only where it means something:
+# it has no startup, no round trip, and runs retrieve's sleeps one after another.
+# bare-fork (two os.fork()ed children splitting pi statically, no pool) is the
+# machine's own ceiling for pi: a virtual machine's 2 vCPUs may not give 2x.
+ALL_POOLS = ["poolx", "poolx[fork]", "ProcessPoolExecutor", "multiprocessing.Pool", "loky"]
+CASE_IMPLS = {
+    "startup": ALL_POOLS,
+    "tasks": [*ALL_POOLS, "serial"],
+    "map": [*ALL_POOLS, "serial"],
+    "roundtrip": ALL_POOLS,
+    "pi": [*ALL_POOLS, "serial", "bare-fork"],
+    "retrieve": ALL_POOLS,
+}
+
+# Seconds one measurement subprocess may run before its process tree is
+# killed and the measurement recorded as 'timeout'.  map is the long one:
+# ProcessPoolExecutor and loky default to chunksize=1 (about 15 s for 200,000
+# items on 2 cores); past 90 s it is reported as a timeout, not waited for.
+CASE_TIMEOUT_S = {"startup": 30, "tasks": 60, "map": 90, "roundtrip": 60, "pi": 60, "retrieve": 60}
+# After a measurement exits, how long its leftover processes (e.g. a
+# forkserver noticing its parent is gone) get to exit before they are
+# recorded as leftovers and killed.
+LINGER_GRACE_S = 2.0
+# A measurement during which other processes on the machine kept more than
+# this many cores busy is flagged in RESULTS.md: with 2 cores, that is a
+# worker's worth of CPU taken away.
+DISTURBED_CORES = 0.1
+# With --wait-idle, the length of one look at how busy the rest of the machine is.
+IDLE_PROBE_S = 0.5
+
+# How each case reads: title, unit, and whether a bigger number is better.
+CASE_INFO = {
+    "startup": ("construction to the first result of a trivial task", "ms", False),
+    "tasks": ("{tasks:,} no-op tasks submitted one by one, then all results", "tasks/s", True),
+    "map": ("map(inc) over {map_items:,} tiny items, default chunking", "items/s", True),
+    "roundtrip": ("{roundtrip:,} sequential submit(noop).result() after {roundtrip_warmup:,} untimed",
+                  "us (median)", False),
+    "pi": ("Monte Carlo pi, {pi_samples:,} samples in {pi_chunks} tasks", "s", False),
+    "retrieve": ("6 items on 6 warm workers, item i sleeps i/10 s: time above the ideal 0.5 s",
+                 "ms", False),
+}
+
+
+# -- running one measurement ---------------------------------------------------
+
+
+def run_measurement(case, impl, quick, timeout):
+    """One fresh subprocess; returns the record of what happened."""
+    cmd = [sys.executable, str(HERE / "_case.py"), case, impl] + (["--quick"] if quick else [])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(HERE), env.get("PYTHONPATH", "")] if p)
+    before = cpu_snapshot(exclude_pgid=None)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    timed_out = exited_in_time = False
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # Either the measurement ran too long, or it exited but processes it
+        # left behind still hold its output pipes open.
+        timed_out = True
+        exited_in_time = proc.poll() is not None
+        kill_group(proc.pid)
+        out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    foreign = foreign_cpu_seconds(before, cpu_snapshot(exclude_pgid=proc.pid))
+    leftovers = reap_group(proc.pid)
+    record = make_record(case, impl, proc.returncode, timed_out and not exited_in_time, out, err, wall,
+                         leftovers)
+    if exited_in_time:
+        record["note"] = "exited, but processes it left held its output open until the time limit (killed)"
+    record["foreign_cpu_s"] = round(foreign, 3)
+    return record
+
+
+def make_record(case, impl, returncode, timed_out, out, err, wall, leftovers):
+    lines = [parsed for parsed in map(json_or_none, out.splitlines()) if isinstance(parsed, dict)]
+    result = next((line for line in lines if "value" in line), None)
+    closed = next((line for line in lines if "shutdown_ms" in line), None)
+    record = {"case": case, "impl": impl, "wall_s": round(wall, 3), "returncode": returncode}
+    if result is not None:
+        record.update(result)
+    if closed is not None:
+        record["shutdown_ms"] = closed["shutdown_ms"]
+    if leftovers:
+        record["leftover_processes"] = leftovers
+    if result is None:
+        record["status"] = "timeout" if timed_out else "error"
+    elif timed_out or closed is None:
+        # The number was measured, but shutdown hung or failed afterwards.
+        record["status"] = "ok"
+        record["note"] = "shutdown timed out (killed)" if timed_out else "shutdown failed"
+    else:
+        record["status"] = "ok" if returncode == 0 else "error"
+    if record["status"] != "ok" or "note" in record or returncode != 0:
+        record["stderr_tail"] = err[-2000:]
+    return record
+
+
+def proc_stats():
+    """(pid, fields after the command name) of every process, from Linux /proc."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        yield int(entry), fields
+
+
+def cpu_snapshot(exclude_pgid):
+    """{(pid, start time): CPU ticks} of every process but this one and group ``exclude_pgid``."""
+    me = os.getpid()
+    snapshot = {}
+    for pid, fields in proc_stats():
+        if pid == me or int(fields[2]) == exclude_pgid:
+            continue
+        utime, stime, start = int(fields[11]), int(fields[12]), int(fields[19])
+        snapshot[(pid, start)] = utime + stime
+    return snapshot
+
+
+def foreign_cpu_seconds(before, after):
+    """CPU seconds other processes used between two snapshots (the machine is shared)."""
+    ticks = sum(used - before.get(key, 0) for key, used in after.items())
+    return max(0, ticks) / os.sysconf("SC_CLK_TCK")
+
+
+def json_or_none(line):
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+def group_members(pgid):
+    """Live processes of process group ``pgid`` (Linux /proc; [] elsewhere)."""
+    return [pid for pid, fields in proc_stats() if int(fields[2]) == pgid and fields[0] not in ("Z", "X")]
+
+
+def kill_group(pgid):
+    """SIGKILL the measurement's whole process group (its session leader's group)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def reap_group(pgid):
+    """Give leftover processes a grace period, then kill them; returns how many were left."""
+    deadline = time.monotonic() + LINGER_GRACE_S
+    while time.monotonic() < deadline:
+        if not group_members(pgid):
+            return 0
+        time.sleep(0.05)
+    left = len(group_members(pgid))
+    kill_group(pgid)
+    return left
+
+
+# -- the schedule ----------------------------------------------------------------
+
+
+def rotated(items, shift):
+    """``items`` rotated left by ``shift``: repeat r starts with the r-th one."""
+    shift %= len(items)
+    return items[shift:] + items[:shift]
+
+
+def wait_until_idle(max_wait):
+    """Wait (at most ``max_wait`` s) until other processes use under DISTURBED_CORES."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < max_wait:
+        before = cpu_snapshot(exclude_pgid=None)
+        time.sleep(IDLE_PROBE_S)
+        if foreign_cpu_seconds(before, cpu_snapshot(exclude_pgid=None)) / IDLE_PROBE_S < DISTURBED_CORES:
+            break
+    return time.monotonic() - t0
+
+
+def run_all(cases, impls, repeats, quick, timeout_override, wait_idle):
+    records = []
+    for repeat in range(repeats):
+        for case in cases:
+            chosen = [i for i in CASE_IMPLS[case] if i in impls]
+            for position, impl in enumerate(rotated(chosen, repeat)):
+                timeout = timeout_override or CASE_TIMEOUT_S[case]
+                waited = wait_until_idle(wait_idle) if wait_idle else 0.0
+                record = run_measurement(case, impl, quick, timeout)
+                record.update(repeat=repeat + 1, position=position + 1, timeout_s=timeout,
+                              waited_for_idle_s=round(waited, 1))
+                records.append(record)
+                print(progress_line(record), flush=True)
+    return records
+
+
+def progress_line(r):
+    value = f"{r['value']:.6g} {r['unit']}" if r["status"] == "ok" else r["status"].upper()
+    extra = f"  [{r['note']}]" if "note" in r else ""
+    extra += f"  [{r['leftover_processes']} leftover processes killed]" if r.get("leftover_processes") else ""
+    return f"  repeat {r['repeat']}  {r['case']:<10} {r['impl']:<21} {value:<24} ({r['wall_s']:.1f} s){extra}"
+
+
+# -- summarising -------------------------------------------------------------------
+
+
+def summarise(records, cases):
+    """Per case and implementation: median, min, max of the headline value and extras."""
+    summary = {}
+    for case in cases:
+        rows = {}
+        for impl in CASE_IMPLS[case]:
+            mine = [r for r in records if r["case"] == case and r["impl"] == impl]
+            if not mine:
+                continue
+            ok = [r for r in mine if r["status"] == "ok"]
+            row = {"runs": len(mine), "ok": len(ok),
+                   "failures": sorted({r["status"] for r in mine if r["status"] != "ok"}),
+                   "start_method": next((r["start_method"] for r in ok), None)}
+            if ok:
+                values = [r["value"] for r in ok]
+                row.update(median=statistics.median(values), min=min(values), max=max(values))
+                if case == "roundtrip":
+                    row["p99_us"] = statistics.median(r["p99_us"] for r in ok)
+                row["others_cores"] = statistics.median(others_cores(r) for r in ok)
+                shutdowns = [r["shutdown_ms"] for r in ok if "shutdown_ms" in r]
+                if shutdowns:
+                    row["shutdown_ms"] = statistics.median(shutdowns)
+            rows[impl] = row
+        add_ratios(case, rows)
+        summary[case] = rows
+    return summary
+
+
+def best_peer(case, rows):
+    """(name, median) of the best peer that produced a number, or (None, None)."""
+    higher = CASE_INFO[case][2]
+    measured = [(rows[p]["median"], p) for p in PEERS if p in rows and "median" in rows[p]]
+    if not measured:
+        return None, None
+    value, name = max(measured) if higher else min(measured)
+    return name, value
+
+
+def add_ratios(case, rows):
+    name, best = best_peer(case, rows)
+    serial = rows.get("serial", {}).get("median")
+    for row in rows.values():
+        if "median" not in row:
+            continue
+        if best:
+            row["vs_best_peer"] = row["median"] / best
+            row["best_peer"] = name
+        if case == "pi" and serial:
+            row["speedup_vs_serial"] = serial / row["median"]
+
+
+# -- goals (from the issue), computed from the data ------------------------------
+
+
+def goals(summary, cpus):
+    """[(goal, target, measured, status)] for the default poolx row."""
+
+    def poolx(case, key="median"):
+        return summary.get(case, {}).get("poolx", {}).get(key)
+
+    def peer(case):
+        return best_peer(case, summary[case]) if case in summary else (None, None)
+
+    out = []
+
+    def add(goal, target, measured, reached):
+        status = "n/a (no data)" if measured is None else ("reached" if reached else "not reached")
+        out.append({"goal": goal, "target": target, "measured": measured or "-", "status": status,
+                    "reached": bool(reached) if measured is not None else None})
+
+    name, best = peer("tasks")
+    value = poolx("tasks")
+    ratio = value / best if value and best else None
+    add("tasks submitted one by one", ">= 3x the best peer",
+        f"{ratio:.2f}x {name} ({value:,.0f} vs {best:,.0f} tasks/s)" if ratio else None, ratio and ratio >= 3)
+
+    name, best = peer("map")
+    value = poolx("map")
+    ratio = value / best if value and best else None
+    add("map items/s", ">= the best peer",
+        f"{ratio:.2f}x {name} ({value:,.0f} vs {best:,.0f} items/s)" if ratio else None, ratio and ratio >= 1)
+
+    name, best = peer("roundtrip")
+    value = poolx("roundtrip")
+    ratio = value / best if value and best else None
+    add("median round trip", "< 0.5x the best peer's",
+        f"{ratio:.2f}x {name} ({value:.1f} vs {best:.1f} us)" if ratio else None, ratio and ratio < 0.5)
+
+    value = poolx("retrieve")
+    add("retrieve overhead above 0.5 s", "< 1 ms", None if value is None else f"{value:.2f} ms",
+        value is not None and value < 1.0)
+
+    value = poolx("pi", "speedup_vs_serial")
+    ceiling = summary.get("pi", {}).get("bare-fork", {}).get("speedup_vs_serial")
+    add(f"pi speedup over serial ({cpus} usable CPUs)", ">= 1.9 on 2 cores",
+        (f"{value:.2f}x" + (f" (machine ceiling, bare-fork: {ceiling:.2f}x)" if ceiling else ""))
+        if value else None, value and value >= 1.9)
+
+    value = poolx("startup")
+    method = poolx("startup", "start_method")
+    add(f"startup with {method or 'forkserver'}", "< 30 ms", None if value is None else f"{value:.1f} ms",
+        value is not None and value < 30 and method == "forkserver")
+    return out
+
+
+# -- environment ---------------------------------------------------------------------
+
+
+def version_of(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def poolx_version():
+    try:
+        import poolx
+
+        return poolx.__version__
+    except Exception as exc:
+        return f"import failed: {exc}"
+
+
+def git_revision():
+    """The commit measured, '+dirty' when poolx/ has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "poolx"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count()
+
+
+def load_average():
+    """1, 5 and 15 minute load: other work on the machine skews every number."""
+    try:
+        return os.getloadavg()
+    except OSError:
+        return ()
+
+
+def environment():
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version() + " (" + platform.python_implementation() + ")",
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable_cpus(),
+        "workers": _case.WORKERS,
+        "retrieve_workers": _case.RETRIEVE_WORKERS,
+        "default_start_method": multiprocessing.get_start_method(),
+        "load_average_at_start": " ".join(f"{x:.2f}" for x in load_average()),
+        "poolx": poolx_version(),
+        "poolx_git": git_revision(),
+        "loky": version_of("loky"),
+        "cloudpickle": version_of("cloudpickle"),
+        "numpy": version_of("numpy"),
+    }
+
+
+# -- writing ---------------------------------------------------------------------------
+
+
+def fmt(value, unit):
+    if value is None:
+        return "-"
+    if unit in ("tasks/s", "items/s"):
+        return f"{value:,.0f}"
+    if unit == "s":
+        return f"{value:.3f}"
+    if unit == "ms" and abs(value) < 10:
+        return f"{value:.2f}"
+    return f"{value:,.1f}"
+
+
+def ratio_text(ratio):
+    """Two decimals, or three significant digits below 0.1 (0.00257x, not 0.00x)."""
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.3g}x"
+
+
+def case_table(case, rows, sizes):
+    title, unit, higher = CASE_INFO[case]
+    better = "higher is better" if higher else "lower is better"
+    lines = [f"### {case}: {title.format(**sizes)}", "",
+             f"Unit: {unit}, {better}.  Ratio: this median / the best peer's median.", ""]
+    extra = {"roundtrip": ["p99 us (median)"], "pi": ["speedup vs serial"]}.get(case, [])
+    header = ["implementation", "start method", "median", "min", "max", "÷ best peer", *extra,
+              "ok runs", "others' CPU"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for impl, row in rows.items():
+        if "median" in row:
+            cells = [fmt(row["median"], unit), fmt(row["min"], unit), fmt(row["max"], unit),
+                     ratio_text(row["vs_best_peer"]) if "vs_best_peer" in row else "-"]
+        else:
+            cells = [", ".join(row["failures"]).upper() or "-", "-", "-", "-"]
+        if case == "roundtrip":
+            cells.append(fmt(row.get("p99_us"), unit))
+        if case == "pi":
+            cells.append(f"{row['speedup_vs_serial']:.2f}x" if "speedup_vs_serial" in row else "-")
+        failures = f" ({', '.join(row['failures'])})" if row["failures"] else ""
+        cells.append(f"{row['ok']}/{row['runs']}{failures}")
+        cells.append(f"{row['others_cores']:.2f}" if "others_cores" in row else "-")
+        name = f"**{impl}**" if impl.startswith("poolx") else impl
+        lines.append("| " + " | ".join([name, row["start_method"] or "-", *cells]) + " |")
+    return lines
+
+
+def markdown(env, config, summary, goal_rows, records):
+    sizes = config["sizes"]
+    lines = ["# poolx benchmark results", "",
+             f"Generated by `{config['command']}` in {config['total_s']:.0f} s "
+             f"({config['repeats']} repeat(s) of every measurement).  Every number comes from "
+             "`results.json` beside this file; rerun the command to refresh both.", "",
+             "## Environment", "", "| | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in env.items()]
+    lines += ["", *load_lines(records)]
+    lines += ["", "## Goals", "",
+              "Computed from the medians below for the default `poolx` row "
+              "(forkserver); the best peer is the best of " + ", ".join(PEERS) + ".", "",
+              "| goal | target | measured | status |", "|---|---|---|---|"]
+    lines += [f"| {g['goal']} | {g['target']} | {g['measured']} | {g['status']} |" for g in goal_rows]
+    lines += ["", "## Results", ""]
+    for case, rows in summary.items():
+        lines += [*case_table(case, rows, sizes), ""]
+    lines += method_notes(env)
+    failed = [r for r in records if r["status"] != "ok" or "note" in r or r.get("leftover_processes")]
+    if failed:
+        lines += ["", "## Failures, timeouts and leftovers", ""]
+        for r in failed:
+            what = r["status"] + (f" (limit {r['timeout_s']:g} s)" if r["status"] == "timeout" else "")
+            what += f", {r['note']}" if "note" in r else ""
+            if r.get("leftover_processes"):
+                what += f", {r['leftover_processes']} leftover process(es) killed"
+            tail = (r.get("stderr_tail") or "").strip().splitlines()[-3:]
+            lines.append(f"- {r['case']} / {r['impl']} (repeat {r['repeat']}): {what}"
+                         + (": `" + " / ".join(tail).replace("`", "'") + "`" if tail else ""))
+    return "\n".join(lines) + "\n"
+
+
+def others_cores(record):
+    return record.get("foreign_cpu_s", 0) / max(record["wall_s"], 1e-9)
+
+
+def load_lines(records):
+    """How busy the rest of the machine was while each measurement ran."""
+    total = sum(r.get("foreign_cpu_s", 0) for r in records)
+    wall = sum(r["wall_s"] for r in records)
+    disturbed = [r for r in records if others_cores(r) > DISTURBED_CORES]
+    waited = sum(r.get("waited_for_idle_s", 0) for r in records)
+    return ["## Machine load", "",
+            f"Other processes used {total:.1f} CPU-seconds while the measurements ran "
+            f"({total / max(wall, 1e-9):.2f} cores on average, read from /proc).  "
+            f"{len(disturbed)} of {len(records)} measurements ran while they kept more than "
+            f"{DISTURBED_CORES} core busy"
+            + (f"; the run waited {waited:.0f} s in all for quieter moments" if waited else "")
+            + ".  The \"others' CPU\" column gives the median cores other processes used "
+            "during each row's runs (`foreign_cpu_s` per measurement in results.json)."]
+
+
+def method_notes(env):
+    return [
+        "## Methodology", "",
+        "- Every (case, implementation, repeat) ran in a fresh `python benchmarks/_case.py CASE IMPL` "
+        "subprocess; the order of the implementations rotates by one place each repeat.",
+        "- Library imports happen before any timer starts: startup excludes import time.",
+        f"- Pools have {env['workers']} workers (retrieve: {env['retrieve_workers']}), each library's "
+        "default settings and start method (the column above); `poolx[fork]` is poolx with "
+        "`mp_context=\"fork\"`, the start method the stdlib peers use on this Python.",
+        "- tasks, map, roundtrip, pi and retrieve warm the pool first (every worker has run a "
+        "task; for pi, numpy is imported in every worker): their numbers exclude pool startup.",
+        "- Shutdown is not timed (its median is in results.json as `shutdown_ms`).",
+        "- The table shows the median of the repeats that succeeded, and their min and max.",
+    ]
+
+
+def write_outputs(out_md, env, config, summary, goal_rows, records):
+    out_md = Path(out_md)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_json = out_md.with_name("results.json")
+    data = {"environment": env, "config": config, "goals": goal_rows, "summary": summary,
+            "measurements": records}
+    out_json.write_text(json.dumps(data, indent=2) + "\n")
+    out_md.write_text(markdown(env, config, summary, goal_rows, records))
+    return out_json
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Benchmark poolx against its peers.")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, one repeat: a smoke test")
+    p.add_argument("--repeats", type=int, help=f"repeats per measurement (default {DEFAULT_REPEATS}, "
+                                               f"--quick {QUICK_REPEATS})")
+    p.add_argument("--cases", help="comma-separated subset of: " + ",".join(CASE_IMPLS))
+    p.add_argument("--impls", help="comma-separated subset of: " + ",".join(_case.IMPLS))
+    p.add_argument("--timeout", type=float, help="seconds per measurement, overriding the per-case limits")
+    p.add_argument("--out", default=str(HERE / "RESULTS.md"),
+                   help="markdown output; results.json is written beside it")
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                   help="before each measurement, wait up to S seconds for the rest of the machine "
+                        f"to use under {DISTURBED_CORES} core (default 0: do not wait)")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any poolx measurement failed")
+    args = p.parse_args(argv)
+    args.cases = pick(args.cases, list(CASE_IMPLS), "case", p)
+    args.impls = pick(args.impls, _case.IMPLS, "implementation", p)
+    if args.repeats is None:
+        args.repeats = QUICK_REPEATS if args.quick else DEFAULT_REPEATS
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    return args
+
+
+def pick(text, known, what, parser):
+    if not text:
+        return list(known)
+    chosen = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [c for c in chosen if c not in known]
+    if unknown:
+        parser.error(f"unknown {what}(s): {', '.join(unknown)}; known: {', '.join(known)}")
+    return [k for k in known if k in chosen]
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    env = environment()
+    sizes = _case.QUICK if args.quick else _case.FULL
+    print(f"poolx benchmarks: {', '.join(args.cases)}; {args.repeats} repeat(s); "
+          f"{env['usable_cpus']} usable CPUs; Python {env['python']}", flush=True)
+    t0 = time.perf_counter()
+    records = run_all(args.cases, args.impls, args.repeats, args.quick, args.timeout, args.wait_idle)
+    config = {"command": "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "quick": args.quick, "repeats": args.repeats, "cases": args.cases, "impls": args.impls,
+              "wait_idle_s": args.wait_idle, "sizes": sizes,
+              "timeouts_s": {c: args.timeout or CASE_TIMEOUT_S[c] for c in args.cases},
+              "total_s": time.perf_counter() - t0}
+    env["load_average_at_end"] = " ".join(f"{x:.2f}" for x in load_average())
+    summary = summarise(records, args.cases)
+    goal_rows = goals(summary, env["usable_cpus"])
+    out_json = write_outputs(args.out, env, config, summary, goal_rows, records)
+    print(f"wrote {args.out} and {out_json} ({config['total_s']:.0f} s)")
+    for g in goal_rows:
+        print(f"  goal: {g['goal']:<40} {g['target']:<24} {g['status']:<12} {g['measured']}")
+    poolx_failed = any(r["status"] != "ok" for r in records if r["impl"].startswith("poolx"))
+    return 1 if args.strict and poolx_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
