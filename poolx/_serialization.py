@@ -20,6 +20,7 @@ import io
 import pickle
 import threading
 import types
+from collections.abc import Sequence
 from typing import Any
 
 import cloudpickle
@@ -47,7 +48,10 @@ class _Dumper(threading.local):
 _dumper = _Dumper()
 
 
-def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+_NO_BUFFERS: tuple[pickle.PickleBuffer, ...] = ()
+
+
+def dumps(obj: Any) -> tuple[bytes, Sequence[pickle.PickleBuffer]]:
     """Pickle ``obj``; returns the pickle bytes and its out-of-band buffers."""
     d = _dumper
     if d.busy:  # re-entrant use (a __reduce__ that pickles): use a fresh pickler
@@ -63,12 +67,15 @@ def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
     d.busy = True
     try:
         d.pickler.dump(obj)
-        return d.file.getvalue(), d.buffers
+        # An empty tuple, not a fresh list, when nothing went out of band: one
+        # container fewer per task for the cyclic GC to track (see _futures).
+        return d.file.getvalue(), d.buffers or _NO_BUFFERS
     finally:
         d.file.seek(0)
         d.file.truncate()
         d.pickler.clear_memo()
-        d.buffers = []
+        if d.buffers:
+            d.buffers = []
         d.busy = False
 
 
