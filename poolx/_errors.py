@@ -8,7 +8,7 @@ catch, so code written for ``concurrent.futures`` keeps working::
     │   ├── WorkerDiedError      (+ BrokenProcessPool)  a worker process died running the task
     │   ├── InitializerError     (+ BrokenProcessPool)  the worker initializer raised; executor broken
     │   ├── SerializationError   (+ pickle.PicklingError)  a callable, argument or result cannot be pickled
-    │   ├── DeserializationError (+ pickle.UnpicklingError) a task or result cannot be unpickled
+    │   ├── DeserializationError (+ UnpicklingError, BrokenProcessPool)  a task or result cannot be unpickled
     │   └── RemoteError                              a task's exception that could not travel as itself
     └── RemoteTraceback                              the ``__cause__`` of a re-raised task exception:
                                                      the worker's formatted traceback
@@ -72,8 +72,13 @@ class SerializationError(PoolxError, pickle.PicklingError):
     """A callable, argument or result could not be pickled."""
 
 
-class DeserializationError(PoolxError, pickle.UnpicklingError):
-    """A task could not be unpickled in the worker, or a result in the driver."""
+class DeserializationError(PoolxError, pickle.UnpicklingError, BrokenProcessPool):
+    """A task could not be unpickled in the worker, or a result in the driver.
+
+    Also a ``BrokenProcessPool``, the error ``ProcessPoolExecutor`` raises in
+    these cases, so existing handlers catch it; unlike there, only this task
+    fails and the executor keeps working.
+    """
 
 
 class RemoteError(PoolxError):

@@ -379,6 +379,18 @@ def _chunk_outcome(task: Task, timeout: float | None) -> tuple[list[Any], BaseEx
         return exc.results, error
 
 
+def _drain(values: list[Any]) -> Iterator[Any]:
+    """Yield a chunk's results, letting go of each as it is yielded.
+
+    The map() iterator must not keep a result the caller has dropped (the
+    stdlib's test_free_reference, cpython#14406); the list is the chunk
+    future's own result, so popping from it frees the reference there too.
+    """
+    values.reverse()
+    while values:
+        yield values.pop()
+
+
 def _remaining(end_time: float | None) -> float | None:
     return None if end_time is None else end_time - time.monotonic()
 
@@ -401,12 +413,12 @@ def _results_buffered(ex: Executor, fn: Callable[..., Any], chunks: Iterator[lis
                 task = inflight.popleft()
                 values, error = _chunk_outcome(task, _remaining(end_time))
                 if error is not None:
-                    yield from values
+                    yield from _drain(values)
                     raise error
                 if not ex._shutdown:
                     for chunk in itertools.islice(chunks, 1):
                         inflight.append(_submit_chunk(ex, fn, chunk, sizer))
-                yield from values
+                yield from _drain(values)
         finally:
             _cancel_all(inflight)
 
@@ -504,9 +516,9 @@ def _results_fed(feeder: _Feeder, end_time: float | None) -> Iterator[Any]:
             while (task := feeder.next_task(end_time)) is not None:
                 values, error = _chunk_outcome(task, _remaining(end_time))
                 if error is not None:
-                    yield from values
+                    yield from _drain(values)
                     raise error
-                yield from values
+                yield from _drain(values)
         finally:
             if not feeder.finished or feeder.tasks:
                 feeder.stop()

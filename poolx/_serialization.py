@@ -17,7 +17,9 @@ This module is shared by the driver and the worker and imports neither.
 from __future__ import annotations
 
 import io
+import linecache
 import pickle
+import sys
 import threading
 import types
 from collections.abc import Sequence
@@ -31,11 +33,41 @@ PROTOCOL = 5
 OOB_MIN_BYTES = 64 * 1024
 
 
+def _main_by_reference(fn: types.FunctionType) -> bool:
+    """Whether a function of ``__main__`` can travel by reference, as the stdlib sends it.
+
+    Workers import the main script as ``__mp_main__`` (spawn, forkserver) or
+    inherit it (fork), so a function defined at its top level is found there
+    by name, and shares that module's globals with every other such function:
+    an initializer that sets a global is seen by the tasks, as with the stdlib.
+    (cloudpickle sends ``__main__`` functions by value, each with its own copy
+    of the globals: ray#37705.)  Lambdas, nested functions, functions defined
+    under ``if __name__ == "__main__":`` (indented: absent from the workers'
+    copy of the module) and interactive code still go by value.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or not getattr(main, "__file__", None):
+        return False
+    if fn.__qualname__ != fn.__name__ or getattr(main, fn.__name__, None) is not fn:
+        return False
+    code = fn.__code__
+    line = linecache.getline(code.co_filename, code.co_firstlineno)
+    return bool(line) and not line[0].isspace()
+
+
+class _Pickler(cloudpickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        if (type(obj) is types.FunctionType and obj.__module__ == "__main__"
+                and _main_by_reference(obj)):
+            return NotImplemented  # the standard pickler saves it as __main__.<name>
+        return super().reducer_override(obj)
+
+
 class _Dumper(threading.local):
     def __init__(self) -> None:
         self.file = io.BytesIO()
         self.buffers: list[pickle.PickleBuffer] = []
-        self.pickler = cloudpickle.Pickler(self.file, PROTOCOL, buffer_callback=self._on_buffer)
+        self.pickler = _Pickler(self.file, PROTOCOL, buffer_callback=self._on_buffer)
         self.busy = False
 
     def _on_buffer(self, buf: pickle.PickleBuffer) -> bool:
@@ -63,7 +95,9 @@ def dumps(obj: Any) -> tuple[bytes, Sequence[pickle.PickleBuffer]]:
             buffers.append(buf)
             return False
 
-        return cloudpickle.dumps(obj, PROTOCOL, buffer_callback=keep), buffers
+        file = io.BytesIO()
+        _Pickler(file, PROTOCOL, buffer_callback=keep).dump(obj)
+        return file.getvalue(), buffers
     d.busy = True
     try:
         d.pickler.dump(obj)

@@ -403,3 +403,79 @@ def test_the_driver_lets_go_of_arguments_once_they_are_pickled():
         del arr
         gc.collect()
         assert ref() is None
+
+
+INITIALIZER_GLOBALS_SCRIPT = """
+    import multiprocessing
+    import sys
+    import poolx
+
+    QUEUE = None
+    GREETING = "unset"
+
+    def setup(queue, greeting):
+        global QUEUE, GREETING
+        QUEUE, GREETING = queue, greeting
+
+    def work(x):
+        QUEUE.put(x)
+        return f"{GREETING} {x}"
+
+    if __name__ == "__main__":
+        method = sys.argv[1]
+        queue = multiprocessing.get_context(method).Queue()
+        with poolx.Executor(2, mp_context=method, initializer=setup, initargs=(queue, "hi")) as ex:
+            print(sorted(ex.map(work, range(4))))
+            print(sorted(queue.get(timeout=10) for _ in range(4)))
+"""
+
+
+def test_an_initializer_sets_globals_the_tasks_read_with_a_queue_in_initargs(start_method):
+    # The stdlib pattern: top-level functions of the script share the workers'
+    # module globals, and a multiprocessing.Queue may travel in initargs.
+    proc = run_script(INITIALIZER_GLOBALS_SCRIPT, start_method)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["['hi 0', 'hi 1', 'hi 2', 'hi 3']", "[0, 1, 2, 3]"]
+
+
+def test_map_does_not_keep_results_the_caller_dropped():
+    import gc
+    import weakref
+
+    with poolx.Executor(2) as ex:
+        for obj in ex.map(_tasks_make_object, range(10)):
+            ref = weakref.ref(obj)
+            del obj
+            gc.collect()
+            assert ref() is None
+
+
+class _Dummy:
+    pass
+
+
+def _tasks_make_object(_):
+    return _Dummy()
+
+
+def test_unpickling_failures_are_broken_process_pool_errors_too():
+    with poolx.Executor(1) as ex:
+        with pytest.raises(cf.process.BrokenProcessPool):
+            ex.submit(add, FailsToUnpickle(), 1).result(timeout=30)
+        assert ex.submit(square, 3).result(timeout=30) == 9  # but nothing is broken
+
+
+class _ExitOnPickle:
+    def __reduce__(self):
+        raise SystemExit(5)
+
+
+def _return_exit_on_pickle():
+    return _ExitOnPickle()
+
+
+def test_system_exit_while_pickling_a_result_comes_back_as_itself():
+    with poolx.Executor(1) as ex:
+        with pytest.raises(SystemExit):
+            ex.submit(_return_exit_on_pickle).result(timeout=30)
+        assert ex.submit(square, 3).result(timeout=30) == 9

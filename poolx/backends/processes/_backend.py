@@ -20,6 +20,7 @@ from ..._serialization import cacheable, describe, dumps
 from ..._telemetry import Telemetry
 from .. import Backend, BackendOptions
 from ._scheduler import Scheduler
+from ._worker import WorkerSetup
 
 # Functions kept pickled in the driver (by identity), newest first out.
 DRIVER_FN_CACHE = 1024
@@ -67,11 +68,12 @@ class ProcessBackend(Backend):
         self.broken: str | None = None
         self.initializer_name = describe(options.initializer) if options.initializer else ""
         try:
-            setup, _ = dumps((options.initializer, options.initargs, options.max_tasks_per_child))
+            setup = WorkerSetup.build(options.initializer, options.initargs,
+                                      options.max_tasks_per_child)
         except Exception as exc:
             raise SerializationError(
-                f"the initializer {self.initializer_name} or its initargs cannot be pickled "
-                f"to send them to the workers: {type(exc).__name__}: {exc}"
+                f"the initializer {self.initializer_name} cannot be pickled to send it to "
+                f"the workers: {type(exc).__name__}: {exc}"
             ) from exc
         self._fn_lock = threading.Lock()
         self._fn_cache: OrderedDict[Any, tuple[int, bytes]] = OrderedDict()

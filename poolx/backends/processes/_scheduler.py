@@ -39,17 +39,20 @@ durations are known).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import mmap
 import os
 import pickle
 import selectors
 import socket
+import sys
 import tempfile
 import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from ..._errors import (
@@ -140,7 +143,7 @@ class _Worker:
 
 
 class Scheduler(threading.Thread):
-    def __init__(self, ctx: Any, max_workers: int, setup: bytes, max_tasks: int | None,
+    def __init__(self, ctx: Any, max_workers: int, setup: W.WorkerSetup, max_tasks: int | None,
                  telemetry: Telemetry, incoming: deque[Any], wake_fd: int, backend: Any) -> None:
         super().__init__(name="poolx-scheduler", daemon=True)
         self.ctx = ctx
@@ -151,6 +154,9 @@ class Scheduler(threading.Thread):
         self.incoming = incoming
         self.wake_fd = wake_fd
         self.backend = backend  # for its wake flag and broken state
+        # Workers import the main script by its path (spawn, forkserver); the
+        # path is read now, while the script runs (see _main_file_restored).
+        self.main_file = getattr(sys.modules.get("__main__"), "__file__", None)
         self.sel = selectors.DefaultSelector()
         self.sel.register(wake_fd, selectors.EVENT_READ, self.on_wake)
         self.queue: deque[Task] = deque()
@@ -261,7 +267,8 @@ class Scheduler(threading.Thread):
                 target=W.main, args=(child, W.FdForChild(fd), index, self.setup),
                 name=f"poolx-worker-{index}",
             )
-            process.start()
+            with _main_file_restored(self.main_file):
+                process.start()
         except BaseException:
             os.close(fd)
             raise
@@ -677,6 +684,26 @@ class Scheduler(threading.Thread):
             os.close(w.fd)
         self.sel.close()
         self.backend.scheduler_exited()
+
+
+@contextlib.contextmanager
+def _main_file_restored(path: str | None) -> Iterator[None]:
+    """Give ``__main__`` back its ``__file__`` while a worker starts, if it lost it.
+
+    CPython deletes ``__main__.__file__`` once the script has run
+    (_PyRun_SimpleFileObject), before the threading atexit hooks that let
+    pending work finish.  A worker started then would not import the script,
+    and functions sent by reference as ``__main__.f`` would not be found.
+    """
+    main = sys.modules.get("__main__")
+    if path is None or main is None or hasattr(main, "__file__"):
+        yield
+        return
+    main.__file__ = path
+    try:
+        yield
+    finally:
+        del main.__file__
 
 
 def crash_dump(w: _Worker) -> str:

@@ -81,11 +81,41 @@ class FdForChild:
         return self.fd
 
 
+class WorkerSetup:
+    """What a worker needs at start: the initializer, its initargs, max_tasks.
+
+    The initializer travels cloudpickled (a lambda works under every start
+    method).  The initargs too when cloudpickle can take them; otherwise they
+    stay as objects among the Process arguments, which multiprocessing pickles
+    itself at process start: a multiprocessing.Queue, Lock or Event in initargs
+    then works as with the stdlib (such objects may only be shared that way).
+    """
+
+    def __init__(self, initializer: bytes, initargs: bytes | tuple[Any, ...],
+                 max_tasks: int | None) -> None:
+        self.initializer = initializer
+        self.initargs = initargs
+        self.max_tasks = max_tasks
+
+    @classmethod
+    def build(cls, initializer: Any, initargs: tuple[Any, ...], max_tasks: int | None) -> WorkerSetup:
+        fn, _ = ser.dumps(initializer)  # a SerializationError here names the initializer
+        try:
+            args: bytes | tuple[Any, ...] = ser.dumps(initargs)[0]
+        except Exception:
+            args = initargs
+        return cls(fn, args, max_tasks)
+
+    def unpack(self) -> tuple[Any, tuple[Any, ...], int | None]:
+        args = ser.loads(self.initargs) if isinstance(self.initargs, bytes) else self.initargs
+        return ser.loads(self.initializer), args, self.max_tasks
+
+
 def _detach(dup: Any) -> int:
     return int(dup.detach())
 
 
-def main(sock: socket.socket, progress: Any, index: int, setup: bytes) -> None:
+def main(sock: socket.socket, progress: Any, index: int, setup: WorkerSetup) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     fd = progress.take() if isinstance(progress, FdForChild) else int(progress)
@@ -96,7 +126,7 @@ def main(sock: socket.socket, progress: Any, index: int, setup: bytes) -> None:
     faulthandler.enable(fd, all_threads=False)
     sock.setblocking(True)
     _start_watchdog(sock)
-    initializer, initargs, max_tasks = ser.loads(setup)
+    initializer, initargs, max_tasks = setup.unpack()
     if initializer is not None:
         try:
             initializer(*initargs)
@@ -219,9 +249,12 @@ class Worker:
         PROGRESS.pack_into(self.cell, 0, task_id, 1)
         try:
             data, bufs = ser.dumps(result)
-        except BaseException as exc:
+        except Exception as exc:
             info = (*_info(exc), ser.describe(type(result)))
             self.add(task_id, BAD_RESULT, b"", (), t_start, t_end, info)
+            return
+        except BaseException as exc:  # SystemExit in __reduce__: the stdlib re-raises it as is
+            self.add_exception(task_id, exc, t_start, t_end)
             return
         self.add(task_id, OK, data, bufs, t_start, t_end, None)
 
