@@ -535,6 +535,11 @@ def method_notes(env):
     ]
 
 
+# Hand-written analysis appended to RESULTS.md: what poolx reached, what limits
+# it.  It cites figures from a specific run; re-read it when the numbers move.
+ANALYSIS = Path(__file__).with_name("ANALYSIS.md")
+
+
 def write_outputs(out_md, env, config, summary, goal_rows, records):
     out_md = Path(out_md)
     out_md.parent.mkdir(parents=True, exist_ok=True)
@@ -542,7 +547,10 @@ def write_outputs(out_md, env, config, summary, goal_rows, records):
     data = {"environment": env, "config": config, "goals": goal_rows, "summary": summary,
             "measurements": records}
     out_json.write_text(json.dumps(data, indent=2) + "\n")
-    out_md.write_text(markdown(env, config, summary, goal_rows, records))
+    text = markdown(env, config, summary, goal_rows, records)
+    if ANALYSIS.exists():  # the engineers' reading of the figures, kept across runs
+        text = text.rstrip("\n") + "\n\n" + ANALYSIS.read_text()
+    out_md.write_text(text)
     return out_json
 
 
