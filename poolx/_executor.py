@@ -447,7 +447,13 @@ class _Feeder:
         if not self.finished:
             self.thread: threading.Thread | None = threading.Thread(
                 target=self.feed, name="poolx-map-feeder", daemon=True)
-            self.thread.start()
+            try:
+                self.thread.start()
+            except BaseException:  # e.g. "can't start new thread": undo, then say so
+                self.thread = None
+                self.stop()
+                _cancel_all(self.tasks)
+                raise
         else:
             self.thread = None
             self.retire()

@@ -236,3 +236,20 @@ def test_map_names_trace_spans_after_the_users_function(executor, tmp_path):
     names = {e["name"] for e in json.loads((tmp_path / "t.json").read_text())["traceEvents"]
              if e["ph"] == "X"}
     assert names == {"square [map]"}
+
+
+def test_map_whose_feeder_thread_cannot_start_fails_cleanly(monkeypatch):
+    ex = poolx.Executor(2)
+    start = threading.Thread.start
+
+    def refuse_feeder(thread):
+        if thread.name == "poolx-map-feeder":
+            raise RuntimeError("can't start new thread")
+        return start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse_feeder)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        ex.map(square, range(100_000))
+    monkeypatch.undo()
+    ex.shutdown(wait=True)  # must not raise, and must stop the workers (checked by no_leaks)
+    assert ex.statistics().tasks_pending == 0

@@ -25,6 +25,7 @@ up, even while a task is running: workers never outlive their driver.
 from __future__ import annotations
 
 import faulthandler
+import logging
 import mmap
 import os
 import pickle
@@ -131,6 +132,8 @@ def main(sock: socket.socket, progress: Any, index: int, setup: WorkerSetup) -> 
         try:
             initializer(*initargs)
         except BaseException as exc:
+            # Logged where the stdlib logs it, for handlers that expect it there.
+            logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
             info = (type(exc).__qualname__, str(exc), traceback.format_exc())
             _channel.send_all(sock, _channel.encode([pickle.dumps((INIT_FAILED, *info))]))
             sock.close()
