@@ -228,8 +228,8 @@ class Executor(cf.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with ``wait``, return when all of it has finished."""
         feeders = list(self._feeders)
-        for feeder in feeders:
-            if cancel_futures:
+        if cancel_futures:
+            for feeder in feeders:
                 feeder.stop()
         if wait:
             for feeder in feeders:
