@@ -104,7 +104,9 @@ class Executor(cf.Executor):
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
             method = _start_method(mp_context)
-            if method == "fork":
+            if method == "fork" and mp_context is None:
+                mp_context = "spawn"  # as ProcessPoolExecutor does when no context was given
+            elif method == "fork":
                 raise ValueError(
                     "max_tasks_per_child is incompatible with the 'fork' multiprocessing "
                     "start method; supply a different mp_context."
@@ -274,7 +276,9 @@ class Executor(cf.Executor):
 
 def _start_method(mp_context: Any) -> str:
     if mp_context is None:
-        return "forkserver" if sys.platform.startswith("linux") else "spawn"
+        from .backends.processes._backend import default_start_method
+
+        return default_start_method()
     if isinstance(mp_context, str):
         return mp_context
     return str(mp_context.get_start_method())

@@ -479,3 +479,74 @@ def test_system_exit_while_pickling_a_result_comes_back_as_itself():
         with pytest.raises(SystemExit):
             ex.submit(_return_exit_on_pickle).result(timeout=30)
         assert ex.submit(square, 3).result(timeout=30) == 9
+
+
+CRASH_WHILE_PICKLING_RESULT = """
+    import sys
+    import poolx
+
+    class CrashAtPickle:
+        def __reduce__(self):
+            import ctypes
+            ctypes.string_at(0)
+
+    def task(path):
+        with open(path, "a") as f:
+            f.write("ran\\n")
+        return CrashAtPickle()
+
+    if __name__ == "__main__":
+        with poolx.Executor(2, mp_context=sys.argv[1]) as ex:
+            try:
+                ex.submit(task, sys.argv[2]).result(timeout=30)
+            except poolx.WorkerDiedError as exc:
+                print("WorkerDiedError", "SIGSEGV" in str(exc))
+"""
+
+
+def test_a_crash_while_pickling_the_result_blames_that_task_and_runs_it_once(start_method, tmp_path):
+    runs = tmp_path / "runs"
+    proc = run_script(CRASH_WHILE_PICKLING_RESULT, start_method, str(runs))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["WorkerDiedError", "True"]
+    assert runs.read_text().split() == ["ran"]
+
+
+WORKERS_CANNOT_START = """
+    import sys
+    import poolx
+
+    if __name__ != "__main__":
+        raise SystemExit(3)  # the workers' import of this script fails
+
+    with poolx.Executor(2, mp_context=sys.argv[1]) as ex:
+        fut = ex.submit(abs, -1)
+    try:
+        fut.result(timeout=30)
+    except poolx.InitializerError as exc:
+        print("broken:", "died while starting" in str(exc))
+    print("started", ex.statistics().workers_started)
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_workers_that_die_while_starting_break_the_executor_even_during_shutdown(method):
+    proc = run_script(WORKERS_CANNOT_START, method, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "broken: True"
+    assert int(lines[1].split()[1]) <= 3 + 1  # MAX_START_FAILURES, not an endless respawn
+
+
+def test_the_start_method_set_for_the_program_is_honoured():
+    proc = run_script("""
+        import multiprocessing
+        import poolx
+
+        if __name__ == "__main__":
+            multiprocessing.set_start_method("spawn")
+            with poolx.Executor(1) as ex:
+                print(ex._backend.context.get_start_method(), ex.submit(abs, -2).result())
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["spawn", "2"]

@@ -26,13 +26,30 @@ from ._worker import WorkerSetup
 DRIVER_FN_CACHE = 1024
 
 
-def default_context() -> Any:
-    """forkserver on Linux (Python 3.14's default; safe with threads), spawn elsewhere."""
+def default_start_method() -> str:
+    """The start method used when ``mp_context`` is None.
+
+    A start method the program chose with ``multiprocessing.set_start_method()``
+    (as ProcessPoolExecutor honours it), when it differs from the platform's
+    default; otherwise forkserver on Linux (Python 3.14's default; safe with
+    threads) and spawn elsewhere.  (The platform's default itself cannot be told
+    apart from an explicit choice: multiprocessing fixes the global start method
+    to it the first time any spawn or forkserver process starts.  Pass
+    ``mp_context="fork"`` to get fork.)
+    """
+    chosen = multiprocessing.get_start_method(allow_none=True)
+    if chosen is not None and chosen != multiprocessing.get_all_start_methods()[0]:
+        return chosen
     if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
+        return "forkserver"
+    return "spawn"
+
+
+def default_context() -> Any:
+    method = default_start_method()
+    if method == "forkserver":
         _preload_worker_module()
-        return ctx
-    return multiprocessing.get_context("spawn")
+    return multiprocessing.get_context(method)
 
 
 def _preload_worker_module() -> None:

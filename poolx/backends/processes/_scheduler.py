@@ -567,7 +567,7 @@ class Scheduler(threading.Thread):
                 f"{message}\n\nWorker traceback:\n{tb}"
             )
             return
-        if w.state == STARTING and not self.closing:
+        if w.state == STARTING:  # (a worker told to stop is STOPPING, not STARTING)
             self.start_failures += 1
             if self.start_failures >= MAX_START_FAILURES:
                 self.break_executor(
@@ -684,6 +684,7 @@ class Scheduler(threading.Thread):
             os.close(w.fd)
         self.sel.close()
         self.backend.scheduler_exited()
+        self.backend = None  # break the backend <-> scheduler cycle: both can go without the GC
 
 
 @contextlib.contextmanager

@@ -242,14 +242,12 @@ class Worker:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             t_end = time.perf_counter()
-            PROGRESS.pack_into(self.cell, 0, task_id, 1)
             self.add_exception(task_id, exc, t_start, t_end)
             return
         finally:
             self.running = 0
             del args, kwargs
         t_end = time.perf_counter()
-        PROGRESS.pack_into(self.cell, 0, task_id, 1)
         try:
             data, bufs = ser.dumps(result)
         except Exception as exc:
@@ -274,6 +272,10 @@ class Worker:
     def add(self, task_id: int, status: int, data: bytes, bufs: Any, t_start: float,
             t_end: float, info: Any) -> None:
         self.running = 0
+        # Finished only now that its outcome is pickled: a crash while pickling
+        # the result (a __reduce__ that segfaults) must blame this task, not
+        # requeue it as "finished, result lost".
+        PROGRESS.pack_into(self.cell, 0, task_id, 1)
         with self.lock:
             if not self.results:
                 self.first_pending = t_end
