@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict, deque
 from typing import Any
 
-from ..._errors import InitializerError, SerializationError
+from ..._errors import InitializerError, PoolxError, SerializationError
 from ..._futures import Task
 from ..._serialization import cacheable, describe, dumps
 from ..._telemetry import Telemetry
@@ -110,6 +110,8 @@ class ProcessBackend(Backend):
     def submit(self, task: Task) -> None:
         if self.broken is not None:
             raise InitializerError(self.broken)
+        if not self._scheduler.is_alive():  # only after a bug in it: it logged why
+            raise PoolxError("the executor's scheduler thread has stopped; create a new Executor")
         fn = task.fn
         key, fn_bytes = self._function(fn) if cacheable(fn) else (0, None)
         obj = (task.args, task.kwargs) if key else (fn, task.args, task.kwargs)

@@ -683,6 +683,7 @@ class Scheduler(threading.Thread):
             w.cell.close()
             os.close(w.fd)
         self.sel.close()
+        self.closing = True  # try_direct() refuses from now on
         self.backend.scheduler_exited()
         self.backend = None  # break the backend <-> scheduler cycle: both can go without the GC
 
