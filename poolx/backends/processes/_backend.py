@@ -7,6 +7,7 @@ the caller); the scheduler thread is in ``_scheduler``, the child in
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import multiprocessing
 import os
 import sys
@@ -193,16 +194,10 @@ class ProcessBackend(Backend):
     def worker_pids(self) -> list[int]:
         return [w.pid for w in list(self._scheduler.workers.values()) if w.pid]
 
-    @property
-    def running(self) -> bool:
-        return self._scheduler.is_alive()
-
 
 def _pickling_error(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                     exc: Exception) -> SerializationError:
     """Name the argument that cannot be pickled."""
-    import concurrent.futures as cf
-
     values = list(args) + list(kwargs.values())
     if any(isinstance(v, cf.Future) for v in values):
         return SerializationError(

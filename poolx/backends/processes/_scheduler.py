@@ -258,6 +258,7 @@ class Scheduler(threading.Thread):
         self.next_index += 1
         parent, child = socket.socketpair()
         fd, path = tempfile.mkstemp(prefix="poolx-progress-")
+        cell = None
         try:
             os.unlink(path)  # nothing to clean up, ever: the fds keep it alive
             os.ftruncate(fd, W.PROGRESS_BYTES)
@@ -269,8 +270,12 @@ class Scheduler(threading.Thread):
             )
             with _main_file_restored(self.main_file):
                 process.start()
-        except BaseException:
+        except BaseException:  # no worker: release what was made for it
+            if cell is not None:
+                cell.close()
             os.close(fd)
+            _driver_socks.discard(parent)
+            parent.close()
             raise
         finally:
             child.close()

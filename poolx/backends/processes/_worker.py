@@ -121,8 +121,8 @@ def main(sock: socket.socket, progress: Any, index: int, setup: WorkerSetup) -> 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     fd = progress.take() if isinstance(progress, FdForChild) else int(progress)
     cell = mmap.mmap(fd, PROGRESS_BYTES)
-    # A fatal error (SIGSEGV, SIGABRT, ...) dumps every thread's Python stack
-    # after the progress cell; the driver puts it in the task's WorkerDiedError.
+    # A fatal error (SIGSEGV, SIGABRT, ...) dumps the crashing thread's Python
+    # stack after the progress cell; the driver puts it in the task's WorkerDiedError.
     os.lseek(fd, PROGRESS_BYTES, os.SEEK_SET)
     faulthandler.enable(fd, all_threads=False)
     sock.setblocking(True)
