@@ -63,7 +63,9 @@ class _Pickler(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
 
-class _Dumper(threading.local):
+class _Dump:
+    """A pickler writing into a reusable buffer; large buffers kept out of band."""
+
     def __init__(self) -> None:
         self.file = io.BytesIO()
         self.buffers: list[pickle.PickleBuffer] = []
@@ -76,41 +78,37 @@ class _Dumper(threading.local):
         self.buffers.append(buf)
         return False
 
+    def run(self, obj: Any) -> tuple[bytes, Sequence[pickle.PickleBuffer]]:
+        self.busy = True
+        try:
+            self.pickler.dump(obj)
+            # An empty tuple, not a fresh list, when nothing went out of band: one
+            # container fewer per task for the cyclic GC to track (see _futures).
+            return self.file.getvalue(), self.buffers or _NO_BUFFERS
+        finally:
+            self.file.seek(0)
+            self.file.truncate()
+            self.pickler.clear_memo()
+            if self.buffers:
+                self.buffers = []
+            self.busy = False
 
-_dumper = _Dumper()
+
+class _PerThread(threading.local):
+    def __init__(self) -> None:
+        self.dump = _Dump()
 
 
+_per_thread = _PerThread()
 _NO_BUFFERS: tuple[pickle.PickleBuffer, ...] = ()
 
 
 def dumps(obj: Any) -> tuple[bytes, Sequence[pickle.PickleBuffer]]:
     """Pickle ``obj``; returns the pickle bytes and its out-of-band buffers."""
-    d = _dumper
-    if d.busy:  # re-entrant use (a __reduce__ that pickles): use a fresh pickler
-        buffers: list[pickle.PickleBuffer] = []
-
-        def keep(buf: pickle.PickleBuffer) -> bool:
-            if buf.raw().nbytes < OOB_MIN_BYTES:
-                return True
-            buffers.append(buf)
-            return False
-
-        file = io.BytesIO()
-        _Pickler(file, PROTOCOL, buffer_callback=keep).dump(obj)
-        return file.getvalue(), buffers
-    d.busy = True
-    try:
-        d.pickler.dump(obj)
-        # An empty tuple, not a fresh list, when nothing went out of band: one
-        # container fewer per task for the cyclic GC to track (see _futures).
-        return d.file.getvalue(), d.buffers or _NO_BUFFERS
-    finally:
-        d.file.seek(0)
-        d.file.truncate()
-        d.pickler.clear_memo()
-        if d.buffers:
-            d.buffers = []
-        d.busy = False
+    dump = _per_thread.dump
+    if dump.busy:  # re-entrant use (a __reduce__ that pickles): a fresh pickler
+        dump = _Dump()
+    return dump.run(obj)
 
 
 def loads(data: bytes | bytearray | memoryview, buffers: Any = ()) -> Any:

@@ -66,7 +66,7 @@ class Telemetry:
         self.cancelled = 0
         self.bytes_sent = 0
         self.bytes_received = 0
-        self.messages_sent = 0  # written by one thread only (the scheduler)
+        self.messages_sent = 0  # written under the scheduler's lock only
         self.messages_received = 0
         self.busy: dict[int, float] = {}
         self.records: deque[tuple[Any, ...]] = deque(maxlen=TRACE_CAPACITY)
