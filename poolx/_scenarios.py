@@ -3,8 +3,10 @@
 The built-in ones (``pi``, ``retrieve``) live once, in the repository's
 ``profiling/`` folder; the wheel installs that folder as ``poolx.scenarios``.
 From a source checkout that is not installed as a wheel, they are loaded from
-the folder itself.  A scenario loaded from a file is pickled by value
-(cloudpickle), so workers need not be able to import it.
+the folder itself.  Every scenario is pickled by value (cloudpickle), so
+workers need not be able to import it: a worker started in a checkout imports
+the checkout's ``poolx`` (the current directory comes first on its path),
+which has no ``poolx.scenarios``, even when the driver runs an installed wheel.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def load(spec: str) -> ModuleType:
     """A built-in scenario name, a path to a ``.py`` file, or an importable module name."""
     if spec in BUILTIN:
         try:
-            return importlib.import_module(f"poolx.scenarios.{spec}")
+            return _by_value(importlib.import_module(f"poolx.scenarios.{spec}"))
         except ModuleNotFoundError:
             return _load_file(_CHECKOUT / f"{spec}.py", f"poolx.scenarios.{spec}")
     path = Path(spec)
@@ -34,7 +36,7 @@ def load(spec: str) -> ModuleType:
             raise FileNotFoundError(f"scenario file {spec!r} does not exist")
         return _load_file(path, f"poolx_scenario_{path.stem}")
     try:
-        return importlib.import_module(spec)
+        return _by_value(importlib.import_module(spec))
     except ModuleNotFoundError as exc:
         raise ValueError(
             f"unknown scenario {spec!r}: give a built-in name ({', '.join(BUILTIN)}), "
@@ -51,5 +53,9 @@ def _load_file(path: Path, name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
+    return _by_value(module)
+
+
+def _by_value(module: ModuleType) -> ModuleType:
     cloudpickle.register_pickle_by_value(module)
     return module

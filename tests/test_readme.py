@@ -50,3 +50,26 @@ def test_poolx_without_arguments_explains_itself():
     proc = subprocess.run([sys.executable, "-m", "poolx"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "demo" in proc.stderr
+
+
+
+def test_scenario_functions_travel_by_value(tmp_path, monkeypatch):
+    # A worker started in a checkout imports the checkout's poolx, which has no
+    # poolx.scenarios, even when the driver runs an installed wheel: a
+    # scenario's functions, however the driver imported them, must not need
+    # importing in the worker.
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "my_scenario.py").write_text("def work(x):\n    return x * 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    from poolx._scenarios import load
+    from poolx._serialization import dumps
+
+    data, _ = dumps(load("my_scenario").work)  # found by import, as a wheel's would be
+    (tmp_path / "fn.pickle").write_bytes(data)
+    proc = subprocess.run(  # an interpreter where my_scenario cannot be imported
+        [sys.executable, "-c",
+         f"import pickle; print(pickle.loads(open({str(tmp_path / 'fn.pickle')!r}, 'rb').read())(14))"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "42"
