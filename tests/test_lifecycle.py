@@ -122,12 +122,15 @@ def test_uncaught_ctrl_c_stops_everything_promptly():
 def test_pending_work_completes_at_interpreter_exit():
     # The stdlib's rule ("apple" test): exiting with futures pending runs them.
     proc = run_script("""
+        import os
         import time
         import poolx
 
         def late(word):
             time.sleep(0.3)
-            print(word, flush=True)
+            # One write() per line: two workers share this pipe, and print()
+            # may split a line into several writes that interleave.
+            os.write(1, (word + "\n").encode())
 
         if __name__ == "__main__":
             ex = poolx.Executor(2)
