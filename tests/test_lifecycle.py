@@ -130,7 +130,7 @@ def test_pending_work_completes_at_interpreter_exit():
             time.sleep(0.3)
             # One write() per line: two workers share this pipe, and print()
             # may split a line into several writes that interleave.
-            os.write(1, (word + "\n").encode())
+            os.write(1, (word + "\\n").encode())
 
         if __name__ == "__main__":
             ex = poolx.Executor(2)
