@@ -5,7 +5,10 @@ executor whose tasks run on a pluggable backend (``processes`` by default,
 ``threads``, ``serial``).
 """
 
+from ._actor_pool import ActorPool
+from ._actors import ActorHandle, ActorMethod, ActorOptions, get_actor
 from ._errors import (
+    ActorDiedError,
     DeserializationError,
     InitializerError,
     PoolxError,
@@ -14,7 +17,7 @@ from ._errors import (
     SerializationError,
     WorkerDiedError,
 )
-from ._executor import Executor, default_max_workers
+from ._executor import ActorFactory, Executor, default_max_workers
 from ._futures import Future
 from ._telemetry import Statistics
 from .backends import Backend, BackendOptions, available_backends, register_backend
@@ -22,6 +25,12 @@ from .backends import Backend, BackendOptions, available_backends, register_back
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ActorDiedError",
+    "ActorFactory",
+    "ActorHandle",
+    "ActorMethod",
+    "ActorOptions",
+    "ActorPool",
     "Backend",
     "BackendOptions",
     "DeserializationError",
@@ -37,5 +46,6 @@ __all__ = [
     "__version__",
     "available_backends",
     "default_max_workers",
+    "get_actor",
     "register_backend",
 ]

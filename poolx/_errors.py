@@ -9,6 +9,8 @@ catch, so code written for ``concurrent.futures`` keeps working::
     │   ├── InitializerError     (+ BrokenProcessPool)  the worker initializer raised; executor broken
     │   ├── SerializationError   (+ pickle.PicklingError)  a callable, argument or result cannot be pickled
     │   ├── DeserializationError (+ UnpicklingError, BrokenProcessPool)  a task or result cannot be unpickled
+    │   ├── ActorDiedError                           the actor a call was made on is dead (crash, kill,
+    │   │                                            constructor error, stopped)
     │   └── RemoteError                              a task's exception that could not travel as itself
     └── RemoteTraceback                              the ``__cause__`` of a re-raised task exception:
                                                      the worker's formatted traceback
@@ -79,6 +81,29 @@ class DeserializationError(PoolxError, pickle.UnpicklingError, BrokenProcessPool
     these cases, so existing handlers catch it; unlike there, only this task
     fails and the executor keeps working.
     """
+
+
+class ActorDiedError(PoolxError):
+    """The actor this call was made on died or was stopped before the call finished.
+
+    ``actor`` names the actor; ``exitcode`` and ``pid`` describe its process when
+    it had one and it died (``exitcode`` negative: killed by that signal).  When
+    the constructor raised, the exception is this error's ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, actor: str = "", exitcode: int | None = None,
+                 pid: int | None = None) -> None:
+        super().__init__(message)
+        self.actor = actor
+        self.exitcode = exitcode
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_actor_died, (str(self), self.actor, self.exitcode, self.pid))
+
+
+def _rebuild_actor_died(message: str, actor: str, exitcode: int | None, pid: int | None) -> ActorDiedError:
+    return ActorDiedError(message, actor=actor, exitcode=exitcode, pid=pid)
 
 
 class RemoteError(PoolxError):

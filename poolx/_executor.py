@@ -20,6 +20,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, ParamSpec, TypeVar
 
+from ._actors import ActorDiedError, ActorDirectory, ActorHandle, ActorOptions
 from ._errors import RemoteTraceback
 from ._futures import Future, Task
 from ._telemetry import Statistics, Telemetry
@@ -119,10 +120,13 @@ class Executor(cf.Executor):
             )
         self._max_workers = max_workers
         self._telemetry = Telemetry()
+        self._actors = ActorDirectory(self._telemetry)
         self._backend: Backend = backend_cls(
-            BackendOptions(max_workers, mp_context, initializer, tuple(initargs), max_tasks_per_child),
+            BackendOptions(max_workers, mp_context, initializer, tuple(initargs), max_tasks_per_child,
+                           actors=self._actors),
             self._telemetry,
         )
+        self._actors.backend = self._backend
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._feeders: list[_Feeder] = []
@@ -225,6 +229,79 @@ class Executor(cf.Executor):
                 self._runners.popitem(last=False)
         return runner
 
+    # -- actors -------------------------------------------------------------------
+
+    def options(self, **options: Any) -> ActorFactory:
+        """Actor options for the next ``actor()`` or ``map_actors()`` call.
+
+        ``executor.options(name="tracker", max_restarts=2).actor(Tracker, ...)``;
+        see ``poolx.ActorOptions`` for the options.  Kept apart from ``actor()``
+        so that they never clash with the constructor's own keyword arguments.
+        """
+        return ActorFactory(self, ActorOptions.build(options))
+
+    def actor(self, cls: type[T], /, *args: Any, **kwargs: Any) -> ActorHandle[T]:
+        """Start an actor: a worker that owns ``cls(*args, **kwargs)`` and runs its methods.
+
+        Returns at once with a handle; ``handle.method.remote(...)`` returns a
+        Future.  On the processes backend the actor is a process of its own.
+        """
+        return ActorFactory(self, ActorOptions()).actor(cls, *args, **kwargs)
+
+    def get_actor(self, name: str) -> ActorHandle[Any]:
+        """A handle to this executor's live actor named ``name``."""
+        return ActorHandle._of(self._actors.get(name))
+
+    def kill(self, handle: ActorHandle[Any], *, no_restart: bool = True) -> None:
+        """Stop an actor now: its running and pending calls fail with ``ActorDiedError``.
+
+        With ``no_restart=False`` the actor is started again (a fresh instance)
+        if its ``max_restarts`` allows, as after a crash.
+        """
+        if not isinstance(handle, ActorHandle):
+            raise TypeError(f"kill() needs an ActorHandle, got {type(handle).__name__}")
+        actor = self._actors.by_id.get(handle._id)
+        if actor is None:
+            if handle._id in _dead_or_foreign(self, handle):
+                return  # already dead: nothing to do (as ray.kill)
+            raise ValueError(f"the actor {handle._label} does not belong to this executor")
+        self._backend.stop_actor(actor, kill=True, restart=not no_restart)
+
+    def map_actors(self, cls: type, iterable: Iterable[Any], **kwargs: Any) -> Iterator[Any]:
+        """Map a callable class over ``iterable`` on a pool of actors that grows and shrinks.
+
+        See ``ActorFactory.map_actors``.
+        """
+        return ActorFactory(self, ActorOptions()).map_actors(cls, iterable, **kwargs)
+
+    def _start_actor(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     options: ActorOptions) -> ActorHandle[Any]:
+        if not isinstance(cls, type):
+            raise TypeError(
+                f"actor() needs a class, got {type(cls).__name__} {cls!r}; for a function, "
+                "use submit()"
+            )
+        if not self._backend.supports_actors:
+            raise ValueError(f"the {self._backend.name!r} backend does not run actors")
+        if self._shutdown:
+            raise RuntimeError("cannot create actors after shutdown")
+        actor, new = self._actors.create(cls, args, kwargs, options)
+        if new:
+            try:
+                self._backend.start_actor(actor)
+            except BaseException as exc:
+                with actor.lock:
+                    actor.mark_dead(ActorDiedError(f"the actor {actor.label} could not be started: {exc}",
+                                                   actor=actor.label))
+                raise
+        return ActorHandle._of(actor)
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a poolx.Executor cannot be sent to a task or an actor: pass actor handles instead, "
+            "or call poolx.get_actor(name) inside the task"
+        )
+
     # -- stopping ---------------------------------------------------------------
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -238,6 +315,7 @@ class Executor(cf.Executor):
                 feeder.join()
         with self._shutdown_lock:
             self._shutdown = True
+        self._actors.close()
         self._backend.shutdown(wait=wait, cancel_futures=cancel_futures)
 
     def terminate_workers(self) -> None:
@@ -255,6 +333,7 @@ class Executor(cf.Executor):
             feeder.stop()
         with self._shutdown_lock:
             self._shutdown = True
+        self._actors.close()
         self._backend.terminate_workers(kill)
         self._backend.shutdown(wait=False, cancel_futures=True)
 
@@ -272,6 +351,47 @@ class Executor(cf.Executor):
         else:
             self.shutdown(wait=True)
         return False
+
+
+class ActorFactory:
+    """``Executor.options(...)``: starts actors with those options."""
+
+    def __init__(self, executor: Executor, options: ActorOptions) -> None:
+        self._executor = executor
+        self.options = options
+
+    def actor(self, cls: type[T], /, *args: Any, **kwargs: Any) -> ActorHandle[T]:
+        """Start an actor of ``cls`` with these options (see ``Executor.actor``)."""
+        return self._executor._start_actor(cls, args, kwargs, self.options)
+
+    def map_actors(self, cls: type, iterable: Iterable[Any], *, args: tuple[Any, ...] = (),
+                   kwargs: dict[str, Any] | None = None, min_size: int = 1, max_size: int | None = None,
+                   batch_size: int | None = None, ordered: bool = True,
+                   idle_timeout: float = 1.0) -> Iterator[Any]:
+        """Map ``cls(*args, **kwargs)(item)`` over ``iterable`` on an autoscaling pool of actors.
+
+        Each actor builds one instance (load a model once, use it for many
+        items).  The pool starts ``min_size`` actors, adds one whenever every
+        actor is busy and items are waiting (up to ``max_size``, default
+        ``max_workers``), and releases actors idle for ``idle_timeout`` seconds
+        (down to ``min_size``); all are released at the end.  With
+        ``batch_size``, each call receives a list of up to that many items and
+        must return one result per item.  Results come in input order, or as
+        they finish with ``ordered=False``.
+        """
+        from ._actor_pool import map_actors
+
+        return map_actors(self, cls, iterable, args=args, kwargs=kwargs or {}, min_size=min_size,
+                          max_size=max_size if max_size is not None else self._executor.max_workers,
+                          batch_size=batch_size, ordered=ordered, idle_timeout=idle_timeout)
+
+
+def _dead_or_foreign(executor: Executor, handle: ActorHandle[Any]) -> set[int]:
+    """Ids of actors of ``executor`` that have died (killing those again is a no-op)."""
+    actor = handle._actor
+    if actor is not None and actor.directory is executor._actors:
+        return {actor.id}
+    return set()
 
 
 def _start_method(mp_context: Any) -> str:

@@ -45,15 +45,35 @@ class Statistics:
     messages_received: int
     busy_time: dict[int, float] = field(default_factory=dict)
     """Seconds each worker (by index) spent running tasks."""
+    actors_alive: int = 0
+    actors_started: int = 0
+    """Actors created (restarts not included)."""
+    actors_restarted: int = 0
+    """Times a crashed (or killed with ``no_restart=False``) actor was started again."""
+    actors_died: int = 0
+    """Actor processes that died unexpectedly (crash, signal, ``os._exit``)."""
+    actor_calls_submitted: int = 0
+    actor_calls_completed: int = 0
+    actor_calls_failed: int = 0
+    actor_busy_time: dict[str, float] = field(default_factory=dict)
+    """Seconds each actor (by label, ``Class#id``) spent running method calls."""
 
     @property
     def tasks_pending(self) -> int:
         """Submitted tasks that have not finished yet."""
         return self.tasks_submitted - self.tasks_completed - self.tasks_failed - self.tasks_cancelled
 
+    @property
+    def actor_calls_pending(self) -> int:
+        """Actor method calls made that have not finished yet."""
+        return self.actor_calls_submitted - self.actor_calls_completed - self.actor_calls_failed
+
 
 def _name(fn: Any) -> str:
     # Only the name is kept: holding the callable would keep its closure alive.
+    # (An actor call's fn is already its label, "Class.method".)
+    if type(fn) is str:
+        return fn
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
 
 
@@ -71,6 +91,39 @@ class Telemetry:
         self.busy: dict[int, float] = {}
         self.records: deque[tuple[Any, ...]] = deque(maxlen=TRACE_CAPACITY)
         self.worker_pids: dict[int, int] = {}
+        # Actors: their calls are Tasks whose ``worker`` is minus the actor's id.
+        self.actor_labels: dict[int, str] = {}
+        self.actor_pids: dict[int, int] = {}
+        self.actors_alive = 0
+        self.actors_started = 0
+        self.actors_restarted = 0
+        self.actors_died = 0
+        self.calls_submitted = 0
+        self.calls_completed = 0
+        self.calls_failed = 0
+        self.actor_busy: dict[int, float] = {}
+
+    def actor_started(self, actor_id: int, label: str) -> None:
+        with self._lock:
+            self.actor_labels[actor_id] = label
+            self.actors_started += 1
+            self.actors_alive += 1
+
+    def actor_restarted(self) -> None:
+        with self._lock:
+            self.actors_restarted += 1
+
+    def actor_crashed(self) -> None:
+        with self._lock:
+            self.actors_died += 1
+
+    def actor_ended(self, actor_id: int) -> None:
+        with self._lock:
+            self.actors_alive -= 1
+
+    def actor_call_submitted(self) -> None:
+        with self._lock:
+            self.calls_submitted += 1
 
     def task_submitted(self) -> None:
         with self._lock:
@@ -89,13 +142,21 @@ class Telemetry:
             busy = self.busy
             append = self.records.append
             for task, ok in finished:
-                if ok:
-                    self.completed += 1
+                worker = task.worker
+                if worker < 0:  # an actor call
+                    if ok:
+                        self.calls_completed += 1
+                    else:
+                        self.calls_failed += 1
+                    self.actor_busy[-worker] = self.actor_busy.get(-worker, 0.0) + (task.t_end - task.t_start)
                 else:
-                    self.failed += 1
+                    if ok:
+                        self.completed += 1
+                    else:
+                        self.failed += 1
+                    busy[worker] = busy.get(worker, 0.0) + (task.t_end - task.t_start)
                 self.bytes_sent += task.bytes_out
                 self.bytes_received += task.bytes_in
-                busy[task.worker] = busy.get(task.worker, 0.0) + (task.t_end - task.t_start)
                 append((task.id, _name(task.fn), task.worker, task.t_submit, task.t_dispatch,
                         task.t_start, task.t_end, task.t_done, task.bytes_out, task.bytes_in, ok))
 
@@ -111,11 +172,19 @@ class Telemetry:
                 messages_sent=self.messages_sent,
                 messages_received=self.messages_received,
                 busy_time=dict(self.busy),
+                actors_alive=self.actors_alive,
+                actors_started=self.actors_started,
+                actors_restarted=self.actors_restarted,
+                actors_died=self.actors_died,
+                actor_calls_submitted=self.calls_submitted,
+                actor_calls_completed=self.calls_completed,
+                actor_calls_failed=self.calls_failed,
+                actor_busy_time={self.actor_labels.get(a, f"actor#{a}"): t for a, t in self.actor_busy.items()},
                 **workers,
             )
 
     def trace_events(self, backend: str) -> list[dict[str, Any]]:
-        """The Chrome/Perfetto trace events: one lane (tid) per worker."""
+        """The Chrome/Perfetto trace events: one lane (tid) per worker and per actor."""
         with self._lock:
             records = list(self.records)
         if not records:
@@ -127,14 +196,19 @@ class Telemetry:
              "args": {"name": f"poolx executor ({backend})"}},
         ]
         for worker in sorted({r[2] for r in records}):
-            wpid = self.worker_pids.get(worker)
-            label = f"worker {worker}" + (f" (pid {wpid})" if wpid else "")
-            events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": worker + 1,
+            if worker >= 0:
+                wpid = self.worker_pids.get(worker)
+                label = f"worker {worker}" + (f" (pid {wpid})" if wpid else "")
+            else:
+                apid = self.actor_pids.get(-worker)
+                label = f"actor {self.actor_labels.get(-worker, -worker)}" + (f" (pid {apid})" if apid else "")
+            events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": _lane(worker),
                            "args": {"name": label}})
         for tid, fn, worker, t_sub, t_disp, t_start, t_end, t_done, b_out, b_in, ok in records:
+            kind = "task" if worker >= 0 else "actor call"
             events.append({
-                "ph": "X", "cat": "task" if ok else "task,failed", "name": fn,
-                "pid": pid, "tid": worker + 1,
+                "ph": "X", "cat": kind if ok else f"{kind},failed", "name": fn,
+                "pid": pid, "tid": _lane(worker),
                 "ts": (t_start - t0) * 1e6, "dur": max(t_end - t_start, 0.0) * 1e6,
                 "args": {
                     "task": tid, "ok": ok,
@@ -150,3 +224,8 @@ class Telemetry:
         import json
         with open(path, "w", encoding="utf-8") as f:
             json.dump({"traceEvents": self.trace_events(backend), "displayTimeUnit": "ms"}, f)
+
+
+def _lane(worker: int) -> int:
+    """Trace lane of a worker index (1, 2, ...) or of an actor (-id: 100001, 100002, ...)."""
+    return worker + 1 if worker >= 0 else 100_000 - worker

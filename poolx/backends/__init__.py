@@ -16,10 +16,13 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._futures import Task
 from .._telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from .._actors import Actor, ActorCall, ActorDirectory
 
 __all__ = [
     "Backend",
@@ -42,6 +45,8 @@ class BackendOptions:
     initargs: tuple[Any, ...] = ()
     max_tasks_per_child: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the executor's actors (by id and name); backends that run actors use it
+    actors: ActorDirectory | None = None
 
 
 class Backend(ABC):
@@ -62,6 +67,8 @@ class Backend(ABC):
     supports_timeouts: ClassVar[bool] = False
     #: tasks run synchronously in the submitting thread (map() then runs lazily)
     runs_in_caller: ClassVar[bool] = False
+    #: runs actors (Executor.actor)
+    supports_actors: ClassVar[bool] = False
 
     def __init__(self, options: BackendOptions, telemetry: Telemetry) -> None:
         self.options = options
@@ -78,6 +85,29 @@ class Backend(ABC):
     def terminate_workers(self, kill: bool) -> None:
         """Stop every worker now (SIGTERM, or SIGKILL with ``kill``)."""
         raise NotImplementedError(f"the {self.name!r} backend cannot terminate its workers")
+
+    # -- actors (backends with supports_actors) -----------------------------------
+
+    def start_actor(self, actor: Actor) -> None:
+        """Start ``actor`` (build its instance); never blocks on the constructor."""
+        raise NotImplementedError(f"the {self.name!r} backend does not run actors")
+
+    def call_actor(self, actor: Actor, call: ActorCall) -> None:
+        """Hand ``call`` to the actor; complete its future when it has run."""
+        raise NotImplementedError(f"the {self.name!r} backend does not run actors")
+
+    def stop_actor(self, actor: Actor, kill: bool, restart: bool) -> None:
+        """Stop ``actor``: after the calls made so far, or at once with ``kill``
+        (pending calls fail with ``ActorDiedError``); with ``restart``, start it
+        again if its ``max_restarts`` allows."""
+        raise NotImplementedError(f"the {self.name!r} backend does not run actors")
+
+    def wait_actor(self, actor: Actor, timeout: float | None) -> None:
+        """Wait (at most ``timeout`` seconds) for a stopped actor to be gone."""
+
+    def actor_pid(self, actor: Actor) -> int | None:
+        """The process id of ``actor``'s current process (None when in-process)."""
+        return None
 
     def worker_counts(self) -> dict[str, int]:
         """``workers_alive``, ``workers_started``, ``workers_restarted``, ``workers_died``."""

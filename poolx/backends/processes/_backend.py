@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict, deque
 from typing import Any
 
+from ..._actors import Actor, ActorCall
 from ..._errors import InitializerError, PoolxError, SerializationError
 from ..._futures import Task
 from ..._serialization import cacheable, describe, dumps
@@ -74,6 +75,7 @@ class ProcessBackend(Backend):
     supports_worker_restart = True
     supports_terminate = True
     supports_max_tasks_per_child = True
+    supports_actors = True
 
     def __init__(self, options: BackendOptions, telemetry: Telemetry) -> None:
         super().__init__(options, telemetry)
@@ -174,6 +176,29 @@ class ProcessBackend(Backend):
         self._closed = True
         self._incoming.append(("terminate", kill))
         self._wake()
+
+    # -- actors (see _actors) ------------------------------------------------------
+
+    def start_actor(self, actor: Actor) -> None:
+        if not self._scheduler.is_alive() or self._closed:
+            raise RuntimeError("cannot create actors after shutdown")
+        self._scheduler.actors.start(actor)
+
+    def call_actor(self, actor: Actor, call: ActorCall) -> None:
+        self._scheduler.actors.call(actor, call)
+
+    def stop_actor(self, actor: Actor, kill: bool, restart: bool) -> None:
+        if kill:
+            self._scheduler.actors.kill(actor, restart, "executor.kill")
+        else:
+            self._scheduler.actors.stop(actor, "was released")
+
+    def wait_actor(self, actor: Actor, timeout: float | None) -> None:
+        self._scheduler.actors.wait(actor, timeout)
+
+    def actor_pid(self, actor: Actor) -> int | None:
+        proc = actor.impl.proc if actor.impl is not None else None
+        return proc.pid if proc is not None else None
 
     def scheduler_exited(self) -> None:
         for fd in (self._wake_r, self._wake_w):

@@ -70,6 +70,7 @@ from ..._serialization import describe, loads
 from ..._telemetry import Telemetry
 from . import _channel
 from . import _worker as W
+from ._actors import ActorHost, Conn
 
 logger = logging.getLogger("poolx")
 
@@ -117,8 +118,9 @@ class _Worker:
     """The driver's handle on one worker process."""
 
     def __init__(self, index: int, process: Any, sock: socket.socket, cell: mmap.mmap, fd: int,
-                 tasks_left: int | None) -> None:
+                 tasks_left: int | None, client: Conn) -> None:
         self.index = index
+        self.client = client  # its client channel (actor handles used in its tasks)
         self.fd = fd  # the file behind the progress cell, and the crash dump after it
         self.process = process
         self.sock = sock
@@ -174,6 +176,9 @@ class Scheduler(threading.Thread):
         self.restarted = 0
         self.died = 0
         self.to_replace = 0  # exits (crash or retirement) not yet followed by a new start
+        self.actors = ActorHost(self)
+        self.conns: set[Conn] = set()  # client channels of live children
+        self.actors_stopping = False
 
     # -- the loop -----------------------------------------------------------
 
@@ -225,8 +230,19 @@ class Scheduler(threading.Thread):
             else:
                 self.queue.append(item)
 
+    def request(self, item: tuple[str, Any]) -> None:
+        """Any thread: hand the loop a command (see ``command``)."""
+        self.incoming.append(item)
+        self.backend._wake()
+
     def command(self, name: str, arg: Any) -> None:
-        if name == "shutdown":
+        if name == "actor_register":
+            self.actors.register(arg)
+        elif name == "actor_write":
+            self.actors.want_write(arg)
+        elif name == "actor_settle":
+            self.actors.settle(arg)
+        elif name == "shutdown":
             self.closing = True
             if arg:  # cancel_futures
                 self.cancel_queued()
@@ -235,6 +251,7 @@ class Scheduler(threading.Thread):
             self.cancel_queued()
             for w in list(self.workers.values()):
                 self.signal(w, kill=arg)
+            self.actors.kill_all(arg)
 
     # -- workers ------------------------------------------------------------
 
@@ -256,7 +273,27 @@ class Scheduler(threading.Thread):
     def start_worker(self) -> None:
         index = self.next_index
         self.next_index += 1
+        process, parent, client, cell, fd = self.spawn_child(
+            W.main, (index, self.setup), f"poolx-worker-{index}")
+        w = _Worker(index, process, parent, cell, fd, self.max_tasks, Conn(client, f"worker {index}"))
+        self.workers[index] = w
+        self.sel.register(parent, selectors.EVENT_READ, lambda k, m, w=w: self.on_socket(w, m))
+        self.sel.register(process.sentinel, selectors.EVENT_READ, lambda k, m, w=w: self.on_exit(w))
+        self.register_client(w.client)
+        self.started += 1
+        if self.to_replace:
+            self.to_replace -= 1
+            self.restarted += 1
+
+    def spawn_child(self, target: Any, args: tuple[Any, ...], name: str) -> tuple[Any, ...]:
+        """Start a child process (a task worker or an actor); any thread.
+
+        It gets its work channel, its client channel and its progress cell
+        before ``args``.  Returns (process, driver end of the work channel,
+        driver end of the client channel, progress cell, its fd).
+        """
         parent, child = socket.socketpair()
+        client_parent, client_child = socket.socketpair()
         fd, path = tempfile.mkstemp(prefix="poolx-progress-")
         cell = None
         try:
@@ -264,30 +301,84 @@ class Scheduler(threading.Thread):
             os.ftruncate(fd, W.PROGRESS_BYTES)
             cell = mmap.mmap(fd, W.PROGRESS_BYTES)
             _driver_socks.add(parent)
+            _driver_socks.add(client_parent)
             process = self.ctx.Process(
-                target=W.main, args=(child, W.FdForChild(fd), index, self.setup),
-                name=f"poolx-worker-{index}",
-            )
+                target=target, args=(child, client_child, W.FdForChild(fd), *args), name=name)
             with _main_file_restored(self.main_file):
                 process.start()
-        except BaseException:  # no worker: release what was made for it
+        except BaseException:  # no process: release what was made for it
             if cell is not None:
                 cell.close()
             os.close(fd)
-            _driver_socks.discard(parent)
-            parent.close()
+            for sock in (parent, client_parent):
+                _driver_socks.discard(sock)
+                sock.close()
             raise
         finally:
             child.close()
+            client_child.close()
         parent.setblocking(False)
-        w = _Worker(index, process, parent, cell, fd, self.max_tasks)
-        self.workers[index] = w
-        self.sel.register(parent, selectors.EVENT_READ, lambda k, m, w=w: self.on_socket(w, m))
-        self.sel.register(process.sentinel, selectors.EVENT_READ, lambda k, m, w=w: self.on_exit(w))
-        self.started += 1
-        if self.to_replace:
-            self.to_replace -= 1
-            self.restarted += 1
+        return process, parent, client_parent, cell, fd
+
+    # -- client channels (actor handles used inside children) -----------------------
+
+    def register_client(self, conn: Conn) -> None:
+        self.conns.add(conn)
+        self.sel.register(conn.sock, selectors.EVENT_READ, lambda k, m, c=conn: self.on_client(c, m))
+
+    def on_client(self, conn: Conn, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self.flush_conn(conn)
+        if mask & selectors.EVENT_READ:
+            try:
+                for _ in range(8):
+                    got = conn.reader.fill(nonblocking=True)
+                    while (msg := conn.reader.next_message()) is not None:
+                        self.actors.on_client_message(conn, msg)
+                    if not got or got < _channel.RECV_CHUNK:
+                        break
+            except _channel.ChannelClosed:
+                self.close_conn(conn)
+
+    def send_conn(self, conn: Conn, frames: list[Any]) -> None:
+        if not conn.open:
+            return
+        conn.outbox.extend(memoryview(b).cast("B") for b in _channel.encode(frames))
+        self.flush_conn(conn)
+
+    def flush_conn(self, conn: Conn) -> None:
+        try:
+            while conn.outbox:
+                sent = conn.sock.sendmsg(conn.outbox[:64])
+                conn.outbox = _channel.advance(conn.outbox, sent)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            conn.outbox = []
+        want_write = bool(conn.outbox)
+        if want_write != conn.writing and conn.open:
+            conn.writing = want_write
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
+            self.sel.modify(conn.sock, events, self.sel.get_key(conn.sock).data)
+
+    def close_conn(self, conn: Conn) -> None:
+        if conn.open:
+            conn.open = False
+            conn.outbox = []
+            self.sel.unregister(conn.sock)
+        if conn in self.conns:
+            self.conns.discard(conn)
+            _driver_socks.discard(conn.sock)
+            conn.sock.close()
+
+    def signal_process(self, process: Any, kill: bool) -> None:
+        try:
+            if kill:
+                process.kill()
+            else:
+                process.terminate()
+        except (OSError, AttributeError, ValueError):
+            pass
 
     def signal(self, w: _Worker, kill: bool) -> None:
         try:
@@ -554,6 +645,7 @@ class Scheduler(threading.Thread):
             w.process.join(1.0)
         self.sel.unregister(w.process.sentinel)
         del self.workers[w.index]
+        self.close_conn(w.client)
         exitcode = w.process.exitcode
         try:
             self.after_exit(w, exitcode)
@@ -661,7 +753,14 @@ class Scheduler(threading.Thread):
                 self.send(w, [pickle_stop()])
             elif now > w.stop_deadline:
                 self.signal(w, kill=True)
-        return not self.workers
+        if self.workers:
+            return False
+        # Actors last: tasks may call them until the end.  Each runs the calls
+        # it was sent, then stops.
+        if not self.actors_stopping:
+            self.actors_stopping = True
+            self.actors.stop_all("was stopped: its executor was shut down")
+        return not self.actors.procs
 
     def abort(self, error: BaseException) -> None:
         results, self.results = self.results, []
@@ -679,6 +778,11 @@ class Scheduler(threading.Thread):
         for item in self.incoming:
             if isinstance(item, Task) and not item.future.done():
                 self.fail(item, error)
+        for proc in list(self.actors.procs.values()):
+            self.signal_process(proc.process, kill=True)
+            for call in proc.inflight.values():
+                if not call.future.done():
+                    self.fail(call, error)
 
     def cleanup(self) -> None:
         for w in list(self.workers.values()):
@@ -687,6 +791,15 @@ class Scheduler(threading.Thread):
             w.sock.close()
             w.cell.close()
             os.close(w.fd)
+        for proc in list(self.actors.procs.values()):
+            self.signal_process(proc.process, kill=True)
+            proc.process.join(1.0)
+            proc.sock.close()
+            proc.cell.close()
+            os.close(proc.fd)
+            proc.actor.impl.gone.set()
+        for conn in list(self.conns):
+            self.close_conn(conn)
         self.sel.close()
         self.closing = True  # try_direct() refuses from now on
         self.backend.scheduler_exited()
@@ -715,8 +828,13 @@ def _main_file_restored(path: str | None) -> Iterator[None]:
 
 def crash_dump(w: _Worker) -> str:
     """The worker's faulthandler output, if a fatal error wrote one."""
+    return crash_dump_fd(w.fd)
+
+
+def crash_dump_fd(fd: int) -> str:
+    """A child's faulthandler output (after its progress cell), if a fatal error wrote one."""
     try:
-        dump = os.pread(w.fd, CRASH_DUMP_BYTES, W.PROGRESS_BYTES).decode("utf-8", "replace").strip()
+        dump = os.pread(fd, CRASH_DUMP_BYTES, W.PROGRESS_BYTES).decode("utf-8", "replace").strip()
     except OSError:
         return ""
     return f"\n\nThe worker's Python stack when it died (faulthandler):\n{dump}" if dump else ""

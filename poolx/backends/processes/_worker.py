@@ -43,10 +43,13 @@ from ... import _serialization as ser
 from . import _channel
 
 # Message kinds (frame 0 is a pickled tuple whose first item is the kind).
-TASKS, STOP = 1, 2  # driver -> worker
-READY, INIT_FAILED, RESULTS = 11, 12, 13  # worker -> driver
+TASKS, STOP, CALLS = 1, 2, 3  # driver -> worker (TASKS) or actor (CALLS)
+READY, INIT_FAILED, RESULTS = 11, 12, 13  # worker or actor -> driver
+# On a child's client channel (handles used inside tasks and actors):
+C_CALL, C_GET_ACTOR = 21, 22  # child -> driver
+ACTOR_INFO = 23  # driver -> child (and RESULTS, forwarded from the actor)
 # Result status codes.
-OK, RAISED, UNPICKLABLE_EXCEPTION, BAD_TASK, BAD_RESULT = 0, 1, 2, 3, 4
+OK, RAISED, UNPICKLABLE_EXCEPTION, BAD_TASK, BAD_RESULT, ACTOR_DIED = 0, 1, 2, 3, 4, 5
 
 # Flush results once this many are pending ...
 FLUSH_MAX = 512
@@ -116,8 +119,8 @@ def _detach(dup: Any) -> int:
     return int(dup.detach())
 
 
-def main(sock: socket.socket, progress: Any, index: int, setup: WorkerSetup) -> None:
-    """Entry point of a worker process."""
+def boot(sock: socket.socket, client: socket.socket, progress: Any) -> mmap.mmap:
+    """What every child does first (task worker and actor alike); returns the progress cell."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     fd = progress.take() if isinstance(progress, FdForChild) else int(progress)
     cell = mmap.mmap(fd, PROGRESS_BYTES)
@@ -127,6 +130,17 @@ def main(sock: socket.socket, progress: Any, index: int, setup: WorkerSetup) -> 
     faulthandler.enable(fd, all_threads=False)
     sock.setblocking(True)
     _start_watchdog(sock)
+    # Actor handles unpickled in this process call through the client channel.
+    from ... import _actors
+    from ._client import ChildClient
+
+    _actors.set_client(ChildClient(client))
+    return cell
+
+
+def main(sock: socket.socket, client: socket.socket, progress: Any, index: int, setup: WorkerSetup) -> None:
+    """Entry point of a worker process."""
+    cell = boot(sock, client, progress)
     initializer, initargs, max_tasks = setup.unpack()
     if initializer is not None:
         try:
@@ -177,6 +191,7 @@ class Worker:
         self.tasks_left = max_tasks
         self.lock = threading.Lock()  # results/frames and the socket's write side
         self.running = 0  # id of the task being run, 0 between tasks
+        self.eager = False  # flush every result at once (results come from other threads)
         self.wake = threading.Event()
         threading.Thread(target=self._flusher, name="poolx-flusher", daemon=True).start()
 
@@ -281,7 +296,8 @@ class Worker:
                 self.first_pending = t_end
             self.results.append((task_id, status, data, len(bufs), t_start, t_end, info))
             self.frames.extend(b.raw() for b in bufs)
-            due = len(self.results) >= FLUSH_MAX or t_end - self.first_pending >= FLUSH_SECONDS
+            due = (self.eager or len(self.results) >= FLUSH_MAX
+                   or t_end - self.first_pending >= FLUSH_SECONDS)
         if due:
             self.flush()
 
@@ -302,3 +318,52 @@ def _info(exc: BaseException) -> tuple[str, str, str]:
     except BaseException:
         message = "<str() of the exception failed>"
     return ser.describe(type(exc)), message, tb
+
+
+def outcome(status: int, data: Any, bufs: list[Any], info: Any, what: str) -> tuple[bool, Any]:
+    """Decode one result record of an actor call into (ok, value or exception).
+
+    ``what`` names the call in messages ("Counter.increment").
+    """
+    from ..._errors import (
+        ActorDiedError,
+        DeserializationError,
+        RemoteError,
+        RemoteTraceback,
+        SerializationError,
+    )
+
+    if status == OK:
+        if not data:
+            return True, None
+        try:
+            return True, ser.loads(data, bufs)
+        except BaseException as exc:
+            error: BaseException = DeserializationError(
+                f"the result of {what} could not be unpickled: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            return False, error
+    if status == ACTOR_DIED:
+        message, actor, exitcode, pid = info
+        return False, ActorDiedError(message, actor=actor, exitcode=exitcode, pid=pid)
+    if status == RAISED:
+        try:
+            error = ser.loads(data, bufs)
+        except BaseException:
+            error = RemoteError(*info[:3])
+        error.__cause__ = RemoteTraceback(info[2])
+    elif status == UNPICKLABLE_EXCEPTION:
+        error = RemoteError(*info[:3])
+        error.__cause__ = RemoteTraceback(info[2])
+    elif status == BAD_TASK:
+        error = DeserializationError(
+            f"the actor could not unpickle the arguments of {what}: {info[0]}: {info[1]}. "
+            "An argument's class may not be importable in the actor process, or its "
+            "__reduce__/__setstate__ raised.")
+        error.__cause__ = RemoteTraceback(info[2])
+    else:  # BAD_RESULT
+        error = SerializationError(
+            f"the result of {what} (a {info[3]}) could not be pickled in the actor to send it "
+            f"back: {info[0]}: {info[1]}. Return plain data instead.")
+        error.__cause__ = RemoteTraceback(info[2])
+    return False, error

@@ -1,0 +1,546 @@
+"""The driver side of actors on the processes backend.
+
+Each actor is a process of its own (``_actor_worker``), outside the task
+workers, with one channel to the driver.  Calls made in the driver are sent
+by the calling thread itself, under the actor's lock (so calls from one
+thread arrive in order, and no thread switch sits on the latency path); the
+scheduler thread reads the results, as it does for tasks.
+
+Calls made inside a task or another actor arrive on that child's *client
+channel* (``_client``); the scheduler forwards them to the actor and the
+result bytes back, without unpickling them.
+
+One actor across restarts is an ``ActorSlot`` (``actor.impl``); each process
+it runs in is an ``ActorProcess``.  While there is no process (being
+restarted after a kill), calls wait in the slot's backlog.
+
+Which calls fail when an actor process dies: every call sent to it that had
+not returned (running, or queued in the process) fails with
+``ActorDiedError``, unless ``max_task_retries`` allows sending it again to
+the restarted process.  Calls made after the death was noticed go to the
+restarted process (or fail at once when there is no restart left).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import selectors
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..._actors import DEAD, Actor, ActorCall
+from ..._errors import ActorDiedError, RemoteTraceback, SerializationError, describe_exit
+from ..._serialization import dumps, loads
+from . import _channel
+from . import _worker as W
+from ._actor_worker import ActorSetup
+
+if TYPE_CHECKING:
+    from ._scheduler import Scheduler
+
+STARTING, READY, STOPPING = "starting", "ready", "stopping"
+
+
+class Conn:
+    """The driver's end of a child's client channel (non-blocking, scheduler thread only)."""
+
+    def __init__(self, sock: socket.socket, owner: str) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.reader = _channel.FrameReader(sock)
+        self.outbox: list[memoryview] = []
+        self.writing = False
+        self.open = True
+        self.owner = owner
+
+
+class ActorProcess:
+    """One process an actor runs in."""
+
+    def __init__(self, actor: Actor, process: Any, sock: socket.socket, client: Conn, cell: mmap.mmap,
+                 fd: int) -> None:
+        self.actor = actor
+        self.process = process
+        self.pid = process.pid
+        self.sock = sock
+        self.reader = _channel.FrameReader(sock)
+        self.client = client
+        self.cell = cell
+        self.fd = fd
+        self.outbox: list[memoryview] = []  # under actor.lock: callers write too
+        self.writing = False
+        self.channel_open = True
+        self.inflight: dict[int, ActorCall] = {}
+        self.state = STARTING
+        self.init_error: tuple[Any, ...] | None = None
+        self.killed: str | None = None  # why it was killed (executor.kill, terminate_workers)
+        self.restart_after_kill = False
+
+
+class ActorSlot:
+    """An actor across its restarts: ``actor.impl`` on the processes backend."""
+
+    def __init__(self, setup: ActorSetup) -> None:
+        self.setup = setup
+        self.proc: ActorProcess | None = None
+        self.backlog: list[ActorCall] = []
+        self.gone = threading.Event()  # set when the actor is dead and its process reaped
+
+
+class ActorHost:
+    """Actors of one processes backend; driven by its scheduler."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.s = scheduler
+        self.procs: dict[int, ActorProcess] = {}  # live actor processes, by id() (scheduler thread)
+
+    # -- starting ---------------------------------------------------------------
+
+    @staticmethod
+    def setup(actor: Actor) -> ActorSetup:
+        try:
+            spec, _ = dumps((actor.cls, actor.args, actor.kwargs))
+        except Exception as exc:
+            raise _spec_error(actor, exc) from exc
+        return ActorSetup(spec, actor.label, actor.max_concurrency, actor.options.num_cpus)
+
+    def spawn(self, actor: Actor) -> ActorProcess:
+        """Start a process for ``actor`` (any thread); it is registered by the scheduler."""
+        from . import _actor_worker
+
+        slot: ActorSlot = actor.impl
+        process, sock, client, cell, fd = self.s.spawn_child(
+            _actor_worker.main, (slot.setup,), f"poolx-actor-{actor.id}")
+        return ActorProcess(actor, process, sock, Conn(client, actor.label), cell, fd)
+
+    def start(self, actor: Actor) -> None:
+        """Caller's thread: start the actor's first process; calls may be sent to it at once."""
+        slot = ActorSlot(self.setup(actor))
+        actor.impl = slot
+        proc = self.spawn(actor)
+        with actor.lock:
+            slot.proc = proc
+        self.s.request(("actor_register", proc))
+
+    def register(self, proc: ActorProcess) -> None:
+        """Scheduler thread: watch a new actor process (its socket, exit, client channel)."""
+        sel = self.s.sel
+        self.procs[id(proc)] = proc
+        sel.register(proc.sock, selectors.EVENT_READ, lambda k, m, p=proc: self.on_socket(p, m))
+        sel.register(proc.process.sentinel, selectors.EVENT_READ, lambda k, m, p=proc: self.on_exit(p))
+        self.s.register_client(proc.client)
+        self.s.telemetry.actor_pids[proc.actor.id] = proc.pid
+        with proc.actor.lock:
+            if proc.writing:  # callers filled its socket before it was watched
+                self.want_write(proc)
+
+    # -- calling (any thread, under actor.lock) -----------------------------------
+
+    def call(self, actor: Actor, call: ActorCall) -> None:
+        args, kwargs = call.args, call.kwargs
+        if args or kwargs:
+            try:
+                payload, bufs = dumps((args, kwargs))
+            except Exception as exc:
+                raise SerializationError(
+                    f"cannot pickle the arguments of {call.fn}(): {type(exc).__name__}: {exc}. "
+                    "Actors run in other processes, so arguments must be picklable."
+                ) from exc
+            call.bytes_out = len(payload) + sum(b.raw().nbytes for b in bufs)
+        else:
+            payload, bufs = b"", ()
+        call.state = (payload, bufs)
+        call.args, call.kwargs = (), {}
+        error = None
+        with actor.lock:
+            slot: ActorSlot = actor.impl
+            if actor.status == DEAD:
+                error = actor.died_error()
+            elif slot.proc is None:
+                slot.backlog.append(call)
+            else:
+                self.send_calls(slot.proc, [call])
+        if error is not None:
+            actor.fail(call, error)
+
+    def send_calls(self, proc: ActorProcess, calls: list[ActorCall]) -> None:
+        """Queue ``calls`` on ``proc``'s channel and write what the socket takes (under actor.lock)."""
+        records = []
+        frames: list[Any] = []
+        now = time.perf_counter()
+        for call in calls:
+            payload, bufs = call.state
+            records.append((call.id, call.method, payload, len(bufs)))
+            frames.extend(b.raw() if hasattr(b, "raw") else b for b in bufs)
+            proc.inflight[call.id] = call
+            call.t_dispatch = now
+        control = pickle.dumps((W.CALLS, records), 5)
+        if not proc.channel_open:
+            return  # it is dying: on_exit fails (or retries) these calls
+        pending = bool(proc.outbox)
+        proc.outbox.extend(memoryview(b).cast("B") for b in _channel.encode([control, *frames]))
+        if not pending:
+            self.write(proc)
+
+    def write(self, proc: ActorProcess) -> None:
+        """Write as much of the outbox as the socket takes (under actor.lock)."""
+        try:
+            while proc.outbox:
+                sent = proc.sock.sendmsg(proc.outbox[:64])
+                proc.outbox = _channel.advance(proc.outbox, sent)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:  # the process is gone; its sentinel will tell
+            proc.outbox = []
+        if proc.outbox and not proc.writing:
+            proc.writing = True
+            self.s.request(("actor_write", proc))
+
+    def want_write(self, proc: ActorProcess) -> None:
+        """Scheduler thread: watch for room in ``proc``'s socket."""
+        if not proc.channel_open:
+            return
+        try:
+            key = self.s.sel.get_key(proc.sock)
+        except KeyError:
+            return  # not registered yet: register() asks again
+        self.s.sel.modify(proc.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, key.data)
+
+    # -- reading (scheduler thread) -------------------------------------------------
+
+    def on_socket(self, proc: ActorProcess, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            with proc.actor.lock:
+                self.write(proc)
+                done = not proc.outbox
+                if done:
+                    proc.writing = False
+            if done and proc.channel_open:
+                self.s.sel.modify(proc.sock, selectors.EVENT_READ, self.s.sel.get_key(proc.sock).data)
+        if mask & selectors.EVENT_READ:
+            self.read(proc, limit=8)
+
+    def read(self, proc: ActorProcess, limit: int | None) -> None:
+        reads = 0
+        try:
+            while limit is None or reads < limit:
+                reads += 1
+                got = proc.reader.fill(nonblocking=True)
+                while (msg := proc.reader.next_message()) is not None:
+                    self.on_message(proc, msg)
+                if not got or (got < _channel.RECV_CHUNK and limit is not None):
+                    return
+        except _channel.ChannelClosed:
+            self.close_channel(proc)
+
+    def close_channel(self, proc: ActorProcess) -> None:
+        if proc.channel_open:
+            with proc.actor.lock:
+                proc.channel_open = False
+                proc.outbox = []
+            self.s.sel.unregister(proc.sock)
+
+    def on_message(self, proc: ActorProcess, msg: list[Any]) -> None:
+        control = pickle.loads(msg[0])
+        kind = control[0]
+        self.s.telemetry.messages_received += 1
+        if kind == W.RESULTS:
+            self.on_results(proc, control[1], msg)
+        elif kind == W.READY:
+            if proc.state == STARTING:
+                proc.state = READY
+            proc.pid = control[1]
+        elif kind == W.INIT_FAILED:
+            proc.init_error = control[1:]
+
+    def on_results(self, proc: ActorProcess, records: list[Any], msg: list[Any]) -> None:
+        actor = proc.actor
+        oob = 1
+        forward: dict[Conn, tuple[list[Any], list[Any]]] = {}
+        with actor.lock:
+            calls = [proc.inflight.pop(r[0], None) for r in records]
+        for call, record in zip(calls, records):
+            call_id, status, data, n_oob, t_start, t_end, info = record
+            bufs = msg[oob : oob + n_oob]
+            oob += n_oob
+            if call is None:
+                continue
+            call.t_start, call.t_end = t_start, t_end
+            call.bytes_in = len(data) + sum(len(b) for b in bufs)
+            call.state = None
+            if call.origin is not None:
+                conn, child_id = call.origin
+                recs, frames = forward.setdefault(conn, ([], []))
+                recs.append((child_id, status, data, n_oob, t_start, t_end, info))
+                frames.extend(bufs)
+                call.t_done = time.perf_counter()
+                self.s.telemetry.task_done(call, status == W.OK)
+                continue
+            ok, value = W.outcome(status, data, bufs, info, call.fn)  # type: ignore[arg-type]
+            self.s.results.append((call, ok, value))
+        for conn, (recs, frames) in forward.items():
+            self.s.send_conn(conn, [pickle.dumps((W.RESULTS, recs), 5), *frames])
+
+    # -- calls from children (scheduler thread) ----------------------------------------
+
+    def on_client_message(self, conn: Conn, msg: list[Any]) -> None:
+        control = pickle.loads(msg[0])
+        kind = control[0]
+        directory = self.s.backend.options.actors
+        if kind == W.C_GET_ACTOR:
+            _, req_id, name = control
+            try:
+                actor = directory.get(name)
+            except ValueError as exc:
+                reply = (W.ACTOR_INFO, req_id, False, str(exc))
+            else:
+                reply = (W.ACTOR_INFO, req_id, True, (actor.id, actor.label, actor.name, actor.methods))
+            self.s.send_conn(conn, [pickle.dumps(reply, 5)])
+        elif kind == W.C_CALL:
+            _, actor_id, records = control
+            actor = directory.by_id.get(actor_id)
+            oob = 1
+            for child_id, method, payload, n_oob in records:
+                bufs = msg[oob : oob + n_oob]
+                oob += n_oob
+                if actor is None:
+                    self.reply_died(conn, child_id, ActorDiedError(
+                        f"the actor #{actor_id} is dead, or belongs to another executor", actor=f"#{actor_id}"))
+                    continue
+                call = ActorCall(actor, method, (), {})
+                call.origin = (conn, child_id)
+                call.state = (payload, bufs)
+                call.bytes_out = len(payload) + sum(len(b) for b in bufs)
+                self.s.telemetry.actor_call_submitted()
+                error = None
+                with actor.lock:
+                    slot: ActorSlot = actor.impl
+                    if actor.status == DEAD:
+                        error = actor.died_error()
+                    elif slot.proc is None:
+                        slot.backlog.append(call)
+                    else:
+                        self.send_calls(slot.proc, [call])
+                if error is not None:
+                    self.fail(call, error)
+
+    def reply_died(self, conn: Conn, child_id: int, error: ActorDiedError) -> None:
+        info = (str(error), error.actor, error.exitcode, error.pid)
+        self.s.send_conn(conn, [pickle.dumps((W.RESULTS, [(child_id, W.ACTOR_DIED, b"", 0, 0.0, 0.0, info)]), 5)])
+
+    def fail(self, call: ActorCall, error: ActorDiedError) -> None:
+        """Fail one call: complete its future, or tell the child that made it."""
+        call.state = None
+        if call.origin is None:
+            if not call.future.done():
+                self.s.results.append((call, False, error))
+            return
+        conn, child_id = call.origin
+        if conn.open:
+            self.reply_died(conn, child_id, error)
+        call.t_done = time.perf_counter()
+        self.s.telemetry.task_done(call, False)
+
+    # -- stopping --------------------------------------------------------------------
+
+    def kill(self, actor: Actor, restart: bool, why: str) -> None:
+        """Any thread: SIGKILL the actor's process; pending calls fail (see on_exit)."""
+        with actor.lock:
+            slot: ActorSlot = actor.impl
+            proc = slot.proc
+            if actor.status == DEAD and proc is None:
+                return
+            if not restart:
+                actor.mark_dead(ActorDiedError(f"the actor {actor.label} was killed ({why})", actor=actor.label))
+            if proc is not None:
+                proc.killed = why
+                proc.restart_after_kill = restart
+                slot.proc = None  # calls made from now on wait for the restart (or fail)
+        if proc is not None:
+            self.s.signal_process(proc.process, kill=True)
+        else:
+            self.s.request(("actor_settle", actor))
+
+    def stop(self, actor: Actor, why: str) -> None:
+        """Any thread: stop the actor once the calls sent so far have run."""
+        with actor.lock:
+            if actor.status == DEAD:
+                return
+            actor.mark_dead(ActorDiedError(f"the actor {actor.label} {why}", actor=actor.label))
+            slot: ActorSlot = actor.impl
+            proc = slot.proc
+            if proc is not None:
+                proc.state = STOPPING
+                if proc.channel_open:
+                    pending = bool(proc.outbox)
+                    proc.outbox.extend(memoryview(b).cast("B")
+                                       for b in _channel.encode([pickle.dumps((W.STOP,))]))
+                    if not pending:
+                        self.write(proc)
+        if proc is None:
+            self.s.request(("actor_settle", actor))
+
+    def settle(self, actor: Actor) -> None:
+        """Scheduler thread: an actor without a process that is now dead: fail its backlog."""
+        slot: ActorSlot = actor.impl
+        with actor.lock:
+            if slot.proc is not None or actor.status != DEAD:
+                return
+            backlog, slot.backlog = slot.backlog, []
+        for call in backlog:
+            self.fail(call, actor.died_error())
+        slot.gone.set()
+
+    def on_exit(self, proc: ActorProcess) -> None:
+        """Scheduler thread: an actor process ended; fail or retry its calls, restart it or not."""
+        s = self.s
+        if proc.channel_open:
+            self.read(proc, limit=None)
+            self.close_channel(proc)
+        proc.process.join(1.0)
+        if proc.process.exitcode is None:
+            s.signal_process(proc.process, kill=True)
+            proc.process.join(1.0)
+        s.sel.unregister(proc.process.sentinel)
+        s.close_conn(proc.client)
+        self.procs.pop(id(proc), None)
+        exitcode = proc.process.exitcode
+        actor = proc.actor
+        slot: ActorSlot = actor.impl
+        error = self.death_error(proc, exitcode)
+        crashed = proc.killed is None and proc.state != STOPPING and proc.init_error is None
+        if crashed:
+            s.telemetry.actor_crashed()
+        retry: list[ActorCall] = []
+        with actor.lock:
+            if slot.proc is proc:
+                slot.proc = None
+            inflight = list(proc.inflight.values())
+            proc.inflight.clear()
+            again = False
+            if actor.status != DEAD and proc.init_error is None and (crashed or proc.restart_after_kill):
+                again = actor.may_restart()
+            if again:
+                retry = [c for c in inflight if actor.may_retry(c)]
+            elif actor.status != DEAD:
+                actor.mark_dead(error)
+        failed = [c for c in inflight if c not in retry] if retry else inflight
+        for call in failed:
+            self.fail(call, _copy(error))
+        try:
+            if again:
+                self.restart(actor, retry)
+            else:
+                self.settle(actor)
+        finally:
+            proc.sock.close()
+            proc.cell.close()
+            os.close(proc.fd)
+            if proc.process.exitcode is not None:
+                proc.process.close()
+
+    def restart(self, actor: Actor, retry: list[ActorCall]) -> None:
+        slot: ActorSlot = actor.impl
+        with actor.lock:
+            slot.backlog[:0] = retry  # retried calls first: they were made earlier
+        try:
+            proc = self.spawn(actor)
+        except Exception as exc:
+            with actor.lock:
+                actor.mark_dead(ActorDiedError(
+                    f"the actor {actor.label} could not be restarted: {type(exc).__name__}: {exc}",
+                    actor=actor.label))
+            self.settle(actor)
+            return
+        with actor.lock:
+            if actor.status == DEAD:  # killed or stopped while restarting
+                proc.killed = proc.killed or "it was stopped while restarting"
+                self.s.signal_process(proc.process, kill=True)
+            else:
+                slot.proc = proc
+                backlog, slot.backlog = slot.backlog, []
+                if backlog:
+                    self.send_calls(proc, backlog)
+        self.register(proc)
+        if actor.status == DEAD:
+            self.settle(actor)
+
+    def death_error(self, proc: ActorProcess, exitcode: int | None) -> ActorDiedError:
+        actor = proc.actor
+        if proc.init_error is not None:
+            type_name, message, tb, data = proc.init_error
+            error = ActorDiedError(
+                f"the actor {actor.label} could not be created: its constructor raised {type_name}: "
+                f"{message}", actor=actor.label, exitcode=exitcode, pid=proc.pid)
+            cause: BaseException | None = None
+            if data is not None:
+                try:
+                    cause = loads(data)
+                except BaseException:
+                    cause = None
+            if cause is not None:
+                cause.__cause__ = RemoteTraceback(tb)
+                error.__cause__ = cause
+            else:
+                error.__cause__ = RemoteTraceback(tb)
+            return error
+        if proc.killed is not None:
+            return ActorDiedError(f"the actor {actor.label} was killed ({proc.killed})",
+                                  actor=actor.label, exitcode=exitcode, pid=proc.pid)
+        if proc.state == STOPPING:
+            death = actor.death
+            return ActorDiedError(str(death) if death else f"the actor {actor.label} was stopped",
+                                  actor=actor.label, exitcode=exitcode, pid=proc.pid)
+        running_id, finished = W.PROGRESS.unpack_from(proc.cell, 0)
+        call = proc.inflight.get(running_id)
+        where = f" while running {call.fn}()" if call is not None and not finished else ""
+        from ._scheduler import crash_dump_fd
+
+        return ActorDiedError(
+            f"the actor {actor.label} (pid {proc.pid}) died{where}: {describe_exit(exitcode)}"
+            f"{crash_dump_fd(proc.fd)}", actor=actor.label, exitcode=exitcode, pid=proc.pid)
+
+    def stop_all(self, why: str) -> None:
+        """Scheduler thread, at shutdown: stop every actor after its pending calls."""
+        directory = self.s.backend.options.actors
+        for actor in directory.live():
+            self.stop(actor, why)
+
+    def kill_all(self, kill: bool) -> None:
+        directory = self.s.backend.options.actors
+        for actor in directory.live():
+            self.kill(actor, restart=False, why="terminate_workers" if not kill else "kill_workers")
+
+    def wait(self, actor: Actor, timeout: float | None) -> None:
+        slot: ActorSlot = actor.impl
+        slot.gone.wait(timeout)
+
+
+def _copy(error: ActorDiedError) -> ActorDiedError:
+    """A fresh exception per future: raising one object from several threads mixes tracebacks."""
+    fresh = ActorDiedError(str(error), actor=error.actor, exitcode=error.exitcode, pid=error.pid)
+    fresh.__cause__ = error.__cause__
+    return fresh
+
+
+def _spec_error(actor: Actor, exc: Exception) -> SerializationError:
+    """Name what cannot be pickled: the class, or one of the constructor's arguments."""
+    culprit = f"the class {actor.cls.__module__}.{actor.cls.__qualname__}"
+    candidates = [(f"argument {i} ({type(a).__name__})", a) for i, a in enumerate(actor.args)]
+    candidates += [(f"keyword argument {k!r} ({type(v).__name__})", v) for k, v in actor.kwargs.items()]
+    for name, value in candidates:
+        try:
+            dumps(value)
+        except Exception:
+            culprit = name
+            break
+    return SerializationError(
+        f"cannot pickle {culprit} to start the actor {actor.label}: {type(exc).__name__}: {exc}. "
+        "An actor runs in its own process: its class and constructor arguments must be "
+        "picklable (or use backend='threads')."
+    )
+
