@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 # Calls map_actors keeps in flight per actor: one running, one queued behind it,
 # so an actor never waits for the driver between items.
 CALLS_PER_ACTOR = 2
+# Finished results map_actors holds back (waiting for a slow earlier item, in
+# ordered mode) before it stops handing out more work.
+MAX_HELD_RESULTS = 1024
 
 
 class ActorPool:
@@ -158,13 +161,13 @@ class ActorPool:
 
 
 class _Member:
-    __slots__ = ("handle", "idle_since", "inflight", "warm")
+    __slots__ = ("handle", "inflight", "last_done", "warm")
 
     def __init__(self, handle: ActorHandle[Any]) -> None:
         self.handle = handle
         self.inflight = 0
         self.warm = False  # has finished a call: its constructor is done
-        self.idle_since = time.monotonic()
+        self.last_done = time.monotonic()  # set by a done callback, from any thread
 
 
 def map_actors(factory: ActorFactory, cls: type, iterable: Iterable[Any], *, args: tuple[Any, ...],
@@ -198,19 +201,40 @@ def _run(factory: ActorFactory, cls: type, args: tuple[Any, ...], kwargs: dict[s
     next_index = next_yield = 0
     exhausted = False
     clean = False
+
+    def collect(block: bool) -> None:
+        if block:
+            done, _ = cf.wait(list(inflight), timeout=idle_timeout or None, return_when=cf.FIRST_COMPLETED)
+        else:
+            done = {f for f in inflight if f.done()}
+        for future in done:
+            index, member, n = inflight.pop(future)
+            member.inflight -= 1
+            member.warm = True
+            finished[index] = (future, n)
+
+    def shrink() -> None:
+        # Release actors idle for idle_timeout, down to min_size.
+        now = time.monotonic()
+        for member in list(pool):
+            if len(pool) <= min_size:
+                return
+            if member.inflight == 0 and now - member.last_done >= idle_timeout:
+                pool.remove(member)
+                member.handle.release(wait=False)
+
     try:
         while True:
             # Hand out work: the least loaded actor first; grow when all are full.
-            while not exhausted:
-                member = min(pool, key=lambda m: m.inflight)
-                if member.inflight >= CALLS_PER_ACTOR:
+            while not exhausted and len(finished) < MAX_HELD_RESULTS:
+                if min(m.inflight for m in pool) >= CALLS_PER_ACTOR:
                     if len(pool) < max_size and all(m.warm for m in pool):
                         pool.append(_Member(factory.actor(cls, *args, **kwargs)))
                         continue
                     break
                 if batch_size is None:
                     try:
-                        item = next(items)
+                        item = next(items)  # may block: a slow source leaves the pool idle
                     except StopIteration:
                         exhausted = True
                         break
@@ -219,22 +243,19 @@ def _run(factory: ActorFactory, cls: type, args: tuple[Any, ...], kwargs: dict[s
                     if not item:
                         exhausted = True
                         break
+                collect(block=False)
+                shrink()
+                member = min(pool, key=lambda m: m.inflight)
                 future = member.handle.__call__.remote(item)
                 member.inflight += 1
+                future.add_done_callback(lambda f, m=member: setattr(m, "last_done", time.monotonic()))
                 inflight[future] = (next_index, member, None if batch_size is None else len(item))
                 next_index += 1
             if not inflight and not finished:
                 clean = True
                 return
-            done, _ = cf.wait(list(inflight), timeout=idle_timeout or None, return_when=cf.FIRST_COMPLETED)
-            now = time.monotonic()
-            for future in done:
-                index, member, n = inflight.pop(future)
-                member.inflight -= 1
-                member.warm = True
-                if not member.inflight:
-                    member.idle_since = now
-                finished[index] = (future, n)
+            if inflight:
+                collect(block=True)
             # Yield what may be yielded.
             if ordered:
                 while next_yield in finished:
@@ -243,14 +264,7 @@ def _run(factory: ActorFactory, cls: type, args: tuple[Any, ...], kwargs: dict[s
             else:
                 for index in sorted(finished):
                     yield from _results(*finished.pop(index))
-            # Shrink: release actors idle for idle_timeout, down to min_size.
-            now = time.monotonic()
-            for member in list(pool):
-                if len(pool) <= min_size:
-                    break
-                if member.inflight == 0 and now - member.idle_since >= idle_timeout:
-                    pool.remove(member)
-                    member.handle.release(wait=False)
+            shrink()
     finally:
         for member in pool:
             if clean or not member.inflight:

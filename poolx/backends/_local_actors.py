@@ -39,6 +39,7 @@ class LocalActor:
         if error is not None:
             with self.actor.lock:
                 self.actor.mark_dead(self.runner.died_error())
+            self.close(None)  # calls already queued fail (run_sync sees init_error); threads end
 
     def call(self, call: ActorCall) -> None:
         actor = self.actor

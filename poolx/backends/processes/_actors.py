@@ -222,6 +222,7 @@ class ActorHost:
             if done and proc.channel_open:
                 self.s.sel.modify(proc.sock, selectors.EVENT_READ, self.s.sel.get_key(proc.sock).data)
         if mask & selectors.EVENT_READ:
+            self.s.on_client(proc.client, selectors.EVENT_READ)  # its own calls first (see Scheduler)
             self.read(proc, limit=8)
 
     def read(self, proc: ActorProcess, limit: int | None) -> None:

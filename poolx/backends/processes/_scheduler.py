@@ -329,7 +329,7 @@ class Scheduler(threading.Thread):
     def on_client(self, conn: Conn, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
             self.flush_conn(conn)
-        if mask & selectors.EVENT_READ:
+        if mask & selectors.EVENT_READ and conn.open:
             try:
                 for _ in range(8):
                     got = conn.reader.fill(nonblocking=True)
@@ -509,6 +509,10 @@ class Scheduler(threading.Thread):
         if mask & selectors.EVENT_WRITE:
             self.flush(w)
         if mask & selectors.EVENT_READ:
+            # Actor calls a task made were sent before its result: forward them
+            # first, so that a call the driver makes once the result is in
+            # reaches the actor after them (the lecture's tracker pattern).
+            self.on_client(w.client, selectors.EVENT_READ)
             self.read(w, limit=8)
 
     def read(self, w: _Worker, limit: int | None) -> None:
