@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from ._errors import ActorDiedError, PoolxError
 from ._futures import Future, Task
 
+_RUNNING = "RUNNING"  # concurrent.futures._base.RUNNING
+
 if TYPE_CHECKING:
     from ._telemetry import Telemetry
     from .backends import Backend
@@ -140,7 +142,10 @@ class Actor:
         directory = self.directory
         call = ActorCall(self, method, args, kwargs)
         directory.telemetry.actor_call_submitted()
-        call.future.set_running_or_notify_cancel()  # handed to the actor at once: not cancellable
+        # Handed to the actor at once, so not cancellable: RUNNING from the start.
+        # (set_running_or_notify_cancel() without its lock and notify: nobody
+        # else can see this future yet.)
+        call.future._state = _RUNNING
         if self.status == DEAD:
             self.fail(call, self.died_error())
         else:
@@ -300,8 +305,6 @@ class ActorHandle(Generic[T]):
     far finish, then it stops).
     """
 
-    __slots__ = ("__weakref__", "_actor", "_id", "_label", "_methods", "_name")
-
     def __init__(self, actor_id: int, label: str, name: str | None, methods: frozenset[str],
                  actor: Actor | None = None) -> None:
         self._id = actor_id
@@ -323,7 +326,8 @@ class ActorHandle(Generic[T]):
                 f"{', '.join(sorted(self._methods)) or '(none)'}. (Attributes cannot be read "
                 "through a handle: add a method that returns them.)"
             )
-        return ActorMethod(self, method)
+        bound = self.__dict__[method] = ActorMethod(self, method)  # found without __getattr__ next time
+        return bound
 
     def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
         actor = self._actor

@@ -56,6 +56,7 @@ class Conn:
         self.writing = False
         self.open = True
         self.owner = owner
+        self.seen = 0  # messages read from it
 
 
 class ActorProcess:
@@ -169,6 +170,23 @@ class ActorHost:
 
     def send_calls(self, proc: ActorProcess, calls: list[ActorCall]) -> None:
         """Queue ``calls`` on ``proc``'s channel and write what the socket takes (under actor.lock)."""
+        if len(calls) == 1 and not calls[0].state[1] and not proc.outbox and proc.channel_open:
+            # The common case, a small call on an idle channel: one bytes object, one send().
+            call = calls[0]
+            control = pickle.dumps((W.CALLS, [(call.id, call.method, call.state[0], 0)]), 5)
+            message = _channel.HEAD.pack(1, 0) + _channel.LEN.pack(len(control)) + control
+            proc.inflight[call.id] = call
+            call.t_dispatch = time.perf_counter()
+            try:
+                sent = proc.sock.send(message)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:  # the process is gone; its sentinel will tell
+                return
+            if sent < len(message):
+                proc.outbox.append(memoryview(message)[sent:])
+                self.write(proc)
+            return
         records = []
         frames: list[Any] = []
         now = time.perf_counter()
@@ -222,7 +240,6 @@ class ActorHost:
             if done and proc.channel_open:
                 self.s.sel.modify(proc.sock, selectors.EVENT_READ, self.s.sel.get_key(proc.sock).data)
         if mask & selectors.EVENT_READ:
-            self.s.on_client(proc.client, selectors.EVENT_READ)  # its own calls first (see Scheduler)
             self.read(proc, limit=8)
 
     def read(self, proc: ActorProcess, limit: int | None) -> None:
@@ -250,6 +267,8 @@ class ActorHost:
         kind = control[0]
         self.s.telemetry.messages_received += 1
         if kind == W.RESULTS:
+            if control[2] != proc.client.seen:
+                self.s.catch_up(proc.client, control[2])  # its own calls first (see Scheduler)
             self.on_results(proc, control[1], msg)
         elif kind == W.READY:
             if proc.state == STARTING:
@@ -262,8 +281,10 @@ class ActorHost:
         actor = proc.actor
         oob = 1
         forward: dict[Conn, tuple[list[Any], list[Any]]] = {}
-        with actor.lock:
-            calls = [proc.inflight.pop(r[0], None) for r in records]
+        # No lock: a dict pop is atomic, and on_exit (which takes what is left)
+        # runs on this same thread.
+        pop = proc.inflight.pop
+        calls = [pop(r[0], None) for r in records]
         for call, record in zip(calls, records):
             call_id, status, data, n_oob, t_start, t_end, info = record
             bufs = msg[oob : oob + n_oob]

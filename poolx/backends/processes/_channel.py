@@ -21,8 +21,8 @@ import socket
 import struct
 from collections.abc import Sequence
 
-_HEAD = struct.Struct("<II")
-_LEN = struct.Struct("<Q")
+HEAD = _HEAD = struct.Struct("<II")
+LEN = _LEN = struct.Struct("<Q")
 
 # How much one recv() may pull into the staging buffer.  64 KiB covers a batch
 # of a few hundred tiny tasks in one syscall; larger frames bypass staging.

@@ -37,6 +37,7 @@ class ChildClient:
         self.pending: dict[int, tuple[Future[Any], str]] = {}
         self.reader: threading.Thread | None = None
         self.closed: str | None = None
+        self.sent = 0  # messages sent; reported with each batch of results (see Worker.flush)
 
     def call(self, actor_id: int, label: str, method: str, args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> Future[Any]:
@@ -83,6 +84,7 @@ class ChildClient:
                 self.reader.start()
             try:
                 _channel.send_all(self.sock, _channel.encode(frames))
+                self.sent += 1
             except OSError as exc:
                 del self.pending[ref]
                 raise PoolxError(f"the connection to the driver is closed: {exc}") from exc

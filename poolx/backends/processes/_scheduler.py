@@ -334,11 +334,24 @@ class Scheduler(threading.Thread):
                 for _ in range(8):
                     got = conn.reader.fill(nonblocking=True)
                     while (msg := conn.reader.next_message()) is not None:
+                        conn.seen += 1
                         self.actors.on_client_message(conn, msg)
                     if not got or got < _channel.RECV_CHUNK:
                         break
             except _channel.ChannelClosed:
                 self.close_conn(conn)
+
+    def catch_up(self, conn: Conn, sent: int) -> None:
+        """Forward the actor calls a child sent before the results being read.
+
+        A task's actor calls were sent before its result: forwarding them first
+        means a call the driver makes once the result is in reaches the actor
+        after them (the lecture's pattern: tasks call ``tracker.increment``, then
+        the driver asks ``tracker.counts``).
+        """
+        deadline = time.monotonic() + 1.0
+        while conn.open and conn.seen < sent and time.monotonic() < deadline:
+            self.on_client(conn, selectors.EVENT_READ)
 
     def send_conn(self, conn: Conn, frames: list[Any]) -> None:
         if not conn.open:
@@ -509,10 +522,6 @@ class Scheduler(threading.Thread):
         if mask & selectors.EVENT_WRITE:
             self.flush(w)
         if mask & selectors.EVENT_READ:
-            # Actor calls a task made were sent before its result: forward them
-            # first, so that a call the driver makes once the result is in
-            # reaches the actor after them (the lecture's tracker pattern).
-            self.on_client(w.client, selectors.EVENT_READ)
             self.read(w, limit=8)
 
     def read(self, w: _Worker, limit: int | None) -> None:
@@ -539,6 +548,8 @@ class Scheduler(threading.Thread):
         kind = control[0]
         self.telemetry.messages_received += 1
         if kind == W.RESULTS:
+            if control[2] != w.client.seen:
+                self.catch_up(w.client, control[2])
             self.on_results(w, control[1], msg)
         elif kind == W.READY:
             w.state = READY if w.state == STARTING else w.state

@@ -40,6 +40,13 @@ import traceback
 from typing import Any
 
 from ... import _serialization as ser
+from ..._errors import (
+    ActorDiedError,
+    DeserializationError,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+)
 from . import _channel
 
 # Message kinds (frame 0 is a pickled tuple whose first item is the kind).
@@ -305,9 +312,17 @@ class Worker:
         with self.lock:
             if not self.results:
                 return
-            control = pickle.dumps((RESULTS, self.results), ser.PROTOCOL)
+            # With the count of actor calls this process has sent so far: the
+            # driver forwards those before it completes these results.
+            control = pickle.dumps((RESULTS, self.results, _client_calls()), ser.PROTOCOL)
             frames, self.results, self.frames = [control, *self.frames], [], []
             _channel.send_all(self.sock, _channel.encode(frames))
+
+
+def _client_calls() -> int:
+    from ..._actors import _client
+
+    return _client.sent if _client is not None else 0
 
 
 def _info(exc: BaseException) -> tuple[str, str, str]:
@@ -325,14 +340,6 @@ def outcome(status: int, data: Any, bufs: list[Any], info: Any, what: str) -> tu
 
     ``what`` names the call in messages ("Counter.increment").
     """
-    from ..._errors import (
-        ActorDiedError,
-        DeserializationError,
-        RemoteError,
-        RemoteTraceback,
-        SerializationError,
-    )
-
     if status == OK:
         if not data:
             return True, None
