@@ -12,6 +12,7 @@ what it imports at the top would be charged to the forkserver's startup.
 """
 
 import json
+import operator
 import os
 import statistics
 import sys
@@ -35,6 +36,8 @@ FULL = {
     "roundtrip": 2_000,  # round trips timed
     "pi_samples": 400_000_000,  # total Monte Carlo samples
     "pi_chunks": 32,  # tasks the samples are split into (same for everyone)
+    "actor_warmup": 100,  # actor calls not timed (actor_awaited, actor_pipelined)
+    "actor_calls": 10_000,  # actor calls timed
 }
 # --quick: a smoke test of every path, about 10x smaller.
 QUICK = {
@@ -44,6 +47,8 @@ QUICK = {
     "roundtrip": 300,
     "pi_samples": 24_000_000,
     "pi_chunks": 32,
+    "actor_warmup": 100,
+    "actor_calls": 1_000,
 }
 
 # Seconds each warm-up task sleeps: long enough that a pool hands one to each
@@ -51,7 +56,14 @@ QUICK = {
 WARM_SLEEP_S = 0.05
 
 IMPLS = ["poolx", "poolx[fork]", "ProcessPoolExecutor", "multiprocessing.Pool", "loky", "serial",
-         "bare-fork"]
+         "bare-fork", "ray", "dask"]
+
+# The actor cases run poolx, Ray and Dask; Ray and Dask run nothing else.
+# Both are optional: where one cannot be imported its measurements are
+# recorded as skipped, with the reason.
+ACTOR_CASES = ["actor_awaited", "actor_pipelined", "actor_retrieve"]
+ACTOR_IMPLS = ["poolx", "ray", "dask"]
+OPTIONAL_IMPLS = {"ray": "ray", "dask": "distributed"}  # implementation: module it needs
 
 
 # -- a uniform face on every implementation -----------------------------------
@@ -84,6 +96,11 @@ def import_libraries(impl):
         import multiprocessing.pool  # noqa: F401
     elif impl == "loky":
         import loky  # noqa: F401
+    elif impl == "ray":
+        import ray  # noqa: F401
+    elif impl == "dask":
+        import dask  # noqa: F401
+        import distributed  # noqa: F401
 
 
 def open_pool(impl, workers):
@@ -297,6 +314,212 @@ def case_retrieve(impl, sizes):
                   "caller_cpu_s": t.cpu}
 
 
+# -- actors: poolx, Ray and Dask side by side -----------------------------------
+# Each library is used the way its documentation shows; the timed loops call
+# the library directly (``get_one`` and ``call`` are the library's own
+# callables, not wrappers), so no adapter sits in the measured path.
+
+# Seconds actor_retrieve waits at most for counts() to reach 6 after the last
+# result: the tasks tell the tracker without waiting, so with Ray and Dask the
+# last increment may still be on its way when the results are in.
+TRACKER_DEADLINE_S = 5.0
+
+
+class ActorSystem:
+    """One library's actors and tasks behind the same few calls.
+
+    new_actor(cls) -> handle; method(handle, name) -> a callable that starts a
+    call and returns its pending result; get_one(pending) -> value;
+    get_all(pendings) -> values; submit(fn, *args) -> a pending task result;
+    gather(pending tasks) -> values; tracked_task: retrieve_tracked for this
+    library's handles; start_method and close as for Pool.
+    """
+
+    def __init__(self, *, start_method, new_actor, method, get_one, get_all, submit, gather, close,
+                 tracked_task, config):
+        self.start_method = start_method
+        self.new_actor = new_actor
+        self.method = method
+        self.get_one = get_one
+        self.get_all = get_all
+        self.submit = submit
+        self.gather = gather
+        self.close = close
+        self.tracked_task = tracked_task
+        self.config = config
+
+
+def open_actor_system(impl, workers):
+    if impl == "poolx":
+        return poolx_actor_system(workers)
+    if impl == "ray":
+        return ray_actor_system(workers)
+    if impl == "dask":
+        return dask_actor_system(workers)
+    raise SystemExit(f"{impl!r} does not run the actor cases; those that do: {', '.join(ACTOR_IMPLS)}")
+
+
+def results_of(futures):
+    return [f.result() for f in futures]
+
+
+def poolx_actor_system(workers):
+    """poolx.Executor(max_workers=workers), default settings; an actor is a process of its own."""
+    import poolx
+
+    ex = poolx.Executor(max_workers=workers)
+    try:
+        method = poolx_start_method(ex)
+    except Exception:
+        method = "unknown"
+    return ActorSystem(start_method=method, new_actor=ex.actor,
+                       method=lambda handle, name: getattr(handle, name).remote,
+                       get_one=operator.methodcaller("result"), get_all=results_of, submit=ex.submit,
+                       gather=results_of, close=lambda: ex.shutdown(wait=True),
+                       tracked_task=w.retrieve_tracked, config=f"poolx.Executor(max_workers={workers})")
+
+
+def ray_actor_system(workers):
+    """A fresh local Ray cluster with ``workers`` CPUs; actors and tasks with Ray's default options.
+
+    A default actor needs 1 CPU to be placed and 0 while it runs, so it does
+    not take a task slot: ``workers`` tasks still run at once beside it.
+    """
+    import ray
+
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    remote = {}
+
+    def remote_of(obj):  # ray.remote once per function or class, as a decorator would
+        if obj not in remote:
+            remote[obj] = ray.remote(obj)
+        return remote[obj]
+
+    return ActorSystem(start_method="ray (raylet's worker processes)",
+                       new_actor=lambda cls: remote_of(cls).remote(),
+                       method=lambda handle, name: getattr(handle, name).remote,
+                       get_one=ray.get, get_all=ray.get,
+                       submit=lambda fn, *args: remote_of(fn).remote(*args), gather=ray.get,
+                       close=ray.shutdown, tracked_task=w.retrieve_tracked,
+                       config=f"ray.init(num_cpus={workers}, include_dashboard=False, "
+                              "log_to_driver=False, configure_logging=False)")
+
+
+def dask_actor_system(workers):
+    """A LocalCluster of ``workers`` single-threaded worker processes; actors via ``actor=True``."""
+    import dask
+    import distributed
+
+    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+    client = distributed.Client(cluster)
+
+    def close():
+        client.close()
+        cluster.close()
+
+    method = dask.config.get("distributed.worker.multiprocessing-method", "spawn")
+    return ActorSystem(start_method=f"{method} (dask nanny)",
+                       new_actor=lambda cls: client.submit(cls, actor=True).result(),
+                       method=getattr, get_one=operator.methodcaller("result"), get_all=results_of,
+                       submit=lambda fn, *args: client.submit(fn, *args, pure=False),
+                       gather=client.gather, close=close, tracked_task=w.retrieve_tracked_dask,
+                       config=f"LocalCluster(n_workers={workers}, threads_per_worker=1, processes=True, "
+                              "dashboard_address=None)")
+
+
+def warm_actor_system(system, workers):
+    """As warm_up(): every worker runs a short sleeping task, then ten no-op round trips."""
+    system.gather([system.submit(w.warm, WARM_SLEEP_S, False) for _ in range(2 * workers)])
+    for _ in range(10):
+        system.gather([system.submit(w.noop)])
+
+
+def ready_counter(impl, sizes):
+    """(system, counter, its increment caller, seconds to start the runtime, to ready the actor)."""
+    t0 = time.perf_counter()
+    system = open_actor_system(impl, WORKERS)
+    t1 = time.perf_counter()
+    counter = system.new_actor(w.Counter)
+    call = system.method(counter, "increment")
+    for _ in range(sizes["actor_warmup"]):
+        system.get_one(call())
+    return system, counter, call, t1 - t0, time.perf_counter() - t1
+
+
+def case_actor_awaited(impl, sizes):
+    """``n`` calls of Counter.increment, each awaited before the next: calls/s."""
+    n, warmup = sizes["actor_calls"], sizes["actor_warmup"]
+    system, _counter, call, start_s, ready_s = ready_counter(impl, sizes)
+    get_one = system.get_one
+    last = None
+    with Timer() as t:
+        for _ in range(n):
+            last = get_one(call())
+    check(last == warmup + n, f"the counter ended at {last}, not {warmup + n}")
+    return system, {"value": n / t.seconds, "unit": "calls/s", "seconds": t.seconds, "n": n,
+                    "runtime_start_s": start_s, "actor_ready_s": ready_s, "config": system.config,
+                    "caller_cpu_s": t.cpu}
+
+
+def case_actor_pipelined(impl, sizes):
+    """``n`` calls of Counter.increment all started, then all results gathered: calls/s."""
+    n, warmup = sizes["actor_calls"], sizes["actor_warmup"]
+    system, _counter, call, start_s, ready_s = ready_counter(impl, sizes)
+    with Timer() as t:
+        pending = [call() for _ in range(n)]
+        results = system.get_all(pending)
+    expected = list(range(warmup + 1, warmup + n + 1))
+    # Each call ran once; Dask does not promise that calls run in the order made.
+    check(sorted(results) == expected, "wrong or missing counter values")
+    return system, {"value": n / t.seconds, "unit": "calls/s", "seconds": t.seconds, "n": n,
+                    "in_order": results == expected, "runtime_start_s": start_s, "actor_ready_s": ready_s,
+                    "config": system.config, "caller_cpu_s": t.cpu}
+
+
+def case_actor_retrieve(impl, sizes):
+    """The retrieve example with a tracker actor: 6 tasks on 6 warm slots, all results and counts() == 6.
+
+    Warm-up (not timed): every slot runs a sleeping task, ten no-op round
+    trips, then 2 x 6 tasks of the same tracked function (sleeping 50 ms) tell a
+    warm-up tracker.  The measured tracker is a fresh actor, checked alive with
+    one counts() call before the timer starts.
+    """
+    workers = RETRIEVE_WORKERS
+    t0 = time.perf_counter()
+    system = open_actor_system(impl, workers)
+    start_s = time.perf_counter() - t0
+    warm_actor_system(system, workers)
+    task = system.tracked_task
+    warm_tracker = system.new_actor(w.DataTracker)
+    system.gather([system.submit(task, i % len(w.DATABASE), warm_tracker, WARM_SLEEP_S)
+                   for i in range(2 * workers)])
+    counts_of = system.method
+    deadline = time.monotonic() + TRACKER_DEADLINE_S
+    while system.get_one(counts_of(warm_tracker, "counts")()) != 2 * workers:
+        check(time.monotonic() < deadline, "the warm-up tracker never counted every task")
+        time.sleep(0.01)
+    tracker = system.new_actor(w.DataTracker)
+    counts = counts_of(tracker, "counts")
+    check(system.get_one(counts()) == 0, "a fresh tracker does not count 0")
+    n = len(w.DATABASE)
+    polls = 0
+    with Timer() as t:
+        pending = [system.submit(task, i, tracker) for i in range(n)]
+        results = system.gather(pending)
+        deadline = time.monotonic() + TRACKER_DEADLINE_S
+        while True:
+            count = system.get_one(counts())
+            polls += 1
+            if count == n or time.monotonic() > deadline:
+                break
+    check(results == list(enumerate(w.DATABASE)), "wrong retrieve results")
+    check(count == n, f"the tracker counted {count}, not {n}")
+    return system, {"value": t.seconds, "unit": "s", "seconds": t.seconds,
+                    "overhead_ms": (t.seconds - RETRIEVE_IDEAL_S) * 1e3, "counts_polls": polls,
+                    "runtime_start_s": start_s, "config": system.config, "caller_cpu_s": t.cpu}
+
+
 CASES = {
     "startup": case_startup,
     "tasks": case_tasks,
@@ -304,6 +527,9 @@ CASES = {
     "roundtrip": case_roundtrip,
     "pi": case_pi,
     "retrieve": case_retrieve,
+    "actor_awaited": case_actor_awaited,
+    "actor_pipelined": case_actor_pipelined,
+    "actor_retrieve": case_actor_retrieve,
 }
 
 
@@ -322,8 +548,19 @@ def main(argv):
         raise SystemExit(f"usage: _case.py CASE IMPL [--quick]\n  CASE: {', '.join(CASES)}\n"
                          f"  IMPL: {', '.join(IMPLS)}")
     case, impl = args
+    if (impl not in ACTOR_IMPLS if case in ACTOR_CASES else impl in OPTIONAL_IMPLS):
+        raise SystemExit(f"{impl} does not run {case}: the actor cases ({', '.join(ACTOR_CASES)}) "
+                         f"run {', '.join(ACTOR_IMPLS)}; ray and dask run only those")
     sizes = QUICK if "--quick" in argv else FULL
-    import_libraries(impl)
+    if impl in OPTIONAL_IMPLS:
+        try:
+            import_libraries(impl)
+        except Exception as exc:  # optional: record why, do not fail
+            emit({"case": case, "impl": impl,
+                  "skipped": f"{OPTIONAL_IMPLS[impl]} cannot be imported ({type(exc).__name__}: {exc})"})
+            return
+    else:
+        import_libraries(impl)
     pool, result = CASES[case](impl, sizes)
     # The result goes out before shutdown, so a hang in shutdown still leaves it.
     emit({"case": case, "impl": impl, "start_method": pool.start_method, "pid": os.getpid(), **result})

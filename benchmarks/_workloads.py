@@ -64,3 +64,52 @@ def retrieve(i):
     """The retrieve example: item i sleeps i/10 s and returns (i, DATABASE[i])."""
     time.sleep(i / 10.0)
     return i, DATABASE[i]
+
+
+# -- actors (the actor_* cases) ------------------------------------------------
+# Plain classes: poolx takes them as they are (``executor.actor(Counter)``),
+# Ray wraps them in the driver (``ray.remote(Counter)``) and Dask creates them
+# with ``client.submit(Counter, actor=True)``, so this module never imports
+# either library.
+
+
+class Counter:
+    """The actor of actor_awaited and actor_pipelined."""
+
+    def __init__(self):
+        self.count = 0
+
+    def increment(self):
+        self.count += 1
+        return self.count
+
+
+class DataTracker:
+    """The tracker actor of the lecture's retrieve example."""
+
+    def __init__(self):
+        self._counts = 0
+
+    def increment(self):
+        self._counts += 1
+
+    def counts(self):
+        return self._counts
+
+
+def retrieve_tracked(i, tracker, seconds=None):
+    """The retrieve example with a tracker: poolx and Ray actor handles.
+
+    Sleeps i/10 s (``seconds`` instead, for the warm-up), tells the tracker
+    without waiting for the answer, and returns ``(i, DATABASE[i])``.
+    """
+    time.sleep(i / 10.0 if seconds is None else seconds)
+    tracker.increment.remote()
+    return i, DATABASE[i]
+
+
+def retrieve_tracked_dask(i, tracker, seconds=None):
+    """``retrieve_tracked`` for a Dask actor proxy: ``tracker.increment()``, not waited for."""
+    time.sleep(i / 10.0 if seconds is None else seconds)
+    tracker.increment()
+    return i, DATABASE[i]

@@ -57,9 +57,13 @@ def is_async_class(cls: type) -> bool:
 def method_names(cls: type) -> frozenset[str]:
     """The names a handle exposes: callable attributes not starting with ``__``, and ``__call__``."""
     names = {n for n in dir(cls) if not n.startswith("__") and callable(getattr(cls, n, None))}
-    if callable(getattr(cls, "__call__", None)) and "__call__" in _own_dunders(cls):
+    if "__call__" in _own_dunders(cls) and callable(vars_lookup(cls, "__call__")):
         names.add("__call__")
     return frozenset(names)
+
+
+def vars_lookup(cls: type, name: str) -> Any:
+    return inspect.getattr_static(cls, name, None)
 
 
 def _own_dunders(cls: type) -> set[str]:
@@ -120,7 +124,7 @@ class Runner:
 
     def method(self, name: str) -> Callable[..., Any]:
         try:
-            return getattr(self.instance, name)  # type: ignore[no-any-return]
+            return getattr(self.instance, name)  # type: ignore[no-any-return,unused-ignore]
         except AttributeError:
             raise AttributeError(f"the actor {self.label} has no method {name!r}") from None
 

@@ -63,7 +63,8 @@ class ActorPool:
         self._by_index[self._next_index] = future
         self._next_index += 1
 
-    def map(self, fn: Callable[[ActorHandle[Any], Any], cf.Future[Any]], values: Iterable[Any]) -> Iterator[Any]:
+    def map(self, fn: Callable[[ActorHandle[Any], Any], cf.Future[Any]],
+            values: Iterable[Any]) -> Iterator[Any]:
         """Apply ``fn`` to each value; results in order.  Earlier pending results are dropped."""
         self._drop_pending()
         for value in values:
@@ -169,6 +170,9 @@ class _Member:
         self.warm = False  # has finished a call: its constructor is done
         self.last_done = time.monotonic()  # set by a done callback, from any thread
 
+    def finished(self, future: cf.Future[Any]) -> None:
+        self.last_done = time.monotonic()
+
 
 def map_actors(factory: ActorFactory, cls: type, iterable: Iterable[Any], *, args: tuple[Any, ...],
                kwargs: dict[str, Any], min_size: int, max_size: int, batch_size: int | None,
@@ -248,7 +252,7 @@ def _run(factory: ActorFactory, cls: type, args: tuple[Any, ...], kwargs: dict[s
                 member = min(pool, key=lambda m: m.inflight)
                 future = member.handle.__call__.remote(item)
                 member.inflight += 1
-                future.add_done_callback(lambda f, m=member: setattr(m, "last_done", time.monotonic()))
+                future.add_done_callback(member.finished)
                 inflight[future] = (next_index, member, None if batch_size is None else len(item))
                 next_index += 1
             if not inflight and not finished:

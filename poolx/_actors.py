@@ -338,7 +338,7 @@ class ActorHandle(Generic[T]):
         if actor is not None:
             return actor.call(method, args, kwargs)
         if _client is not None:
-            return _client.call(self._id, self._label, method, args, kwargs)  # type: ignore[no-any-return]
+            return _client.call(self._id, self._label, method, args, kwargs)  # type: ignore[no-any-return,unused-ignore]
         raise PoolxError(
             f"the actor handle {self._label} cannot be used in this process: it belongs to an "
             "executor of another process.  Pass handles only to tasks and actors of the "
@@ -408,7 +408,7 @@ def get_actor(name: str) -> ActorHandle[Any]:
     threads backends): the actor of that name in this process's executors.
     """
     if _client is not None:
-        return _client.get_actor(name)  # type: ignore[no-any-return]
+        return _client.get_actor(name)  # type: ignore[no-any-return,unused-ignore]
     found = []
     for actor in list(_local.values()):
         if actor.name == name and actor.status == ALIVE and actor.directory.by_name.get(name) is actor:

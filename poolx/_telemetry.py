@@ -179,7 +179,8 @@ class Telemetry:
                 actor_calls_submitted=self.calls_submitted,
                 actor_calls_completed=self.calls_completed,
                 actor_calls_failed=self.calls_failed,
-                actor_busy_time={self.actor_labels.get(a, f"actor#{a}"): t for a, t in self.actor_busy.items()},
+                actor_busy_time={self.actor_labels.get(a, f"actor#{a}"): t
+                                 for a, t in self.actor_busy.items()},
                 **workers,
             )
 
@@ -201,7 +202,8 @@ class Telemetry:
                 label = f"worker {worker}" + (f" (pid {wpid})" if wpid else "")
             else:
                 apid = self.actor_pids.get(-worker)
-                label = f"actor {self.actor_labels.get(-worker, -worker)}" + (f" (pid {apid})" if apid else "")
+                label = (f"actor {self.actor_labels.get(-worker, -worker)}"
+                         + (f" (pid {apid})" if apid else ""))
             events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": _lane(worker),
                            "args": {"name": label}})
         for tid, fn, worker, t_sub, t_disp, t_start, t_end, t_done, b_out, b_in, ok in records:

@@ -8,22 +8,22 @@ import pickle
 import time
 
 import pytest
-
-import poolx
 from _actor_classes import (
     Broken,
     Clashing,
     Counter,
     Doubler,
     Relay,
-    Short,
     Rendezvous,
+    Short,
     Slow,
     Tracker,
     Waiter,
     call_named,
     track,
 )
+
+import poolx
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -134,7 +134,7 @@ def test_named_actor_reachable_from_the_driver_and_from_tasks(executor):
     assert executor.get_actor("hits") == counter
     assert executor.submit(call_named, "hits", 3).result(timeout=30) == 3
     assert poolx.get_actor("hits").get.remote().result(timeout=30) == 3
-    with pytest.raises(ValueError, match="already exists.*get_if_exists=True"):
+    with pytest.raises(ValueError, match=r"already exists.*get_if_exists=True"):
         executor.options(name="hits").actor(Counter)
     again = executor.options(name="hits", get_if_exists=True).actor(Counter)
     assert again == counter
@@ -174,7 +174,7 @@ def test_kill_with_restart_starts_a_fresh_instance(executor):
 
 def test_constructor_error_kills_the_actor_and_is_its_cause(executor):
     broken = executor.actor(Broken)
-    with pytest.raises(poolx.ActorDiedError, match="could not be created.*ValueError") as info:
+    with pytest.raises(poolx.ActorDiedError, match=r"could not be created.*ValueError") as info:
         broken.ping.remote().result(timeout=30)
     assert isinstance(info.value.__cause__, ValueError)
     assert "cannot build this one" in str(info.value.__cause__)
@@ -295,7 +295,7 @@ def test_unpicklable_constructor_argument_is_named():
         with pytest.raises(poolx.SerializationError, match=r"argument 0 \(generator\).*picklable"):
             ex.actor(Counter, (i for i in range(3)))
         counter = ex.actor(Counter)
-        with pytest.raises(poolx.SerializationError, match="Counter.increment"):
+        with pytest.raises(poolx.SerializationError, match=r"Counter\.increment"):
             counter.increment.remote(i for i in range(3))
 
 
@@ -305,7 +305,8 @@ def test_unpicklable_constructor_argument_is_named():
 def test_actor_pool_map_and_map_unordered(executor):
     pool = poolx.ActorPool([executor.actor(Doubler, f) for f in (2, 2)])
     assert list(pool.map(lambda a, v: a.__call__.remote(v), range(8))) == [v * 2 for v in range(8)]
-    assert sorted(pool.map_unordered(lambda a, v: a.__call__.remote(v), range(8))) == [v * 2 for v in range(8)]
+    unordered = pool.map_unordered(lambda a, v: a.__call__.remote(v), range(8))
+    assert sorted(unordered) == [v * 2 for v in range(8)]
 
 
 def test_actor_pool_submit_get_next_and_idle_bookkeeping(executor):

@@ -102,7 +102,7 @@ class Backend(ABC):
         again if its ``max_restarts`` allows."""
         raise NotImplementedError(f"the {self.name!r} backend does not run actors")
 
-    def wait_actor(self, actor: Actor, timeout: float | None) -> None:
+    def wait_actor(self, actor: Actor, timeout: float | None) -> None:  # noqa: B027 (optional)
         """Wait (at most ``timeout`` seconds) for a stopped actor to be gone."""
 
     def actor_pid(self, actor: Actor) -> int | None:

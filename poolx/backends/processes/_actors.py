@@ -278,7 +278,6 @@ class ActorHost:
             proc.init_error = control[1:]
 
     def on_results(self, proc: ActorProcess, records: list[Any], msg: list[Any]) -> None:
-        actor = proc.actor
         oob = 1
         forward: dict[Conn, tuple[list[Any], list[Any]]] = {}
         # No lock: a dict pop is atomic, and on_exit (which takes what is left)
@@ -286,7 +285,7 @@ class ActorHost:
         pop = proc.inflight.pop
         calls = [pop(r[0], None) for r in records]
         for call, record in zip(calls, records):
-            call_id, status, data, n_oob, t_start, t_end, info = record
+            _, status, data, n_oob, t_start, t_end, info = record
             bufs = msg[oob : oob + n_oob]
             oob += n_oob
             if call is None:
@@ -305,7 +304,7 @@ class ActorHost:
             ok, value = W.outcome(status, data, bufs, info, call.fn)  # type: ignore[arg-type]
             self.s.results.append((call, ok, value))
         for conn, (recs, frames) in forward.items():
-            self.s.send_conn(conn, [pickle.dumps((W.RESULTS, recs), 5), *frames])
+            self.s.send_conn(conn, [pickle.dumps((W.RESULTS, recs, 0), 5), *frames])
 
     # -- calls from children (scheduler thread) ----------------------------------------
 
@@ -315,12 +314,13 @@ class ActorHost:
         directory = self.s.backend.options.actors
         if kind == W.C_GET_ACTOR:
             _, req_id, name = control
+            reply: tuple[Any, ...]
             try:
-                actor = directory.get(name)
+                found = directory.get(name)
             except ValueError as exc:
                 reply = (W.ACTOR_INFO, req_id, False, str(exc))
             else:
-                reply = (W.ACTOR_INFO, req_id, True, (actor.id, actor.label, actor.name, actor.methods))
+                reply = (W.ACTOR_INFO, req_id, True, (found.id, found.label, found.name, found.methods))
             self.s.send_conn(conn, [pickle.dumps(reply, 5)])
         elif kind == W.C_CALL:
             _, actor_id, records = control
@@ -331,7 +331,8 @@ class ActorHost:
                 oob += n_oob
                 if actor is None:
                     self.reply_died(conn, child_id, ActorDiedError(
-                        f"the actor #{actor_id} is dead, or belongs to another executor", actor=f"#{actor_id}"))
+                        f"the actor #{actor_id} is dead, or belongs to another executor",
+                        actor=f"#{actor_id}"))
                     continue
                 call = ActorCall(actor, method, (), {})
                 call.origin = (conn, child_id)
@@ -352,7 +353,8 @@ class ActorHost:
 
     def reply_died(self, conn: Conn, child_id: int, error: ActorDiedError) -> None:
         info = (str(error), error.actor, error.exitcode, error.pid)
-        self.s.send_conn(conn, [pickle.dumps((W.RESULTS, [(child_id, W.ACTOR_DIED, b"", 0, 0.0, 0.0, info)]), 5)])
+        record = (child_id, W.ACTOR_DIED, b"", 0, 0.0, 0.0, info)
+        self.s.send_conn(conn, [pickle.dumps((W.RESULTS, [record], 0), 5)])
 
     def fail(self, call: ActorCall, error: ActorDiedError) -> None:
         """Fail one call: complete its future, or tell the child that made it."""
@@ -377,7 +379,8 @@ class ActorHost:
             if actor.status == DEAD and proc is None:
                 return
             if not restart:
-                actor.mark_dead(ActorDiedError(f"the actor {actor.label} was killed ({why})", actor=actor.label))
+                actor.mark_dead(ActorDiedError(f"the actor {actor.label} was killed ({why})",
+                                               actor=actor.label))
             if proc is not None:
                 proc.killed = why
                 proc.restart_after_kill = restart
