@@ -97,19 +97,19 @@ class DataTracker:
         return self._counts
 
 
-def retrieve_tracked(i, tracker, seconds=None):
-    """The retrieve example with a tracker: poolx and Ray actor handles.
+def retrieve_tracked(i, tracker):
+    """The retrieve example with a tracker, for poolx and Ray actor handles.
 
-    Sleeps i/10 s (``seconds`` instead, for the warm-up), tells the tracker
-    without waiting for the answer, and returns ``(i, DATABASE[i])``.
+    Sleeps i/10 s, tells the tracker (``tracker.increment.remote()``) without
+    waiting for the answer, and returns ``(i, DATABASE[i])``.
     """
-    time.sleep(i / 10.0 if seconds is None else seconds)
+    time.sleep(i / 10.0)
     tracker.increment.remote()
     return i, DATABASE[i]
 
 
-def retrieve_tracked_dask(i, tracker, seconds=None):
+def retrieve_tracked_dask(i, tracker):
     """``retrieve_tracked`` for a Dask actor proxy: ``tracker.increment()``, not waited for."""
-    time.sleep(i / 10.0 if seconds is None else seconds)
+    time.sleep(i / 10.0)
     tracker.increment()
     return i, DATABASE[i]

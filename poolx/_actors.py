@@ -148,8 +148,13 @@ class Actor:
         call.future._state = _RUNNING
         if self.status == DEAD:
             self.fail(call, self.died_error())
-        else:
+            return call.future
+        try:
             directory.backend.call_actor(self, call)
+        except BaseException as exc:  # e.g. an argument that cannot be pickled: raised here
+            if not call.future.done():
+                self.fail(call, exc)
+            raise
         return call.future
 
     # -- what backends call -----------------------------------------------------

@@ -297,6 +297,7 @@ def test_unpicklable_constructor_argument_is_named():
         counter = ex.actor(Counter)
         with pytest.raises(poolx.SerializationError, match=r"Counter\.increment"):
             counter.increment.remote(i for i in range(3))
+        assert ex.statistics().actor_calls_pending == 0
 
 
 # -- ActorPool (Ray's API) -------------------------------------------------------------
