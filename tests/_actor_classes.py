@@ -70,8 +70,14 @@ class Waiter:
         return "signalled"
 
     async def nap(self, seconds):
+        self.napping = getattr(self, "napping", 0) + 1
+        self.most = max(getattr(self, "most", 0), self.napping)
         await asyncio.sleep(seconds)
+        self.napping -= 1
         return seconds
+
+    async def peak(self):
+        return getattr(self, "most", 0)
 
 
 class Broken:
