@@ -126,6 +126,18 @@ def cacheable(fn: Any) -> bool:
     return isinstance(fn, types.FunctionType | types.BuiltinFunctionType)
 
 
+def unpicklable_argument(args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
+    """Name the first argument that cannot be pickled ("argument 0 (module.Type)"), if any."""
+    named = [(f"argument {i}", a) for i, a in enumerate(args)]
+    named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for name, value in named:
+        try:
+            dumps(value)
+        except Exception:
+            return f"{name} ({describe(type(value))})"
+    return None
+
+
 def describe(obj: Any) -> str:
     """A short name for an object in error messages: ``module.qualname`` or its type."""
     name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)

@@ -291,7 +291,7 @@ def test_retries_deliver_queued_calls_to_the_restarted_actor():
 
 def test_unpicklable_constructor_argument_is_named():
     with poolx.Executor(1) as ex:
-        with pytest.raises(poolx.SerializationError, match=r"argument 0 \(generator\).*picklable"):
+        with pytest.raises(poolx.SerializationError, match=r"argument 0 \(builtins\.generator\).*picklable"):
             ex.actor(Counter, (i for i in range(3)))
         counter = ex.actor(Counter)
         with pytest.raises(poolx.SerializationError, match=r"Counter\.increment"):

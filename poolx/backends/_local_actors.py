@@ -12,11 +12,12 @@ what it returns later is dropped.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from .._actor_core import Runner, make_runner
 from .._actors import Actor, ActorCall
 from .._errors import ActorDiedError
+from . import Backend, BackendOptions, Telemetry
 
 
 class LocalActor:
@@ -127,3 +128,32 @@ class LocalActors:
         if wait:
             for actor in actors:
                 self.wait(actor, None)
+
+
+class LocalActorBackend(Backend):
+    """A backend whose actors live in this process (the base of serial and threads)."""
+
+    supports_actors = True
+    #: calls run in the caller's thread (serial) instead of the actor's own thread(s)
+    actors_inline: ClassVar[bool] = False
+
+    def __init__(self, options: BackendOptions, telemetry: Telemetry) -> None:
+        super().__init__(options, telemetry)
+        self._actors = LocalActors(inline=self.actors_inline)
+
+    def start_actor(self, actor: Actor) -> None:
+        self._actors.start(actor)
+
+    def call_actor(self, actor: Actor, call: ActorCall) -> None:
+        self._actors.call(actor, call)
+
+    def stop_actor(self, actor: Actor, kill: bool, restart: bool) -> None:
+        self._actors.stop(actor, kill, restart)
+
+    def wait_actor(self, actor: Actor, timeout: float | None) -> None:
+        self._actors.wait(actor, timeout)
+
+    def stop_actors(self, wait: bool) -> None:
+        """At shutdown: release every actor (the calls made so far still run)."""
+        if self.options.actors is not None:
+            self._actors.shutdown(self.options.actors.live(), wait)

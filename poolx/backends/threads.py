@@ -11,18 +11,16 @@ import functools
 import threading
 from concurrent.futures.thread import BrokenThreadPool
 
-from .._actors import Actor, ActorCall
 from .._errors import InitializerError
 from .._futures import Task
 from .._serialization import describe
 from .._telemetry import Telemetry
-from . import Backend, BackendOptions
-from ._local_actors import LocalActors
+from . import BackendOptions
+from ._local_actors import LocalActorBackend
 
 
-class ThreadBackend(Backend):
+class ThreadBackend(LocalActorBackend):
     name = "threads"
-    supports_actors = True
 
     def __init__(self, options: BackendOptions, telemetry: Telemetry) -> None:
         super().__init__(options, telemetry)
@@ -36,7 +34,6 @@ class ThreadBackend(Backend):
         self._next_index = iter(range(1 << 62)).__next__
         self._pending: set[Task] = set()
         self._lock = threading.Lock()
-        self._actors = LocalActors(inline=False)
 
     def _initialize(self) -> None:
         try:
@@ -99,22 +96,7 @@ class ThreadBackend(Backend):
                 task.future.cancel()  # only succeeds for tasks not yet running
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
         # Actors stop once the tasks (which may call them) are done.
-        if self.options.actors is not None:
-            self._actors.shutdown(self.options.actors.live(), wait)
-
-    # -- actors -------------------------------------------------------------
-
-    def start_actor(self, actor: Actor) -> None:
-        self._actors.start(actor)
-
-    def call_actor(self, actor: Actor, call: ActorCall) -> None:
-        self._actors.call(actor, call)
-
-    def stop_actor(self, actor: Actor, kill: bool, restart: bool) -> None:
-        self._actors.stop(actor, kill, restart)
-
-    def wait_actor(self, actor: Actor, timeout: float | None) -> None:
-        self._actors.wait(actor, timeout)
+        self.stop_actors(wait)
 
     def worker_counts(self) -> dict[str, int]:
         n = len(self._pool._threads)

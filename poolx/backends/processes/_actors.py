@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..._actors import DEAD, Actor, ActorCall
 from ..._errors import ActorDiedError, RemoteTraceback, SerializationError, describe_exit
-from ..._serialization import dumps, loads
+from ..._serialization import dumps, loads, unpicklable_argument
 from . import _channel
 from . import _worker as W
 from ._actor_worker import ActorSetup
@@ -156,17 +156,24 @@ class ActorHost:
             payload, bufs = b"", ()
         call.state = (payload, bufs)
         call.args, call.kwargs = (), {}
-        error = None
+        error = self.route(actor, call)
+        if error is not None:
+            actor.fail(call, error)
+
+    def route(self, actor: Actor, call: ActorCall) -> ActorDiedError | None:
+        """Send ``call`` to the actor's process, or queue it while there is none.
+
+        Any thread.  Returns the error to fail it with when the actor is dead.
+        """
         with actor.lock:
             slot: ActorSlot = actor.impl
             if actor.status == DEAD:
-                error = actor.died_error()
-            elif slot.proc is None:
+                return actor.died_error()
+            if slot.proc is None:
                 slot.backlog.append(call)
             else:
                 self.send_calls(slot.proc, [call])
-        if error is not None:
-            actor.fail(call, error)
+        return None
 
     def send_calls(self, proc: ActorProcess, calls: list[ActorCall]) -> None:
         """Queue ``calls`` on ``proc``'s channel and write what the socket takes (under actor.lock)."""
@@ -243,15 +250,8 @@ class ActorHost:
             self.read(proc, limit=8)
 
     def read(self, proc: ActorProcess, limit: int | None) -> None:
-        reads = 0
         try:
-            while limit is None or reads < limit:
-                reads += 1
-                got = proc.reader.fill(nonblocking=True)
-                while (msg := proc.reader.next_message()) is not None:
-                    self.on_message(proc, msg)
-                if not got or (got < _channel.RECV_CHUNK and limit is not None):
-                    return
+            _channel.drain(proc.reader, self.on_message, proc, limit)
         except _channel.ChannelClosed:
             self.close_channel(proc)
 
@@ -309,6 +309,7 @@ class ActorHost:
     # -- calls from children (scheduler thread) ----------------------------------------
 
     def on_client_message(self, conn: Conn, msg: list[Any]) -> None:
+        conn.seen += 1
         control = pickle.loads(msg[0])
         kind = control[0]
         directory = self.s.backend.options.actors
@@ -339,15 +340,7 @@ class ActorHost:
                 call.state = (payload, bufs)
                 call.bytes_out = len(payload) + sum(len(b) for b in bufs)
                 self.s.telemetry.actor_call_submitted()
-                error = None
-                with actor.lock:
-                    slot: ActorSlot = actor.impl
-                    if actor.status == DEAD:
-                        error = actor.died_error()
-                    elif slot.proc is None:
-                        slot.backlog.append(call)
-                    else:
-                        self.send_calls(slot.proc, [call])
+                error = self.route(actor, call)
                 if error is not None:
                     self.fail(call, error)
 
@@ -554,15 +547,8 @@ def _copy(error: ActorDiedError) -> ActorDiedError:
 
 def _spec_error(actor: Actor, exc: Exception) -> SerializationError:
     """Name what cannot be pickled: the class, or one of the constructor's arguments."""
-    culprit = f"the class {actor.cls.__module__}.{actor.cls.__qualname__}"
-    candidates = [(f"argument {i} ({type(a).__name__})", a) for i, a in enumerate(actor.args)]
-    candidates += [(f"keyword argument {k!r} ({type(v).__name__})", v) for k, v in actor.kwargs.items()]
-    for name, value in candidates:
-        try:
-            dumps(value)
-        except Exception:
-            culprit = name
-            break
+    culprit = (unpicklable_argument(actor.args, actor.kwargs)
+               or f"the class {actor.cls.__module__}.{actor.cls.__qualname__}")
     return SerializationError(
         f"cannot pickle {culprit} to start the actor {actor.label}: {type(exc).__name__}: {exc}. "
         "An actor runs in its own process: its class and constructor arguments must be "

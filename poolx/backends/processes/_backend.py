@@ -18,7 +18,7 @@ from typing import Any
 from ..._actors import Actor, ActorCall
 from ..._errors import InitializerError, PoolxError, SerializationError
 from ..._futures import Task
-from ..._serialization import cacheable, describe, dumps
+from ..._serialization import cacheable, describe, dumps, unpicklable_argument
 from ..._telemetry import Telemetry
 from .. import Backend, BackendOptions
 from ._scheduler import Scheduler
@@ -229,15 +229,7 @@ def _pickling_error(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
             f"a Future was passed as an argument of {describe(fn)}: futures as arguments "
             "(task dependencies) are not supported yet; pass future.result() instead"
         )
-    culprit = f"the callable {describe(fn)}"
-    candidates = [(f"argument {i} ({describe(type(a))})", a) for i, a in enumerate(args)]
-    candidates += [(f"keyword argument {k!r} ({describe(type(v))})", v) for k, v in kwargs.items()]
-    for name, value in candidates:
-        try:
-            dumps(value)
-        except Exception:
-            culprit = name
-            break
+    culprit = unpicklable_argument(args, kwargs) or f"the callable {describe(fn)}"
     return SerializationError(
         f"cannot pickle {culprit} of a task calling {describe(fn)}: {type(exc).__name__}: {exc}. "
         "Tasks run in other processes, so their arguments must be picklable: pass the data the "

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 HEAD = _HEAD = struct.Struct("<II")
 LEN = _LEN = struct.Struct("<Q")
@@ -65,6 +66,24 @@ def advance(views: list[memoryview], sent: int) -> list[memoryview]:
     if sent and rest:
         rest[0] = rest[0][sent:]
     return rest
+
+
+def drain(reader: FrameReader, handle: Callable[[Any, list[Any]], None], owner: Any,
+          limit: int | None) -> None:
+    """Read what a non-blocking socket has and ``handle(owner, message)`` each message.
+
+    At most ``limit`` receives (epoll is level-triggered: what is left raises
+    another event); with ``limit=None``, until the socket is empty.  Raises
+    ChannelClosed at EOF.
+    """
+    reads = 0
+    while limit is None or reads < limit:
+        reads += 1
+        got = reader.fill(nonblocking=True)
+        while (msg := reader.next_message()) is not None:
+            handle(owner, msg)
+        if not got or (got < RECV_CHUNK and limit is not None):
+            return
 
 
 class FrameReader:

@@ -331,13 +331,7 @@ class Scheduler(threading.Thread):
             self.flush_conn(conn)
         if mask & selectors.EVENT_READ and conn.open:
             try:
-                for _ in range(8):
-                    got = conn.reader.fill(nonblocking=True)
-                    while (msg := conn.reader.next_message()) is not None:
-                        conn.seen += 1
-                        self.actors.on_client_message(conn, msg)
-                    if not got or got < _channel.RECV_CHUNK:
-                        break
+                _channel.drain(conn.reader, self.actors.on_client_message, conn, limit=8)
             except _channel.ChannelClosed:
                 self.close_conn(conn)
 
@@ -525,15 +519,8 @@ class Scheduler(threading.Thread):
             self.read(w, limit=8)
 
     def read(self, w: _Worker, limit: int | None) -> None:
-        reads = 0
         try:
-            while limit is None or reads < limit:
-                reads += 1
-                got = w.reader.fill(nonblocking=True)
-                while (msg := w.reader.next_message()) is not None:
-                    self.on_message(w, msg)
-                if not got or (got < _channel.RECV_CHUNK and limit is not None):
-                    return  # drained (epoll is level-triggered: more data, another event)
+            _channel.drain(w.reader, self.on_message, w, limit)
         except _channel.ChannelClosed:
             self.close_channel(w)
 
