@@ -92,6 +92,7 @@ class Executor(cf.Executor):
         *,
         max_tasks_per_child: int | None = None,
         backend: str = "processes",
+        _child_hook: Any = None,
     ) -> None:
         if max_workers is None:
             max_workers = default_max_workers()
@@ -123,7 +124,7 @@ class Executor(cf.Executor):
         self._actors = ActorDirectory(self._telemetry)
         self._backend: Backend = backend_cls(
             BackendOptions(max_workers, mp_context, initializer, tuple(initargs), max_tasks_per_child,
-                           actors=self._actors),
+                           actors=self._actors, child_hook=_child_hook),
             self._telemetry,
         )
         self._actors.backend = self._backend

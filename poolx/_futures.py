@@ -43,7 +43,9 @@ class Task:
     Linux and macOS, so a worker's clock compares with the driver's):
     ``t_submit`` when the caller submitted it, ``t_dispatch`` when it was sent to
     a worker, ``t_start``/``t_end`` around the call in the worker, ``t_done`` when
-    the driver completed the future.  ``bytes_out``/``bytes_in`` are the pickled
+    the driver completed the future.  Of ``t_start``..``t_end``, the first
+    ``s_unpickle`` seconds went to unpickling the arguments; pickling the result
+    took ``s_pickle`` more after ``t_end``.  ``bytes_out``/``bytes_in`` are the pickled
     sizes each way (0 for in-process backends).
     """
 
@@ -56,6 +58,8 @@ class Task:
         "id",
         "kwargs",
         "retries",
+        "s_pickle",
+        "s_unpickle",
         "state",
         "t_dispatch",
         "t_done",
@@ -73,6 +77,7 @@ class Task:
         self.future: Future[Any] = Future()
         self.t_submit = time.perf_counter()
         self.t_dispatch = self.t_start = self.t_end = self.t_done = 0.0
+        self.s_unpickle = self.s_pickle = 0.0
         self.worker = -1
         self.bytes_out = self.bytes_in = 0
         self.retries = 0  # times requeued after its worker died

@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._futures import Task
+
+#: The fields of a task record (``Telemetry.task_records()``): the worker is a
+#: worker index, or minus the actor's id for an actor call; times are
+#: ``time.perf_counter()`` seconds, ``s_*`` durations in seconds.
+RECORD_FIELDS = ("id", "fn", "worker", "t_submit", "t_dispatch", "t_start", "t_end", "t_done",
+                 "bytes_out", "bytes_in", "ok", "s_unpickle", "s_pickle")
 
 # Completed tasks kept for the trace: the newest TRACE_CAPACITY (about 150 bytes
 # each, so 100k tasks cost ~15 MB).  Counters cover every task regardless.
@@ -91,6 +98,9 @@ class Telemetry:
         self.busy: dict[int, float] = {}
         self.records: deque[tuple[Any, ...]] = deque(maxlen=TRACE_CAPACITY)
         self.worker_pids: dict[int, int] = {}
+        # When each worker (index) and actor (minus its id) said READY, by lane:
+        # the profiling harness counts the time before as start-up.
+        self.ready_at: dict[int, float] = {}
         # Actors: their calls are Tasks whose ``worker`` is minus the actor's id.
         self.actor_labels: dict[int, str] = {}
         self.actor_pids: dict[int, int] = {}
@@ -102,6 +112,20 @@ class Telemetry:
         self.calls_completed = 0
         self.calls_failed = 0
         self.actor_busy: dict[int, float] = {}
+
+    def worker_ready(self, index: int, pid: int) -> None:
+        self.worker_pids[index] = pid
+        self.ready_at.setdefault(index, time.perf_counter())
+
+    def actor_ready(self, actor_id: int, pid: int) -> None:
+        self.actor_pids[actor_id] = pid
+        self.ready_at.setdefault(-actor_id, time.perf_counter())
+
+    def task_records(self) -> list[tuple[Any, ...]]:
+        """The kept records of finished tasks and actor calls, oldest first
+        (fields: ``RECORD_FIELDS``)."""
+        with self._lock:
+            return list(self.records)
 
     def actor_started(self, actor_id: int, label: str) -> None:
         with self._lock:
@@ -158,7 +182,8 @@ class Telemetry:
                 self.bytes_sent += task.bytes_out
                 self.bytes_received += task.bytes_in
                 append((task.id, _name(task.fn), task.worker, task.t_submit, task.t_dispatch,
-                        task.t_start, task.t_end, task.t_done, task.bytes_out, task.bytes_in, ok))
+                        task.t_start, task.t_end, task.t_done, task.bytes_out, task.bytes_in, ok,
+                        task.s_unpickle, task.s_pickle))
 
     def snapshot(self, **workers: Any) -> Statistics:
         with self._lock:
@@ -206,7 +231,7 @@ class Telemetry:
                          + (f" (pid {apid})" if apid else ""))
             events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": _lane(worker),
                            "args": {"name": label}})
-        for tid, fn, worker, t_sub, t_disp, t_start, t_end, t_done, b_out, b_in, ok in records:
+        for tid, fn, worker, t_sub, t_disp, t_start, t_end, t_done, b_out, b_in, ok, s_un, s_pi in records:
             kind = "task" if worker >= 0 else "actor call"
             events.append({
                 "ph": "X", "cat": kind if ok else f"{kind},failed", "name": fn,
@@ -218,6 +243,7 @@ class Telemetry:
                     "to_start_us": round((t_start - t_disp) * 1e6, 1),
                     "result_back_us": round((t_done - t_end) * 1e6, 1),
                     "bytes_out": b_out, "bytes_in": b_in,
+                    "unpickle_us": round(s_un * 1e6, 1), "pickle_us": round(s_pi * 1e6, 1),
                 },
             })
         return events

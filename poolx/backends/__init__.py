@@ -47,6 +47,10 @@ class BackendOptions:
     extra: dict[str, Any] = field(default_factory=dict)
     #: the executor's actors (by id and name); backends that run actors use it
     actors: ActorDirectory | None = None
+    #: an object with ``start(label)``/``stop()`` run in every worker and actor
+    #: process at its start and end (the profiling harness's profilers);
+    #: backends whose workers are processes honour it, others ignore it
+    child_hook: Any = None
 
 
 class Backend(ABC):

@@ -32,16 +32,19 @@ THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 class ActorSetup:
     """What an actor process needs at start: the pickled (cls, args, kwargs) and its options."""
 
-    def __init__(self, spec: bytes, label: str, max_concurrency: int | None, num_cpus: float | None) -> None:
+    def __init__(self, spec: bytes, label: str, max_concurrency: int | None, num_cpus: float | None,
+                 hook: bytes | None = None) -> None:
         self.spec = spec
         self.label = label
         self.max_concurrency = max_concurrency
         self.num_cpus = num_cpus
+        self.hook = hook
 
 
 def main(sock: socket.socket, client: socket.socket, progress: Any, setup: ActorSetup) -> None:
     """Entry point of an actor process."""
     cell = W.boot(sock, client, progress)
+    hook = W.start_hook(setup.hook, f"actor {setup.label}")
     if setup.num_cpus is not None:
         for name in THREAD_ENV:
             os.environ.setdefault(name, str(max(1, int(setup.num_cpus))))
@@ -69,6 +72,8 @@ def main(sock: socket.socket, client: socket.socket, progress: Any, setup: Actor
         worker.flush()
     except (_channel.ChannelClosed, BrokenPipeError, ConnectionResetError):
         pass  # the driver is gone
+    finally:
+        W.stop_hook(hook)
 
 
 def _inline(runner: Any) -> bool:
@@ -81,6 +86,7 @@ class ActorWorker(W.Worker):
     def __init__(self, sock: socket.socket, cell: Any) -> None:
         super().__init__(sock, cell, None)
         self.runner: Any = None
+        self.unpickle_s: dict[int, float] = {}  # by call id, until the call is done
 
     def init_failed(self, exc: BaseException) -> None:
         info = W._info(exc)
@@ -101,12 +107,14 @@ class ActorWorker(W.Worker):
             if payload:
                 buffers = msg[oob : oob + n_oob]
                 oob += n_oob
+                t0 = time.perf_counter()
                 try:
                     args, kwargs = ser.loads(payload, buffers)
                 except BaseException as exc:
                     now = time.perf_counter()
-                    self.add(call_id, W.BAD_TASK, b"", (), now, now, W._info(exc))
+                    self.add(call_id, W.BAD_TASK, b"", (), t0, now, W._info(exc), now - t0)
                     continue
+                self.unpickle_s[call_id] = time.perf_counter() - t0
             else:
                 args, kwargs = (), {}
             runner.submit(call_id, method, args, kwargs)
@@ -120,20 +128,25 @@ class ActorWorker(W.Worker):
     def done(self, call_id: int, ok: bool, value: Any, t_start: float, t_end: float) -> None:
         if not t_start:
             t_start = t_end = time.perf_counter()
+        # Unpickling the arguments came before the call (in run_batch): the
+        # record's span covers it, as a task's does.
+        unpickle_s = self.unpickle_s.pop(call_id, 0.0)
+        t_start -= unpickle_s
         if not ok:
-            self.add_exception(call_id, value, t_start, t_end)
+            self.add_exception(call_id, value, t_start, t_end, unpickle_s)
             return
         if value is None:
-            self.add(call_id, W.OK, b"", (), t_start, t_end, None)
+            self.add(call_id, W.OK, b"", (), t_start, t_end, None, unpickle_s)
             return
         try:
             data, bufs = ser.dumps(value)
         except Exception as exc:
             info = (*W._info(exc), ser.describe(type(value)))
-            self.add(call_id, W.BAD_RESULT, b"", (), t_start, t_end, info)
+            self.add(call_id, W.BAD_RESULT, b"", (), t_start, t_end, info, unpickle_s)
             return
         except BaseException as exc:
-            self.add_exception(call_id, exc, t_start, t_end)
+            self.add_exception(call_id, exc, t_start, t_end, unpickle_s)
             return
-        self.add(call_id, W.OK, data, bufs, t_start, t_end, None)
+        self.add(call_id, W.OK, data, bufs, t_start, t_end, None, unpickle_s,
+                 time.perf_counter() - t_end)
 

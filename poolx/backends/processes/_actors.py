@@ -101,13 +101,13 @@ class ActorHost:
 
     # -- starting ---------------------------------------------------------------
 
-    @staticmethod
-    def setup(actor: Actor) -> ActorSetup:
+    def setup(self, actor: Actor) -> ActorSetup:
         try:
             spec, _ = dumps((actor.cls, actor.args, actor.kwargs))
         except Exception as exc:
             raise _spec_error(actor, exc) from exc
-        return ActorSetup(spec, actor.label, actor.max_concurrency, actor.options.num_cpus)
+        return ActorSetup(spec, actor.label, actor.max_concurrency, actor.options.num_cpus,
+                          self.s.backend.hook_bytes)
 
     def spawn(self, actor: Actor) -> ActorProcess:
         """Start a process for ``actor`` (any thread); it is registered by the scheduler."""
@@ -274,6 +274,7 @@ class ActorHost:
             if proc.state == STARTING:
                 proc.state = READY
             proc.pid = control[1]
+            self.s.telemetry.actor_ready(proc.actor.id, proc.pid)
         elif kind == W.INIT_FAILED:
             proc.init_error = control[1:]
 
@@ -285,18 +286,19 @@ class ActorHost:
         pop = proc.inflight.pop
         calls = [pop(r[0], None) for r in records]
         for call, record in zip(calls, records):
-            _, status, data, n_oob, t_start, t_end, info = record
+            _, status, data, n_oob, t_start, t_end, info, s_unpickle, s_pickle = record
             bufs = msg[oob : oob + n_oob]
             oob += n_oob
             if call is None:
                 continue
             call.t_start, call.t_end = t_start, t_end
+            call.s_unpickle, call.s_pickle = s_unpickle, s_pickle
             call.bytes_in = len(data) + sum(len(b) for b in bufs)
             call.state = None
             if call.origin is not None:
                 conn, child_id = call.origin
                 recs, frames = forward.setdefault(conn, ([], []))
-                recs.append((child_id, status, data, n_oob, t_start, t_end, info))
+                recs.append((child_id, status, data, n_oob, t_start, t_end, info, s_unpickle, s_pickle))
                 frames.extend(bufs)
                 call.t_done = time.perf_counter()
                 self.s.telemetry.task_done(call, status == W.OK)

@@ -87,9 +87,10 @@ class ProcessBackend(Backend):
         self.context = ctx
         self.broken: str | None = None
         self.initializer_name = describe(options.initializer) if options.initializer else ""
+        self.hook_bytes = dumps(options.child_hook)[0] if options.child_hook is not None else None
         try:
             setup = WorkerSetup.build(options.initializer, options.initargs,
-                                      options.max_tasks_per_child)
+                                      options.max_tasks_per_child, self.hook_bytes)
         except Exception as exc:
             raise SerializationError(
                 f"the initializer {self.initializer_name} cannot be pickled to send it to "

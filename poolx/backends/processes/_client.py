@@ -115,7 +115,7 @@ class ChildClient:
 
     def _on_results(self, records: list[Any], msg: list[Any]) -> None:
         oob = 1
-        for call_id, status, data, n_oob, _t0, _t1, info in records:
+        for call_id, status, data, n_oob, _t0, _t1, info, _u, _p in records:
             bufs = msg[oob : oob + n_oob]
             oob += n_oob
             with self.lock:

@@ -541,7 +541,7 @@ class Scheduler(threading.Thread):
         elif kind == W.READY:
             w.state = READY if w.state == STARTING else w.state
             w.pid = control[1]
-            self.telemetry.worker_pids[w.index] = control[1]
+            self.telemetry.worker_ready(w.index, control[1])
             self.start_failures = 0
         elif kind == W.INIT_FAILED:
             w.init_error = control[1:]
@@ -549,13 +549,14 @@ class Scheduler(threading.Thread):
     def on_results(self, w: _Worker, records: list[Any], msg: list[Any]) -> None:
         oob = 1
         est = self.est
-        for task_id, status, data, n_oob, t_start, t_end, info in records:
+        for task_id, status, data, n_oob, t_start, t_end, info, s_unpickle, s_pickle in records:
             bufs = msg[oob : oob + n_oob]
             oob += n_oob
             task = w.outstanding.pop(task_id, None)
             if task is None:
                 continue
             task.t_start, task.t_end = t_start, t_end
+            task.s_unpickle, task.s_pickle = s_unpickle, s_pickle
             task.bytes_in = len(data) + sum(len(b) for b in bufs) if n_oob else len(data)
             duration = t_end - t_start
             est = duration if est is None else est + EST_ALPHA * (duration - est)

@@ -103,19 +103,21 @@ class WorkerSetup:
     """
 
     def __init__(self, initializer: bytes, initargs: bytes | tuple[Any, ...],
-                 max_tasks: int | None) -> None:
+                 max_tasks: int | None, hook: bytes | None = None) -> None:
         self.initializer = initializer
         self.initargs = initargs
         self.max_tasks = max_tasks
+        self.hook = hook
 
     @classmethod
-    def build(cls, initializer: Any, initargs: tuple[Any, ...], max_tasks: int | None) -> WorkerSetup:
+    def build(cls, initializer: Any, initargs: tuple[Any, ...], max_tasks: int | None,
+              hook: bytes | None = None) -> WorkerSetup:
         fn, _ = ser.dumps(initializer)  # a SerializationError here names the initializer
         try:
             args: bytes | tuple[Any, ...] = ser.dumps(initargs)[0]
         except Exception:
             args = initargs
-        return cls(fn, args, max_tasks)
+        return cls(fn, args, max_tasks, hook)
 
     def unpack(self) -> tuple[Any, tuple[Any, ...], int | None]:
         args = ser.loads(self.initargs) if isinstance(self.initargs, bytes) else self.initargs
@@ -145,9 +147,29 @@ def boot(sock: socket.socket, client: socket.socket, progress: Any) -> mmap.mmap
     return cell
 
 
+def start_hook(hook: bytes | None, label: str) -> Any:
+    """Start the executor's child hook (the profiling harness's profilers), if any.
+
+    The hook is any picklable object with ``start(label)`` and ``stop()``: it
+    starts before the user's code and stops when the process ends normally
+    (the hook itself arranges what happens on SIGTERM).
+    """
+    if hook is None:
+        return None
+    obj = ser.loads(hook)
+    obj.start(label)
+    return obj
+
+
+def stop_hook(hook: Any) -> None:
+    if hook is not None:
+        hook.stop()
+
+
 def main(sock: socket.socket, client: socket.socket, progress: Any, index: int, setup: WorkerSetup) -> None:
     """Entry point of a worker process."""
     cell = boot(sock, client, progress)
+    hook = start_hook(setup.hook, f"worker {index}")
     initializer, initargs, max_tasks = setup.unpack()
     if initializer is not None:
         try:
@@ -164,6 +186,8 @@ def main(sock: socket.socket, client: socket.socket, progress: Any, index: int, 
         Worker(sock, cell, max_tasks).loop()
     except (_channel.ChannelClosed, BrokenPipeError, ConnectionResetError):
         pass  # the driver is gone: nothing to report to, nobody to report it
+    finally:
+        stop_hook(hook)
 
 
 def _start_watchdog(sock: socket.socket) -> None:
@@ -260,11 +284,12 @@ class Worker:
         except BaseException as exc:
             self.add(task_id, BAD_TASK, b"", (), t_start, time.perf_counter(), _info(exc))
             return
+        t_call = time.perf_counter()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             t_end = time.perf_counter()
-            self.add_exception(task_id, exc, t_start, t_end)
+            self.add_exception(task_id, exc, t_start, t_end, t_call - t_start)
             return
         finally:
             self.running = 0
@@ -277,22 +302,27 @@ class Worker:
             self.add(task_id, BAD_RESULT, b"", (), t_start, t_end, info)
             return
         except BaseException as exc:  # SystemExit in __reduce__: the stdlib re-raises it as is
-            self.add_exception(task_id, exc, t_start, t_end)
+            self.add_exception(task_id, exc, t_start, t_end, t_call - t_start)
             return
-        self.add(task_id, OK, data, bufs, t_start, t_end, None)
+        self.add(task_id, OK, data, bufs, t_start, t_end, None, t_call - t_start,
+                 time.perf_counter() - t_end)
 
-    def add_exception(self, task_id: int, exc: BaseException, t_start: float, t_end: float) -> None:
+    def add_exception(self, task_id: int, exc: BaseException, t_start: float, t_end: float,
+                      unpickle_s: float = 0.0) -> None:
         info = _info(exc)
         exc.__traceback__ = None  # the text is in info; frames do not pickle
         try:
             data, bufs = ser.dumps(exc)
         except BaseException:
-            self.add(task_id, UNPICKLABLE_EXCEPTION, b"", (), t_start, t_end, info)
+            self.add(task_id, UNPICKLABLE_EXCEPTION, b"", (), t_start, t_end, info, unpickle_s)
         else:
-            self.add(task_id, RAISED, data, bufs, t_start, t_end, info)
+            self.add(task_id, RAISED, data, bufs, t_start, t_end, info, unpickle_s)
 
     def add(self, task_id: int, status: int, data: bytes, bufs: Any, t_start: float,
-            t_end: float, info: Any) -> None:
+            t_end: float, info: Any, unpickle_s: float = 0.0, pickle_s: float = 0.0) -> None:
+        """Queue one result record.  ``t_start``..``t_end`` spans unpickling the
+        arguments and the call; ``unpickle_s`` is the unpickling part, and
+        ``pickle_s`` the time spent pickling the result after ``t_end``."""
         self.running = 0
         # Finished only now that its outcome is pickled: a crash while pickling
         # the result (a __reduce__ that segfaults) must blame this task, not
@@ -301,7 +331,8 @@ class Worker:
         with self.lock:
             if not self.results:
                 self.first_pending = t_end
-            self.results.append((task_id, status, data, len(bufs), t_start, t_end, info))
+            self.results.append((task_id, status, data, len(bufs), t_start, t_end, info,
+                                 unpickle_s, pickle_s))
             self.frames.extend(b.raw() for b in bufs)
             due = (self.eager or len(self.results) >= FLUSH_MAX
                    or t_end - self.first_pending >= FLUSH_SECONDS)
