@@ -1,21 +1,26 @@
 """pi: a Monte Carlo estimate of pi with numpy, split into chunks.
 
 The classic first parallel workload: throw ``samples`` random points into the
-unit square and count those inside the quarter circle; each chunk has its own
-seed, so the serial and parallel runs compute exactly the same estimate.
+unit square and count those inside the quarter circle.  Each chunk has its own
+seed, so every form computes exactly the same estimate.
 
-Forms: ``serial(...)`` and ``tasks(executor, ...)``.  (The actor form and the
-profiling harness that compares them arrive with the ``poolx profile`` command.)
+The three forms the ``poolx profile`` harness compares:
+
+- ``serial(size)``: every chunk in this process;
+- ``tasks(executor, size)``: one task per chunk;
+- ``actors(executor, size)``: one ``Sampler`` actor per worker; each keeps a
+  running count of the chunks it was given, and the driver adds the counts up.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-# About 2 s of serial work on the 2-core CI machine (50M samples took ~1 s).
-SAMPLES = 100_000_000
+#: Default input size (random points): about 2 s of serial work on the 2-core CI machine.
+SIZE = 100_000_000
+SAMPLES = SIZE  # the name ``poolx demo`` used
 CHUNKS = 16
-# Points drawn per numpy call inside a chunk: bounds memory at ~16 MB per worker.
+#: Points drawn per numpy call inside a chunk: bounds memory at ~16 MB per worker.
 BLOCK = 1_000_000
 
 
@@ -38,14 +43,36 @@ def _split(samples: int, chunks: int) -> list[tuple[int, int]]:
     return [(base + (i < extra), i) for i in range(chunks)]
 
 
-def serial(samples: int = SAMPLES, chunks: int = CHUNKS) -> float:
+def serial(size: int = SIZE, chunks: int = CHUNKS) -> float:
     """The estimate, computed in this process."""
-    inside = sum(count_inside(n, seed) for n, seed in _split(samples, chunks))
-    return 4.0 * inside / samples
+    inside = sum(count_inside(n, seed) for n, seed in _split(size, chunks))
+    return 4.0 * inside / size
 
 
-def tasks(executor: Any, samples: int = SAMPLES, chunks: int = CHUNKS) -> float:
+def tasks(executor: Any, size: int = SIZE, chunks: int = CHUNKS) -> float:
     """The estimate, one task per chunk on ``executor``."""
-    parts = _split(samples, chunks)
+    parts = _split(size, chunks)
     inside = sum(executor.map(count_inside, *zip(*parts), chunksize=1))
-    return 4.0 * inside / samples
+    return 4.0 * inside / size
+
+
+class Sampler:
+    """An actor that counts the points inside the circle over the chunks it is given."""
+
+    def __init__(self) -> None:
+        self.inside = 0
+
+    def add(self, samples: int, seed: int) -> None:
+        self.inside += count_inside(samples, seed)
+
+    def total(self) -> int:
+        return self.inside
+
+
+def actors(executor: Any, size: int = SIZE, chunks: int = CHUNKS) -> float:
+    """The estimate, on one ``Sampler`` actor per worker (chunks dealt round-robin)."""
+    samplers = [executor.actor(Sampler) for _ in range(executor.max_workers)]
+    for i, (n, seed) in enumerate(_split(size, chunks)):
+        samplers[i % len(samplers)].add.remote(n, seed)  # calls run in order: no need to wait
+    inside = sum(s.total.remote().result() for s in samplers)
+    return 4.0 * inside / size
