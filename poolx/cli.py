@@ -1,8 +1,11 @@
 """The ``poolx`` command.
 
-``poolx demo``: runs the pi example serially and on an Executor and prints
-both times and the speedup.  (The profiling harness, ``poolx profile``, and the
-peer benchmark, ``poolx bench``, are planned; see the README.)
+- ``poolx profile SCENARIO``: run a workload serially, as tasks and as actors,
+  and show where the time and memory went (``poolx profile compare A B``
+  compares two runs);
+- ``poolx bench``: poolx beside the libraries you would otherwise use;
+- ``poolx info``: the machine and the installation, as poolx sees them;
+- ``poolx demo``: the pi example serially and as tasks, in a few seconds.
 """
 
 from __future__ import annotations
@@ -40,14 +43,73 @@ def demo(workers: int | None, samples: int, backend: str) -> int:
     return 0
 
 
+SCENARIO_HELP = """\
+A scenario is one workload written three ways, in a module or a .py file:
+
+  SIZE = 1_000_000                    # default input size (--size overrides it)
+  def serial(size): ...               # the result, computed in this process
+  def tasks(executor, size): ...      # the same, with tasks on a poolx.Executor
+  def actors(executor, size): ...     # the same, with actors on that Executor
+
+Optional: WORKERS = (1, 2, 4) (default worker counts) and check(result,
+expected) -> bool (default ==).  Built in: pi, retrieve.  See docs/profiling.md.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="poolx", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:8]))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{profile,bench,info,demo}")
+    from .harness import profile
+
+    p = sub.add_parser("profile", help="compare a workload's serial, task and actor runs",
+                       description="Run SCENARIO serially, as tasks and as actors; report where the "
+                                   "time and memory went.  'poolx profile compare A B' compares two "
+                                   "runs' results.json.",
+                       epilog=SCENARIO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    profile.add_arguments(p)
+    b = sub.add_parser("bench", help="run the benchmarks against the installed peers")
+    try:
+        from .harness import bench
+    except ImportError as exc:  # pragma: no cover - only in a broken install
+        b.set_defaults(bench_error=str(exc))
+    else:
+        bench.add_arguments(b)
+    sub.add_parser("info", help="Python, CPUs, start method, versions, thread limits")
+    d = sub.add_parser("demo", help="run the pi example serially and on an Executor")
+    d.add_argument("--workers", type=int, default=None, help="default: the usable CPUs")
+    d.add_argument("--samples", type=int, default=None, help="random points (default: ~2 s of work)")
+    d.add_argument("--backend", default="processes", help="processes (default), threads, serial")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="poolx", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="run the pi example serially and on an Executor")
-    p.add_argument("--workers", type=int, default=None, help="default: the usable CPUs")
-    p.add_argument("--samples", type=int, default=None, help="random points (default: ~2 s of work)")
-    p.add_argument("--backend", default="processes", help="processes (default), threads, serial")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["profile", "compare"]:
+        from .harness import profile
+
+        cp = argparse.ArgumentParser(prog="poolx profile compare",
+                                     description="Compare two 'poolx profile' runs (before and after a change).")
+        profile.add_compare_arguments(cp)
+        return profile.compare(cp.parse_args(argv[2:]))
+    parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "profile":
+        from .harness import profile
+
+        return profile.run(args)
+    if args.command == "bench":
+        if getattr(args, "bench_error", None):
+            parser.error(args.bench_error)
+        from .harness import bench
+
+        return bench.run(args)
+    if args.command == "info":
+        from .harness import env
+
+        print(env.render_info(env.collect()))
+        return 0
     if args.command == "demo":
         try:
             import numpy  # noqa: F401
@@ -55,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("the demo needs numpy: pip install 'poolx[examples]'")
         from poolx._scenarios import load
 
-        return demo(args.workers, args.samples or load("pi").SAMPLES, args.backend)
+        return demo(args.workers, args.samples or load("pi").SIZE, args.backend)
     return 2
 
 

@@ -1,0 +1,231 @@
+"""From runs to the numbers and verdicts the report shows."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from .measure import BUCKETS, Lane, Run
+
+# Thresholds of the verdicts.
+LOW_EFFICIENCY = 0.8
+IMBALANCE = 1.5  # max/median tasks or busy time across lanes
+NOISE = 0.05  # a difference under 5% is reported as within noise
+
+
+@dataclass
+class Row:
+    """One mode at one worker count, from its unprofiled timing runs."""
+
+    mode: str
+    workers: int
+    repeats: int
+    wall: float  # median
+    wall_min: float
+    wall_max: float
+    speedup: float | None = None
+    efficiency: float | None = None
+    tasks: int = 0
+    tasks_per_s: float = 0.0
+    task_p50: float | None = None
+    task_p95: float | None = None
+    dispatch_p50: float | None = None
+    cpu_util: float | None = None
+    peak_rss: int | None = None  # the largest process of the run
+    bytes_out: int = 0
+    bytes_in: int = 0
+    lanes: int = 1
+    seconds: dict[str, float] = field(default_factory=dict)  # BUCKETS summed over lanes
+    per_lane: list[Lane] = field(default_factory=list)
+    imbalance: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.mode} x{self.workers}" if self.mode != "serial" else "serial"
+
+
+def median_run(runs: list[Run]) -> Run:
+    ordered = sorted(runs, key=lambda r: r.wall)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    i = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[i]
+
+
+def dispatch_latencies(run: Run) -> list[float]:
+    """Per task: from the moment it could have started (submitted, and its
+    process free) to the moment it did."""
+    out = []
+    by_lane: dict[int, list[tuple[Any, ...]]] = {}
+    for t in run.tasks:
+        by_lane.setdefault(t[1], []).append(t)
+    ready = {lane.key: lane.ready for lane in run.lanes}
+    for key, tasks in by_lane.items():
+        free_at = ready.get(key, 0.0)
+        for t in sorted(tasks, key=lambda t: t[4]):
+            out.append(max(0.0, t[4] - max(t[2], free_at)))
+            free_at = max(free_at, t[5] + t[11])
+    return out
+
+
+def summarize(runs: list[Run]) -> list[Row]:
+    """One Row per (mode, workers), from the runs with repeat >= 0 and no profiler."""
+    groups: dict[tuple[str, int], list[Run]] = {}
+    for run in runs:
+        if run.repeat >= 0 and run.profile == "none":
+            groups.setdefault((run.mode, run.workers), []).append(run)
+    rows = []
+    serial_wall = None
+    for (mode, workers), group in groups.items():
+        good = [r for r in group if r.ok] or group
+        walls = [r.wall for r in good]
+        med = median_run(good)
+        row = Row(mode, workers, len(good), statistics.median(walls), min(walls), max(walls))
+        row.errors = sorted({r.error for r in group if r.error})
+        row.tasks = len(med.tasks)
+        row.tasks_per_s = row.tasks / med.wall if med.wall and row.tasks else 0.0
+        durations = [t[5] - t[4] for t in med.tasks]
+        row.task_p50 = percentile(durations, 0.5)
+        row.task_p95 = percentile(durations, 0.95)
+        row.dispatch_p50 = percentile(dispatch_latencies(med), 0.5)
+        cpus = [lane.cpu for lane in med.lanes if lane.cpu is not None]
+        if cpus and len(cpus) == len(med.lanes) and med.wall > 0:
+            row.cpu_util = sum(cpus) / (med.wall * len(med.lanes))
+        peaks = [lane.peak_rss for lane in med.lanes if lane.peak_rss]
+        row.peak_rss = max(peaks) if peaks else None
+        row.bytes_out = sum(t[7] for t in med.tasks)
+        row.bytes_in = sum(t[8] for t in med.tasks)
+        row.lanes = len(med.lanes)
+        row.seconds = {b: sum(lane.seconds.get(b, 0.0) for lane in med.lanes) for b in BUCKETS}
+        row.per_lane = med.lanes
+        row.imbalance = imbalance(med.lanes)
+        rows.append(row)
+        if mode == "serial":
+            serial_wall = row.wall
+    rows.sort(key=lambda r: (["serial", "task", "actor"].index(r.mode), r.workers))
+    for row in rows:
+        if serial_wall and row.wall > 0:
+            row.speedup = serial_wall / row.wall
+            row.efficiency = row.speedup / row.workers
+    return rows
+
+
+def imbalance(lanes: list[Lane]) -> str | None:
+    """Why the work was unevenly spread over the lanes, or None."""
+    working = [lane for lane in lanes if lane.tasks]
+    if len(working) < 2 and len(lanes) < 2:
+        return None
+    counts = [lane.tasks for lane in lanes]
+    busy = [lane.busy for lane in lanes]
+    med_count = statistics.median(counts)
+    med_busy = statistics.median(busy)
+    top = max(lanes, key=lambda lane: lane.busy)
+    if med_busy > 0 and top.busy / med_busy > IMBALANCE:
+        return (f"{top.label} was busy {top.busy:.2f} s, the median process {med_busy:.2f} s "
+                f"({top.tasks} tasks against a median of {med_count:g})")
+    if med_count > 0 and max(counts) / med_count > IMBALANCE:
+        most = max(lanes, key=lambda lane: lane.tasks)
+        return f"{most.label} ran {most.tasks} tasks, the median process {med_count:g}"
+    return None
+
+
+def verdicts(rows: list[Row], profiled: list[tuple[str, int, float, float]]) -> list[str]:
+    """Short findings, each with its evidence.  ``profiled``: (mode, workers,
+    profiled wall, timing median) of each profiled run."""
+    out: list[str] = []
+    parallel = [r for r in rows if r.mode != "serial" and not r.errors]
+    serial = next((r for r in rows if r.mode == "serial"), None)
+    for r in rows:
+        for error in r.errors:
+            out.append(f"{r.key} failed: {error}")
+    if parallel:
+        best = min(parallel, key=lambda r: r.wall)
+        if serial is not None and best.speedup is not None:
+            if best.speedup < 1 + NOISE:
+                out.append(f"serial is the fastest: no parallel mode beat {serial.wall:.3f} s "
+                           f"(best: {best.key} at {best.wall:.3f} s). {_dominant(best)}")
+            else:
+                out.append(f"fastest: {best.key}, {best.wall:.3f} s, {best.speedup:.2f}x serial "
+                           f"({best.efficiency:.0%} efficiency)")
+    by_key = {(r.mode, r.workers): r for r in parallel}
+    for (mode, workers), task_row in sorted(by_key.items()):
+        if mode != "task" or ("actor", workers) not in by_key:
+            continue
+        actor_row = by_key[("actor", workers)]
+        faster, slower = sorted((task_row, actor_row), key=lambda r: r.wall)
+        ratio = slower.wall / faster.wall
+        if ratio < 1 + NOISE or slower.wall_min <= faster.wall_max:
+            out.append(f"with {workers} workers, task and actor modes are within noise "
+                       f"({task_row.wall:.3f} s and {actor_row.wall:.3f} s; their ranges overlap)")
+            continue
+        out.append(f"with {workers} workers, {faster.mode} mode is {ratio:.2f}x faster than "
+                   f"{slower.mode} mode: {_difference(faster, slower)}")
+    serial_fastest = bool(out) and out[-1].startswith("serial is the fastest")
+    if serial is not None:
+        slower = [r for r in parallel if r.tasks and r.seconds.get("compute", 0.0) > 1.25 * serial.wall]
+        if slower:
+            worst = max(slower, key=lambda r: r.seconds["compute"])
+            out.append(f"the same work is slower in the workers: {worst.key} computed for "
+                       f"{worst.seconds['compute']:.3f} worker-seconds where the serial run took "
+                       f"{serial.wall:.3f} s in all (also: {', '.join(r.key for r in slower if r is not worst) or 'none'}). "
+                       "Imports on the first call, CPU contention (more busy processes than cores) or "
+                       "BLAS threads per process are the usual causes")
+    for r in parallel:
+        if (not serial_fastest and r.efficiency is not None and r.efficiency < LOW_EFFICIENCY
+                and r.workers > 1):
+            out.append(f"{r.key}: efficiency {r.efficiency:.0%} (< {LOW_EFFICIENCY:.0%}). {_dominant(r)}")
+        if r.cpu_util is not None and r.seconds.get("compute", 0) > 0.5 * r.wall * r.lanes \
+                and r.cpu_util < 0.25:
+            out.append(f"{r.key}: the processes computed for {_share(r, 'compute'):.0%} of their time "
+                       f"but used the CPU {r.cpu_util:.0%} of it: the work waits (I/O, sleep, locks), "
+                       "so more workers than cores can still help")
+        if r.imbalance:
+            out.append(f"{r.key}: load imbalance: {r.imbalance}")
+    for mode, workers, wall, timing in profiled:
+        if timing > 0:
+            out.append(f"profile overhead: the profiled {mode} x{workers} run took {wall:.3f} s, "
+                       f"{wall / timing:.2f}x its timing median ({timing:.3f} s); the profiles' "
+                       "percentages are relative, the timings above are not affected")
+    return out
+
+
+def _share(r: Row, bucket: str) -> float:
+    total = r.wall * r.lanes
+    return r.seconds.get(bucket, 0.0) / total if total else 0.0
+
+
+def _dominant(r: Row) -> str:
+    """The largest cost that is not compute, as evidence."""
+    overheads = {b: _share(r, b) for b in BUCKETS if b != "compute"}
+    bucket = max(overheads, key=lambda b: overheads[b])
+    text = {
+        "startup": "starting the processes (reuse one executor across calls, or give each process more work)",
+        "unpickle": "unpickling arguments (send big inputs once: an actor's state, or poolx.put)",
+        "pickle": "pickling results (return less, or smaller types)",
+        "transfer": "tasks in transit to idle processes (tasks are too small: batch them with chunksize)",
+        "idle": "processes waiting for work (too few tasks for the workers, or uneven tasks)",
+    }[bucket]
+    return f"The largest cost besides compute is {bucket}, {overheads[bucket]:.0%} of the worker time: {text}."
+
+
+def _difference(faster: Row, slower: Row) -> str:
+    """Which bucket explains most of the gap between two rows, with figures."""
+    gaps = {b: slower.seconds.get(b, 0.0) - faster.seconds.get(b, 0.0) for b in BUCKETS}
+    gaps.pop("idle", None)
+    bucket = max(gaps, key=lambda b: gaps[b])
+    if gaps[bucket] <= 0:
+        return "no single cost explains it (see the accounting table)"
+    s_share, f_share = _share(slower, bucket), _share(faster, bucket)
+    extra = ""
+    if bucket == "unpickle" and slower.tasks:
+        extra = f"; {slower.bytes_out / max(slower.tasks, 1) / 1e6:.2f} MB of arguments per call"
+    return (f"{slower.mode} mode spent {gaps[bucket]:.3f} worker-seconds more on {bucket} "
+            f"({slower.seconds[bucket]:.3f} s, {s_share:.1%} of its worker time, against "
+            f"{faster.seconds[bucket]:.3f} s, {f_share:.1%}{extra})")

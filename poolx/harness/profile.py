@@ -1,0 +1,289 @@
+"""``poolx profile``: one scenario, serially, as tasks and as actors, compared.
+
+The plan of a run:
+
+1. warm-up: each mode once at the largest worker count (not timed: the first
+   run pays for importing and for starting the forkserver);
+2. timing: ``--repeat`` rounds; each round runs every mode at every worker
+   count once, unprofiled (rounds interleave configurations, so a slow spell
+   of the machine spreads over all of them);
+3. profiling (``--profile cpu`` or ``mem``): each mode once more at the
+   largest worker count with the profiler in the driver and in every worker
+   and actor process; its slowdown against the timing median is reported.
+
+Then the terminal summary, and the files in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import analyze, env, measure, report
+from .scenario import MODES, Scenario, load
+
+PROFILES = ("none", "cpu", "mem", "trace")
+SCHEMA = "poolx.profile/1"
+#: What a profile folder holds (a rerun into the same folder replaces them).
+OWN_FILES = {"report.html", "results.json", "trace.json", "cpu", "mem"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", help="a built-in scenario (pi, retrieve), a .py file, or module[:attr]")
+    p.add_argument("--modes", default="serial,task,actor",
+                   help="comma-separated, from serial, task, actor (default: all three)")
+    p.add_argument("--workers", default=None,
+                   help="comma-separated worker counts (default: the scenario's, or 1 and the usable CPUs)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per mode and worker count (default 3)")
+    p.add_argument("--profile", default="none", choices=PROFILES,
+                   help="cpu: pyinstrument; mem: memray; trace: the timeline of every run; "
+                        "none: timings only (the timeline of each median run is always written)")
+    p.add_argument("--backend", default="processes", help="processes (default), threads, serial, ...")
+    p.add_argument("--start-method", default=None, choices=("fork", "forkserver", "spawn"),
+                   help="for the processes backend (default: poolx's, forkserver on Linux)")
+    p.add_argument("--size", type=int, default=None, help="input size (default: the scenario's SIZE)")
+    p.add_argument("--out", default=None, help="folder for the files (default: ./poolx-profile-SCENARIO)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_list(text: str, what: str, valid: tuple[str, ...] | None = None) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"--{what} is empty")
+    if valid is not None:
+        for item in items:
+            if item not in valid:
+                raise ValueError(f"--{what}: unknown value {item!r}; choose from {', '.join(valid)}")
+    return items
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = _configure(args)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"poolx profile: error: {exc}", file=sys.stderr)
+        return 2
+    scenario: Scenario = config["scenario"]
+    out: Path = config["out"]
+    environment = env.collect()
+    print(report.env_header(scenario, config, environment))
+    runs, profiled, profiles = _execute(scenario, config)
+    rows = analyze.summarize(runs)
+    findings = analyze.verdicts(rows, profiled)
+    results = {
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(["poolx", "profile", *sys.argv[2:]]) if sys.argv[1:2] == ["profile"]
+        else f"poolx profile {scenario.name}",
+        "env": environment,
+        "scenario": {"name": scenario.name, "doc": scenario.doc, "size": config["size"]},
+        "config": {k: config[k] for k in ("modes", "workers", "repeat", "profile", "backend", "start_method")},
+        "rows": [report.row_dict(r) for r in rows],
+        "verdicts": findings,
+        "profiled": [{"mode": m, "workers": w, "wall": wall, "timing_median": t}
+                     for m, w, wall, t in profiled],
+        "profiles": profiles,
+        "runs": [report.run_dict(r) for r in runs],
+    }
+    trace_runs = [r for r in runs if r.repeat >= 0 and r.profile == "none"]
+    if config["profile"] != "trace":
+        trace_runs = [analyze.median_run([r for r in trace_runs if (r.mode, r.workers) == (row.mode, row.workers)])
+                      for row in rows]
+    (out / "trace.json").write_text(json.dumps(report.trace(trace_runs)), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+    (out / "report.html").write_text(report.html(results, rows, runs), encoding="utf-8")
+    print(report.terminal(rows, findings, profiles, out))
+    failed = any(r.errors for r in rows)
+    return 1 if failed else 0
+
+
+def _configure(args: argparse.Namespace) -> dict[str, Any]:
+    scenario = load(args.scenario)
+    modes = parse_list(args.modes, "modes", MODES)
+    missing = [m for m in modes if not scenario.has(m)]
+    if missing:
+        raise ValueError(f"scenario {scenario.name!r} has no form for mode(s) {', '.join(missing)}; "
+                         f"drop them from --modes")
+    if args.workers:
+        try:
+            workers = sorted({int(w) for w in parse_list(args.workers, "workers")})
+        except ValueError as exc:
+            raise ValueError(f"--workers takes comma-separated positive integers, got {args.workers!r}") \
+                from exc
+        if workers[0] < 1:
+            raise ValueError(f"--workers takes positive integers, got {args.workers!r}")
+    else:
+        workers = sorted(set(scenario.workers or (1, env.usable_cpus())))
+    if args.repeat < 1:
+        raise ValueError(f"--repeat must be at least 1, got {args.repeat}")
+    size = args.size if args.size is not None else scenario.size
+    if size < 1:
+        raise ValueError(f"--size must be positive, got {size}")
+    from ..backends import get_backend
+
+    backend_cls = get_backend(args.backend)  # ValueError names the known ones
+    if args.profile in ("cpu", "mem"):
+        _require_profiler(args.profile)
+        if not backend_cls.uses_processes:
+            print(f"note: the {args.backend!r} backend runs tasks in this process: the "
+                  f"{args.profile} profile covers the driver only", file=sys.stderr)
+    out = Path(args.out or f"poolx-profile-{Path(scenario.name).name.replace(':', '-')}")
+    if out.exists():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES)
+        if foreign:
+            raise ValueError(f"--out {out} exists and holds files poolx profile did not write "
+                             f"({', '.join(foreign[:3])}); choose another folder")
+        for sub in ("cpu", "mem"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return {"scenario": scenario, "modes": modes, "workers": workers, "repeat": args.repeat,
+            "profile": args.profile, "backend": args.backend, "start_method": args.start_method,
+            "size": size, "out": out, "progress": not args.no_progress}
+
+
+def _require_profiler(kind: str) -> None:
+    module, extra = ("pyinstrument", "profile") if kind == "cpu" else ("memray", "profile")
+    try:
+        __import__(module)
+    except ImportError:
+        raise ImportError(f"--profile {kind} needs {module}: pip install 'poolx[{extra}]'") from None
+
+
+def _plan(config: dict[str, Any]) -> tuple[list[tuple[str, int, int]], list[tuple[str, int]]]:
+    """(timed runs as (mode, workers, repeat) incl. warm-ups with repeat -1, profiled runs)."""
+    modes, workers = config["modes"], config["workers"]
+    top = max(workers)
+    configs = [(m, w) for m in modes for w in ([1] if m == "serial" else workers)]
+    timed = [(m, top if m != "serial" else 1, -1) for m in modes]
+    timed += [(m, w, rep) for rep in range(config["repeat"]) for m, w in configs]
+    profiled = [(m, top if m != "serial" else 1) for m in modes] if config["profile"] in ("cpu", "mem") else []
+    return timed, profiled
+
+
+def _execute(scenario: Scenario, config: dict[str, Any]) -> tuple[list[measure.Run], list[Any], dict[str, Any]]:
+    timed, to_profile = _plan(config)
+    bar = _progress(len(timed) + len(to_profile), config["progress"])
+    runs: list[measure.Run] = []
+    expected: Any = None
+    size, backend, ctx = config["size"], config["backend"], config["start_method"]
+    if "serial" not in config["modes"] and scenario.has("serial"):
+        expected = None  # no reference: results are only checked for errors
+    try:
+        for mode, workers, repeat in timed:
+            bar.set_description(f"{mode} x{workers}" + (" warm-up" if repeat < 0 else f" run {repeat + 1}"))
+            run, result = measure.run_once(scenario, mode, workers, size, backend=backend, mp_context=ctx,
+                                           repeat=repeat, expected=expected)
+            if mode == "serial" and expected is None and run.ok:
+                expected = result
+            runs.append(run)
+            bar.update(1)
+        profiled: list[tuple[str, int, float, float]] = []
+        profiles: dict[str, Any] = {}
+        for mode, workers in to_profile:
+            bar.set_description(f"{mode} x{workers} {config['profile']} profile")
+            run, info = _profiled_run(scenario, mode, workers, config, expected)
+            runs.append(run)
+            profiles[mode] = info
+            timing = [r.wall for r in runs if (r.mode, r.workers) == (mode, workers)
+                      and r.repeat >= 0 and r.profile == "none"]
+            if timing and run.ok:
+                profiled.append((mode, workers, run.wall, sorted(timing)[(len(timing) - 1) // 2]))
+            bar.update(1)
+    finally:
+        bar.close()
+    return runs, profiled, profiles
+
+
+def _profiled_run(scenario: Scenario, mode: str, workers: int, config: dict[str, Any],
+                  expected: Any) -> tuple[measure.Run, dict[str, Any]]:
+    from . import profiles
+    from ._hook import ProfilerHook
+
+    kind = config["profile"]
+    directory = config["out"] / kind / mode
+    directory.mkdir(parents=True, exist_ok=True)
+    hook = ProfilerHook(kind, str(directory))
+    driver = ProfilerHook(kind, str(directory))
+    uses_processes = _uses_processes(config["backend"])
+    driver.start("driver")
+    try:
+        run, _ = measure.run_once(scenario, mode, workers, config["size"], backend=config["backend"],
+                                  mp_context=config["start_method"], repeat=0, expected=expected,
+                                  hook=hook if uses_processes else None, profile=kind)
+    finally:
+        driver.stop()
+    info: dict[str, Any] = {"kind": kind, "mode": mode, "workers": workers, "wall": run.wall,
+                            "folder": str(directory.relative_to(config["out"]))}
+    expected_labels = {lane.label for lane in run.lanes} if mode != "serial" else set()
+    if kind == "cpu":
+        info.update(profiles.cpu_reports(directory, f"poolx profile {scenario.name}: {mode} x{workers}"))
+        got = {p["label"].rsplit(" (pid", 1)[0] for p in info["processes"]}
+    else:
+        info["processes"] = profiles.mem_reports(directory)
+        got = {p["label"] for p in info["processes"]}
+    # A process that died (SIGKILL, crash) before writing its profile.
+    info["missing"] = sorted(label for label in expected_labels if label.replace("#", "-") not in
+                             {g.replace("#", "-") for g in got})
+    return run, info
+
+
+def _uses_processes(backend: str) -> bool:
+    from ..backends import get_backend
+
+    return bool(get_backend(backend).uses_processes)
+
+
+class _NoBar:
+    def set_description(self, text: str) -> None:
+        pass
+
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, unit="run", file=sys.stderr, leave=False,
+                disable=None if os.environ.get("CI") is None else True)
+
+
+# -- compare ---------------------------------------------------------------------------
+
+
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("before", help="results.json of the first run (or its folder)")
+    p.add_argument("after", help="results.json of the second run (or its folder)")
+
+
+def compare(args: argparse.Namespace) -> int:
+    try:
+        a, b = _load_results(args.before), _load_results(args.after)
+    except (OSError, ValueError) as exc:
+        print(f"poolx profile compare: error: {exc}", file=sys.stderr)
+        return 2
+    print(report.compare(a, b, args.before, args.after))
+    return 0
+
+
+def _load_results(spec: str) -> dict[str, Any]:
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "results.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ValueError(f"{path} is not a poolx profile results.json (schema {SCHEMA})")
+    return data

@@ -1,0 +1,189 @@
+"""Turning the per-process profiler outputs of a profiled run into reports.
+
+CPU (pyinstrument): each process saved a session (``<label>-p<pid>.pyisession``).
+Their stacks are relabelled so that each starts with its process ("worker 0
+(pid 4711)") and combined into one call tree per mode (HTML), and each session
+becomes one profile of a speedscope file.  Combined sessions add durations up:
+the tree shows where worker time went, not a timeline (the timeline is
+trace.json).
+
+Memory (memray): each process wrote a capture (``<label>-p<pid>.bin``).  Each
+gets a flamegraph (``memray flamegraph --no-web``: opens offline) and a row in
+the peak-memory table.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_FILE = re.compile(r"^(?P<label>.+)-p(?P<pid>\d+)\.(pyisession|bin)$")
+
+
+@dataclass
+class ProcessProfile:
+    label: str
+    pid: int
+    path: Path
+
+
+def _found(directory: Path, ext: str) -> list[ProcessProfile]:
+    out = []
+    for path in sorted(directory.glob(f"*.{ext}")):
+        m = _FILE.match(path.name)
+        if m:
+            out.append(ProcessProfile(m["label"].replace("-", " ", 1), int(m["pid"]), path))
+    return out
+
+
+# -- CPU -------------------------------------------------------------------------------
+
+
+def relabel(session: Any, label: str, pid: int) -> Any:
+    """Give every stack of ``session`` the process's label as its root frame.
+
+    pyinstrument 5 starts each recorded stack with a thread frame
+    ("MainThread\\x00<thread>\\x00<ident>"); forked workers share idents, so
+    without this their trees would merge into one.
+    """
+    root = f"{label}\x00<thread>\x00{pid}"
+    records = []
+    for stack, time_ in session.frame_records:
+        if stack and "\x00<thread>\x00" in stack[0]:
+            stack = [root, *stack[1:]]
+        else:
+            stack = [root, *stack]
+        records.append((stack, time_))
+    session.frame_records = records
+    return session
+
+
+def cpu_reports(directory: Path, title: str) -> dict[str, Any]:
+    """Merge the sessions in ``directory``: writes ``<directory>.html`` and
+    ``<directory>.speedscope.json``; returns what the report shows."""
+    from pyinstrument.renderers import HTMLRenderer, SpeedscopeRenderer
+    from pyinstrument.session import Session
+
+    found = _found(directory, "pyisession")
+    sessions = []
+    for prof in found:
+        label = f"{prof.label} (pid {prof.pid})"
+        sessions.append((label, relabel(Session.load(str(prof.path)), label, prof.pid)))
+    if not sessions:
+        return {"processes": [], "html": None, "speedscope": None, "hot": []}
+    merged = functools.reduce(Session.combine, [s for _, s in sessions])
+    workers = [s for label, s in sessions if not label.startswith("driver")]
+    merged.target_description = title
+    html_path = directory.with_suffix(".html")
+    html_path.write_text(_offline(HTMLRenderer().render(merged)), encoding="utf-8")
+    speedscope_path = directory.with_suffix(".speedscope.json")
+    speedscope_path.write_text(json.dumps(_merge_speedscope(
+        [(label, json.loads(SpeedscopeRenderer().render(s))) for label, s in sessions], title)),
+        encoding="utf-8")
+    return {
+        "processes": [{"label": label, "samples": s.sample_count, "duration": s.duration,
+                       "cpu_time": s.cpu_time} for label, s in sessions],
+        "html": html_path.name,
+        "speedscope": speedscope_path.name,
+        # Where the workers' time went: in a parallel mode the driver mostly waits.
+        "hot": hot_functions(functools.reduce(Session.combine, workers) if workers else merged),
+    }
+
+
+def _offline(html: str) -> str:
+    """pyinstrument's page links Google Fonts; drop the link so nothing is fetched."""
+    return re.sub(r"<link[^>]+fonts\.googleapis\.com[^>]*>", "", html)
+
+
+def _merge_speedscope(files: list[tuple[str, dict[str, Any]]], title: str) -> dict[str, Any]:
+    """One speedscope file, one profile per process (frame indices re-based)."""
+    frames: list[Any] = []
+    profiles = []
+    for label, data in files:
+        base = len(frames)
+        frames.extend(data["shared"]["frames"])
+        for profile in data["profiles"]:
+            profile = dict(profile, name=label)
+            if profile.get("type") == "evented":
+                profile["events"] = [dict(e, frame=e["frame"] + base) for e in profile["events"]]
+            else:
+                profile["samples"] = [[i + base for i in s] for s in profile["samples"]]
+            profiles.append(profile)
+    return {"$schema": "https://www.speedscope.app/file-format-schema.json", "name": title,
+            "activeProfileIndex": 0, "exporter": "poolx profile", "shared": {"frames": frames},
+            "profiles": profiles}
+
+
+def hot_functions(session: Any, limit: int = 8) -> list[dict[str, Any]]:
+    """The functions with the most self time in ``session`` (summed over processes)."""
+    totals: dict[tuple[str, str], float] = {}
+    root = session.root_frame(trim_stem=False)
+    if root is None:
+        return []
+    total = root.time or 1.0
+    stack = [root]
+    while stack:
+        frame = stack.pop()
+        stack.extend(frame.children)
+        if frame.is_synthetic:
+            continue
+        key = (frame.function or "?", f"{frame.file_path_short or frame.file_path or '?'}:{frame.line_no or 0}")
+        totals[key] = totals.get(key, 0.0) + frame.total_self_time
+    top = sorted(totals.items(), key=lambda kv: kv[1], reverse=True)[:limit]
+    return [{"function": f, "where": w, "seconds": t, "share": t / total} for (f, w), t in top]
+
+
+def functions_in(path: Path) -> set[str]:
+    """Every function name in a saved session (used by the tests)."""
+    from pyinstrument.session import Session
+
+    session = Session.load(str(path))
+    names = set()
+    for stack, _ in session.frame_records:
+        for frame in stack:
+            names.add(frame.split("\x00", 1)[0])
+    return names
+
+
+# -- memory ----------------------------------------------------------------------------
+
+
+def mem_reports(directory: Path, timeout: float = 300.0) -> list[dict[str, Any]]:
+    """A flamegraph and a peak-memory row per capture in ``directory``."""
+    import memray
+
+    rows = []
+    for prof in _found(directory, "bin"):
+        row: dict[str, Any] = {"label": prof.label, "pid": prof.pid, "capture": prof.path.name}
+        try:
+            with memray.FileReader(str(prof.path)) as reader:
+                meta = reader.metadata
+                row["peak"] = int(meta.peak_memory)
+                row["allocations"] = int(meta.total_allocations)
+                top = max(reader.get_high_watermark_allocation_records(merge_threads=True),
+                          key=lambda r: r.size, default=None)
+                if top is not None:
+                    trace = top.stack_trace(1)
+                    where = f"{trace[0][0]} ({trace[0][1]}:{trace[0][2]})" if trace else "?"
+                    row["top_site"] = where
+                    row["top_bytes"] = int(top.size)
+        except Exception as exc:  # a capture cut short
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            rows.append(row)
+            continue
+        html = prof.path.with_suffix(".html")
+        proc = subprocess.run(
+            [sys.executable, "-m", "memray", "flamegraph", "--no-web", "-f", "-o", str(html), str(prof.path)],
+            capture_output=True, text=True, timeout=timeout)
+        if proc.returncode == 0:
+            row["flamegraph"] = str(html.relative_to(directory.parent.parent))
+        else:
+            row["error"] = f"memray flamegraph failed: {proc.stderr.strip()[-300:]}"
+        rows.append(row)
+    return rows

@@ -1,0 +1,93 @@
+"""What a scenario is: one workload written three ways.
+
+A scenario is a module (or any object with these attributes):
+
+``SIZE``
+    the default input size (an int: points, items, ...); ``--size`` overrides it.
+``serial(size)``
+    computes the result in the calling process.
+``tasks(executor, size)``
+    computes it with tasks on ``executor`` (a ``poolx.Executor``).
+``actors(executor, size)``
+    computes it with actors started on ``executor``.
+
+Optional: ``WORKERS`` (default worker counts, e.g. ``(1, 3, 6)``) and
+``check(result, expected) -> bool`` (default: ``==``), which compares each
+mode's result with the serial one.  Any of the three forms may be missing;
+the modes it would run are then reported as absent.
+
+``poolx profile`` accepts a built-in name (``pi``, ``retrieve``), a path to a
+``.py`` file, or ``module`` / ``module:attr``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import _scenarios
+
+MODES = ("serial", "task", "actor")
+_FORM = {"serial": "serial", "task": "tasks", "actor": "actors"}
+
+
+@dataclass
+class Scenario:
+    name: str
+    obj: Any
+    size: int
+    workers: tuple[int, ...] | None
+    doc: str
+
+    def has(self, mode: str) -> bool:
+        return callable(getattr(self.obj, _FORM[mode], None))
+
+    def form(self, mode: str) -> Callable[..., Any]:
+        fn = getattr(self.obj, _FORM[mode], None)
+        if not callable(fn):
+            raise AttributeError(f"scenario {self.name!r} has no {_FORM[mode]}() form")
+        return fn  # type: ignore[no-any-return]
+
+    def run(self, mode: str, executor: Any, size: int) -> Any:
+        fn = self.form(mode)
+        return fn(size) if mode == "serial" else fn(executor, size)
+
+    def check(self, result: Any, expected: Any) -> bool:
+        check = getattr(self.obj, "check", None)
+        return bool(check(result, expected)) if callable(check) else bool(result == expected)
+
+
+def load(spec: str) -> Scenario:
+    """Load a scenario by built-in name, ``.py`` path, ``module`` or ``module:attr``."""
+    module_spec, _, attr = spec.partition(":")
+    if attr and not Path(spec).exists():
+        try:
+            module = importlib.import_module(module_spec)
+        except ModuleNotFoundError as exc:
+            raise ValueError(f"scenario {spec!r}: cannot import module {module_spec!r} ({exc})") from exc
+        try:
+            obj = getattr(module, attr)
+        except AttributeError:
+            raise ValueError(f"scenario {spec!r}: module {module_spec!r} has no attribute {attr!r}") from None
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)
+        name = spec
+    else:
+        obj = _scenarios.load(spec)
+        name = Path(spec).stem if spec.endswith(".py") else spec
+    present = [m for m in MODES if callable(getattr(obj, _FORM[m], None))]
+    if not present:
+        raise ValueError(
+            f"scenario {spec!r} defines none of serial(size), tasks(executor, size), "
+            "actors(executor, size): see 'poolx profile --help' for the convention"
+        )
+    size = getattr(obj, "SIZE", None)
+    if not isinstance(size, int):
+        raise ValueError(f"scenario {spec!r} needs an integer SIZE (its default input size)")
+    workers = getattr(obj, "WORKERS", None)
+    doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+    return Scenario(name, obj, size, tuple(workers) if workers else None, doc[0] if doc else "")
