@@ -18,7 +18,14 @@ import statistics
 import sys
 import time
 
-import _workloads as w
+# Run as a script (every measurement, and the forkserver or spawn child that
+# re-imports it) `_workloads` is a top-level module on the path, so workers
+# unpickle its functions by reference; imported as a package (`poolx bench`
+# reads the sizes and names from poolx.benchmarks._case) it is a sibling.
+if __package__:
+    from . import _workloads as w
+else:
+    import _workloads as w
 
 # Workers per pool: the machine this suite was written for has 2 cores.
 WORKERS = 2

@@ -25,9 +25,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
 
-import _case  # noqa: E402  (sizes and implementation names live there)
+# Run as a script (`python benchmarks/run.py`) this folder is put on the path;
+# imported as a package (`poolx.benchmarks.run` in the wheel, for `poolx bench`)
+# its sibling is imported relatively.
+if __package__:
+    from . import _case
+else:
+    sys.path.insert(0, str(HERE))
+    import _case  # sizes and implementation names live there
 
 # Repeats of every (case, implementation): 5 gives a stable median and a
 # min/max spread while a full run stays under ~10 minutes on 2 cores.
@@ -443,6 +449,10 @@ def poolx_version():
 
 def git_revision():
     """The commit measured, '+dirty' when poolx/ has uncommitted changes."""
+    if not (REPO / "poolx" / "__init__.py").is_file():
+        # Installed as poolx.benchmarks: no checkout here (a git repository
+        # above site-packages would be some other project's).
+        return "n/a (installed package)"
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                               text=True, timeout=10).stdout.strip()
