@@ -57,17 +57,24 @@ expected) -> bool (default ==).  Built in: pi, retrieve.  See docs/profiling.md.
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="poolx", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[2:8]))
+    parser = argparse.ArgumentParser(
+        prog="poolx",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:8]),
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{profile,bench,info,demo}")
     from .harness import profile
 
-    p = sub.add_parser("profile", help="compare a workload's serial, task and actor runs",
-                       description="Run SCENARIO serially, as tasks and as actors; report where the "
-                                   "time and memory went.  'poolx profile compare A B' compares two "
-                                   "runs' results.json.",
-                       epilog=SCENARIO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "profile",
+        help="compare a workload's serial, task and actor runs",
+        description="Run SCENARIO serially, as tasks and as actors; report where the "
+        "time and memory went.  'poolx profile compare A B' compares two "
+        "runs' results.json.",
+        epilog=SCENARIO_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     profile.add_arguments(p)
     b = sub.add_parser("bench", help="run the benchmarks against the installed peers")
     try:
@@ -89,8 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:2] == ["profile", "compare"]:
         from .harness import profile
 
-        cp = argparse.ArgumentParser(prog="poolx profile compare",
-                                     description="Compare two 'poolx profile' runs (before and after a change).")
+        cp = argparse.ArgumentParser(
+            prog="poolx profile compare",
+            description="Compare two 'poolx profile' runs (before and after a change).",
+        )
         profile.add_compare_arguments(cp)
         return profile.compare(cp.parse_args(argv[2:]))
     parser = _parser()

@@ -128,8 +128,10 @@ def imbalance(lanes: list[Lane]) -> str | None:
     med_busy = statistics.median(busy)
     top = max(lanes, key=lambda lane: lane.busy)
     if med_busy > 0 and top.busy / med_busy > IMBALANCE:
-        return (f"{top.label} was busy {top.busy:.2f} s, the median process {med_busy:.2f} s "
-                f"({top.tasks} tasks against a median of {med_count:g})")
+        return (
+            f"{top.label} was busy {top.busy:.2f} s, the median process {med_busy:.2f} s "
+            f"({top.tasks} tasks against a median of {med_count:g})"
+        )
     if med_count > 0 and max(counts) / med_count > IMBALANCE:
         most = max(lanes, key=lambda lane: lane.tasks)
         return f"{most.label} ran {most.tasks} tasks, the median process {med_count:g}"
@@ -149,11 +151,15 @@ def verdicts(rows: list[Row], profiled: list[tuple[str, int, float, float]]) -> 
         best = min(parallel, key=lambda r: r.wall)
         if serial is not None and best.speedup is not None:
             if best.speedup < 1 + NOISE:
-                out.append(f"serial is the fastest: no parallel mode beat {serial.wall:.3f} s "
-                           f"(best: {best.key} at {best.wall:.3f} s). {_dominant(best)}")
+                out.append(
+                    f"serial is the fastest: no parallel mode beat {serial.wall:.3f} s "
+                    f"(best: {best.key} at {best.wall:.3f} s). {_dominant(best)}"
+                )
             else:
-                out.append(f"fastest: {best.key}, {best.wall:.3f} s, {best.speedup:.2f}x serial "
-                           f"({best.efficiency:.0%} efficiency)")
+                out.append(
+                    f"fastest: {best.key}, {best.wall:.3f} s, {best.speedup:.2f}x serial "
+                    f"({best.efficiency:.0%} efficiency)"
+                )
     by_key = {(r.mode, r.workers): r for r in parallel}
     for (mode, workers), task_row in sorted(by_key.items()):
         if mode != "task" or ("actor", workers) not in by_key:
@@ -162,37 +168,55 @@ def verdicts(rows: list[Row], profiled: list[tuple[str, int, float, float]]) -> 
         faster, slower = sorted((task_row, actor_row), key=lambda r: r.wall)
         ratio = slower.wall / faster.wall
         if ratio < 1 + NOISE or slower.wall_min <= faster.wall_max:
-            out.append(f"with {workers} workers, task and actor modes are within noise "
-                       f"({task_row.wall:.3f} s and {actor_row.wall:.3f} s; their ranges overlap)")
+            out.append(
+                f"with {workers} workers, task and actor modes are within noise "
+                f"({task_row.wall:.3f} s and {actor_row.wall:.3f} s; their ranges overlap)"
+            )
             continue
-        out.append(f"with {workers} workers, {faster.mode} mode is {ratio:.2f}x faster than "
-                   f"{slower.mode} mode: {_difference(faster, slower)}")
+        out.append(
+            f"with {workers} workers, {faster.mode} mode is {ratio:.2f}x faster than "
+            f"{slower.mode} mode: {_difference(faster, slower)}"
+        )
     serial_fastest = bool(out) and out[-1].startswith("serial is the fastest")
     if serial is not None:
-        slower = [r for r in parallel if r.tasks and r.seconds.get("compute", 0.0) > 1.25 * serial.wall]
-        if slower:
-            worst = max(slower, key=lambda r: r.seconds["compute"])
-            out.append(f"the same work is slower in the workers: {worst.key} computed for "
-                       f"{worst.seconds['compute']:.3f} worker-seconds where the serial run took "
-                       f"{serial.wall:.3f} s in all (also: {', '.join(r.key for r in slower if r is not worst) or 'none'}). "
-                       "Imports on the first call, CPU contention (more busy processes than cores) or "
-                       "BLAS threads per process are the usual causes")
+        slow = [r for r in parallel if r.tasks and r.seconds.get("compute", 0.0) > 1.25 * serial.wall]
+        if slow:
+            worst = max(slow, key=lambda r: r.seconds["compute"])
+            others = ", ".join(r.key for r in slow if r is not worst) or "none"
+            out.append(
+                f"the same work is slower in the workers: {worst.key} computed for "
+                f"{worst.seconds['compute']:.3f} worker-seconds where the serial run took "
+                f"{serial.wall:.3f} s in all (also: {others}). "
+                "Imports on the first call, CPU contention (more busy processes than cores) or "
+                "BLAS threads per process are the usual causes"
+            )
     for r in parallel:
-        if (not serial_fastest and r.efficiency is not None and r.efficiency < LOW_EFFICIENCY
-                and r.workers > 1):
+        if (
+            not serial_fastest
+            and r.efficiency is not None
+            and r.efficiency < LOW_EFFICIENCY
+            and r.workers > 1
+        ):
             out.append(f"{r.key}: efficiency {r.efficiency:.0%} (< {LOW_EFFICIENCY:.0%}). {_dominant(r)}")
-        if r.cpu_util is not None and r.seconds.get("compute", 0) > 0.5 * r.wall * r.lanes \
-                and r.cpu_util < 0.25:
-            out.append(f"{r.key}: the processes computed for {_share(r, 'compute'):.0%} of their time "
-                       f"but used the CPU {r.cpu_util:.0%} of it: the work waits (I/O, sleep, locks), "
-                       "so more workers than cores can still help")
+        if (
+            r.cpu_util is not None
+            and r.seconds.get("compute", 0) > 0.5 * r.wall * r.lanes
+            and r.cpu_util < 0.25
+        ):
+            out.append(
+                f"{r.key}: the processes computed for {_share(r, 'compute'):.0%} of their time "
+                f"but used the CPU {r.cpu_util:.0%} of it: the work waits (I/O, sleep, locks), "
+                "so more workers than cores can still help"
+            )
         if r.imbalance:
             out.append(f"{r.key}: load imbalance: {r.imbalance}")
     for mode, workers, wall, timing in profiled:
         if timing > 0:
-            out.append(f"profile overhead: the profiled {mode} x{workers} run took {wall:.3f} s, "
-                       f"{wall / timing:.2f}x its timing median ({timing:.3f} s); the profiles' "
-                       "percentages are relative, the timings above are not affected")
+            out.append(
+                f"profile overhead: the profiled {mode} x{workers} run took {wall:.3f} s, "
+                f"{wall / timing:.2f}x its timing median ({timing:.3f} s); the profiles' "
+                "percentages are relative, the timings above are not affected"
+            )
     return out
 
 
@@ -212,7 +236,9 @@ def _dominant(r: Row) -> str:
         "transfer": "tasks in transit to idle processes (tasks are too small: batch them with chunksize)",
         "idle": "processes waiting for work (too few tasks for the workers, or uneven tasks)",
     }[bucket]
-    return f"The largest cost besides compute is {bucket}, {overheads[bucket]:.0%} of the worker time: {text}."
+    return (
+        f"The largest cost besides compute is {bucket}, {overheads[bucket]:.0%} of the worker time: {text}."
+    )
 
 
 def _difference(faster: Row, slower: Row) -> str:
@@ -226,6 +252,8 @@ def _difference(faster: Row, slower: Row) -> str:
     extra = ""
     if bucket == "unpickle" and slower.tasks:
         extra = f"; {slower.bytes_out / max(slower.tasks, 1) / 1e6:.2f} MB of arguments per call"
-    return (f"{slower.mode} mode spent {gaps[bucket]:.3f} worker-seconds more on {bucket} "
-            f"({slower.seconds[bucket]:.3f} s, {s_share:.1%} of its worker time, against "
-            f"{faster.seconds[bucket]:.3f} s, {f_share:.1%}{extra})")
+    return (
+        f"{slower.mode} mode spent {gaps[bucket]:.3f} worker-seconds more on {bucket} "
+        f"({slower.seconds[bucket]:.3f} s, {s_share:.1%} of its worker time, against "
+        f"{faster.seconds[bucket]:.3f} s, {f_share:.1%}{extra})"
+    )

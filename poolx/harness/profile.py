@@ -36,17 +36,31 @@ OWN_FILES = {"report.html", "results.json", "trace.json", "cpu", "mem"}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenario", help="a built-in scenario (pi, retrieve), a .py file, or module[:attr]")
-    p.add_argument("--modes", default="serial,task,actor",
-                   help="comma-separated, from serial, task, actor (default: all three)")
-    p.add_argument("--workers", default=None,
-                   help="comma-separated worker counts (default: the scenario's, or 1 and the usable CPUs)")
+    p.add_argument(
+        "--modes",
+        default="serial,task,actor",
+        help="comma-separated, from serial, task, actor (default: all three)",
+    )
+    p.add_argument(
+        "--workers",
+        default=None,
+        help="comma-separated worker counts (default: the scenario's, or 1 and the usable CPUs)",
+    )
     p.add_argument("--repeat", type=int, default=3, help="timed runs per mode and worker count (default 3)")
-    p.add_argument("--profile", default="none", choices=PROFILES,
-                   help="cpu: pyinstrument; mem: memray; trace: the timeline of every run; "
-                        "none: timings only (the timeline of each median run is always written)")
+    p.add_argument(
+        "--profile",
+        default="none",
+        choices=PROFILES,
+        help="cpu: pyinstrument; mem: memray; trace: the timeline of every run; "
+        "none: timings only (the timeline of each median run is always written)",
+    )
     p.add_argument("--backend", default="processes", help="processes (default), threads, serial, ...")
-    p.add_argument("--start-method", default=None, choices=("fork", "forkserver", "spawn"),
-                   help="for the processes backend (default: poolx's, forkserver on Linux)")
+    p.add_argument(
+        "--start-method",
+        default=None,
+        choices=("fork", "forkserver", "spawn"),
+        help="for the processes backend (default: poolx's, forkserver on Linux)",
+    )
     p.add_argument("--size", type=int, default=None, help="input size (default: the scenario's SIZE)")
     p.add_argument("--out", default=None, help="folder for the files (default: ./poolx-profile-SCENARIO)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -79,22 +93,28 @@ def run(args: argparse.Namespace) -> int:
     results = {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join(["poolx", "profile", *sys.argv[2:]]) if sys.argv[1:2] == ["profile"]
+        "command": " ".join(["poolx", "profile", *sys.argv[2:]])
+        if sys.argv[1:2] == ["profile"]
         else f"poolx profile {scenario.name}",
         "env": environment,
         "scenario": {"name": scenario.name, "doc": scenario.doc, "size": config["size"]},
-        "config": {k: config[k] for k in ("modes", "workers", "repeat", "profile", "backend", "start_method")},
+        "config": {
+            k: config[k] for k in ("modes", "workers", "repeat", "profile", "backend", "start_method")
+        },
         "rows": [report.row_dict(r) for r in rows],
         "verdicts": findings,
-        "profiled": [{"mode": m, "workers": w, "wall": wall, "timing_median": t}
-                     for m, w, wall, t in profiled],
+        "profiled": [
+            {"mode": m, "workers": w, "wall": wall, "timing_median": t} for m, w, wall, t in profiled
+        ],
         "profiles": profiles,
         "runs": [report.run_dict(r) for r in runs],
     }
     trace_runs = [r for r in runs if r.repeat >= 0 and r.profile == "none"]
     if config["profile"] != "trace":
-        trace_runs = [analyze.median_run([r for r in trace_runs if (r.mode, r.workers) == (row.mode, row.workers)])
-                      for row in rows]
+        trace_runs = [
+            analyze.median_run([r for r in trace_runs if (r.mode, r.workers) == (row.mode, row.workers)])
+            for row in rows
+        ]
     (out / "trace.json").write_text(json.dumps(report.trace(trace_runs)), encoding="utf-8")
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
     (out / "report.html").write_text(report.html(results, rows, runs), encoding="utf-8")
@@ -108,14 +128,16 @@ def _configure(args: argparse.Namespace) -> dict[str, Any]:
     modes = parse_list(args.modes, "modes", MODES)
     missing = [m for m in modes if not scenario.has(m)]
     if missing:
-        raise ValueError(f"scenario {scenario.name!r} has no form for mode(s) {', '.join(missing)}; "
-                         f"drop them from --modes")
+        raise ValueError(
+            f"scenario {scenario.name!r} has no form for mode(s) {', '.join(missing)}; drop them from --modes"
+        )
     if args.workers:
         try:
             workers = sorted({int(w) for w in parse_list(args.workers, "workers")})
         except ValueError as exc:
-            raise ValueError(f"--workers takes comma-separated positive integers, got {args.workers!r}") \
-                from exc
+            raise ValueError(
+                f"--workers takes comma-separated positive integers, got {args.workers!r}"
+            ) from exc
         if workers[0] < 1:
             raise ValueError(f"--workers takes positive integers, got {args.workers!r}")
     else:
@@ -131,20 +153,34 @@ def _configure(args: argparse.Namespace) -> dict[str, Any]:
     if args.profile in ("cpu", "mem"):
         _require_profiler(args.profile)
         if not backend_cls.uses_processes:
-            print(f"note: the {args.backend!r} backend runs tasks in this process: the "
-                  f"{args.profile} profile covers the driver only", file=sys.stderr)
+            print(
+                f"note: the {args.backend!r} backend runs tasks in this process: the "
+                f"{args.profile} profile covers the driver only",
+                file=sys.stderr,
+            )
     out = Path(args.out or f"poolx-profile-{Path(scenario.name).name.replace(':', '-')}")
     if out.exists():
         foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES)
         if foreign:
-            raise ValueError(f"--out {out} exists and holds files poolx profile did not write "
-                             f"({', '.join(foreign[:3])}); choose another folder")
+            raise ValueError(
+                f"--out {out} exists and holds files poolx profile did not write "
+                f"({', '.join(foreign[:3])}); choose another folder"
+            )
         for sub in ("cpu", "mem"):
             shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    return {"scenario": scenario, "modes": modes, "workers": workers, "repeat": args.repeat,
-            "profile": args.profile, "backend": args.backend, "start_method": args.start_method,
-            "size": size, "out": out, "progress": not args.no_progress}
+    return {
+        "scenario": scenario,
+        "modes": modes,
+        "workers": workers,
+        "repeat": args.repeat,
+        "profile": args.profile,
+        "backend": args.backend,
+        "start_method": args.start_method,
+        "size": size,
+        "out": out,
+        "progress": not args.no_progress,
+    }
 
 
 def _require_profiler(kind: str) -> None:
@@ -162,11 +198,15 @@ def _plan(config: dict[str, Any]) -> tuple[list[tuple[str, int, int]], list[tupl
     configs = [(m, w) for m in modes for w in ([1] if m == "serial" else workers)]
     timed = [(m, top if m != "serial" else 1, -1) for m in modes]
     timed += [(m, w, rep) for rep in range(config["repeat"]) for m, w in configs]
-    profiled = [(m, top if m != "serial" else 1) for m in modes] if config["profile"] in ("cpu", "mem") else []
+    profiled = (
+        [(m, top if m != "serial" else 1) for m in modes] if config["profile"] in ("cpu", "mem") else []
+    )
     return timed, profiled
 
 
-def _execute(scenario: Scenario, config: dict[str, Any]) -> tuple[list[measure.Run], list[Any], dict[str, Any]]:
+def _execute(
+    scenario: Scenario, config: dict[str, Any]
+) -> tuple[list[measure.Run], list[Any], dict[str, Any]]:
     timed, to_profile = _plan(config)
     bar = _progress(len(timed) + len(to_profile), config["progress"])
     runs: list[measure.Run] = []
@@ -177,8 +217,16 @@ def _execute(scenario: Scenario, config: dict[str, Any]) -> tuple[list[measure.R
     try:
         for mode, workers, repeat in timed:
             bar.set_description(f"{mode} x{workers}" + (" warm-up" if repeat < 0 else f" run {repeat + 1}"))
-            run, result = measure.run_once(scenario, mode, workers, size, backend=backend, mp_context=ctx,
-                                           repeat=repeat, expected=expected)
+            run, result = measure.run_once(
+                scenario,
+                mode,
+                workers,
+                size,
+                backend=backend,
+                mp_context=ctx,
+                repeat=repeat,
+                expected=expected,
+            )
             if mode == "serial" and expected is None and run.ok:
                 expected = result
             runs.append(run)
@@ -190,8 +238,11 @@ def _execute(scenario: Scenario, config: dict[str, Any]) -> tuple[list[measure.R
             run, info = _profiled_run(scenario, mode, workers, config, expected)
             runs.append(run)
             profiles[mode] = info
-            timing = [r.wall for r in runs if (r.mode, r.workers) == (mode, workers)
-                      and r.repeat >= 0 and r.profile == "none"]
+            timing = [
+                r.wall
+                for r in runs
+                if (r.mode, r.workers) == (mode, workers) and r.repeat >= 0 and r.profile == "none"
+            ]
             if timing and run.ok:
                 profiled.append((mode, workers, run.wall, sorted(timing)[(len(timing) - 1) // 2]))
             bar.update(1)
@@ -200,8 +251,9 @@ def _execute(scenario: Scenario, config: dict[str, Any]) -> tuple[list[measure.R
     return runs, profiled, profiles
 
 
-def _profiled_run(scenario: Scenario, mode: str, workers: int, config: dict[str, Any],
-                  expected: Any) -> tuple[measure.Run, dict[str, Any]]:
+def _profiled_run(
+    scenario: Scenario, mode: str, workers: int, config: dict[str, Any], expected: Any
+) -> tuple[measure.Run, dict[str, Any]]:
     from . import profiles
     from ._hook import ProfilerHook
 
@@ -213,13 +265,27 @@ def _profiled_run(scenario: Scenario, mode: str, workers: int, config: dict[str,
     uses_processes = _uses_processes(config["backend"])
     driver.start("driver")
     try:
-        run, _ = measure.run_once(scenario, mode, workers, config["size"], backend=config["backend"],
-                                  mp_context=config["start_method"], repeat=0, expected=expected,
-                                  hook=hook if uses_processes else None, profile=kind)
+        run, _ = measure.run_once(
+            scenario,
+            mode,
+            workers,
+            config["size"],
+            backend=config["backend"],
+            mp_context=config["start_method"],
+            repeat=0,
+            expected=expected,
+            hook=hook if uses_processes else None,
+            profile=kind,
+        )
     finally:
         driver.stop()
-    info: dict[str, Any] = {"kind": kind, "mode": mode, "workers": workers, "wall": run.wall,
-                            "folder": str(directory.relative_to(config["out"]))}
+    info: dict[str, Any] = {
+        "kind": kind,
+        "mode": mode,
+        "workers": workers,
+        "wall": run.wall,
+        "folder": str(directory.relative_to(config["out"])),
+    }
     expected_labels = {lane.label for lane in run.lanes} if mode != "serial" else set()
     if kind == "cpu":
         info.update(profiles.cpu_reports(directory, f"poolx profile {scenario.name}: {mode} x{workers}"))
@@ -228,8 +294,11 @@ def _profiled_run(scenario: Scenario, mode: str, workers: int, config: dict[str,
         info["processes"] = profiles.mem_reports(directory)
         got = {p["label"] for p in info["processes"]}
     # A process that died (SIGKILL, crash) before writing its profile.
-    info["missing"] = sorted(label for label in expected_labels if label.replace("#", "-") not in
-                             {g.replace("#", "-") for g in got})
+    info["missing"] = sorted(
+        label
+        for label in expected_labels
+        if label.replace("#", "-") not in {g.replace("#", "-") for g in got}
+    )
     return run, info
 
 
@@ -257,8 +326,13 @@ def _progress(total: int, enabled: bool) -> Any:
         from tqdm import tqdm
     except ImportError:
         return _NoBar()
-    return tqdm(total=total, unit="run", file=sys.stderr, leave=False,
-                disable=None if os.environ.get("CI") is None else True)
+    return tqdm(
+        total=total,
+        unit="run",
+        file=sys.stderr,
+        leave=False,
+        disable=None if os.environ.get("CI") is None else True,
+    )
 
 
 # -- compare ---------------------------------------------------------------------------

@@ -83,12 +83,19 @@ def cpu_reports(directory: Path, title: str) -> dict[str, Any]:
     html_path = directory.with_suffix(".html")
     html_path.write_text(_offline(HTMLRenderer().render(merged)), encoding="utf-8")
     speedscope_path = directory.with_suffix(".speedscope.json")
-    speedscope_path.write_text(json.dumps(_merge_speedscope(
-        [(label, json.loads(SpeedscopeRenderer().render(s))) for label, s in sessions], title)),
-        encoding="utf-8")
+    speedscope_path.write_text(
+        json.dumps(
+            _merge_speedscope(
+                [(label, json.loads(SpeedscopeRenderer().render(s))) for label, s in sessions], title
+            )
+        ),
+        encoding="utf-8",
+    )
     return {
-        "processes": [{"label": label, "samples": s.sample_count, "duration": s.duration,
-                       "cpu_time": s.cpu_time} for label, s in sessions],
+        "processes": [
+            {"label": label, "samples": s.sample_count, "duration": s.duration, "cpu_time": s.cpu_time}
+            for label, s in sessions
+        ],
         "html": html_path.name,
         "speedscope": speedscope_path.name,
         # Where the workers' time went: in a parallel mode the driver mostly waits.
@@ -97,8 +104,10 @@ def cpu_reports(directory: Path, title: str) -> dict[str, Any]:
 
 
 def _offline(html: str) -> str:
-    """pyinstrument's page links Google Fonts; drop the link so nothing is fetched."""
-    return re.sub(r"<link[^>]+fonts\.googleapis\.com[^>]*>", "", html)
+    """pyinstrument's page loads Google Fonts (its script adds the stylesheet):
+    point that at an empty stylesheet, so the page fetches nothing."""
+    html = re.sub(r"<link[^>]+fonts\.googleapis\.com[^>]*>", "", html)
+    return re.sub(r"https://fonts\.googleapis\.com/css[^\"'\s]*", "data:text/css,", html)
 
 
 def _merge_speedscope(files: list[tuple[str, dict[str, Any]]], title: str) -> dict[str, Any]:
@@ -115,9 +124,14 @@ def _merge_speedscope(files: list[tuple[str, dict[str, Any]]], title: str) -> di
             else:
                 profile["samples"] = [[i + base for i in s] for s in profile["samples"]]
             profiles.append(profile)
-    return {"$schema": "https://www.speedscope.app/file-format-schema.json", "name": title,
-            "activeProfileIndex": 0, "exporter": "poolx profile", "shared": {"frames": frames},
-            "profiles": profiles}
+    return {
+        "$schema": "https://www.speedscope.app/file-format-schema.json",
+        "name": title,
+        "activeProfileIndex": 0,
+        "exporter": "poolx profile",
+        "shared": {"frames": frames},
+        "profiles": profiles,
+    }
 
 
 def hot_functions(session: Any, limit: int = 8) -> list[dict[str, Any]]:
@@ -133,7 +147,10 @@ def hot_functions(session: Any, limit: int = 8) -> list[dict[str, Any]]:
         stack.extend(frame.children)
         if frame.is_synthetic:
             continue
-        key = (frame.function or "?", f"{frame.file_path_short or frame.file_path or '?'}:{frame.line_no or 0}")
+        key = (
+            frame.function or "?",
+            f"{frame.file_path_short or frame.file_path or '?'}:{frame.line_no or 0}",
+        )
         totals[key] = totals.get(key, 0.0) + frame.total_self_time
     top = sorted(totals.items(), key=lambda kv: kv[1], reverse=True)[:limit]
     return [{"function": f, "where": w, "seconds": t, "share": t / total} for (f, w), t in top]
@@ -166,8 +183,11 @@ def mem_reports(directory: Path, timeout: float = 300.0) -> list[dict[str, Any]]
                 meta = reader.metadata
                 row["peak"] = int(meta.peak_memory)
                 row["allocations"] = int(meta.total_allocations)
-                top = max(reader.get_high_watermark_allocation_records(merge_threads=True),
-                          key=lambda r: r.size, default=None)
+                top = max(
+                    reader.get_high_watermark_allocation_records(merge_threads=True),
+                    key=lambda r: r.size,
+                    default=None,
+                )
                 if top is not None:
                     trace = top.stack_trace(1)
                     where = f"{trace[0][0]} ({trace[0][1]}:{trace[0][2]})" if trace else "?"
@@ -180,7 +200,10 @@ def mem_reports(directory: Path, timeout: float = 300.0) -> list[dict[str, Any]]
         html = prof.path.with_suffix(".html")
         proc = subprocess.run(
             [sys.executable, "-m", "memray", "flamegraph", "--no-web", "-f", "-o", str(html), str(prof.path)],
-            capture_output=True, text=True, timeout=timeout)
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if proc.returncode == 0:
             row["flamegraph"] = str(html.relative_to(directory.parent.parent))
         else:

@@ -13,8 +13,14 @@ from .analyze import Row
 from .measure import BUCKET_HELP, BUCKETS, Run
 from .scenario import Scenario
 
-PALETTE = {"startup": "#b0b0b0", "unpickle": "#8c6bb1", "compute": "#2b8cbe", "pickle": "#c994c7",
-           "transfer": "#e34a33", "idle": "#f0f0f0"}
+PALETTE = {
+    "startup": "#b0b0b0",
+    "unpickle": "#8c6bb1",
+    "compute": "#2b8cbe",
+    "pickle": "#c994c7",
+    "transfer": "#e34a33",
+    "idle": "#f0f0f0",
+}
 MODE_COLOURS = {"serial": "#636363", "task": "#2b8cbe", "actor": "#e6550d"}
 
 
@@ -51,20 +57,42 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
     for r in rows:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        lines.append(
+            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        )
     return "\n".join(lines)
 
 
-RESULT_HEADERS = ["mode", "wall (median)", "spread", "speedup", "efficiency", "tasks/s", "task p50",
-                  "task p95", "dispatch p50", "CPU util", "peak mem", "pickled out/in"]
+RESULT_HEADERS = [
+    "mode",
+    "wall (median)",
+    "spread",
+    "speedup",
+    "efficiency",
+    "tasks/s",
+    "task p50",
+    "task p95",
+    "dispatch p50",
+    "CPU util",
+    "peak mem",
+    "pickled out/in",
+]
 
 
 def result_cells(r: Row) -> list[str]:
     return [
-        r.key, seconds(r.wall), f"{seconds(r.wall_min)}..{seconds(r.wall_max)}", ratio(r.speedup),
-        ratio(r.efficiency, pct=True), f"{r.tasks_per_s:,.1f}" if r.tasks else "-",
-        seconds(r.task_p50), seconds(r.task_p95), seconds(r.dispatch_p50), ratio(r.cpu_util, pct=True),
-        size(r.peak_rss), f"{size(r.bytes_out)}/{size(r.bytes_in)}" if r.mode != "serial" else "-",
+        r.key,
+        seconds(r.wall),
+        f"{seconds(r.wall_min)}..{seconds(r.wall_max)}",
+        ratio(r.speedup),
+        ratio(r.efficiency, pct=True),
+        f"{r.tasks_per_s:,.1f}" if r.tasks else "-",
+        seconds(r.task_p50),
+        seconds(r.task_p95),
+        seconds(r.dispatch_p50),
+        ratio(r.cpu_util, pct=True),
+        size(r.peak_rss),
+        f"{size(r.bytes_out)}/{size(r.bytes_in)}" if r.mode != "serial" else "-",
     ]
 
 
@@ -85,9 +113,17 @@ LANE_HEADERS = ["process", "pid", "tasks", "busy %", "ready after", "CPU s", "pe
 def lane_cells(r: Row, wall: float) -> list[list[str]]:
     out = []
     for lane in r.per_lane:
-        out.append([lane.label, str(lane.pid or "-"), str(lane.tasks),
-                    f"{lane.busy / wall:.0%}" if wall else "-", seconds(lane.ready),
-                    f"{lane.cpu:.2f}" if lane.cpu is not None else "-", size(lane.peak_rss)])
+        out.append(
+            [
+                lane.label,
+                str(lane.pid or "-"),
+                str(lane.tasks),
+                f"{lane.busy / wall:.0%}" if wall else "-",
+                seconds(lane.ready),
+                f"{lane.cpu:.2f}" if lane.cpu is not None else "-",
+                size(lane.peak_rss),
+            ]
+        )
     return out
 
 
@@ -103,10 +139,14 @@ def env_header(scenario: Scenario, config: dict[str, Any], environment: dict[str
         "wall time includes starting the processes",
     ]
     if config["repeat"] < 3:
-        lines.append(f"  note: {config['repeat']} timed run(s): too few for a meaningful spread (use 3 or more)")
+        lines.append(
+            f"  note: {config['repeat']} timed run(s): too few for a meaningful spread (use 3 or more)"
+        )
     if config["profile"] in ("cpu", "mem"):
-        lines.append(f"  {config['profile']} profiles come from separate runs, one per mode at "
-                     f"{max(config['workers'])} workers")
+        lines.append(
+            f"  {config['profile']} profiles come from separate runs, one per mode at "
+            f"{max(config['workers'])} workers"
+        )
     return "\n".join(lines)
 
 
@@ -128,17 +168,21 @@ def terminal(rows: list[Row], findings: list[str], profiles: dict[str, Any], out
             for h in info.get("hot", [])[:5]:
                 w(f"  {h['share']:6.1%}  {h['function']}  ({h['where']})\n")
         else:
-            cells = [[p["label"], str(p["pid"]), size(p.get("peak")), p.get("top_site", p.get("error", ""))]
-                     for p in info["processes"]]
+            cells = [
+                [p["label"], str(p["pid"]), size(p.get("peak")), p.get("top_site", p.get("error", ""))]
+                for p in info["processes"]
+            ]
             w(table(["process", "pid", "peak (memray)", "largest allocation at peak"], cells) + "\n")
         for label in info.get("missing", []):
             w(f"  {label} ended before writing its profile (killed or crashed)\n")
     w("\nverdicts\n")
     for f in findings:
         w(f"  - {f}\n")
-    w(f"\nfiles in {out}/: report.html (open in a browser), results.json (raw data; "
-      "'poolx profile compare A B'), trace.json (open in ui.perfetto.dev)")
-    for mode, info in profiles.items():
+    w(
+        f"\nfiles in {out}/: report.html (open in a browser), results.json (raw data; "
+        "'poolx profile compare A B'), trace.json (open in ui.perfetto.dev)"
+    )
+    for info in profiles.values():
         if info.get("html"):
             w(f", cpu/{info['html']}, cpu/{info['speedscope']} (speedscope.app)")
         for p in info.get("processes", []):
@@ -160,8 +204,28 @@ def row_dict(r: Row) -> dict[str, Any]:
 
 def run_dict(r: Run) -> dict[str, Any]:
     d = dataclasses.asdict(r)
-    d["tasks"] = [dict(zip(("name", "lane", "submit", "dispatch", "start", "end", "done", "bytes_out",
-                            "bytes_in", "ok", "unpickle", "pickle"), t)) for t in r.tasks]
+    d["tasks"] = [
+        dict(
+            zip(
+                (
+                    "name",
+                    "lane",
+                    "submit",
+                    "dispatch",
+                    "start",
+                    "end",
+                    "done",
+                    "bytes_out",
+                    "bytes_in",
+                    "ok",
+                    "unpickle",
+                    "pickle",
+                ),
+                t,
+            )
+        )
+        for t in r.tasks
+    ]
     return d
 
 
@@ -170,36 +234,87 @@ def trace(runs: list[Run]) -> dict[str, Any]:
     and actor; a slice per task with nested unpickle / compute / pickle."""
     events: list[dict[str, Any]] = []
     for pid, run in enumerate(runs, start=1):
-        name = ("serial" if run.mode == "serial" else f"{run.mode} x{run.workers}") + f" · run {run.repeat + 1}"
+        name = (
+            "serial" if run.mode == "serial" else f"{run.mode} x{run.workers}"
+        ) + f" · run {run.repeat + 1}"
         events.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": name}})
-        events.append({"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0, "args": {"sort_index": pid}})
+        events.append(
+            {"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0, "args": {"sort_index": pid}}
+        )
         lanes = {lane.key: i for i, lane in enumerate(run.lanes, start=1)}
         for lane in run.lanes:
             tid = lanes[lane.key]
             label = lane.label + (f" (pid {lane.pid})" if lane.pid else "")
             events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": label}})
             if lane.ready > 0:
-                events.append({"ph": "X", "name": "startup", "cat": "startup", "pid": pid, "tid": tid,
-                               "ts": 0.0, "dur": lane.ready * 1e6})
+                events.append(
+                    {
+                        "ph": "X",
+                        "name": "startup",
+                        "cat": "startup",
+                        "pid": pid,
+                        "tid": tid,
+                        "ts": 0.0,
+                        "dur": lane.ready * 1e6,
+                    }
+                )
         if run.mode == "serial":
-            events.append({"ph": "X", "name": "serial", "cat": "compute", "pid": pid, "tid": 1,
-                           "ts": 0.0, "dur": run.wall * 1e6})
-        for name, lane_key, submit, dispatch, start, end, done, b_out, b_in, ok, s_un, s_pi in run.tasks:
+            events.append(
+                {
+                    "ph": "X",
+                    "name": "serial",
+                    "cat": "compute",
+                    "pid": pid,
+                    "tid": 1,
+                    "ts": 0.0,
+                    "dur": run.wall * 1e6,
+                }
+            )
+        for name, lane_key, submit, _dispatch, start, end, done, b_out, b_in, ok, s_un, s_pi in run.tasks:
             tid = lanes.get(lane_key, 0)
             base = {"pid": pid, "tid": tid}
-            events.append({**base, "ph": "X", "name": name, "cat": "task" if ok else "task,failed",
-                           "ts": start * 1e6, "dur": (end - start + s_pi) * 1e6,
-                           "args": {"ok": ok, "bytes_out": b_out, "bytes_in": b_in,
-                                    "queued_ms": round((start - submit) * 1e3, 3),
-                                    "result_back_ms": round((done - end) * 1e3, 3)}})
+            events.append(
+                {
+                    **base,
+                    "ph": "X",
+                    "name": name,
+                    "cat": "task" if ok else "task,failed",
+                    "ts": start * 1e6,
+                    "dur": (end - start + s_pi) * 1e6,
+                    "args": {
+                        "ok": ok,
+                        "bytes_out": b_out,
+                        "bytes_in": b_in,
+                        "queued_ms": round((start - submit) * 1e3, 3),
+                        "result_back_ms": round((done - end) * 1e3, 3),
+                    },
+                }
+            )
             if s_un > 0:
-                events.append({**base, "ph": "X", "name": "unpickle", "cat": "unpickle",
-                               "ts": start * 1e6, "dur": s_un * 1e6})
-            events.append({**base, "ph": "X", "name": "compute", "cat": "compute",
-                           "ts": (start + s_un) * 1e6, "dur": max(0.0, end - start - s_un) * 1e6})
+                events.append(
+                    {
+                        **base,
+                        "ph": "X",
+                        "name": "unpickle",
+                        "cat": "unpickle",
+                        "ts": start * 1e6,
+                        "dur": s_un * 1e6,
+                    }
+                )
+            events.append(
+                {
+                    **base,
+                    "ph": "X",
+                    "name": "compute",
+                    "cat": "compute",
+                    "ts": (start + s_un) * 1e6,
+                    "dur": max(0.0, end - start - s_un) * 1e6,
+                }
+            )
             if s_pi > 0:
-                events.append({**base, "ph": "X", "name": "pickle", "cat": "pickle",
-                               "ts": end * 1e6, "dur": s_pi * 1e6})
+                events.append(
+                    {**base, "ph": "X", "name": "pickle", "cat": "pickle", "ts": end * 1e6, "dur": s_pi * 1e6}
+                )
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
@@ -211,14 +326,20 @@ def compare(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str) -> s
     for key in keys:
         ra, rb = rows_a.get(key), rows_b.get(key)
         if ra is None or rb is None:
-            cells.append([key, seconds(ra["wall"]) if ra else "-", seconds(rb["wall"]) if rb else "-", "-", ""])
+            cells.append(
+                [key, seconds(ra["wall"]) if ra else "-", seconds(rb["wall"]) if rb else "-", "-", ""]
+            )
             continue
         change = rb["wall"] / ra["wall"] if ra["wall"] else None
         overlap = rb["wall_min"] <= ra["wall_max"] and ra["wall_min"] <= rb["wall_max"]
-        note = "within noise (ranges overlap)" if overlap else ("faster" if change and change < 1 else "slower")
+        note = (
+            "within noise (ranges overlap)" if overlap else ("faster" if change and change < 1 else "slower")
+        )
         cells.append([key, seconds(ra["wall"]), seconds(rb["wall"]), ratio(change), note])
-    head = (f"A: {name_a} ({a['scenario']['name']}, {a['created']})\n"
-            f"B: {name_b} ({b['scenario']['name']}, {b['created']})\n")
+    head = (
+        f"A: {name_a} ({a['scenario']['name']}, {a['created']})\n"
+        f"B: {name_b} ({b['scenario']['name']}, {b['created']})\n"
+    )
     if a["scenario"]["name"] != b["scenario"]["name"] or a["scenario"]["size"] != b["scenario"]["size"]:
         head += "note: the two runs are of different scenarios or sizes\n"
     return head + "\n" + table(["mode", "A wall", "B wall", "B / A", ""], cells)
@@ -234,7 +355,7 @@ def _svg(fig: Any) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg"):]
+    return text[text.index("<svg") :]
 
 
 def chart_scaling(rows: list[Row]) -> str | None:
@@ -251,10 +372,20 @@ def chart_scaling(rows: list[Row]) -> str | None:
     for mode in ("task", "actor"):
         mine = sorted((r for r in parallel if r.mode == mode), key=lambda r: r.workers)
         if mine:
-            ax1.plot([r.workers for r in mine], [r.speedup for r in mine], "o-", label=mode,
-                     color=MODE_COLOURS[mode])
-            ax2.plot([r.workers for r in mine], [100 * (r.efficiency or 0) for r in mine], "o-", label=mode,
-                     color=MODE_COLOURS[mode])
+            ax1.plot(
+                [r.workers for r in mine],
+                [r.speedup for r in mine],
+                "o-",
+                label=mode,
+                color=MODE_COLOURS[mode],
+            )
+            ax2.plot(
+                [r.workers for r in mine],
+                [100 * (r.efficiency or 0) for r in mine],
+                "o-",
+                label=mode,
+                color=MODE_COLOURS[mode],
+            )
     ax1.plot(workers, workers, ":", color="#999999", label="ideal")
     ax1.set(xlabel="workers", ylabel="speedup over serial", title="speedup", xticks=workers)
     ax2.axhline(100, ls=":", color="#999999")
@@ -277,13 +408,20 @@ def chart_accounting(rows: list[Row]) -> str | None:
     labels = [r.key for r in parallel]
     left = [0.0] * len(parallel)
     for b in BUCKETS:
-        widths = [100 * r.seconds.get(b, 0.0) / (r.wall * r.lanes) if r.wall and r.lanes else 0 for r in parallel]
+        widths = [
+            100 * r.seconds.get(b, 0.0) / (r.wall * r.lanes) if r.wall and r.lanes else 0 for r in parallel
+        ]
         ax.barh(labels, widths, left=left, color=PALETTE[b], label=b, edgecolor="#ffffff", linewidth=0.5)
         left = [x + y for x, y in zip(left, widths)]
     ax.invert_yaxis()
     ax.set(xlabel="share of worker time (%)", xlim=(0, 100))
-    ax.legend(ncol=len(BUCKETS), loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(parallel) < 4 else -0.2),
-              frameon=False, fontsize=8)
+    ax.legend(
+        ncol=len(BUCKETS),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.35 if len(parallel) < 4 else -0.2),
+        frameon=False,
+        fontsize=8,
+    )
     fig.tight_layout()
     return _svg(fig)
 
@@ -298,8 +436,14 @@ def chart_timelines(runs: list[Run]) -> str | None:
     import matplotlib.pyplot as plt
 
     heights = [max(1, len(r.lanes)) for r in runs]
-    fig, axes = plt.subplots(len(runs), 1, sharex=True, figsize=(9, 0.35 * sum(heights) + 0.6 * len(runs) + 0.6),
-                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    fig, axes = plt.subplots(
+        len(runs),
+        1,
+        sharex=True,
+        figsize=(9, 0.35 * sum(heights) + 0.6 * len(runs) + 0.6),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+    )
     for ax, run in zip(axes[:, 0], runs):
         lanes = {lane.key: i for i, lane in enumerate(run.lanes)}
         for lane in run.lanes:
@@ -307,7 +451,11 @@ def chart_timelines(runs: list[Run]) -> str | None:
                 ax.broken_barh([(0, lane.ready)], (lanes[lane.key] - 0.4, 0.8), color=PALETTE["startup"])
         if run.mode == "serial":
             ax.broken_barh([(0, run.wall)], (-0.4, 0.8), color=PALETTE["compute"])
-        spans: dict[str, list[tuple[int, tuple[float, float]]]] = {"unpickle": [], "compute": [], "pickle": []}
+        spans: dict[str, list[tuple[int, tuple[float, float]]]] = {
+            "unpickle": [],
+            "compute": [],
+            "pickle": [],
+        }
         for _n, key, _s, _d, start, end, _done, _bo, _bi, _ok, s_un, s_pi in run.tasks:
             row = lanes.get(key, 0)
             spans["unpickle"].append((row, (start, s_un)))
@@ -319,7 +467,9 @@ def chart_timelines(runs: list[Run]) -> str | None:
                 if span[1] > 0:
                     by_row.setdefault(row, []).append(span)
             for row, bars in by_row.items():
-                ax.broken_barh(bars, (row - 0.4, 0.8), color=PALETTE[bucket], edgecolor="#ffffff", linewidth=0.3)
+                ax.broken_barh(
+                    bars, (row - 0.4, 0.8), color=PALETTE[bucket], edgecolor="#ffffff", linewidth=0.3
+                )
         ax.axvline(run.wall, color="#333333", lw=0.8, ls="--")
         ax.set_yticks(range(len(run.lanes)), [lane.label for lane in run.lanes], fontsize=7)
         ax.set_ylim(len(run.lanes) - 0.5, -0.5)
@@ -331,9 +481,11 @@ def chart_timelines(runs: list[Run]) -> str | None:
 
 
 CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;
+color:#222;padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}th,td{padding:.25em .6em;border-bottom:1px solid #eee;text-align:right}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+th,td{padding:.25em .6em;border-bottom:1px solid #eee;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f6f6f6}
 .flag{color:#b30000;font-weight:600}.muted{color:#777;font-size:.85em}code{background:#f3f3f3;padding:0 .2em}
 ul.verdicts li{margin:.3em 0}.chart svg{max-width:100%;height:auto}
@@ -360,8 +512,8 @@ def html(results: dict[str, Any], rows: list[Row], runs: list[Run]) -> str:
         f"<h1>poolx profile <code>{e(results['scenario']['name'])}</code></h1>",
         f"<p>{e(results['scenario']['doc'])}</p>",
         f"<p class='muted'>{e(_env.header(environment))}<br>size {results['scenario']['size']:,}; "
-        f"backend {e(results['config']['backend'])}; {results['config']['repeat']} timed runs per row after a "
-        f"warm-up; created {e(results['created'])}; command <code>{e(results['command'])}</code><br>"
+        f"backend {e(results['config']['backend'])}; {results['config']['repeat']} timed runs per row "
+        f"after a warm-up; created {e(results['created'])}; command <code>{e(results['command'])}</code><br>"
         "Timings come from unprofiled runs. Each task or actor run starts a fresh Executor: its wall "
         "time includes starting the processes.</p>",
         "<h2 id='verdicts'>Verdicts</h2><ul class='verdicts'>",
@@ -376,29 +528,42 @@ def html(results: dict[str, Any], rows: list[Row], runs: list[Run]) -> str:
     ]
     scaling = chart_scaling(rows)
     if scaling:
-        parts += ["<h2 id='scaling'>Speedup and efficiency</h2>", f"<div class='chart' id='chart-scaling'>{scaling}</div>"]
-    parts += ["<h2 id='accounting'>Where the worker time went</h2>",
-              _table_html(ACCOUNT_HEADERS, [account_cells(r) for r in rows if r.mode != "serial"], "accounting"),
-              "<p class='muted'>" + "; ".join(
-                  f"<span class='swatch' style='background:{PALETTE[b]}'></span><b>{b}</b>: {e(BUCKET_HELP[b])}"
-                  for b in BUCKETS) + ". Per process, the six add up to the wall time.</p>"]
+        parts += [
+            "<h2 id='scaling'>Speedup and efficiency</h2>",
+            f"<div class='chart' id='chart-scaling'>{scaling}</div>",
+        ]
+    parts += [
+        "<h2 id='accounting'>Where the worker time went</h2>",
+        _table_html(ACCOUNT_HEADERS, [account_cells(r) for r in rows if r.mode != "serial"], "accounting"),
+        "<p class='muted'>"
+        + "; ".join(
+            f"<span class='swatch' style='background:{PALETTE[b]}'></span><b>{b}</b>: {e(BUCKET_HELP[b])}"
+            for b in BUCKETS
+        )
+        + ". Per process, the six add up to the wall time.</p>",
+    ]
     acc = chart_accounting(rows)
     if acc:
         parts.append(f"<div class='chart' id='chart-accounting'>{acc}</div>")
     medians = []
     for row in rows:
-        group = [r for r in runs if (r.mode, r.workers) == (row.mode, row.workers) and r.repeat >= 0
-                 and r.profile == "none"]
+        group = [
+            r
+            for r in runs
+            if (r.mode, r.workers) == (row.mode, row.workers) and r.repeat >= 0 and r.profile == "none"
+        ]
         if group:
             medians.append(analyze.median_run(group))
     top = max((r.workers for r in rows), default=1)
     shown = [r for r in medians if r.mode == "serial" or r.workers == top]
     timeline = chart_timelines(shown)
     if timeline:
-        parts += [f"<h2 id='timelines'>Timelines (median runs, {top} workers, shared time axis)</h2>",
-                  f"<div class='chart' id='chart-timelines'>{timeline}</div>",
-                  "<p class='muted'>Every run of the table is in <a href='trace.json'>trace.json</a> "
-                  "(open it in ui.perfetto.dev or chrome://tracing).</p>"]
+        parts += [
+            f"<h2 id='timelines'>Timelines (median runs, {top} workers, shared time axis)</h2>",
+            f"<div class='chart' id='chart-timelines'>{timeline}</div>",
+            "<p class='muted'>Every run of the table is in <a href='trace.json'>trace.json</a> "
+            "(open it in ui.perfetto.dev or chrome://tracing).</p>",
+        ]
     parts.append("<h2 id='processes'>Per process (median runs)</h2>")
     for row in rows:
         if row.mode == "serial":
@@ -410,40 +575,73 @@ def html(results: dict[str, Any], rows: list[Row], runs: list[Run]) -> str:
     if profiles:
         parts.append("<h2 id='profiles'>Profiles</h2>")
         for p in results.get("profiled", []):
-            parts.append(f"<p>{e(p['mode'])} x{p['workers']}: profiled run {seconds(p['wall'])}, "
-                         f"{p['wall'] / p['timing_median']:.2f}x its timing median.</p>")
+            parts.append(
+                f"<p>{e(p['mode'])} x{p['workers']}: profiled run {seconds(p['wall'])}, "
+                f"{p['wall'] / p['timing_median']:.2f}x its timing median.</p>"
+            )
         for mode, info in profiles.items():
             parts.append(f"<h3>{e(info['kind'])}: {e(mode)} x{info['workers']}</h3>")
             if info["kind"] == "cpu":
                 if info.get("html"):
-                    parts.append(f"<p><a href='cpu/{e(info['html'])}'>call tree (pyinstrument, every process)</a> · "
-                                 f"<a href='cpu/{e(info['speedscope'])}'>speedscope JSON</a> "
-                                 "(one profile per process; open in speedscope.app)</p>")
-                parts.append(_table_html(["share", "function", "where"],
-                                         [[f"{h['share']:.1%}", h["function"], h["where"]]
-                                          for h in info.get("hot", [])], "hot"))
-                parts.append(_table_html(["process", "samples", "profiled s"],
-                                         [[p["label"], str(p["samples"]), f"{p['duration']:.3f}"]
-                                          for p in info.get("processes", [])], "cpu-processes"))
+                    parts.append(
+                        f"<p><a href='cpu/{e(info['html'])}'>call tree (pyinstrument, every process)</a> · "
+                        f"<a href='cpu/{e(info['speedscope'])}'>speedscope JSON</a> "
+                        "(one profile per process; open in speedscope.app)</p>"
+                    )
+                parts.append(
+                    _table_html(
+                        ["share", "function", "where"],
+                        [[f"{h['share']:.1%}", h["function"], h["where"]] for h in info.get("hot", [])],
+                        "hot",
+                    )
+                )
+                parts.append(
+                    _table_html(
+                        ["process", "samples", "profiled s"],
+                        [
+                            [p["label"], str(p["samples"]), f"{p['duration']:.3f}"]
+                            for p in info.get("processes", [])
+                        ],
+                        "cpu-processes",
+                    )
+                )
             else:
                 cells = []
                 for p in info["processes"]:
                     link = p.get("flamegraph")
-                    cells.append([p["label"], str(p["pid"]), size(p.get("peak")),
-                                  p.get("top_site", p.get("error", "")), link or "-"])
-                parts.append(_table_html(["process", "pid", "peak (memray)", "largest allocation at peak",
-                                          "flamegraph"], cells, "mem"))
+                    cells.append(
+                        [
+                            p["label"],
+                            str(p["pid"]),
+                            size(p.get("peak")),
+                            p.get("top_site", p.get("error", "")),
+                            link or "-",
+                        ]
+                    )
+                parts.append(
+                    _table_html(
+                        ["process", "pid", "peak (memray)", "largest allocation at peak", "flamegraph"],
+                        cells,
+                        "mem",
+                    )
+                )
                 links = [p["flamegraph"] for p in info["processes"] if p.get("flamegraph")]
                 if links:
-                    parts.append("<p>" + " · ".join(f"<a href='{e(x)}'>{e(Path(x).name)}</a>" for x in links) + "</p>")
+                    parts.append(
+                        "<p>" + " · ".join(f"<a href='{e(x)}'>{e(Path(x).name)}</a>" for x in links) + "</p>"
+                    )
             for label in info.get("missing", []):
-                parts.append(f"<p class='flag'>{e(label)} ended before writing its profile (killed or crashed).</p>")
-    parts += ["<h2 id='files'>Files</h2><ul>",
-              "<li><a href='results.json'>results.json</a>: every run's raw data "
-              "(compare two with <code>poolx profile compare A B</code>)</li>",
-              "<li><a href='trace.json'>trace.json</a>: Chrome/Perfetto trace, one lane per process</li>",
-              "</ul>",
-              "<h2 id='environment'>Environment</h2>",
-              _table_html(["", ""], [[k, str(v)] for k, v in environment.items()], "environment"),
-              "</body></html>"]
+                parts.append(
+                    f"<p class='flag'>{e(label)} ended before writing its profile (killed or crashed).</p>"
+                )
+    parts += [
+        "<h2 id='files'>Files</h2><ul>",
+        "<li><a href='results.json'>results.json</a>: every run's raw data "
+        "(compare two with <code>poolx profile compare A B</code>)</li>",
+        "<li><a href='trace.json'>trace.json</a>: Chrome/Perfetto trace, one lane per process</li>",
+        "</ul>",
+        "<h2 id='environment'>Environment</h2>",
+        _table_html(["", ""], [[k, str(v)] for k, v in environment.items()], "environment"),
+        "</body></html>",
+    ]
     return "\n".join(parts)

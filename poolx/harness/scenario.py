@@ -49,7 +49,7 @@ class Scenario:
         fn = getattr(self.obj, _FORM[mode], None)
         if not callable(fn):
             raise AttributeError(f"scenario {self.name!r} has no {_FORM[mode]}() form")
-        return fn  # type: ignore[no-any-return]
+        return fn
 
     def run(self, mode: str, executor: Any, size: int) -> Any:
         fn = self.form(mode)
