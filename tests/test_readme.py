@@ -1,5 +1,5 @@
 """The README's two commands stay true: CI runs the test command verbatim, and
-the main job (``poolx demo``) works."""
+the main job (``poolx profile pi``, tested in test_profile.py) and the demo work."""
 
 from __future__ import annotations
 
@@ -24,10 +24,19 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert test_command in ci, f"{test_command!r} is not a line of .ci/run"
 
 
-def test_the_readme_main_command_runs_the_demo():
+def test_the_readme_main_command_runs_the_profiling_harness_on_pi():
     commands = [b.strip() for b in _bash_blocks()]
-    main = next(c for c in commands if "poolx demo" in c)
-    assert main.endswith(".venv/bin/poolx demo")
+    main = next(c for c in commands if "poolx profile" in c)
+    assert main.endswith(".venv/bin/poolx profile pi")
+    assert '".[examples,profile]"' in main  # numpy for pi; charts, profilers, progress bar
+
+
+def test_the_output_shown_in_the_readme_is_the_harness_output():
+    text = (ROOT / "README.md").read_text()
+    shown = re.search(r"```text\n(poolx profile pi:.*?)```", text, re.S)
+    assert shown, "the README shows the output of poolx profile pi"
+    for needle in ("serial", "task x2", "actor x2", "where the worker time went", "verdicts"):
+        assert needle in shown.group(1)
 
 
 def test_poolx_demo_prints_both_times_and_the_speedup():
@@ -49,7 +58,8 @@ def test_poolx_demo_prints_both_times_and_the_speedup():
 def test_poolx_without_arguments_explains_itself():
     proc = subprocess.run([sys.executable, "-m", "poolx"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "demo" in proc.stderr
+    for command in ("profile", "bench", "info", "demo"):
+        assert command in proc.stderr
 
 
 

@@ -119,8 +119,12 @@ def summarize(runs: list[Run]) -> list[Row]:
 
 def imbalance(lanes: list[Lane]) -> str | None:
     """Why the work was unevenly spread over the lanes, or None."""
-    working = [lane for lane in lanes if lane.tasks]
-    if len(working) < 2 and len(lanes) < 2:
+    # Compare like with like: task workers with each other, else actors with
+    # each other (a tracker actor is not meant to be as busy as the workers).
+    workers = [lane for lane in lanes if lane.key >= 0]
+    actors = [lane for lane in lanes if lane.key < 0]
+    lanes = workers if len(workers) >= 2 else actors
+    if len(lanes) < 2:
         return None
     counts = [lane.tasks for lane in lanes]
     busy = [lane.busy for lane in lanes]
@@ -178,6 +182,7 @@ def verdicts(rows: list[Row], profiled: list[tuple[str, int, float, float]]) -> 
             f"{slower.mode} mode: {_difference(faster, slower)}"
         )
     serial_fastest = bool(out) and out[-1].startswith("serial is the fastest")
+    slow: list[Row] = []
     if serial is not None:
         slow = [r for r in parallel if r.tasks and r.seconds.get("compute", 0.0) > 1.25 * serial.wall]
         if slow:

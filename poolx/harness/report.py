@@ -358,7 +358,17 @@ def _svg(fig: Any) -> str:
     return text[text.index("<svg") :]
 
 
+def _have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def chart_scaling(rows: list[Row]) -> str | None:
+    if not _have_matplotlib():
+        return None
     parallel = [r for r in rows if r.mode != "serial" and r.speedup is not None]
     if not parallel:
         return None
@@ -396,6 +406,8 @@ def chart_scaling(rows: list[Row]) -> str | None:
 
 
 def chart_accounting(rows: list[Row]) -> str | None:
+    if not _have_matplotlib():
+        return None
     parallel = [r for r in rows if r.mode != "serial"]
     if not parallel:
         return None
@@ -428,6 +440,8 @@ def chart_accounting(rows: list[Row]) -> str | None:
 
 def chart_timelines(runs: list[Run]) -> str | None:
     """Gantt per run on one shared time axis; one row per process."""
+    if not _have_matplotlib():
+        return None
     if not runs:
         return None
     import matplotlib
@@ -526,6 +540,8 @@ def html(results: dict[str, Any], rows: list[Row], runs: list[Run]) -> str:
         "processes); peak mem: the largest process's peak resident memory; pickled: bytes sent to / received "
         "from the processes.</p>",
     ]
+    if not _have_matplotlib():
+        parts.append("<p class='flag'>The charts need matplotlib: pip install 'poolx[profile]'.</p>")
     scaling = chart_scaling(rows)
     if scaling:
         parts += [

@@ -416,9 +416,14 @@ class Scheduler(threading.Thread):
         window = self.window()
         ready = sorted((w for w in self.workers.values() if w.state == READY and w.room(window) > 0),
                        key=lambda w: len(w.outstanding))
+        # Workers still starting get their share when they are ready: without
+        # them in the count, the first worker up would take the whole queue
+        # (found by poolx profile retrieve: five sleeps queued on one worker
+        # while two more came up idle).
+        starting = sum(1 for w in self.workers.values() if w.state == STARTING)
         now = time.perf_counter()
         for i, w in enumerate(ready):
-            share = -(-len(queue) // (len(ready) - i))  # ceil: what is left over those left
+            share = -(-len(queue) // (len(ready) - i + starting))  # ceil: what is left over those left
             take = min(share, w.room(window), MAX_BATCH)
             batch: list[Task] = []
             while queue and len(batch) < take:
