@@ -131,7 +131,7 @@ def imbalance(lanes: list[Lane]) -> str | None:
     med_count = statistics.median(counts)
     med_busy = statistics.median(busy)
     top = max(lanes, key=lambda lane: lane.busy)
-    if med_busy > 0 and top.busy / med_busy > IMBALANCE:
+    if top.busy > 0 and (med_busy == 0 or top.busy / med_busy > IMBALANCE):
         return (
             f"{top.label} was busy {top.busy:.2f} s, the median process {med_busy:.2f} s "
             f"({top.tasks} tasks against a median of {med_count:g})"
@@ -171,10 +171,11 @@ def verdicts(rows: list[Row], profiled: list[tuple[str, int, float, float]]) -> 
         actor_row = by_key[("actor", workers)]
         faster, slower = sorted((task_row, actor_row), key=lambda r: r.wall)
         ratio = slower.wall / faster.wall
-        if ratio < 1 + NOISE or slower.wall_min <= faster.wall_max:
+        # Within noise: under NOISE apart, or each median inside the other's range.
+        if ratio < 1 + NOISE or (slower.wall_min <= faster.wall and faster.wall_max >= slower.wall):
             out.append(
                 f"with {workers} workers, task and actor modes are within noise "
-                f"({task_row.wall:.3f} s and {actor_row.wall:.3f} s; their ranges overlap)"
+                f"({task_row.wall:.3f} s and {actor_row.wall:.3f} s; each median lies in the other's range)"
             )
             continue
         out.append(

@@ -145,7 +145,7 @@ def hot_functions(session: Any, limit: int = 8) -> list[dict[str, Any]]:
     while stack:
         frame = stack.pop()
         stack.extend(frame.children)
-        if frame.is_synthetic:
+        if frame.is_synthetic or frame.file_path == "<thread>" or frame.total_self_time <= 0:
             continue
         key = (
             frame.function or "?",

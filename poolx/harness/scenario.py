@@ -14,7 +14,7 @@ A scenario is a module (or any object with these attributes):
 Optional: ``WORKERS`` (default worker counts, e.g. ``(1, 3, 6)``) and
 ``check(result, expected) -> bool`` (default: ``==``), which compares each
 mode's result with the serial one.  Any of the three forms may be missing;
-the modes it would run are then reported as absent.
+``--modes`` must then leave its mode out (the command says which).
 
 ``poolx profile`` accepts a built-in name (``pi``, ``retrieve``), a path to a
 ``.py`` file, or ``module`` / ``module:attr``.
