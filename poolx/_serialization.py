@@ -55,7 +55,26 @@ def _main_by_reference(fn: types.FunctionType) -> bool:
     return bool(line) and not line[0].isspace()
 
 
+_cloudpickle_code_reduce = getattr(cloudpickle.cloudpickle, "_code_reduce", None)
+
+
+def _code_reduce(code: types.CodeType) -> Any:
+    """cloudpickle's code reducer, keeping the code's file name.
+
+    cloudpickle 3.1.3 renames the file of every code object it sends by value
+    to "<dynamic-code>", so a worker's traceback of a lambda or closure lost
+    its source lines (CPython's test_traceback caught it).  Workers run on the
+    same machine: with the real file name, linecache finds the source.
+    """
+    ctor, args = _cloudpickle_code_reduce(code)  # type: ignore[misc]
+    return ctor, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+
 class _Pickler(cloudpickle.Pickler):
+    if _cloudpickle_code_reduce is not None:
+        dispatch_table = dict(cloudpickle.Pickler.dispatch_table)
+        dispatch_table[types.CodeType] = _code_reduce
+
     def reducer_override(self, obj: Any) -> Any:
         if (type(obj) is types.FunctionType and obj.__module__ == "__main__"
                 and _main_by_reference(obj)):

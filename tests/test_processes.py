@@ -550,3 +550,19 @@ def test_the_start_method_set_for_the_program_is_honoured():
     """)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["spawn", "2"]
+
+
+def _make_raiser():
+    def raiser(x):
+        raise RuntimeError(x)  # the source line the traceback must show
+    return raiser
+
+
+@pytest.mark.timeout(60)
+def test_a_closures_remote_traceback_shows_its_source_line():
+    # cloudpickle >= 3.1.3 renames code sent by value to "<dynamic-code>";
+    # poolx keeps the real file name so the worker's traceback has the source.
+    with poolx.Executor(1) as ex:
+        with pytest.raises(RuntimeError) as info:
+            ex.submit(_make_raiser(), 7).result(timeout=30)
+    assert "the source line the traceback must show" in str(info.value.__cause__)
