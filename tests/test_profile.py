@@ -164,6 +164,23 @@ def test_verdicts_name_the_cost_that_explains_a_difference():
     assert "0.890 worker-seconds more on unpickle" in text and "12.00 MB of arguments per call" in text
 
 
+def test_a_gap_no_single_cost_explains_is_said_so_and_idle_counts_with_equal_processes():
+    def row(mode, wall, idle):
+        r = analyze.Row(mode, 2, 3, wall, wall * 0.99, wall * 1.01, lanes=2, tasks=6)
+        r.seconds = {"startup": 0.05, "unpickle": 0, "compute": 1.0, "pickle": 0, "transfer": 0.001,
+                     "idle": idle}
+        return r
+
+    idle_gap = analyze.verdicts([row("task", 0.75, 0.45), row("actor", 0.55, 0.05)], [])
+    assert any("task mode spent 0.400 worker-seconds more on idle" in v and "waited for work" in v
+               for v in idle_gap), idle_gap
+    fewer = row("actor", 0.55, 0.05)
+    fewer.lanes = 3  # an extra process: idle no longer compares
+    fewer.seconds["transfer"] = 0.0
+    unexplained = analyze.verdicts([row("task", 0.75, 0.45), fewer], [])
+    assert any("no single cost explains it" in v for v in unexplained), unexplained
+
+
 # -- the command -----------------------------------------------------------------------
 
 

@@ -248,16 +248,25 @@ def _dominant(r: Row) -> str:
 
 
 def _difference(faster: Row, slower: Row) -> str:
-    """Which bucket explains most of the gap between two rows, with figures."""
+    """Which bucket explains most of the gap between two rows, with figures.
+
+    Idle counts only when both rows ran as many processes (an extra, mostly
+    idle tracker actor is not a scheduling problem).  A bucket explains the gap
+    only if it covers at least a quarter of it (in worker-seconds)."""
     gaps = {b: slower.seconds.get(b, 0.0) - faster.seconds.get(b, 0.0) for b in BUCKETS}
-    gaps.pop("idle", None)
+    if slower.lanes != faster.lanes:
+        gaps.pop("idle", None)
     bucket = max(gaps, key=lambda b: gaps[b])
-    if gaps[bucket] <= 0:
-        return "no single cost explains it (see the accounting table)"
+    gap = (slower.wall - faster.wall) * max(slower.lanes, 1)
+    if gaps[bucket] <= 0 or gaps[bucket] < 0.25 * gap:
+        hint = f"; {slower.key}: {slower.imbalance}" if slower.imbalance else ""
+        return f"no single cost explains it: compare the two timelines{hint}"
     s_share, f_share = _share(slower, bucket), _share(faster, bucket)
     extra = ""
     if bucket == "unpickle" and slower.tasks:
         extra = f"; {slower.bytes_out / max(slower.tasks, 1) / 1e6:.2f} MB of arguments per call"
+    if bucket == "idle":
+        extra = "; its processes waited for work" + (f" ({slower.imbalance})" if slower.imbalance else "")
     return (
         f"{slower.mode} mode spent {gaps[bucket]:.3f} worker-seconds more on {bucket} "
         f"({slower.seconds[bucket]:.3f} s, {s_share:.1%} of its worker time, against "

@@ -134,16 +134,27 @@ def _merge_speedscope(files: list[tuple[str, dict[str, Any]]], title: str) -> di
     }
 
 
+#: Where a poolx worker or actor waits for its next message: time under these
+#: frames is idle, not work, and is reported apart from the hot functions.
+_WAITING = (str(Path("poolx", "backends", "processes", "_channel.py")),)
+WAITING_LABEL = "(waiting for the next task: poolx's channel)"
+
+
 def hot_functions(session: Any, limit: int = 8) -> list[dict[str, Any]]:
-    """The functions with the most self time in ``session`` (summed over processes)."""
+    """The functions with the most self time in ``session`` (summed over
+    processes); time a worker spent waiting for work comes first, as one line."""
     totals: dict[tuple[str, str], float] = {}
     root = session.root_frame(trim_stem=False)
     if root is None:
         return []
     total = root.time or 1.0
+    waiting = 0.0
     stack = [root]
     while stack:
         frame = stack.pop()
+        if (frame.file_path or "").endswith(_WAITING):
+            waiting += frame.time  # the whole subtree: recv, poll, ...
+            continue
         stack.extend(frame.children)
         if frame.is_synthetic or frame.file_path == "<thread>" or frame.total_self_time <= 0:
             continue
@@ -153,7 +164,10 @@ def hot_functions(session: Any, limit: int = 8) -> list[dict[str, Any]]:
         )
         totals[key] = totals.get(key, 0.0) + frame.total_self_time
     top = sorted(totals.items(), key=lambda kv: kv[1], reverse=True)[:limit]
-    return [{"function": f, "where": w, "seconds": t, "share": t / total} for (f, w), t in top]
+    out = [{"function": f, "where": w, "seconds": t, "share": t / total} for (f, w), t in top]
+    if waiting > 0:
+        out.insert(0, {"function": WAITING_LABEL, "where": "", "seconds": waiting, "share": waiting / total})
+    return out
 
 
 def functions_in(path: Path) -> set[str]:

@@ -166,7 +166,8 @@ def terminal(rows: list[Row], findings: list[str], profiles: dict[str, Any], out
         w(f"\n{info['kind']} profile, {mode} x{info['workers']} ({seconds(info['wall'])})\n")
         if info["kind"] == "cpu":
             for h in info.get("hot", [])[:5]:
-                w(f"  {h['share']:6.1%}  {h['function']}  ({h['where']})\n")
+                where = f"  ({h['where']})" if h["where"] else ""
+                w(f"  {h['share']:6.1%}  {h['function']}{where}\n")
         else:
             cells = [
                 [p["label"], str(p["pid"]), size(p.get("peak")), p.get("top_site", p.get("error", ""))]
