@@ -167,13 +167,20 @@ def test_verdicts_name_the_cost_that_explains_a_difference():
 def test_a_gap_no_single_cost_explains_is_said_so_and_idle_counts_with_equal_processes():
     def row(mode, wall, idle):
         r = analyze.Row(mode, 2, 3, wall, wall * 0.99, wall * 1.01, lanes=2, tasks=6)
-        r.seconds = {"startup": 0.05, "unpickle": 0, "compute": 1.0, "pickle": 0, "transfer": 0.001,
-                     "idle": idle}
+        r.seconds = {
+            "startup": 0.05,
+            "unpickle": 0,
+            "compute": 1.0,
+            "pickle": 0,
+            "transfer": 0.001,
+            "idle": idle,
+        }
         return r
 
     idle_gap = analyze.verdicts([row("task", 0.75, 0.45), row("actor", 0.55, 0.05)], [])
-    assert any("task mode spent 0.400 worker-seconds more on idle" in v and "waited for work" in v
-               for v in idle_gap), idle_gap
+    assert any(
+        "task mode spent 0.400 worker-seconds more on idle" in v and "waited for work" in v for v in idle_gap
+    ), idle_gap
     fewer = row("actor", 0.55, 0.05)
     fewer.lanes = 3  # an extra process: idle no longer compares
     fewer.seconds["transfer"] = 0.0
@@ -465,3 +472,64 @@ def test_info_names_the_environment():
     assert proc.returncode == 0, proc.stderr
     for needle in ("python", "CPUs", "start method", "cloudpickle", "pyinstrument", "OMP_NUM_THREADS"):
         assert needle in proc.stdout, needle
+
+
+@pytest.mark.timeout(300)
+def test_the_built_wheel_runs_poolx_profile_pi_outside_the_checkout(tmp_path):
+    # The scenarios and the benchmark suite live in profiling/ and benchmarks/;
+    # the wheel must carry them (as poolx.scenarios and poolx.benchmarks).
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("poolx-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for name in (
+        "poolx/scenarios/pi.py",
+        "poolx/scenarios/retrieve.py",
+        "poolx/harness/profile.py",
+        "poolx/benchmarks/run.py",
+        "poolx/py.typed",
+    ):
+        assert name in names, name
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"), CI="true")
+    where = subprocess.run(
+        [sys.executable, "-c", "import poolx; print(poolx.__file__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert where.stdout.startswith(str(tmp_path / "site")), where.stdout + where.stderr
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "poolx",
+            "profile",
+            "pi",
+            "--size",
+            PI_SIZE,
+            "--workers",
+            "2",
+            "--repeat",
+            "1",
+            "--out",
+            "out",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "actor x2" in proc.stdout and (tmp_path / "out" / "report.html").exists()

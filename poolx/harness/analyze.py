@@ -174,12 +174,12 @@ def verdicts(rows: list[Row], profiled: list[tuple[str, int, float, float]]) -> 
         # Within noise: under NOISE apart, or each median inside the other's range.
         if ratio < 1 + NOISE or (slower.wall_min <= faster.wall and faster.wall_max >= slower.wall):
             out.append(
-                f"with {workers} workers, task and actor modes are within noise "
+                f"with {_workers(workers)}, task and actor modes are within noise "
                 f"({task_row.wall:.3f} s and {actor_row.wall:.3f} s; each median lies in the other's range)"
             )
             continue
         out.append(
-            f"with {workers} workers, {faster.mode} mode is {ratio:.2f}x faster than "
+            f"with {_workers(workers)}, {faster.mode} mode is {ratio:.2f}x faster than "
             f"{slower.mode} mode: {_difference(faster, slower)}"
         )
     serial_fastest = bool(out) and out[-1].startswith("serial is the fastest")
@@ -272,3 +272,7 @@ def _difference(faster: Row, slower: Row) -> str:
         f"({slower.seconds[bucket]:.3f} s, {s_share:.1%} of its worker time, against "
         f"{faster.seconds[bucket]:.3f} s, {f_share:.1%}{extra})"
     )
+
+
+def _workers(n: int) -> str:
+    return f"{n} worker" + ("" if n == 1 else "s")

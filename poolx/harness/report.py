@@ -499,8 +499,8 @@ CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;
 color:#222;padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
-th,td{padding:.25em .6em;border-bottom:1px solid #eee;text-align:right}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0;display:block;overflow-x:auto}
+th,td{padding:.25em .6em;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}
 th:first-child,td:first-child{text-align:left}th{background:#f6f6f6}
 .flag{color:#b30000;font-weight:600}.muted{color:#777;font-size:.85em}code{background:#f3f3f3;padding:0 .2em}
 ul.verdicts li{margin:.3em 0}.chart svg{max-width:100%;height:auto}
