@@ -188,14 +188,15 @@ def verdicts(rows: list[Row], profiled: list[tuple[str, int, float, float]]) -> 
         slow = [r for r in parallel if r.tasks and r.seconds.get("compute", 0.0) > 1.25 * serial.wall]
         if slow:
             worst = max(slow, key=lambda r: r.seconds["compute"])
-            others = ", ".join(r.key for r in slow if r is not worst) or "none"
+            others = ", ".join(r.key for r in slow if r is not worst)
             out.append(
                 f"the same work is slower in the workers: {worst.key} computed for "
                 f"{worst.seconds['compute']:.3f} worker-seconds where the serial run took "
-                f"{serial.wall:.3f} s in all (also: {others}). "
+                f"{serial.wall:.3f} s in all" + (f" (also: {others})" if others else "") + ". "
                 "Imports on the first call, CPU contention (more busy processes than cores) or "
                 "BLAS threads per process are the usual causes"
             )
+    inflated = {r.key for r in slow}
     for r in parallel:
         if (
             not serial_fastest
@@ -203,7 +204,8 @@ def verdicts(rows: list[Row], profiled: list[tuple[str, int, float, float]]) -> 
             and r.efficiency < LOW_EFFICIENCY
             and r.workers > 1
         ):
-            out.append(f"{r.key}: efficiency {r.efficiency:.0%} (< {LOW_EFFICIENCY:.0%}). {_dominant(r)}")
+            cause = "Most of the loss is the slower compute above." if r.key in inflated else _dominant(r)
+            out.append(f"{r.key}: efficiency {r.efficiency:.0%} (< {LOW_EFFICIENCY:.0%}). {cause}")
         if (
             r.cpu_util is not None
             and r.seconds.get("compute", 0) > 0.5 * r.wall * r.lanes
