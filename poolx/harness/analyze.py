@@ -197,6 +197,7 @@ def verdicts(rows: list[Row], profiled: list[tuple[str, int, float, float]]) -> 
                 "BLAS threads per process are the usual causes"
             )
     inflated = {r.key for r in slow}
+    waiting: list[Row] = []
     for r in parallel:
         if (
             not serial_fastest
@@ -211,13 +212,20 @@ def verdicts(rows: list[Row], profiled: list[tuple[str, int, float, float]]) -> 
             and r.seconds.get("compute", 0) > 0.5 * r.wall * r.lanes
             and r.cpu_util < 0.25
         ):
-            out.append(
-                f"{r.key}: the processes computed for {_share(r, 'compute'):.0%} of their time "
-                f"but used the CPU {r.cpu_util:.0%} of it: the work waits (I/O, sleep, locks), "
-                "so more workers than cores can still help"
-            )
+            waiting.append(r)
         if r.imbalance:
             out.append(f"{r.key}: load imbalance: {r.imbalance}")
+    if waiting:
+        r = waiting[0]
+        others = ", ".join(x.key for x in waiting[1:])
+        out.insert(
+            1 if out and out[0].startswith(("fastest", "serial is")) else 0,
+            f"the work waits more than it computes: {r.key}'s processes were in the task for "
+            f"{_share(r, 'compute'):.0%} of their time but used the CPU {r.cpu_util:.0%} of it: "
+            "the tasks wait on I/O, sleeps or locks"
+            + (f" (so do {others})" if others else "")
+            + ", so more workers than cores can still help",
+        )
     for mode, workers, wall, timing in profiled:
         if timing > 0:
             out.append(
