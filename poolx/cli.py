@@ -1,11 +1,11 @@
-"""The ``poolx`` command.
+"""The poolx command: profile a workload, benchmark poolx, describe the machine.
 
-- ``poolx profile SCENARIO``: run a workload serially, as tasks and as actors,
-  and show where the time and memory went (``poolx profile compare A B``
-  compares two runs);
-- ``poolx bench``: poolx beside the libraries you would otherwise use;
-- ``poolx info``: the machine and the installation, as poolx sees them;
-- ``poolx demo``: the pi example serially and as tasks, in a few seconds.
+  poolx profile SCENARIO   run a workload serially, as tasks and as actors, and
+                           show where the time and memory went
+                           (poolx profile compare A B compares two runs)
+  poolx bench              poolx beside the libraries you would otherwise use
+  poolx info               the machine and the installation, as poolx sees them
+  poolx demo               the pi example serially and as tasks, in seconds
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="poolx",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:8]),
+        epilog="\n".join(__doc__.splitlines()[2:9]),
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{profile,bench,info,demo}")
     from .harness import profile
