@@ -131,7 +131,9 @@ def imbalance(lanes: list[Lane]) -> str | None:
     med_count = statistics.median(counts)
     med_busy = statistics.median(busy)
     top = max(lanes, key=lambda lane: lane.busy)
-    if top.busy > 0 and (med_busy == 0 or top.busy / med_busy > IMBALANCE):
+    # A busiest process that ran one long task is not imbalance: no scheduling
+    # could have split it.
+    if top.tasks > 1 and top.busy > 0 and (med_busy == 0 or top.busy / med_busy > IMBALANCE):
         return (
             f"{top.label} was busy {top.busy:.2f} s, the median process {med_busy:.2f} s "
             f"({top.tasks} tasks against a median of {med_count:g})"
@@ -182,7 +184,7 @@ def verdicts(rows: list[Row], profiled: list[tuple[str, int, float, float]]) -> 
             f"with {_workers(workers)}, {faster.mode} mode is {ratio:.2f}x faster than "
             f"{slower.mode} mode: {_difference(faster, slower)}"
         )
-    serial_fastest = bool(out) and out[-1].startswith("serial is the fastest")
+    serial_fastest = any(v.startswith("serial is the fastest") for v in out)
     slow: list[Row] = []
     if serial is not None:
         slow = [r for r in parallel if r.tasks and r.seconds.get("compute", 0.0) > 1.25 * serial.wall]

@@ -153,17 +153,25 @@ def account(run: Run) -> None:
         s = dict.fromkeys(BUCKETS, 0.0)
         s["startup"] = lane.ready
         free_at = lane.ready  # when the lane last finished something
+        wall = run.wall
         for _fn, _w, submit, dispatch, start, end, _done, _bo, _bi, _ok, s_un, s_pi in mine:
-            s["unpickle"] += s_un
-            s["compute"] += max(0.0, end - start - s_un)
-            s["pickle"] += s_pi
+            # Phases are clipped to the run: a result pickled after the caller
+            # already had what it needed (an actor's last call) is past its end.
+            s["unpickle"] += _overlap(start, start + s_un, wall)
+            s["compute"] += _overlap(start + s_un, end, wall)
+            s["pickle"] += _overlap(end, end + s_pi, wall)
             waiting_from = max(dispatch, free_at, submit)
-            s["transfer"] += max(0.0, start - waiting_from)
+            s["transfer"] += _overlap(waiting_from, start, wall)
             free_at = max(free_at, end + s_pi)
         used = sum(s.values())
         s["idle"] = max(0.0, run.wall - used)
         lane.tasks = len(mine)
         lane.seconds = s
+
+
+def _overlap(a: float, b: float, wall: float) -> float:
+    """Length of [a, b] within [0, wall]."""
+    return max(0.0, min(b, wall) - max(a, 0.0))
 
 
 def process_facts(pid: int) -> tuple[float | None, int | None]:

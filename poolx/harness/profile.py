@@ -286,17 +286,14 @@ def _profiled_run(
     }
     expected_labels = {lane.label for lane in run.lanes} if mode != "serial" else set()
     if kind == "cpu":
-        info.update(profiles.cpu_reports(directory, f"poolx profile {scenario.name}: {mode} x{workers}"))
+        title = f"poolx profile {scenario.name}: {mode} x{workers}"
+        info.update(profiles.cpu_reports(directory, title, expected_labels))
         got = {p["label"].rsplit(" (pid", 1)[0] for p in info["processes"]}
     else:
-        info["processes"] = profiles.mem_reports(directory)
+        info["processes"] = profiles.mem_reports(directory, expected_labels)
         got = {p["label"] for p in info["processes"]}
     # A process that died (SIGKILL, crash) before writing its profile.
-    info["missing"] = sorted(
-        label
-        for label in expected_labels
-        if label.replace("#", "-") not in {g.replace("#", "-") for g in got}
-    )
+    info["missing"] = sorted(expected_labels - got)
     return run, info
 
 

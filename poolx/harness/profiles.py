@@ -19,6 +19,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,18 @@ class ProcessProfile:
     path: Path
 
 
-def _found(directory: Path, ext: str) -> list[ProcessProfile]:
+def _found(directory: Path, ext: str, labels: Iterable[str] = ()) -> list[ProcessProfile]:
+    """The captures in ``directory``; ``labels`` (the run's process labels, plus
+    "driver") turn file names back into labels ("actor-Tracker-3" -> "actor Tracker#3")."""
+    from ._hook import slug
+
+    known = {slug(label): label for label in ("driver", *labels)}
     out = []
     for path in sorted(directory.glob(f"*.{ext}")):
         m = _FILE.match(path.name)
         if m:
-            out.append(ProcessProfile(m["label"].replace("-", " ", 1), int(m["pid"]), path))
+            label = known.get(m["label"], m["label"].replace("-", " ", 1))
+            out.append(ProcessProfile(label, int(m["pid"]), path))
     return out
 
 
@@ -64,13 +71,13 @@ def relabel(session: Any, label: str, pid: int) -> Any:
     return session
 
 
-def cpu_reports(directory: Path, title: str) -> dict[str, Any]:
+def cpu_reports(directory: Path, title: str, labels: Iterable[str] = ()) -> dict[str, Any]:
     """Merge the sessions in ``directory``: writes ``<directory>.html`` and
     ``<directory>.speedscope.json``; returns what the report shows."""
     from pyinstrument.renderers import HTMLRenderer, SpeedscopeRenderer
     from pyinstrument.session import Session
 
-    found = _found(directory, "pyisession")
+    found = _found(directory, "pyisession", labels)
     sessions = []
     for prof in found:
         label = f"{prof.label} (pid {prof.pid})"
@@ -185,12 +192,12 @@ def functions_in(path: Path) -> set[str]:
 # -- memory ----------------------------------------------------------------------------
 
 
-def mem_reports(directory: Path, timeout: float = 300.0) -> list[dict[str, Any]]:
+def mem_reports(directory: Path, labels: Iterable[str] = (), timeout: float = 300.0) -> list[dict[str, Any]]:
     """A flamegraph and a peak-memory row per capture in ``directory``."""
     import memray
 
     rows = []
-    for prof in _found(directory, "bin"):
+    for prof in _found(directory, "bin", labels):
         row: dict[str, Any] = {"label": prof.label, "pid": prof.pid, "capture": prof.path.name}
         try:
             with memray.FileReader(str(prof.path)) as reader:

@@ -84,6 +84,10 @@ MAX_PREFETCH = 2048
 MAX_BATCH = 1024
 # Weight of a new observation in the duration estimate (EWMA).
 EST_ALPHA = 0.2
+# Durations measured before the estimate may open the prefetch window: one
+# instant first task (retrieve's item 0 sleeps 0 s) must not make six sleeps
+# look tiny enough to queue behind each other.
+EST_MIN_SAMPLES = 8
 # Functions a worker keeps unpickled; the driver evicts the oldest beyond this.
 WORKER_FN_CACHE = 1024
 # A task whose worker died this many times without it being the culprit fails.
@@ -166,6 +170,7 @@ class Scheduler(threading.Thread):
         self.workers: dict[int, _Worker] = {}
         self.next_index = 0
         self.est: float | None = None
+        self.est_samples = 0
         self.closing = False
         self.terminating = False
         self.start_failures = 0
@@ -399,7 +404,7 @@ class Scheduler(threading.Thread):
     # -- sending ------------------------------------------------------------
 
     def window(self) -> int:
-        if self.est is None:
+        if self.est is None or self.est_samples < EST_MIN_SAMPLES:
             return 1
         return 1 + min(MAX_PREFETCH, int(PREFETCH_SECONDS / max(self.est, 1e-7)))
 
@@ -414,13 +419,17 @@ class Scheduler(threading.Thread):
         if not queue:
             return
         window = self.window()
-        ready = sorted((w for w in self.workers.values() if w.state == READY and w.room(window) > 0),
-                       key=lambda w: len(w.outstanding))
         # Workers still starting get their share when they are ready: without
         # them in the count, the first worker up would take the whole queue
         # (found by poolx profile retrieve: five sleeps queued on one worker
-        # while two more came up idle).
+        # while two more came up idle).  For the same reason nothing is
+        # prefetched while they start and there are no more tasks than workers:
+        # each task waits for a worker of its own.
         starting = sum(1 for w in self.workers.values() if w.state == STARTING)
+        if starting and len(queue) <= len(self.workers):
+            window = 1
+        ready = sorted((w for w in self.workers.values() if w.state == READY and w.room(window) > 0),
+                       key=lambda w: len(w.outstanding))
         now = time.perf_counter()
         for i, w in enumerate(ready):
             share = -(-len(queue) // (len(ready) - i + starting))  # ceil: what is left over those left
@@ -567,6 +576,7 @@ class Scheduler(threading.Thread):
             est = duration if est is None else est + EST_ALPHA * (duration - est)
             self.complete(task, status, data, bufs, info)
         self.est = est
+        self.est_samples += len(records)
 
     def complete(self, task: Task, status: int, data: bytes, bufs: list[Any], info: Any) -> bool:
         """Decode a result record and queue its outcome for deliver(); True if it succeeded."""
