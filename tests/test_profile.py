@@ -164,6 +164,20 @@ def test_verdicts_name_the_cost_that_explains_a_difference():
     assert "0.890 worker-seconds more on unpickle" in text and "12.00 MB of arguments per call" in text
 
 
+def test_imbalance_is_uneven_busy_time_that_scheduling_could_have_avoided():
+    def lane(key, tasks, busy):
+        return measure.Lane(key, f"worker {key}" if key >= 0 else "actor Tracker#1", key + 100, 0.0,
+                            tasks=tasks, seconds={"compute": busy})
+
+    flagged = analyze.imbalance([lane(0, 4, 1.0), lane(1, 1, 0.3), lane(2, 1, 0.3)])
+    assert flagged and flagged.startswith("worker 0 was busy 1.00 s, the median process 0.30 s")
+    assert analyze.imbalance([lane(0, 3, 0.7), lane(1, 0, 0.0), lane(2, 0, 0.0)])  # median did nothing
+    assert analyze.imbalance([lane(0, 1, 0.5), lane(1, 1, 0.1), lane(2, 1, 0.1)]) is None  # one long task
+    assert analyze.imbalance([lane(0, 2, 0.4), lane(1, 1, 0.4), lane(2, 3, 0.4)]) is None  # even busy time
+    # A tracker actor beside the workers is not compared with them.
+    assert analyze.imbalance([lane(0, 6, 1.5), lane(-1, 7, 0.0)]) is None
+
+
 def test_a_gap_no_single_cost_explains_is_said_so_and_idle_counts_with_equal_processes():
     def row(mode, wall, idle):
         r = analyze.Row(mode, 2, 3, wall, wall * 0.99, wall * 1.01, lanes=2, tasks=6)
