@@ -145,7 +145,7 @@ def env_header(scenario: Scenario, config: dict[str, Any], environment: dict[str
     if config["profile"] in ("cpu", "mem"):
         lines.append(
             f"  {config['profile']} profiles come from separate runs, one per mode at "
-            f"{max(config['workers'])} workers"
+            f"{max(config['workers'])} worker" + ("s" if max(config["workers"]) > 1 else "")
         )
     return "\n".join(lines)
 
