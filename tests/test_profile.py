@@ -178,6 +178,20 @@ def test_imbalance_is_uneven_busy_time_that_scheduling_could_have_avoided():
     assert analyze.imbalance([lane(0, 6, 1.5), lane(-1, 7, 0.0)]) is None
 
 
+def test_within_noise_says_which_test_passed():
+    def row(mode, wall, lo, hi):
+        r = analyze.Row(mode, 2, 3, wall, lo, hi, lanes=2, tasks=6)
+        r.seconds = dict.fromkeys(measure.BUCKETS, 0.1)
+        return r
+
+    close = analyze.verdicts([row("task", 1.00, 0.99, 1.01), row("actor", 1.03, 1.02, 1.04)], [])
+    assert any("within noise (1.000 s and 1.030 s; less than 5% apart)" in v for v in close), close
+    wide = analyze.verdicts([row("task", 1.0, 0.8, 1.4), row("actor", 1.2, 0.9, 1.5)], [])
+    assert any("each median lies in the other's range" in v for v in wide), wide
+    apart = analyze.verdicts([row("task", 1.0, 0.99, 1.01), row("actor", 1.2, 1.19, 1.21)], [])
+    assert any("task mode is 1.20x faster than actor mode" in v for v in apart), apart
+
+
 def test_a_gap_no_single_cost_explains_is_said_so_and_idle_counts_with_equal_processes():
     def row(mode, wall, idle):
         r = analyze.Row(mode, 2, 3, wall, wall * 0.99, wall * 1.01, lanes=2, tasks=6)

@@ -173,11 +173,17 @@ def verdicts(rows: list[Row], profiled: list[tuple[str, int, float, float]]) -> 
         actor_row = by_key[("actor", workers)]
         faster, slower = sorted((task_row, actor_row), key=lambda r: r.wall)
         ratio = slower.wall / faster.wall
-        # Within noise: under NOISE apart, or each median inside the other's range.
-        if ratio < 1 + NOISE or (slower.wall_min <= faster.wall and faster.wall_max >= slower.wall):
+        # Within noise: each median inside the other's range, or under NOISE apart.
+        if slower.wall_min <= faster.wall and faster.wall_max >= slower.wall:
+            why = "each median lies in the other's range"
+        elif ratio < 1 + NOISE:
+            why = f"less than {NOISE:.0%} apart"
+        else:
+            why = ""
+        if why:
             out.append(
                 f"with {_workers(workers)}, task and actor modes are within noise "
-                f"({task_row.wall:.3f} s and {actor_row.wall:.3f} s; each median lies in the other's range)"
+                f"({task_row.wall:.3f} s and {actor_row.wall:.3f} s; {why})"
             )
             continue
         out.append(
