@@ -15,10 +15,12 @@ from ._errors import (
     RemoteError,
     RemoteTraceback,
     SerializationError,
+    TaskTimeoutError,
     WorkerDiedError,
 )
 from ._executor import ActorFactory, Executor, default_max_workers
 from ._futures import Future
+from ._pool import Pool, ThreadPool
 from ._telemetry import Statistics
 from .backends import Backend, BackendOptions, available_backends, register_backend
 
@@ -37,11 +39,14 @@ __all__ = [
     "Executor",
     "Future",
     "InitializerError",
+    "Pool",
     "PoolxError",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
     "Statistics",
+    "TaskTimeoutError",
+    "ThreadPool",
     "WorkerDiedError",
     "__version__",
     "available_backends",

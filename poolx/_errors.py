@@ -22,6 +22,7 @@ the worker's traceback attached as ``__cause__`` (a ``RemoteTraceback``), as
 
 from __future__ import annotations
 
+import multiprocessing
 import pickle
 import signal
 from concurrent.futures.process import BrokenProcessPool
@@ -61,6 +62,26 @@ class WorkerDiedError(PoolxError, BrokenProcessPool):
 
 def _rebuild_worker_died(message: str, exitcode: int | None, pid: int | None) -> WorkerDiedError:
     return WorkerDiedError(message, exitcode=exitcode, pid=pid)
+
+
+class TaskTimeoutError(PoolxError, TimeoutError, multiprocessing.TimeoutError):
+    """The task ran longer than its executor's or pool's ``task_timeout``.
+
+    Its worker was killed and replaced; the other tasks go on.  It is both a
+    ``TimeoutError`` and a ``multiprocessing.TimeoutError``.
+    """
+
+    def __init__(self, message: str, *, timeout: float | None = None, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_task_timeout, (str(self), self.timeout, self.pid))
+
+
+def _rebuild_task_timeout(message: str, timeout: float | None, pid: int | None) -> TaskTimeoutError:
+    return TaskTimeoutError(message, timeout=timeout, pid=pid)
 
 
 class InitializerError(PoolxError, BrokenProcessPool):

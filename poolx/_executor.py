@@ -93,6 +93,9 @@ class Executor(cf.Executor):
         max_tasks_per_child: int | None = None,
         backend: str = "processes",
         _child_hook: Any = None,
+        _any_start_method: bool = False,
+        _task_timeout: float | None = None,
+        _max_memory: int | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = default_max_workers()
@@ -106,7 +109,9 @@ class Executor(cf.Executor):
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
             method = _start_method(mp_context)
-            if method == "fork" and mp_context is None:
+            if _any_start_method:
+                pass  # poolx.Pool: workers retire themselves, which fork allows (as the stdlib's Pool)
+            elif method == "fork" and mp_context is None:
                 mp_context = "spawn"  # as ProcessPoolExecutor does when no context was given
             elif method == "fork":
                 raise ValueError(
@@ -119,12 +124,19 @@ class Executor(cf.Executor):
                 f"the {backend!r} backend does not support max_tasks_per_child; "
                 "use backend='processes'"
             )
+        if _task_timeout is not None and not backend_cls.supports_timeouts:
+            raise ValueError(f"the {backend!r} backend cannot stop a running task: task_timeout needs "
+                             "backend='processes'")
+        if _max_memory is not None and not backend_cls.supports_worker_restart:
+            raise ValueError(f"the {backend!r} backend cannot replace its workers: a memory cap needs "
+                             "backend='processes'")
         self._max_workers = max_workers
         self._telemetry = Telemetry()
         self._actors = ActorDirectory(self._telemetry)
         self._backend: Backend = backend_cls(
             BackendOptions(max_workers, mp_context, initializer, tuple(initargs), max_tasks_per_child,
-                           actors=self._actors, child_hook=_child_hook),
+                           actors=self._actors, child_hook=_child_hook, task_timeout=_task_timeout,
+                           max_memory=_max_memory),
             self._telemetry,
         )
         self._actors.backend = self._backend

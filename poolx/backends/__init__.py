@@ -51,6 +51,12 @@ class BackendOptions:
     #: process at its start and end (the profiling harness's profilers);
     #: backends whose workers are processes honour it, others ignore it
     child_hook: Any = None
+    #: seconds a task may run before its worker is killed and the task fails
+    #: with TaskTimeoutError (backends with supports_timeouts)
+    task_timeout: float | None = None
+    #: resident bytes above which a worker retires after its current batch
+    #: (backends with supports_worker_restart)
+    max_memory: int | None = None
 
 
 class Backend(ABC):

@@ -76,6 +76,7 @@ class ProcessBackend(Backend):
     supports_terminate = True
     supports_max_tasks_per_child = True
     supports_actors = True
+    supports_timeouts = True
 
     def __init__(self, options: BackendOptions, telemetry: Telemetry) -> None:
         super().__init__(options, telemetry)
@@ -90,7 +91,7 @@ class ProcessBackend(Backend):
         self.hook_bytes = dumps(options.child_hook)[0] if options.child_hook is not None else None
         try:
             setup = WorkerSetup.build(options.initializer, options.initargs,
-                                      options.max_tasks_per_child, self.hook_bytes)
+                                      options.max_tasks_per_child, self.hook_bytes, options.max_memory)
         except Exception as exc:
             raise SerializationError(
                 f"the initializer {self.initializer_name} cannot be pickled to send it to "

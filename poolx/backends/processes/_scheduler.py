@@ -62,6 +62,7 @@ from ..._errors import (
     RemoteError,
     RemoteTraceback,
     SerializationError,
+    TaskTimeoutError,
     WorkerDiedError,
     describe_exit,
 )
@@ -98,6 +99,8 @@ MAX_START_FAILURES = 3
 CRASH_DUMP_BYTES = 8192
 # Grace period for workers to exit after STOP, then SIGKILL.
 STOP_TIMEOUT = 5.0
+# How often (at most) the loop looks for tasks over task_timeout, in seconds.
+TIMEOUT_POLL = 0.05
 
 STARTING, READY, STOPPING = "starting", "ready", "stopping"
 
@@ -140,6 +143,8 @@ class _Worker:
         self.init_error: tuple[str, str, str] | None = None
         self.channel_open = True
         self.stop_deadline = 0.0
+        self.timed_out = 0  # id of the task it was killed for running over task_timeout
+        self.retiring = False  # said RETIRING (over its memory cap): exits by itself
 
     def room(self, window: int) -> int:
         room = window - len(self.outstanding)
@@ -156,6 +161,7 @@ class Scheduler(threading.Thread):
         self.max_workers = max_workers
         self.setup = setup
         self.max_tasks = max_tasks
+        self.task_timeout: float | None = backend.options.task_timeout
         self.telemetry = telemetry
         self.incoming = incoming
         self.wake_fd = wake_fd
@@ -195,6 +201,8 @@ class Scheduler(threading.Thread):
                     for key, mask in events:
                         key.data(key, mask)
                     self.take_incoming()
+                    if self.task_timeout is not None:
+                        self.check_timeouts()
                     if self.backend.broken is not None:
                         self.fail_queue(InitializerError(self.backend.broken))
                     self.start_workers()
@@ -212,7 +220,30 @@ class Scheduler(threading.Thread):
     def select_timeout(self) -> float | None:
         if any(w.state == STOPPING for w in self.workers.values()):
             return 0.05
+        if self.task_timeout is not None and any(w.outstanding for w in self.workers.values()):
+            return min(TIMEOUT_POLL, self.task_timeout / 4)
         return None
+
+    def check_timeouts(self) -> None:
+        """Kill the workers whose running task is over ``task_timeout``.
+
+        The progress cell says which task a worker is running and since when;
+        the task fails with TaskTimeoutError once the worker's exit is seen
+        (``blame``), and the worker is replaced like one that died.
+        """
+        limit = self.task_timeout
+        assert limit is not None
+        now = time.perf_counter()
+        for w in self.workers.values():
+            if w.state != READY or not w.outstanding or w.timed_out:
+                continue
+            running_id, finished = W.PROGRESS.unpack_from(w.cell, 0)
+            if finished or running_id not in w.outstanding:
+                continue
+            (started,) = W.STARTED.unpack_from(w.cell, W.STARTED_OFFSET)
+            if now - started > limit:
+                w.timed_out = running_id
+                self.signal(w, kill=True)
 
     def on_wake(self, key: Any, mask: int) -> None:
         # Drain first, then clear the flag, then (in run) take the incoming
@@ -559,6 +590,10 @@ class Scheduler(threading.Thread):
             self.start_failures = 0
         elif kind == W.INIT_FAILED:
             w.init_error = control[1:]
+        elif kind == W.RETIRING:  # over its memory cap: no more tasks; it exits now
+            w.retiring = True
+            w.state = STOPPING
+            w.stop_deadline = time.monotonic() + STOP_TIMEOUT
 
     def on_results(self, w: _Worker, records: list[Any], msg: list[Any]) -> None:
         oob = 1
@@ -689,6 +724,11 @@ class Scheduler(threading.Thread):
                     f"{self.start_failures} workers in a row died while starting; the last one: "
                     f"{describe_exit(exitcode)}"
                 )
+        if w.retiring:  # tasks sent after its last batch run elsewhere, as if never sent
+            self.to_replace += 1
+            self.queue.extendleft(reversed(list(w.outstanding.values())))
+            w.outstanding.clear()
+            return
         if w.state == STOPPING:
             return
         self.to_replace += 1
@@ -702,7 +742,8 @@ class Scheduler(threading.Thread):
                     f"the executor was forcefully shut down (terminate_workers/kill_workers) while "
                     f"{describe(task.fn)} was running", exitcode=exitcode, pid=w.pid))
             return
-        self.died += 1
+        if not w.timed_out:
+            self.died += 1
         self.blame(w, exitcode)
 
     def blame(self, w: _Worker, exitcode: int | None) -> None:
@@ -715,7 +756,12 @@ class Scheduler(threading.Thread):
         running_id, finished = W.PROGRESS.unpack_from(w.cell, 0)
         requeue = []
         for task in w.outstanding.values():
-            if task.id == running_id and not finished:
+            if task.id == running_id and not finished and task.id == w.timed_out:
+                self.fail(task, TaskTimeoutError(
+                    f"{describe(task.fn)} ran longer than task_timeout={self.task_timeout:g} s; its worker "
+                    f"(pid {w.pid}) was killed and replaced, and the other tasks go on",
+                    timeout=self.task_timeout, pid=w.pid))
+            elif task.id == running_id and not finished:
                 self.fail(task, WorkerDiedError(
                     f"the worker process (pid {w.pid}) running {describe(task.fn)} died: "
                     f"{describe_exit(exitcode)}. The worker was replaced; other tasks are "

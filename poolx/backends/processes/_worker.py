@@ -52,6 +52,7 @@ from . import _channel
 # Message kinds (frame 0 is a pickled tuple whose first item is the kind).
 TASKS, STOP, CALLS = 1, 2, 3  # driver -> worker (TASKS) or actor (CALLS)
 READY, INIT_FAILED, RESULTS = 11, 12, 13  # worker or actor -> driver
+RETIRING = 14  # worker -> driver: over its memory cap, it exits after this message
 # On a child's client channel (handles used inside tasks and actors):
 C_CALL, C_GET_ACTOR = 21, 22  # child -> driver
 ACTOR_INFO = 23  # driver -> child (and RESULTS, forwarded from the actor)
@@ -69,6 +70,10 @@ FLUSH_SECONDS = 0.002
 # It fills the first page of a per-worker unlinked temporary file; a fatal
 # error's stack dump (faulthandler) is written after it.
 PROGRESS = struct.Struct("<QQ")
+# When the running task started (time.perf_counter()), after the cell's id:
+# written before the id, so a reader that sees a new id sees its start time.
+STARTED = struct.Struct("<d")
+STARTED_OFFSET = PROGRESS.size
 PROGRESS_BYTES = 4096
 
 
@@ -103,21 +108,22 @@ class WorkerSetup:
     """
 
     def __init__(self, initializer: bytes, initargs: bytes | tuple[Any, ...],
-                 max_tasks: int | None, hook: bytes | None = None) -> None:
+                 max_tasks: int | None, hook: bytes | None = None, max_memory: int | None = None) -> None:
         self.initializer = initializer
         self.initargs = initargs
         self.max_tasks = max_tasks
         self.hook = hook
+        self.max_memory = max_memory
 
     @classmethod
     def build(cls, initializer: Any, initargs: tuple[Any, ...], max_tasks: int | None,
-              hook: bytes | None = None) -> WorkerSetup:
+              hook: bytes | None = None, max_memory: int | None = None) -> WorkerSetup:
         fn, _ = ser.dumps(initializer)  # a SerializationError here names the initializer
         try:
             args: bytes | tuple[Any, ...] = ser.dumps(initargs)[0]
         except Exception:
             args = initargs
-        return cls(fn, args, max_tasks, hook)
+        return cls(fn, args, max_tasks, hook, max_memory)
 
     def unpack(self) -> tuple[Any, tuple[Any, ...], int | None]:
         args = ser.loads(self.initargs) if isinstance(self.initargs, bytes) else self.initargs
@@ -183,7 +189,7 @@ def main(sock: socket.socket, client: socket.socket, progress: Any, index: int, 
             sys.exit(1)
     try:
         _channel.send_all(sock, _channel.encode([pickle.dumps((READY, os.getpid()))]))
-        Worker(sock, cell, max_tasks).loop()
+        Worker(sock, cell, max_tasks, getattr(setup, "max_memory", None)).loop()
     except (_channel.ChannelClosed, BrokenPipeError, ConnectionResetError):
         pass  # the driver is gone: nothing to report to, nobody to report it
     finally:
@@ -211,8 +217,10 @@ def _start_watchdog(sock: socket.socket) -> None:
 
 
 class Worker:
-    def __init__(self, sock: socket.socket, cell: mmap.mmap, max_tasks: int | None) -> None:
+    def __init__(self, sock: socket.socket, cell: mmap.mmap, max_tasks: int | None,
+                 max_memory: int | None = None) -> None:
         self.sock = sock
+        self.max_memory = max_memory  # bytes of resident memory; over it, the worker retires
         self.reader = _channel.FrameReader(sock)
         self.cell = cell
         self.functions: dict[int, Any] = {}
@@ -253,6 +261,13 @@ class Worker:
             if self.tasks_left is not None and self.tasks_left <= 0:
                 self.flush()  # max_tasks_per_child reached: retire
                 return
+            if self.max_memory is not None and resident_bytes() > self.max_memory:
+                # Over the memory cap: say so (the driver sends the tasks it
+                # had queued here to other workers) and exit; a fresh worker
+                # replaces this one.
+                self.flush()
+                _channel.send_all(self.sock, _channel.encode([pickle.dumps((RETIRING, os.getpid()))]))
+                return
 
     def run_batch(self, control: tuple[Any, ...], msg: list[Any]) -> None:
         _, evict, records = control
@@ -268,11 +283,12 @@ class Worker:
 
     def run_one(self, task_id: int, key: int, fn_bytes: bytes | None, payload: bytes,
                 buffers: list[Any]) -> None:
+        t_start = time.perf_counter()
+        STARTED.pack_into(self.cell, STARTED_OFFSET, t_start)
         PROGRESS.pack_into(self.cell, 0, task_id, 0)
         self.running = task_id
         if self.results and not self.wake.is_set():
             self.wake.set()
-        t_start = time.perf_counter()
         try:
             if key:
                 fn = self.functions.get(key)
@@ -348,6 +364,21 @@ class Worker:
             control = pickle.dumps((RESULTS, self.results, _client_calls()), ser.PROTOCOL)
             frames, self.results, self.frames = [control, *self.frames], [], []
             _channel.send_all(self.sock, _channel.encode(frames))
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux), or its peak where that is unknown."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _client_calls() -> int:

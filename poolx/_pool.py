@@ -1,0 +1,576 @@
+"""``poolx.Pool`` and ``poolx.ThreadPool``: ``multiprocessing.pool`` drop-ins on an Executor.
+
+The stdlib's semantics, kept exactly where code could tell the difference:
+``AsyncResult`` / ``MapResult`` / ``IMapIterator`` behave as the stdlib's (a
+callback runs before the result is ready, on a pool thread; ``MapResult`` is
+ready once every chunk is done and carries the first error; ``imap`` goes on
+after a failed item), the same default chunksize, the same exceptions
+(``multiprocessing.TimeoutError``, ``ValueError("Pool not running")``,
+``MaybeEncodingError``, ``multiprocessing.pool.RemoteTraceback`` as the cause
+of a worker's exception), and ``with Pool() as p:`` terminates on exit.
+
+Different on purpose (documented in docs/multiprocessing.md):
+
+- a worker that dies fails only the task it ran (``WorkerDiedError``) instead
+  of leaving its result pending forever (CPython gh-96062);
+- ``terminate()`` fails the results still pending instead of leaving them
+  pending forever;
+- an exception raised by a callback is reported (``sys.excepthook``-style, on
+  stderr) instead of killing the pool's result thread;
+- lambdas, closures and ``__main__`` functions work under every start method.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import sys
+import threading
+import traceback
+import types
+import warnings
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from multiprocessing import TimeoutError as MPTimeoutError
+from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
+from multiprocessing.pool import RemoteTraceback as MPRemoteTraceback  # type: ignore[attr-defined]
+from typing import Any
+
+from ._errors import RemoteTraceback, SerializationError
+from ._executor import Executor
+
+# The stdlib's state names (tests and users read pool._state against these).
+RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+
+_job_counter = itertools.count()
+
+
+def _run_chunk(func: Callable[..., Any], chunk: list[Any], star: bool) -> list[Any]:
+    """One map chunk in the worker: the results of ``func`` over the items, in order."""
+    if star:
+        return [func(*args) for args in chunk]
+    return [func(arg) for arg in chunk]
+
+
+def _default_processes() -> int:
+    count = getattr(os, "process_cpu_count", os.cpu_count)()
+    return count or 1
+
+
+class Pool:
+    """A drop-in for ``multiprocessing.Pool``, running on poolx's process engine.
+
+    Keyword-only extras (the stdlib has none of these):
+
+    - ``task_timeout``: seconds a task (a ``map`` chunk) may run; one that runs
+      over is stopped with its worker, which is replaced; its result raises
+      ``poolx.TaskTimeoutError`` (a ``TimeoutError`` and a
+      ``multiprocessing.TimeoutError``); the other tasks go on;
+    - ``max_memory_per_child``: bytes (or "500MB", "2GiB") of resident memory;
+      a worker above it after a task retires and is replaced, and the tasks it
+      had been sent run on others;
+    - ``progress=True`` on ``map``, ``starmap``, ``imap`` and
+      ``imap_unordered``: a tqdm progress bar.
+    """
+
+    _backend_name = "processes"
+
+    def __init__(self, processes: int | None = None, initializer: Callable[..., object] | None = None,
+                 initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
+                 context: Any = None, *, task_timeout: float | None = None,
+                 max_memory_per_child: int | str | None = None) -> None:
+        self._state = RUN  # before anything can raise: __del__ reads it
+        if processes is None:
+            processes = _default_processes()
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        if task_timeout is not None and not (isinstance(task_timeout, (int, float)) and task_timeout > 0):
+            raise ValueError(f"task_timeout must be a positive number of seconds or None, "
+                             f"got {task_timeout!r}")
+        max_memory = _parse_bytes(max_memory_per_child, "max_memory_per_child")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._processes = processes
+        self._cache: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self._feeders: list[threading.Thread] = []
+        self._outstanding = 0  # tasks submitted and not finished
+        self._idle = threading.Condition(self._lock)
+        self._callbacks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._executor = Executor(processes, context, initializer, tuple(initargs),
+                                  max_tasks_per_child=maxtasksperchild, backend=self._backend_name,
+                                  _any_start_method=True, _task_timeout=task_timeout,
+                                  _max_memory=max_memory)
+        # Callbacks run here, in order, as the stdlib runs them on its result
+        # thread; the thread holds no reference to the pool.
+        self._callback_thread = threading.Thread(target=_run_callbacks, args=(self._callbacks,),
+                                                 name="poolx-pool-callbacks", daemon=True)
+        self._callback_thread.start()
+        weakref.finalize(self, self._callbacks.put, None)
+
+    # -- the stdlib's API ---------------------------------------------------------
+
+    def apply(self, func: Callable[..., Any], args: tuple[Any, ...] = (),
+              kwds: dict[str, Any] | None = None) -> Any:
+        """``func(*args, **kwds)`` in a worker; blocks until the result is ready."""
+        return self.apply_async(func, args, kwds or {}).get()
+
+    def apply_async(self, func: Callable[..., Any], args: tuple[Any, ...] = (),
+                    kwds: dict[str, Any] | None = None, callback: Callable[[Any], object] | None = None,
+                    error_callback: Callable[[BaseException], object] | None = None) -> ApplyResult:
+        """``func(*args, **kwds)`` in a worker; returns an ``AsyncResult``."""
+        self._check_running()
+        result = ApplyResult(self, callback, error_callback)
+        self._submit(func, tuple(args), dict(kwds or {}), lambda ok, value: result._set(ok, value))
+        return result
+
+    def map(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None, *,
+            progress: bool = False) -> list[Any]:
+        """``list(map(func, iterable))`` on the workers, in chunks."""
+        return self._map_async(func, iterable, False, chunksize, progress=progress).get()
+
+    def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                chunksize: int | None = None, *, progress: bool = False) -> list[Any]:
+        """Like ``map`` with each item unpacked as arguments: ``func(*item)``."""
+        return self._map_async(func, iterable, True, chunksize, progress=progress).get()
+
+    def map_async(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None,
+                  callback: Callable[[Any], object] | None = None,
+                  error_callback: Callable[[BaseException], object] | None = None) -> MapResult:
+        return self._map_async(func, iterable, False, chunksize, callback, error_callback)
+
+    def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                      chunksize: int | None = None, callback: Callable[[Any], object] | None = None,
+                      error_callback: Callable[[BaseException], object] | None = None) -> MapResult:
+        return self._map_async(func, iterable, True, chunksize, callback, error_callback)
+
+    def imap(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int = 1, *,
+             progress: bool = False) -> Iterator[Any]:
+        """Results in order, as they come; the iterable is read on a pool thread."""
+        return self._imap(func, iterable, chunksize, IMapIterator, progress)
+
+    def imap_unordered(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int = 1, *,
+                       progress: bool = False) -> Iterator[Any]:
+        """Results in the order they finish."""
+        return self._imap(func, iterable, chunksize, IMapUnorderedIterator, progress)
+
+    def close(self) -> None:
+        """No more work: the workers exit once what was submitted is done."""
+        if self._state == RUN:
+            self._state = CLOSE
+
+    def terminate(self) -> None:
+        """Stop the workers now; results still pending fail."""
+        self._state = TERMINATE
+        if self._executor._backend.supports_terminate:
+            self._executor.terminate_workers()
+        else:  # threads cannot be stopped: drop what has not started (as the stdlib's ThreadPool)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def join(self) -> None:
+        """Wait for the workers to exit (after ``close()`` or ``terminate()``)."""
+        if self._state == RUN:
+            raise ValueError("Pool is still running")
+        if self._state == CLOSE:
+            for feeder in list(self._feeders):
+                feeder.join()
+            with self._idle:
+                while self._outstanding:
+                    self._idle.wait()
+        self._executor.shutdown(wait=True, cancel_futures=self._state == TERMINATE)
+        # Results complete through the callback thread: let it drain.
+        done = threading.Event()
+        self._callbacks.put(done.set)
+        done.wait()
+
+    def __enter__(self) -> Pool:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.terminate()
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+    def __repr__(self) -> str:
+        cls = type(self)
+        return f"<{cls.__module__}.{cls.__qualname__} state={self._state} pool_size={self._processes}>"
+
+    def __del__(self, _warn: Any = warnings.warn, RUN: str = RUN) -> None:
+        if getattr(self, "_state", None) == RUN:
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
+
+    # -- inside -------------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._state != RUN:
+            raise ValueError("Pool not running")
+
+    def _submit(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                deliver: Callable[[bool, Any], None]) -> None:
+        """Run one task; ``deliver(ok, value)`` runs on the callback thread when it is done."""
+        with self._lock:
+            self._outstanding += 1
+        try:
+            future = self._executor.submit(func, *args, **kwargs)
+        except SerializationError as exc:
+            # As the stdlib: the pickling error becomes the task's outcome.
+            self._finished(deliver, False, exc.__cause__ if exc.__cause__ is not None else exc)
+            return
+        except RuntimeError as exc:  # shut down (terminated) meanwhile
+            self._finished(deliver, False, exc)
+            return
+        future.add_done_callback(lambda f: self._on_done(f, deliver))
+
+    def _on_done(self, future: Any, deliver: Callable[[bool, Any], None]) -> None:
+        if future.cancelled():
+            self._finished(deliver, False, _terminated())
+            return
+        exc = future.exception()
+        if exc is None:
+            self._finished(deliver, True, future.result())
+        else:
+            self._finished(deliver, False, _as_stdlib(exc))
+
+    def _finished(self, deliver: Callable[[bool, Any], None], ok: bool, value: Any) -> None:
+        self._callbacks.put(lambda: deliver(ok, value))
+        with self._idle:
+            self._outstanding -= 1
+            if not self._outstanding:
+                self._idle.notify_all()
+
+    def _chunksize(self, items: list[Any], chunksize: int | None) -> int:
+        if chunksize is not None:
+            return chunksize
+        chunksize, extra = divmod(len(items), self._processes * 4)
+        return chunksize + 1 if extra else chunksize
+
+    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], star: bool, chunksize: int | None,
+                   callback: Callable[[Any], object] | None = None,
+                   error_callback: Callable[[BaseException], object] | None = None,
+                   progress: bool = False) -> MapResult:
+        self._check_running()
+        items = list(iterable)
+        size = self._chunksize(items, chunksize)
+        bar = _progress_bar(progress, len(items), func)
+        result = MapResult(self, size, len(items), callback, error_callback)
+        if size > 0:
+            for i, start in enumerate(range(0, len(items), size)):
+                chunk = items[start:start + size]
+
+                def deliver(ok: bool, value: Any, i: int = i, n: int = len(chunk)) -> None:
+                    if bar is not None:
+                        bar.update(n)
+                        if result._number_left == 1:
+                            bar.close()
+                    result._set(i, (ok, value))
+
+                self._submit(_run_chunk, (func, chunk, star), {}, deliver)
+        elif bar is not None:
+            bar.close()
+        return result
+
+    def _imap(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int,
+              kind: type[IMapIterator], progress: bool = False) -> Iterator[Any]:
+        self._check_running()
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        try:
+            total: int | None = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+        bar = _progress_bar(progress, total, func)
+        result = kind(self)
+        feeder = threading.Thread(target=self._feed, args=(func, iter(iterable), chunksize, result, bar),
+                                  name="poolx-pool-feeder", daemon=True)
+        self._feeders.append(feeder)
+        feeder.start()
+        if chunksize == 1:
+            return result
+        return (item for chunk in result for item in chunk)
+
+    def _feed(self, func: Callable[..., Any], items: Iterator[Any], chunksize: int, result: IMapIterator,
+              bar: Any = None) -> None:
+        """Read the iterable on this thread and submit its chunks, a bounded number in flight."""
+        window = threading.BoundedSemaphore(max(64, 8 * self._processes))
+        n = 0
+        try:
+            while True:
+                try:
+                    chunk = list(itertools.islice(items, chunksize))
+                except Exception as exc:  # the iterable raised: that is the outcome at this place
+                    self._callbacks.put(lambda n=n, exc=exc: result._set(n, (False, exc)))
+                    n += 1
+                    break
+                if not chunk:
+                    break
+                window.acquire()
+                if self._state == TERMINATE:
+                    window.release()
+                    self._callbacks.put(lambda n=n: result._set(n, (False, _terminated())))
+                    n += 1
+                    break
+
+                def deliver(ok: bool, value: Any, n: int = n, size: int = len(chunk)) -> None:
+                    window.release()
+                    if bar is not None:
+                        bar.update(size)
+                    result._set(n, (ok, value if chunksize > 1 or not ok else value[0]))
+
+                self._submit(_run_chunk, (func, chunk, False), {}, deliver)
+                n += 1
+        finally:
+            if bar is not None:
+                result._on_end = bar.close
+            self._callbacks.put(lambda n=n: result._set_length(n))
+            self._feeders.remove(threading.current_thread())
+
+
+class ThreadPool(Pool):
+    """A drop-in for ``multiprocessing.pool.ThreadPool``: the same API on threads."""
+
+    _backend_name = "threads"
+
+    def __init__(self, processes: int | None = None, initializer: Callable[..., object] | None = None,
+                 initargs: Iterable[Any] = ()) -> None:
+        super().__init__(processes, initializer, initargs)
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def _parse_bytes(value: int | str | None, name: str) -> int | None:
+    """Bytes from an int or a string such as "500MB" or "2GiB"."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        text = value.strip().upper().replace(" ", "")
+        number = text.rstrip("KMGTIB")
+        unit = text[len(number):]
+        if unit in _UNITS:
+            try:
+                amount = float(number)
+            except ValueError:
+                amount = -1.0
+            if amount > 0:
+                return int(amount * _UNITS[unit])
+    raise ValueError(f"{name} must be a positive number of bytes or a size such as '500MB' or '2GiB', "
+                     f"got {value!r}")
+
+
+def _progress_bar(progress: bool, total: int | None, func: Callable[..., Any]) -> Any:
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError("progress=True needs tqdm: pip install tqdm (or 'poolx[progress]')") from None
+    name = getattr(func, "__qualname__", None) or type(func).__name__
+    return tqdm(total=total, desc=name, unit="item")
+
+
+def _run_callbacks(callbacks: queue.SimpleQueue[Any]) -> None:
+    while True:
+        job = callbacks.get()
+        if job is None:
+            return
+        try:
+            job()
+        except BaseException:  # a user's callback raised: report it, go on
+            print("Exception in a poolx.Pool callback:", file=sys.stderr)
+            traceback.print_exc()
+
+
+def _terminated() -> BaseException:
+    from ._errors import PoolxError
+
+    return PoolxError("the pool was terminated before this task finished")
+
+
+def _as_stdlib(exc: BaseException) -> BaseException:
+    """A worker's exception as multiprocessing.Pool would give it."""
+    if isinstance(exc, SerializationError) and "could not be pickled in the worker" in str(exc):
+        return MaybeEncodingError(exc, "the result")
+    cause = exc.__cause__
+    if isinstance(cause, RemoteTraceback):
+        exc.__cause__ = MPRemoteTraceback(cause.tb)
+    return exc
+
+
+class ApplyResult:
+    """The stdlib's ``AsyncResult``: ``get``, ``wait``, ``ready``, ``successful``."""
+
+    def __init__(self, pool: Pool, callback: Callable[[Any], object] | None,
+                 error_callback: Callable[[BaseException], object] | None) -> None:
+        self._pool: Pool | None = pool
+        self._event = threading.Event()
+        self._job = next(_job_counter)
+        self._cache = pool._cache
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success = False
+        self._value: Any = None
+        self._cache[self._job] = self
+
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        self.wait(timeout)
+        if not self.ready():
+            raise MPTimeoutError
+        if self._success:
+            return self._value
+        raise self._value
+
+    def _set(self, success: bool, value: Any) -> None:
+        self._success, self._value = success, value
+        if self._callback and success:
+            self._callback(value)
+        if self._error_callback and not success:
+            self._error_callback(value)
+        self._event.set()
+        self._cache.pop(self._job, None)
+        self._pool = None
+
+    __class_getitem__: Any = classmethod(types.GenericAlias)
+
+
+AsyncResult = ApplyResult
+
+
+class MapResult(ApplyResult):
+    """A ``map_async`` result: ready once every chunk is done; the first error wins."""
+
+    def __init__(self, pool: Pool, chunksize: int, length: int, callback: Callable[[Any], object] | None,
+                 error_callback: Callable[[BaseException], object] | None) -> None:
+        super().__init__(pool, callback, error_callback)
+        self._success = True
+        self._value = [None] * length
+        self._chunksize = chunksize
+        if chunksize <= 0:
+            self._number_left = 0
+            self._event.set()
+            self._cache.pop(self._job, None)
+        else:
+            self._number_left = length // chunksize + bool(length % chunksize)
+
+    def _set(self, i: int, success_result: tuple[bool, Any]) -> None:
+        self._number_left -= 1
+        success, result = success_result
+        if success and self._success:
+            self._value[i * self._chunksize:(i + 1) * self._chunksize] = result
+        elif not success and self._success:
+            self._success = False
+            self._value = result  # only the first exception is kept
+        if self._number_left == 0:
+            if self._success and self._callback:
+                self._callback(self._value)
+            elif not self._success and self._error_callback:
+                self._error_callback(self._value)
+            self._cache.pop(self._job, None)
+            self._event.set()
+            self._pool = None
+
+
+class IMapIterator:
+    """Results of ``imap`` in order; ``next(timeout)`` raises ``multiprocessing.TimeoutError``."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool: Pool | None = pool
+        self._cond = threading.Condition(threading.Lock())
+        self._job = next(_job_counter)
+        self._cache = pool._cache
+        self._items: deque[tuple[bool, Any]] = deque()
+        self._index = 0
+        self._length: int | None = None
+        self._unsorted: dict[int, tuple[bool, Any]] = {}
+        self._on_end: Callable[[], object] | None = None  # closes a progress bar
+        self._cache[self._job] = self
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        with self._cond:
+            try:
+                item = self._items.popleft()
+            except IndexError:
+                if self._index == self._length:
+                    self._pool = None
+                    raise StopIteration from None
+                self._cond.wait(timeout)
+                try:
+                    item = self._items.popleft()
+                except IndexError:
+                    if self._index == self._length:
+                        self._pool = None
+                        raise StopIteration from None
+                    raise MPTimeoutError from None
+        success, value = item
+        if success:
+            return value
+        raise value
+
+    __next__ = next
+
+    def _set(self, i: int, obj: tuple[bool, Any]) -> None:
+        with self._cond:
+            if self._index == i:
+                self._items.append(obj)
+                self._index += 1
+                while self._index in self._unsorted:
+                    self._items.append(self._unsorted.pop(self._index))
+                    self._index += 1
+                self._cond.notify()
+            else:
+                self._unsorted[i] = obj
+            if self._index == self._length:
+                self._cache.pop(self._job, None)
+                self._pool = None
+        self._end_if_done()
+
+    def _set_length(self, length: int) -> None:
+        with self._cond:
+            self._length = length
+            if self._index == self._length:
+                self._cond.notify()
+                self._cache.pop(self._job, None)
+                self._pool = None
+        self._end_if_done()
+
+    def _end_if_done(self) -> None:
+        # Runs on the callback thread only: every result and the length arrive there.
+        if self._on_end is not None and self._index == self._length:
+            end, self._on_end = self._on_end, None
+            end()
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """Results of ``imap_unordered``, in the order they finish."""
+
+    def _set(self, i: int, obj: tuple[bool, Any]) -> None:
+        with self._cond:
+            self._items.append(obj)
+            self._index += 1
+            self._cond.notify()
+            if self._index == self._length:
+                self._cache.pop(self._job, None)
+                self._pool = None
+        self._end_if_done()
