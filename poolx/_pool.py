@@ -42,7 +42,7 @@ from ._errors import RemoteTraceback, SerializationError
 from ._executor import Executor
 
 # The stdlib's state names (tests and users read pool._state against these).
-RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+INIT, RUN, CLOSE, TERMINATE = "INIT", "RUN", "CLOSE", "TERMINATE"
 
 _job_counter = itertools.count()
 
@@ -81,7 +81,7 @@ class Pool:
                  initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
                  context: Any = None, *, task_timeout: float | None = None,
                  max_memory_per_child: int | str | None = None) -> None:
-        self._state = RUN  # before anything can raise: __del__ reads it
+        self._state = INIT  # before anything can raise: __del__ reads it
         if processes is None:
             processes = _default_processes()
         if processes < 1:
@@ -95,6 +95,7 @@ class Pool:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._processes = processes
+        self._terminated = False
         self._cache: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._feeders: list[threading.Thread] = []
@@ -111,6 +112,7 @@ class Pool:
                                                  name="poolx-pool-callbacks", daemon=True)
         self._callback_thread.start()
         weakref.finalize(self, self._callbacks.put, None)
+        self._state = RUN
 
     # -- the stdlib's API ---------------------------------------------------------
 
@@ -164,12 +166,17 @@ class Pool:
             self._state = CLOSE
 
     def terminate(self) -> None:
-        """Stop the workers now; results still pending fail."""
+        """Stop the workers now; results still pending fail.  Returns once they are gone."""
         self._state = TERMINATE
+        if self._terminated:
+            return
+        self._terminated = True
         if self._executor._backend.supports_terminate:
             self._executor.terminate_workers()
-        else:  # threads cannot be stopped: drop what has not started (as the stdlib's ThreadPool)
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        for feeder in list(self._feeders):  # each sees TERMINATE at its next chunk
+            feeder.join(5.0)
+        self._stop_callbacks()
 
     def join(self) -> None:
         """Wait for the workers to exit (after ``close()`` or ``terminate()``)."""
@@ -181,11 +188,14 @@ class Pool:
             with self._idle:
                 while self._outstanding:
                     self._idle.wait()
-        self._executor.shutdown(wait=True, cancel_futures=self._state == TERMINATE)
-        # Results complete through the callback thread: let it drain.
-        done = threading.Event()
-        self._callbacks.put(done.set)
-        done.wait()
+            self._executor.shutdown(wait=True)
+        self._stop_callbacks()
+
+    def _stop_callbacks(self) -> None:
+        """Run the callbacks still queued, then end the callback thread."""
+        self._callbacks.put(None)
+        if threading.current_thread() is not self._callback_thread:
+            self._callback_thread.join()
 
     def __enter__(self) -> Pool:
         self._check_running()
@@ -441,13 +451,15 @@ class ApplyResult:
 
     def _set(self, success: bool, value: Any) -> None:
         self._success, self._value = success, value
-        if self._callback and success:
-            self._callback(value)
-        if self._error_callback and not success:
-            self._error_callback(value)
-        self._event.set()
-        self._cache.pop(self._job, None)
-        self._pool = None
+        try:
+            if self._callback and success:
+                self._callback(value)
+            if self._error_callback and not success:
+                self._error_callback(value)
+        finally:  # a raising callback is reported by the callback thread; the result is ready
+            self._event.set()
+            self._cache.pop(self._job, None)
+            self._pool = None
 
     __class_getitem__: Any = classmethod(types.GenericAlias)
 
@@ -480,13 +492,15 @@ class MapResult(ApplyResult):
             self._success = False
             self._value = result  # only the first exception is kept
         if self._number_left == 0:
-            if self._success and self._callback:
-                self._callback(self._value)
-            elif not self._success and self._error_callback:
-                self._error_callback(self._value)
-            self._cache.pop(self._job, None)
-            self._event.set()
-            self._pool = None
+            try:
+                if self._success and self._callback:
+                    self._callback(self._value)
+                elif not self._success and self._error_callback:
+                    self._error_callback(self._value)
+            finally:
+                self._cache.pop(self._job, None)
+                self._event.set()
+                self._pool = None
 
 
 class IMapIterator:
