@@ -18,11 +18,15 @@ Different on purpose (documented in docs/multiprocessing.md):
 - an exception raised by a callback is reported (``sys.excepthook``-style, on
   stderr) instead of killing the pool's result thread;
 - lambdas, closures and ``__main__`` functions work under every start method.
+
+The start method is the stdlib's too: ``multiprocessing``'s default context
+(fork on Linux up to Python 3.13) unless ``context`` says otherwise.
 """
 
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 import queue
 import sys
@@ -102,6 +106,11 @@ class Pool:
         self._outstanding = 0  # tasks submitted and not finished
         self._idle = threading.Condition(self._lock)
         self._callbacks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        if context is None and self._backend_name == "processes":
+            # As multiprocessing.Pool: the default context, fork on Linux up to
+            # Python 3.13 (workers inherit the program's state), forkserver from
+            # 3.14, and whatever set_start_method() chose.
+            context = multiprocessing.get_context()
         self._executor = Executor(processes, context, initializer, tuple(initargs),
                                   max_tasks_per_child=maxtasksperchild, backend=self._backend_name,
                                   _any_start_method=True, _task_timeout=task_timeout,
