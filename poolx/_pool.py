@@ -136,7 +136,8 @@ class Pool:
         """``func(*args, **kwds)`` in a worker; returns an ``AsyncResult``."""
         self._check_running()
         result = ApplyResult(self, callback, error_callback)
-        self._submit(func, tuple(args), dict(kwds or {}), lambda ok, value: result._set(ok, value))
+        self._submit(func, tuple(args), dict(kwds or {}), result._set,
+                     callback is not None or error_callback is not None)
         return result
 
     def map(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None, *,
@@ -231,33 +232,38 @@ class Pool:
             raise ValueError("Pool not running")
 
     def _submit(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                deliver: Callable[[bool, Any], None]) -> None:
-        """Run one task; ``deliver(ok, value)`` runs on the callback thread when it is done."""
+                deliver: Callable[[bool, Any], None], threaded: bool) -> None:
+        """Run one task; ``deliver(ok, value)`` runs when it is done: on the
+        callback thread when ``threaded`` (it calls user code: a callback, a
+        progress bar), else wherever the task completes (it only stores)."""
         with self._lock:
             self._outstanding += 1
         try:
             future = self._executor.submit(func, *args, **kwargs)
         except SerializationError as exc:
             # As the stdlib: the pickling error becomes the task's outcome.
-            self._finished(deliver, False, exc.__cause__ if exc.__cause__ is not None else exc)
+            self._finished(deliver, threaded, False, exc.__cause__ if exc.__cause__ is not None else exc)
             return
         except RuntimeError as exc:  # shut down (terminated) meanwhile
-            self._finished(deliver, False, exc)
+            self._finished(deliver, threaded, False, exc)
             return
-        future.add_done_callback(lambda f: self._on_done(f, deliver))
+        future.add_done_callback(lambda f: self._on_done(f, deliver, threaded))
 
-    def _on_done(self, future: Any, deliver: Callable[[bool, Any], None]) -> None:
+    def _on_done(self, future: Any, deliver: Callable[[bool, Any], None], threaded: bool) -> None:
         if future.cancelled():
-            self._finished(deliver, False, _terminated())
+            self._finished(deliver, threaded, False, _terminated())
             return
         exc = future.exception()
         if exc is None:
-            self._finished(deliver, True, future.result())
+            self._finished(deliver, threaded, True, future.result())
         else:
-            self._finished(deliver, False, _as_stdlib(exc))
+            self._finished(deliver, threaded, False, _as_stdlib(exc))
 
-    def _finished(self, deliver: Callable[[bool, Any], None], ok: bool, value: Any) -> None:
-        self._callbacks.put(lambda: deliver(ok, value))
+    def _finished(self, deliver: Callable[[bool, Any], None], threaded: bool, ok: bool, value: Any) -> None:
+        if threaded:
+            self._callbacks.put(lambda: deliver(ok, value))
+        else:
+            deliver(ok, value)
         with self._idle:
             self._outstanding -= 1
             if not self._outstanding:
@@ -283,13 +289,14 @@ class Pool:
                 chunk = items[start:start + size]
 
                 def deliver(ok: bool, value: Any, i: int = i, n: int = len(chunk)) -> None:
-                    if bar is not None:
+                    if bar is not None:  # (on the callback thread: one at a time)
                         bar.update(n)
                         if result._number_left == 1:
                             bar.close()
                     result._set(i, (ok, value))
 
-                self._submit(_run_chunk, (func, chunk, star), {}, deliver)
+                self._submit(_run_chunk, (func, chunk, star), {}, deliver,
+                             bar is not None or callback is not None or error_callback is not None)
         elif bar is not None:
             bar.close()
         return result
@@ -341,7 +348,7 @@ class Pool:
                         bar.update(size)
                     result._set(n, (ok, value if chunksize > 1 or not ok else value[0]))
 
-                self._submit(_run_chunk, (func, chunk, False), {}, deliver)
+                self._submit(_run_chunk, (func, chunk, False), {}, deliver, bar is not None)
                 n += 1
         finally:
             if bar is not None:
@@ -485,6 +492,7 @@ class MapResult(ApplyResult):
         self._success = True
         self._value = [None] * length
         self._chunksize = chunksize
+        self._set_lock = threading.Lock()
         if chunksize <= 0:
             self._number_left = 0
             self._event.set()
@@ -493,23 +501,31 @@ class MapResult(ApplyResult):
             self._number_left = length // chunksize + bool(length % chunksize)
 
     def _set(self, i: int, success_result: tuple[bool, Any]) -> None:
-        self._number_left -= 1
+        with self._set_lock:  # chunks may complete on several threads at once
+            self._number_left -= 1
+            last = self._number_left == 0
+            self._store(i, success_result)
+        if last:
+            self._complete()
+
+    def _store(self, i: int, success_result: tuple[bool, Any]) -> None:
         success, result = success_result
         if success and self._success:
             self._value[i * self._chunksize:(i + 1) * self._chunksize] = result
         elif not success and self._success:
             self._success = False
             self._value = result  # only the first exception is kept
-        if self._number_left == 0:
-            try:
-                if self._success and self._callback:
-                    self._callback(self._value)
-                elif not self._success and self._error_callback:
-                    self._error_callback(self._value)
-            finally:
-                self._cache.pop(self._job, None)
-                self._event.set()
-                self._pool = None
+
+    def _complete(self) -> None:
+        try:
+            if self._success and self._callback:
+                self._callback(self._value)
+            elif not self._success and self._error_callback:
+                self._error_callback(self._value)
+        finally:
+            self._cache.pop(self._job, None)
+            self._event.set()
+            self._pool = None
 
 
 class IMapIterator:
