@@ -45,6 +45,16 @@ FULL = {
     "pi_chunks": 32,  # tasks the samples are split into (same for everyone)
     "actor_warmup": 100,  # actor calls not timed (actor_awaited, actor_pipelined)
     "actor_calls": 10_000,  # actor calls timed
+    # The multiprocessing.Pool-API cases (pool_*).
+    # 1,000,000, not 100,000: 100,000 tiny items take 10 to 15 ms, within the noise of a 2-core VM.
+    "pool_map_items": 1_000_000,  # items of pool_map_tiny, default chunksize
+    "pool_imap_items": 10_000,  # items of pool_imap_tiny and pool_imap_unordered_tiny, chunksize=1
+    "pool_imap_chunked_items": 100_000,  # items of pool_imap_chunked
+    "pool_imap_chunksize": 64,  # chunksize of pool_imap_chunked
+    "pool_apply": 1_000,  # apply_async calls of pool_apply_async
+    "pool_small_tasks": 1_000,  # ~1 ms tasks of pool_small_tasks
+    "pool_roundtrip_warmup": 100,  # apply_async(...).get() not timed
+    "pool_roundtrip": 1_000,  # apply_async(...).get() timed one by one
 }
 # --quick: a smoke test of every path, about 10x smaller.
 QUICK = {
@@ -56,14 +66,22 @@ QUICK = {
     "pi_chunks": 32,
     "actor_warmup": 100,
     "actor_calls": 1_000,
+    "pool_map_items": 100_000,
+    "pool_imap_items": 1_000,
+    "pool_imap_chunked_items": 10_000,
+    "pool_imap_chunksize": 64,
+    "pool_apply": 200,
+    "pool_small_tasks": 100,
+    "pool_roundtrip_warmup": 20,
+    "pool_roundtrip": 100,
 }
 
 # Seconds each warm-up task sleeps: long enough that a pool hands one to each
 # of its workers instead of running them all on the first one that is ready.
 WARM_SLEEP_S = 0.05
 
-IMPLS = ["poolx", "poolx[fork]", "ProcessPoolExecutor", "multiprocessing.Pool", "loky", "serial",
-         "bare-fork", "ray", "dask"]
+IMPLS = ["poolx", "poolx[fork]", "ProcessPoolExecutor", "multiprocessing.Pool",
+         "multiprocessing.Pool[forkserver]", "loky", "serial", "bare-fork", "ray", "dask"]
 
 # The actor cases run poolx, Ray and Dask; Ray and Dask run nothing else.
 # Both are optional: where one cannot be imported its measurements are
@@ -71,6 +89,15 @@ IMPLS = ["poolx", "poolx[fork]", "ProcessPoolExecutor", "multiprocessing.Pool", 
 ACTOR_CASES = ["actor_awaited", "actor_pipelined", "actor_retrieve"]
 ACTOR_IMPLS = ["poolx", "ray", "dask"]
 OPTIONAL_IMPLS = {"ray": "ray", "dask": "distributed"}  # implementation: module it needs
+
+# The multiprocessing.Pool-API cases: poolx.Pool beside multiprocessing.Pool
+# (default context, and forkserver, poolx's default start method) and Ray's
+# clone, ray.util.multiprocessing.Pool.  In these cases "poolx" is
+# poolx.Pool(2), "poolx[fork]" poolx.Pool(2, context=fork) and "ray" Ray's Pool
+# on a fresh local Ray cluster; the timed code calls each pool's own methods.
+POOL_CASES = ["pool_map_tiny", "pool_imap_tiny", "pool_imap_unordered_tiny", "pool_imap_chunked",
+              "pool_apply_async", "pool_small_tasks", "pool_apply_roundtrip"]
+POOL_IMPLS = ["poolx", "poolx[fork]", "multiprocessing.Pool", "multiprocessing.Pool[forkserver]", "ray"]
 
 
 # -- a uniform face on every implementation -----------------------------------
@@ -99,12 +126,13 @@ def import_libraries(impl):
         import poolx  # noqa: F401
     elif impl == "ProcessPoolExecutor":
         import concurrent.futures  # noqa: F401
-    elif impl == "multiprocessing.Pool":
+    elif impl.startswith("multiprocessing.Pool"):
         import multiprocessing.pool  # noqa: F401
     elif impl == "loky":
         import loky  # noqa: F401
     elif impl == "ray":
-        import ray  # noqa: F401
+        import ray
+        import ray.util.multiprocessing  # noqa: F401  (the pool cases)
     elif impl == "dask":
         import dask  # noqa: F401
         import distributed  # noqa: F401
@@ -129,6 +157,10 @@ def open_pool(impl, workers):
         import multiprocessing
 
         return mp_pool(multiprocessing.Pool(workers), multiprocessing.get_start_method())
+    if impl == "multiprocessing.Pool[forkserver]":
+        import multiprocessing
+
+        return mp_pool(multiprocessing.get_context("forkserver").Pool(workers), "forkserver")
     if impl == "loky":
         import loky
 
@@ -529,6 +561,158 @@ def case_actor_retrieve(impl, sizes):
                     "runtime_start_s": start_s, "config": system.config, "caller_cpu_s": t.cpu}
 
 
+# -- the multiprocessing.Pool API: poolx.Pool, multiprocessing.Pool, Ray's clone --
+# Every peer gets the same call (the same chunksize argument, or none); the
+# timed loops call the pool's own methods (``raw`` below), no adapter between.
+
+
+def open_mp_api_pool(impl, workers):
+    """A ``Pool`` face (submit, map, close, start method) over a multiprocessing.Pool-API pool.
+
+    ``.raw`` is the pool itself: poolx.Pool, multiprocessing.Pool or
+    ray.util.multiprocessing.Pool, with ``workers`` processes.
+    """
+    if impl in ("poolx", "poolx[fork]"):
+        import poolx
+
+        raw = poolx.Pool(workers) if impl == "poolx" else poolx.Pool(workers, context="fork")
+        try:
+            method = raw._executor._backend.context.get_start_method()
+        except Exception:
+            method = "unknown"
+    elif impl == "multiprocessing.Pool":
+        import multiprocessing
+
+        raw, method = multiprocessing.Pool(workers), multiprocessing.get_start_method()
+    elif impl == "multiprocessing.Pool[forkserver]":
+        import multiprocessing
+
+        raw, method = multiprocessing.get_context("forkserver").Pool(workers), "forkserver"
+    elif impl == "ray":
+        import ray
+        import ray.util.multiprocessing
+
+        # As the actor cases start Ray; the pool's actors take no CPU of their own.
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        raw, method = ray.util.multiprocessing.Pool(workers), "ray (one Ray actor per pool process)"
+    else:
+        raise SystemExit(f"{impl!r} does not run the pool cases; those that do: {', '.join(POOL_IMPLS)}")
+
+    def close():
+        raw.close()
+        raw.join()
+        if impl == "ray":
+            import ray
+
+            ray.shutdown()
+
+    pool = Pool(submit=lambda fn, *args: Handle(raw.apply_async(fn, args).get), map_=raw.map, close=close,
+                start_method=method)
+    pool.raw = raw
+    return pool
+
+
+def ready_mp_api_pool(impl):
+    """The pool of ``impl`` with WORKERS processes, warmed: warm_up(), then one small map."""
+    pool = open_mp_api_pool(impl, WORKERS)
+    warm_up(pool, WORKERS)
+    check(pool.raw.map(w.inc, range(100)) == list(range(1, 101)), "wrong warm-up map results")
+    return pool, pool.raw
+
+
+def items_result(n, t):
+    return {"value": n / t.seconds, "unit": "items/s", "seconds": t.seconds, "n": n, "caller_cpu_s": t.cpu}
+
+
+def case_pool_map_tiny(impl, sizes):
+    """``pool.map(inc, range(n))``, default chunksize (each pool's own heuristic): items/s."""
+    n = sizes["pool_map_items"]
+    pool, raw = ready_mp_api_pool(impl)
+    with Timer() as t:
+        results = raw.map(w.inc, range(n))
+    check(results == list(range(1, n + 1)), "wrong map results")
+    return pool, items_result(n, t)
+
+
+def case_pool_imap_tiny(impl, sizes):
+    """``list(pool.imap(inc, range(n), chunksize=1))``: items/s."""
+    n = sizes["pool_imap_items"]
+    pool, raw = ready_mp_api_pool(impl)
+    with Timer() as t:
+        results = list(raw.imap(w.inc, range(n), chunksize=1))
+    check(results == list(range(1, n + 1)), "wrong imap results")
+    return pool, items_result(n, t)
+
+
+def case_pool_imap_unordered_tiny(impl, sizes):
+    """``list(pool.imap_unordered(inc, range(n), chunksize=1))``: items/s."""
+    n = sizes["pool_imap_items"]
+    pool, raw = ready_mp_api_pool(impl)
+    with Timer() as t:
+        results = list(raw.imap_unordered(w.inc, range(n), chunksize=1))
+    check(sorted(results) == list(range(1, n + 1)), "wrong imap_unordered results")
+    return pool, items_result(n, t)
+
+
+def case_pool_imap_chunked(impl, sizes):
+    """``list(pool.imap(inc, range(n), chunksize=64))``: items/s."""
+    n, chunksize = sizes["pool_imap_chunked_items"], sizes["pool_imap_chunksize"]
+    pool, raw = ready_mp_api_pool(impl)
+    with Timer() as t:
+        results = list(raw.imap(w.inc, range(n), chunksize=chunksize))
+    check(results == list(range(1, n + 1)), "wrong imap results")
+    return pool, items_result(n, t)
+
+
+def case_pool_apply_async(impl, sizes):
+    """``n`` ``apply_async(inc, (i,))`` all made, then every ``.get()``: tasks/s."""
+    n = sizes["pool_apply"]
+    pool, raw = ready_mp_api_pool(impl)
+    apply_async = raw.apply_async
+    with Timer() as t:
+        handles = [apply_async(w.inc, (i,)) for i in range(n)]
+        results = [h.get() for h in handles]
+    check(results == list(range(1, n + 1)), "wrong apply_async results")
+    return pool, {"value": n / t.seconds, "unit": "tasks/s", "seconds": t.seconds, "n": n,
+                  "caller_cpu_s": t.cpu}
+
+
+def case_pool_small_tasks(impl, sizes):
+    """``pool.map(small_task, range(n))``, ~1 ms of CPU each, default chunksize: seconds."""
+    n = sizes["pool_small_tasks"]
+    pool, raw = ready_mp_api_pool(impl)
+    t0 = time.perf_counter()  # one task's length here, in the caller (not timed)
+    for i in range(20):
+        w.small_task(i)
+    task_ms = (time.perf_counter() - t0) / 20 * 1e3
+    with Timer() as t:
+        results = raw.map(w.small_task, range(n))
+    check(results == [w.small_task(i) for i in range(n)], "wrong small_task results")
+    return pool, {"value": t.seconds, "unit": "s", "seconds": t.seconds, "n": n,
+                  "task_ms": task_ms,
+                  "ideal_s": n * task_ms / 1e3 / WORKERS, "caller_cpu_s": t.cpu}
+
+
+def case_pool_apply_roundtrip(impl, sizes):
+    """``apply_async(noop).get()`` one after another: median and p99 latency in microseconds."""
+    pool, raw = ready_mp_api_pool(impl)
+    apply_async = raw.apply_async
+    for _ in range(sizes["pool_roundtrip_warmup"]):
+        apply_async(w.noop).get()
+    clock = time.perf_counter_ns
+    samples = []
+    with Timer() as t:
+        for _ in range(sizes["pool_roundtrip"]):
+            t0 = clock()
+            apply_async(w.noop).get()
+            samples.append(clock() - t0)
+    samples.sort()
+    us = [s / 1e3 for s in samples]
+    p99 = us[min(len(us) - 1, round(0.99 * (len(us) - 1)))]
+    return pool, {"value": statistics.median(us), "unit": "us", "p99_us": p99, "min_us": us[0],
+                  "max_us": us[-1], "n": len(us), "seconds": t.seconds, "caller_cpu_s": t.cpu}
+
+
 CASES = {
     "startup": case_startup,
     "tasks": case_tasks,
@@ -539,6 +723,13 @@ CASES = {
     "actor_awaited": case_actor_awaited,
     "actor_pipelined": case_actor_pipelined,
     "actor_retrieve": case_actor_retrieve,
+    "pool_map_tiny": case_pool_map_tiny,
+    "pool_imap_tiny": case_pool_imap_tiny,
+    "pool_imap_unordered_tiny": case_pool_imap_unordered_tiny,
+    "pool_imap_chunked": case_pool_imap_chunked,
+    "pool_apply_async": case_pool_apply_async,
+    "pool_small_tasks": case_pool_small_tasks,
+    "pool_apply_roundtrip": case_pool_apply_roundtrip,
 }
 
 
@@ -557,9 +748,16 @@ def main(argv):
         raise SystemExit(f"usage: _case.py CASE IMPL [--quick]\n  CASE: {', '.join(CASES)}\n"
                          f"  IMPL: {', '.join(IMPLS)}")
     case, impl = args
-    if (impl not in ACTOR_IMPLS if case in ACTOR_CASES else impl in OPTIONAL_IMPLS):
+    if case in ACTOR_CASES:
+        refused = impl not in ACTOR_IMPLS
+    elif case in POOL_CASES:
+        refused = impl not in POOL_IMPLS
+    else:
+        refused = impl in OPTIONAL_IMPLS
+    if refused:
         raise SystemExit(f"{impl} does not run {case}: the actor cases ({', '.join(ACTOR_CASES)}) "
-                         f"run {', '.join(ACTOR_IMPLS)}; ray and dask run only those")
+                         f"run {', '.join(ACTOR_IMPLS)}; the pool cases ({', '.join(POOL_CASES)}) run "
+                         f"{', '.join(POOL_IMPLS)}; ray and dask run only those")
     sizes = QUICK if "--quick" in argv else FULL
     if impl in OPTIONAL_IMPLS:
         try:

@@ -44,6 +44,13 @@ QUICK_REPEATS = 1
 PEERS = ["ProcessPoolExecutor", "multiprocessing.Pool", "loky"]
 # The actor cases compare poolx with Ray and Dask (the stdlib pools have no actors).
 ACTOR_PEERS = ["ray", "dask"]
+# The pool cases compare poolx.Pool with multiprocessing.Pool (default context
+# and forkserver) and Ray's clone, ray.util.multiprocessing.Pool.
+POOL_PEERS = ["multiprocessing.Pool", "multiprocessing.Pool[forkserver]", "ray"]
+# The stdlib rows of the pool cases: the goals ask poolx.Pool to match the better of them
+# everywhere, and to beat it where poolx's engine should (apply_async one by one).
+POOL_STDLIB = ["multiprocessing.Pool", "multiprocessing.Pool[forkserver]"]
+POOL_FASTER_GOALS = ["pool_apply_async", "pool_apply_roundtrip"]
 
 # Which implementations run each case.  serial only where it means something:
 # it has no startup, no round trip, and runs retrieve's sleeps one after another.
@@ -60,6 +67,9 @@ CASE_IMPLS = {
     # poolx, Ray and Dask actors; Ray and Dask are optional (skipped, with the
     # reason, where they cannot be imported) and run nothing else.
     **{case: _case.ACTOR_IMPLS for case in _case.ACTOR_CASES},
+    # poolx.Pool, multiprocessing.Pool (two start methods) and Ray's Pool clone;
+    # Ray is optional (skipped, with the reason, where it cannot be imported).
+    **{case: _case.POOL_IMPLS for case in _case.POOL_CASES},
 }
 
 # Seconds one measurement subprocess may run before its process tree is
@@ -70,7 +80,10 @@ CASE_IMPLS = {
 # Ray on 2 cores, plus about 1.5 s for its shutdown) and Dask's 10,000 calls
 # at under 1,000/s.
 CASE_TIMEOUT_S = {"startup": 30, "tasks": 60, "map": 90, "roundtrip": 60, "pi": 60, "retrieve": 60,
-                  "actor_awaited": 90, "actor_pipelined": 90, "actor_retrieve": 60}
+                  "actor_awaited": 90, "actor_pipelined": 90, "actor_retrieve": 60,
+                  # Ray's Pool includes starting a local Ray cluster; its imap with
+                  # chunksize=1 runs about 1,500 items/s (about 7 s for 10,000).
+                  **{case: 60 for case in _case.POOL_CASES}}
 # After a measurement exits, how long its leftover processes (e.g. a
 # forkserver noticing its parent is gone) get to exit before they are
 # recorded as leftovers and killed.
@@ -99,6 +112,18 @@ CASE_INFO = {
     "actor_retrieve": ("retrieve with a DataTracker actor: 6 tasks on 6 warm slots, task i sleeps i/10 s "
                        "and calls tracker.increment; until all results are in and counts() == 6 "
                        "(ideal 0.5 s)", "s", False),
+    "pool_map_tiny": ("pool.map(inc, range({pool_map_items:,})), default chunksize", "items/s", True),
+    "pool_imap_tiny": ("list(pool.imap(inc, range({pool_imap_items:,}), chunksize=1))", "items/s", True),
+    "pool_imap_unordered_tiny": ("list(pool.imap_unordered(inc, range({pool_imap_items:,}), chunksize=1))",
+                                 "items/s", True),
+    "pool_imap_chunked": ("list(pool.imap(inc, range({pool_imap_chunked_items:,}), "
+                          "chunksize={pool_imap_chunksize}))", "items/s", True),
+    "pool_apply_async": ("{pool_apply:,} pool.apply_async(inc, (i,)) all made, then every .get()",
+                         "tasks/s", True),
+    "pool_small_tasks": ("pool.map(small_task, range({pool_small_tasks:,})), ~1 ms of CPU each, default "
+                         "chunksize (ray-project/ray#21343)", "s", False),
+    "pool_apply_roundtrip": ("{pool_roundtrip:,} sequential pool.apply_async(noop).get() after "
+                             "{pool_roundtrip_warmup:,} untimed", "us (median)", False),
 }
 
 # Reference figures from the issue (Ray and Dask on the machine the suite was
@@ -297,7 +322,7 @@ def progress_line(r):
     extra = f"  [{r['skip_reason']}]" if "skip_reason" in r else ""
     extra += f"  [{r['note']}]" if "note" in r else ""
     extra += f"  [{r['leftover_processes']} leftover processes killed]" if r.get("leftover_processes") else ""
-    return f"  repeat {r['repeat']}  {r['case']:<15} {r['impl']:<21} {value:<24} ({r['wall_s']:.1f} s){extra}"
+    return f"  repeat {r['repeat']}  {r['case']:<24} {r['impl']:<32} {value:<24} ({r['wall_s']:.1f} s){extra}"
 
 
 # -- summarising -------------------------------------------------------------------
@@ -322,8 +347,10 @@ def summarise(records, cases):
             if ok:
                 values = [r["value"] for r in ok]
                 row.update(median=statistics.median(values), min=min(values), max=max(values))
-                if case == "roundtrip":
+                if case in ("roundtrip", "pool_apply_roundtrip"):
                     row["p99_us"] = statistics.median(r["p99_us"] for r in ok)
+                if case == "pool_small_tasks":
+                    row["ideal_s"] = statistics.median(r["ideal_s"] for r in ok)
                 starts = [r["runtime_start_s"] for r in ok if "runtime_start_s" in r]
                 if starts:  # actor cases: starting the executor / Ray / the Dask cluster
                     row["runtime_start_s"] = statistics.median(starts)
@@ -338,7 +365,9 @@ def summarise(records, cases):
 
 
 def peers_of(case):
-    return ACTOR_PEERS if case in _case.ACTOR_CASES else PEERS
+    if case in _case.ACTOR_CASES:
+        return ACTOR_PEERS
+    return POOL_PEERS if case in _case.POOL_CASES else PEERS
 
 
 def best_peer(case, rows):
@@ -362,6 +391,11 @@ def add_ratios(case, rows):
             row["best_peer"] = name
         if case == "pi" and serial:
             row["speedup_vs_serial"] = serial / row["median"]
+    mine = rows.get("poolx", {}).get("median")
+    if case in _case.POOL_CASES and mine:
+        for row in rows.values():
+            if row.get("median"):
+                row["poolx_over_this"] = mine / row["median"]
 
 
 # -- goals (from the issue), computed from the data ------------------------------
@@ -425,6 +459,25 @@ def goals(summary, cpus):
         measured = (f"{ratio:.1f}x ray ({value:,.0f} vs {ray:,.0f} calls/s; issue: "
                     f"{ISSUE_REFERENCE[case]})") if ratio else None
         add(what, f">= {ACTOR_GOAL_VS_RAY:g}x ray (same run)", measured, ratio and ratio >= ACTOR_GOAL_VS_RAY)
+
+    # poolx.Pool against the better multiprocessing.Pool row (default context or
+    # forkserver) of the same run; only where the pool cases ran.
+    for case in _case.POOL_CASES:
+        if case not in summary:
+            continue
+        _title, unit, higher = CASE_INFO[case]
+        rows = summary[case]
+        stdlib = [(rows[p]["median"], p) for p in POOL_STDLIB if "median" in rows.get(p, {})]
+        value = poolx(case)
+        faster = case in POOL_FASTER_GOALS
+        target = "faster than" if faster else "as fast as"
+        measured = reached = None
+        if value and stdlib:
+            best, name = max(stdlib) if higher else min(stdlib)
+            speed = value / best if higher else best / value  # > 1: poolx.Pool is faster
+            measured = f"{speed:.2f}x the speed of {name} ({fmt(value, unit)} vs {fmt(best, unit)} {unit})"
+            reached = speed > 1 if faster else speed >= 1
+        add(f"poolx.Pool {case}", f"{target} multiprocessing.Pool", measured, reached)
     return out
 
 
@@ -525,11 +578,18 @@ def case_table(case, rows, sizes):
     better = "higher is better" if higher else "lower is better"
     lines = [f"### {case}: {title.format(**sizes)}", "",
              f"Unit: {unit}, {better}.  Ratio: this median / the best peer's median "
-             f"(peers: {', '.join(peers_of(case))}).", ""]
+             f"(peers: {', '.join(peers_of(case))})"
+             + ("; \"poolx ÷ this\": the poolx row's median / this row's median" if case in _case.POOL_CASES
+                else "") + ".", ""]
     actors = case in _case.ACTOR_CASES
-    extra = {"roundtrip": ["p99 us (median)"], "pi": ["speedup vs serial"]}.get(case, [])
+    pools = case in _case.POOL_CASES
+    extra = {"roundtrip": ["p99 us (median)"], "pi": ["speedup vs serial"],
+             "pool_apply_roundtrip": ["p99 us (median)"],
+             "pool_small_tasks": ["ideal s (median)"]}.get(case, [])
     if actors:
         extra = ["runtime start s (median, not timed)"]
+    if pools:
+        extra = ["poolx ÷ this", *extra]
     header = ["implementation", "start method", "median", "min", "max", "÷ best peer", *extra,
               "ok runs", "others' CPU"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -544,8 +604,12 @@ def case_table(case, rows, sizes):
             cells = [failed, "-", "-", "-"]
         if actors:
             cells.append(f"{row['runtime_start_s']:.2f}" if "runtime_start_s" in row else "-")
-        if case == "roundtrip":
+        if pools:
+            cells.append(ratio_text(row["poolx_over_this"]) if "poolx_over_this" in row else "-")
+        if case in ("roundtrip", "pool_apply_roundtrip"):
             cells.append(fmt(row.get("p99_us"), unit))
+        if case == "pool_small_tasks":
+            cells.append(fmt(row.get("ideal_s"), "s"))
         if case == "pi":
             cells.append(f"{row['speedup_vs_serial']:.2f}x" if "speedup_vs_serial" in row else "-")
         failures = f" ({', '.join(row['failures'])})" if row["failures"] else ""
@@ -568,13 +632,17 @@ def markdown(env, config, summary, goal_rows, records):
     lines += ["", "## Goals", "",
               "Computed from the medians below for the default `poolx` row "
               "(forkserver); the best peer is the best of " + ", ".join(PEERS) + "; the actor "
-              "goals compare with the Ray median of the same run.", "",
+              "goals compare with the Ray median of the same run"
+              + ("; the poolx.Pool goals with the better of the two multiprocessing.Pool rows "
+                 "(default context, forkserver) of the same run (speed: their median / poolx's for "
+                 "times, poolx's / theirs for rates; above 1x poolx.Pool is faster)"
+                 if any(c in summary for c in _case.POOL_CASES) else "") + ".", "",
               "| goal | target | measured | status |", "|---|---|---|---|"]
     lines += [f"| {g['goal']} | {g['target']} | {g['measured']} | {g['status']} |" for g in goal_rows]
     lines += ["", "## Results", ""]
     for case, rows in summary.items():
         lines += [*case_table(case, rows, sizes), ""]
-    lines += method_notes(env)
+    lines += method_notes(env, pools=any(c in summary for c in _case.POOL_CASES))
     skipped = [r for r in records if r["status"] == "skipped"]
     if skipped:
         lines += ["", "## Skipped", ""]
@@ -616,7 +684,7 @@ def load_lines(records):
             "during each row's runs (`foreign_cpu_s` per measurement in results.json)."]
 
 
-def method_notes(env):
+def method_notes(env, pools=False):
     return [
         "## Methodology", "",
         "- Every (case, implementation, repeat) ran in a fresh `python benchmarks/_case.py CASE IMPL` "
@@ -634,7 +702,14 @@ def method_notes(env):
         "process; a fresh Ray or Dask cluster per measurement, whose start is not timed.  "
         "The actor is created and called 100 times before the timer starts.",
         "- The table shows the median of the repeats that succeeded, and their min and max.",
-    ]
+    ] + ([
+        "- Pool cases (pool_*): `poolx.Pool(2)` (the `poolx` row; `poolx[fork]`: `context=\"fork\"`), "
+        "`multiprocessing.Pool(2)` (default context) and `multiprocessing.get_context(\"forkserver\")"
+        ".Pool(2)`, and `ray.util.multiprocessing.Pool(2)` (the `ray` row) on a fresh local Ray "
+        "cluster started as for the actor cases (`num_cpus=2`); the same call, with the same chunksize "
+        "argument or none, for every pool.  Pool construction is not timed; every pool is warmed "
+        "first (every worker has run a task, ten apply_async round trips, then a 100-item map).",
+    ] if pools else [])
 
 
 # Hand-written analysis appended to RESULTS.md: what poolx reached, what limits
