@@ -115,6 +115,9 @@ class Pool:
                                   max_tasks_per_child=maxtasksperchild, backend=self._backend_name,
                                   _any_start_method=True, _task_timeout=task_timeout,
                                   _max_memory=max_memory)
+        prestart = getattr(self._executor._backend, "prestart", None)
+        if prestart is not None:  # as the stdlib: every worker (and its initializer) starts now
+            prestart()
         # Callbacks run here, in order, as the stdlib runs them on its result
         # thread; the thread holds no reference to the pool.
         self._callback_thread = threading.Thread(target=_run_callbacks, args=(self._callbacks,),
@@ -281,7 +284,7 @@ class Pool:
                    progress: bool = False) -> MapResult:
         self._check_running()
         items = list(iterable)
-        size = self._chunksize(items, chunksize)
+        size = self._chunksize(items, chunksize) if items else 0  # as the stdlib: empty input, chunksize 0
         bar = _progress_bar(progress, len(items), func)
         result = MapResult(self, size, len(items), callback, error_callback)
         if size > 0:

@@ -20,14 +20,19 @@ _STDLIB_HELPERS = ("forkserver", "resource_tracker")
 
 
 def _children() -> dict[int, str]:
+    me = psutil.Process()
     out = {}
-    for child in psutil.Process().children(recursive=True):
+    for child in me.children(recursive=True):
         try:
             cmd = " ".join(child.cmdline())
+            parent = child.ppid()
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             continue
-        if not any(h in cmd for h in _STDLIB_HELPERS):
-            out[child.pid] = cmd
+        # The helpers themselves are ours; a forkserver's children are workers
+        # (they share its command line) and count.
+        if parent == me.pid and any(h in cmd for h in _STDLIB_HELPERS):
+            continue
+        out[child.pid] = cmd
     return out
 
 

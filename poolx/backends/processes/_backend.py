@@ -174,6 +174,12 @@ class ProcessBackend(Backend):
         if wait and self._scheduler.is_alive() and threading.current_thread() is not self._scheduler:
             self._scheduler.join()
 
+    def prestart(self) -> None:
+        """Start every worker now and keep them all alive (multiprocessing.Pool's way:
+        initializers run at once, and a worker that exits is replaced even when idle)."""
+        self._incoming.append(("prestart", None))
+        self._wake()
+
     def terminate_workers(self, kill: bool) -> None:
         self._closed = True
         self._incoming.append(("terminate", kill))

@@ -162,6 +162,7 @@ class Scheduler(threading.Thread):
         self.setup = setup
         self.max_tasks = max_tasks
         self.task_timeout: float | None = backend.options.task_timeout
+        self.keep_workers = 0  # workers kept alive even when idle (prestart)
         self.telemetry = telemetry
         self.incoming = incoming
         self.wake_fd = wake_fd
@@ -282,6 +283,8 @@ class Scheduler(threading.Thread):
             self.closing = True
             if arg:  # cancel_futures
                 self.cancel_queued()
+        elif name == "prestart":
+            self.keep_workers = self.max_workers
         elif name == "terminate":
             self.closing = self.terminating = True
             self.cancel_queued()
@@ -299,6 +302,8 @@ class Scheduler(threading.Thread):
         busy = sum(1 for w in self.workers.values() if w.outstanding or w.state == STARTING)
         idle = len(self.workers) - busy
         want = min(self.max_workers - len(self.workers), len(self.queue) - idle)
+        if self.keep_workers and not self.closing:  # poolx.Pool: every worker up, always
+            want = max(want, self.keep_workers - len(self.workers))
         for _ in range(max(want, 0)):
             try:
                 self.start_worker()
