@@ -31,18 +31,21 @@ import os
 import queue
 import sys
 import threading
+import time
 import traceback
 import types
 import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError
+from concurrent.futures import TimeoutError as _FutureTimeout
 from multiprocessing import TimeoutError as MPTimeoutError
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 from multiprocessing.pool import RemoteTraceback as MPRemoteTraceback  # type: ignore[attr-defined]
 from typing import Any
 
-from ._errors import RemoteTraceback, SerializationError
+from ._errors import RemoteTraceback, SerializationError, TaskTimeoutError
 from ._executor import Executor
 
 # The stdlib's state names (tests and users read pool._state against these).
@@ -138,9 +141,17 @@ class Pool:
                     error_callback: Callable[[BaseException], object] | None = None) -> ApplyResult:
         """``func(*args, **kwds)`` in a worker; returns an ``AsyncResult``."""
         self._check_running()
+        if callback is None and error_callback is None:
+            # Nothing to run when it completes: the result reads the task's
+            # future directly (no callback, no thread hop).
+            try:
+                return _FutureResult(self._executor.submit(func, *args, **(kwds or {})))
+            except SerializationError as exc:  # as the stdlib: the pickling error is the outcome
+                failed = ApplyResult(self, None, None)
+                failed._set(False, exc.__cause__ if exc.__cause__ is not None else exc)
+                return failed
         result = ApplyResult(self, callback, error_callback)
-        self._submit(func, tuple(args), dict(kwds or {}), result._set,
-                     callback is not None or error_callback is not None)
+        self._submit(func, tuple(args), dict(kwds or {}), result._set, True)
         return result
 
     def map(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None, *,
@@ -314,6 +325,16 @@ class Pool:
         except TypeError:
             total = None
         bar = _progress_bar(progress, total, func)
+        if kind is IMapIterator and bar is None:
+            # In order and nothing to run per result: the iterator reads the
+            # tasks' futures directly, in order.
+            ordered = _OrderedFutures(chunksize == 1)
+            feeder = threading.Thread(target=self._feed_futures,
+                                      args=(func, iter(iterable), chunksize, ordered),
+                                      name="poolx-pool-feeder", daemon=True)
+            self._feeders.append(feeder)
+            feeder.start()
+            return ordered if chunksize == 1 else (item for chunk in ordered for item in chunk)
         result = kind(self)
         feeder = threading.Thread(target=self._feed, args=(func, iter(iterable), chunksize, result, bar),
                                   name="poolx-pool-feeder", daemon=True)
@@ -322,6 +343,41 @@ class Pool:
         if chunksize == 1:
             return result
         return (item for chunk in result for item in chunk)
+
+    def _feed_futures(self, func: Callable[..., Any], items: Iterator[Any], chunksize: int,
+                      ordered: _OrderedFutures) -> None:
+        """Read the iterable on this thread and submit its chunks; at most
+        ``window`` in flight (the oldest is awaited, not consumed: every task
+        runs even if nobody reads the results, as with the stdlib)."""
+        window = max(64, 8 * self._processes)
+        inflight: deque[Any] = deque()
+        try:
+            while True:
+                try:
+                    chunk = list(itertools.islice(items, chunksize))
+                except Exception as exc:  # the iterable raised: that is the outcome at this place
+                    ordered._add(exc)
+                    break
+                if not chunk:
+                    break
+                if len(inflight) >= window:
+                    _settle(inflight.popleft())
+                if self._state == TERMINATE:
+                    ordered._add(_terminated())
+                    break
+                try:
+                    future = self._executor.submit(_run_chunk, func, chunk, False)
+                except SerializationError as exc:
+                    ordered._add(exc.__cause__ if exc.__cause__ is not None else exc)
+                    continue
+                except RuntimeError as exc:  # terminated meanwhile
+                    ordered._add(exc)
+                    break
+                inflight.append(future)
+                ordered._add(future)
+        finally:
+            ordered._end()
+            self._feeders.remove(threading.current_thread())
 
     def _feed(self, func: Callable[..., Any], items: Iterator[Any], chunksize: int, result: IMapIterator,
               bar: Any = None) -> None:
@@ -434,6 +490,32 @@ def _as_stdlib(exc: BaseException) -> BaseException:
     return exc
 
 
+def _settle(future: Any) -> None:
+    """Wait until ``future`` is done, whatever its outcome."""
+    try:
+        future.exception()
+    except BaseException:  # cancelled
+        pass
+
+
+def _outcome(future: Any, timeout: float | None) -> Any:
+    """``future``'s result as multiprocessing.Pool gives it, or its error as the
+    stdlib raises it; ``multiprocessing.TimeoutError`` if not done in time."""
+    try:
+        return future.result(timeout)
+    except TaskTimeoutError:
+        raise
+    except _FutureTimeout:
+        if not future.done():
+            raise MPTimeoutError from None
+        error = future.exception()  # the task raised a TimeoutError of its own
+    except CancelledError:
+        raise _terminated() from None
+    except BaseException as exc:
+        error = exc
+    raise _as_stdlib(error)  # keeps __cause__: the worker's traceback
+
+
 class ApplyResult:
     """The stdlib's ``AsyncResult``: ``get``, ``wait``, ``ready``, ``successful``."""
 
@@ -484,6 +566,84 @@ class ApplyResult:
 
 
 AsyncResult = ApplyResult
+
+
+class _FutureResult(ApplyResult):
+    """An ``apply_async`` result with no callback: it reads the task's future."""
+
+    def __init__(self, future: Any) -> None:
+        self._future = future
+        self._job = next(_job_counter)
+
+    def ready(self) -> bool:
+        return bool(self._future.done())
+
+    def successful(self) -> bool:
+        if not self._future.done():
+            raise ValueError(f"{self!r} not ready")
+        return not self._future.cancelled() and self._future.exception() is None
+
+    def wait(self, timeout: float | None = None) -> None:
+        try:
+            self._future.exception(timeout)
+        except BaseException:  # timed out or cancelled: wait() says nothing
+            pass
+
+    def get(self, timeout: float | None = None) -> Any:
+        return _outcome(self._future, timeout)
+
+
+class _OrderedFutures:
+    """``imap``'s iterator when nothing runs per result: the tasks' futures, in order."""
+
+    def __init__(self, single: bool) -> None:
+        self._single = single  # chunks of one item: yield the item, not a list
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: deque[Any] = deque()  # futures, or an error at that place
+        self._ended = False
+
+    def __iter__(self) -> _OrderedFutures:
+        return self
+
+    def _add(self, entry: Any) -> None:
+        with self._cond:
+            self._pending.append(entry)
+            self._cond.notify()
+
+    def _end(self) -> None:
+        with self._cond:
+            self._ended = True
+            self._cond.notify()
+
+    def next(self, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._pending:
+                if self._ended:
+                    raise StopIteration
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise MPTimeoutError
+                self._cond.wait(remaining)
+            head = self._pending[0]
+        if isinstance(head, BaseException):
+            self._pending.popleft()
+            raise head
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            value = _outcome(head, remaining)
+        except MPTimeoutError:
+            if not head.done():
+                raise  # still running: the item stays next
+            self._pending.popleft()
+            raise
+        except BaseException:
+            self._pending.popleft()
+            raise
+        self._pending.popleft()
+        return value[0] if self._single else value
+
+    __next__ = next
 
 
 class MapResult(ApplyResult):

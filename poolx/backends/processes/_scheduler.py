@@ -284,7 +284,10 @@ class Scheduler(threading.Thread):
             if arg:  # cancel_futures
                 self.cancel_queued()
         elif name == "prestart":
+            # Start them now, not in a later pass: a close() right after the
+            # constructor must still see every initializer run, as the stdlib's.
             self.keep_workers = self.max_workers
+            self.start_workers()
         elif name == "terminate":
             self.closing = self.terminating = True
             self.cancel_queued()
@@ -302,7 +305,7 @@ class Scheduler(threading.Thread):
         busy = sum(1 for w in self.workers.values() if w.outstanding or w.state == STARTING)
         idle = len(self.workers) - busy
         want = min(self.max_workers - len(self.workers), len(self.queue) - idle)
-        if self.keep_workers and not self.closing:  # poolx.Pool: every worker up, always
+        if self.keep_workers and (not self.closing or not self.started):  # poolx.Pool: every worker up
             want = max(want, self.keep_workers - len(self.workers))
         for _ in range(max(want, 0)):
             try:
