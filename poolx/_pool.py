@@ -325,10 +325,11 @@ class Pool:
         except TypeError:
             total = None
         bar = _progress_bar(progress, total, func)
-        if kind is IMapIterator and bar is None:
-            # In order and nothing to run per result: the iterator reads the
-            # tasks' futures directly, in order.
-            ordered = _OrderedFutures(chunksize == 1)
+        if bar is None:
+            # Nothing to run per result: the iterator reads the tasks' futures
+            # directly, in order or as they complete.
+            ordered: _OrderedFutures = (_OrderedFutures if kind is IMapIterator else _UnorderedFutures)(
+                chunksize == 1)
             feeder = threading.Thread(target=self._feed_futures,
                                       args=(func, iter(iterable), chunksize, ordered),
                                       name="poolx-pool-feeder", daemon=True)
@@ -374,7 +375,7 @@ class Pool:
                     ordered._add(exc)
                     break
                 inflight.append(future)
-                ordered._add(future)
+                ordered._add_future(future)
         finally:
             ordered._end()
             self._feeders.remove(threading.current_thread())
@@ -594,7 +595,10 @@ class _FutureResult(ApplyResult):
 
 
 class _OrderedFutures:
-    """``imap``'s iterator when nothing runs per result: the tasks' futures, in order."""
+    """``imap``'s iterator when nothing runs per result: the tasks' futures, in order.
+
+    ``_pending`` holds futures (or an error at that place); ``next()`` waits
+    for the first, then for its outcome."""
 
     def __init__(self, single: bool) -> None:
         self._single = single  # chunks of one item: yield the item, not a list
@@ -609,6 +613,9 @@ class _OrderedFutures:
         with self._cond:
             self._pending.append(entry)
             self._cond.notify()
+
+    def _add_future(self, future: Any) -> None:
+        self._add(future)
 
     def _end(self) -> None:
         with self._cond:
@@ -641,6 +648,51 @@ class _OrderedFutures:
             self._pending.popleft()
             raise
         self._pending.popleft()
+        return value[0] if self._single else value
+
+    __next__ = next
+
+
+class _UnorderedFutures(_OrderedFutures):
+    """``imap_unordered``'s iterator when nothing runs per result: futures as they complete.
+
+    A future enters ``_pending`` when it is done (its done-callback puts it
+    there); ``_left`` counts those submitted and not yet done."""
+
+    def __init__(self, single: bool) -> None:
+        super().__init__(single)
+        self._left = 0
+
+    def _add_future(self, future: Any) -> None:
+        with self._cond:
+            self._left += 1
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Any) -> None:
+        with self._cond:
+            self._left -= 1
+            self._pending.append(future)
+            self._cond.notify()
+
+    def _end(self) -> None:
+        with self._cond:
+            self._ended = True
+            self._cond.notify()
+
+    def next(self, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._pending:
+                if self._ended and not self._left:
+                    raise StopIteration
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise MPTimeoutError
+                self._cond.wait(remaining)
+            head = self._pending.popleft()
+        if isinstance(head, BaseException):
+            raise head
+        value = _outcome(head, 0)
         return value[0] if self._single else value
 
     __next__ = next
