@@ -52,6 +52,10 @@ from ._executor import Executor
 INIT, RUN, CLOSE, TERMINATE = "INIT", "RUN", "CLOSE", "TERMINATE"
 
 _job_counter = itertools.count()
+# imap/imap_unordered keep at most this many chunks per worker in flight: enough
+# to keep tiny tasks pipelined (throughput is in-flight tasks / round trip),
+# few enough that an endless iterable is not read far ahead.
+IMAP_WINDOW_PER_WORKER = 512
 
 
 def _run_chunk(func: Callable[..., Any], chunk: list[Any], star: bool) -> list[Any]:
@@ -350,7 +354,7 @@ class Pool:
         """Read the iterable on this thread and submit its chunks; at most
         ``window`` in flight (the oldest is awaited, not consumed: every task
         runs even if nobody reads the results, as with the stdlib)."""
-        window = max(64, 8 * self._processes)
+        window = IMAP_WINDOW_PER_WORKER * self._processes
         inflight: deque[Any] = deque()
         try:
             while True:
