@@ -108,10 +108,7 @@ class Pool:
         self._processes = processes
         self._terminated = False
         self._cache: dict[int, Any] = {}
-        self._lock = threading.Lock()
         self._feeders: list[threading.Thread] = []
-        self._outstanding = 0  # tasks submitted and not finished
-        self._idle = threading.Condition(self._lock)
         self._callbacks: queue.SimpleQueue[Any] = queue.SimpleQueue()
         if context is None and self._backend_name == "processes":
             # As multiprocessing.Pool: the default context, fork on Linux up to
@@ -213,9 +210,8 @@ class Pool:
         if self._state == CLOSE:
             for feeder in list(self._feeders):
                 feeder.join()
-            with self._idle:
-                while self._outstanding:
-                    self._idle.wait()
+            # Returns once every task is done and its done-callback has run
+            # (queueing what the callback thread still has to deliver).
             self._executor.shutdown(wait=True)
         self._stop_callbacks()
 
@@ -254,8 +250,6 @@ class Pool:
         """Run one task; ``deliver(ok, value)`` runs when it is done: on the
         callback thread when ``threaded`` (it calls user code: a callback, a
         progress bar), else wherever the task completes (it only stores)."""
-        with self._lock:
-            self._outstanding += 1
         try:
             future = self._executor.submit(func, *args, **kwargs)
         except SerializationError as exc:
@@ -282,10 +276,6 @@ class Pool:
             self._callbacks.put(lambda: deliver(ok, value))
         else:
             deliver(ok, value)
-        with self._idle:
-            self._outstanding -= 1
-            if not self._outstanding:
-                self._idle.notify_all()
 
     def _chunksize(self, items: list[Any], chunksize: int | None) -> int:
         if chunksize is not None:
@@ -626,16 +616,24 @@ class _OrderedFutures:
             self._ended = True
             self._cond.notify()
 
+    def _exhausted(self) -> bool:
+        return self._ended
+
+    def _wait_pending(self, deadline: float | None) -> None:
+        """Hold ``_cond`` and wait until ``_pending`` has an entry; StopIteration
+        when there will be none, ``multiprocessing.TimeoutError`` at ``deadline``."""
+        while not self._pending:
+            if self._exhausted():
+                raise StopIteration
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise MPTimeoutError
+            self._cond.wait(remaining)
+
     def next(self, timeout: float | None = None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not self._pending:
-                if self._ended:
-                    raise StopIteration
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise MPTimeoutError
-                self._cond.wait(remaining)
+            self._wait_pending(deadline)
             head = self._pending[0]
         if isinstance(head, BaseException):
             self._pending.popleft()
@@ -678,21 +676,13 @@ class _UnorderedFutures(_OrderedFutures):
             self._pending.append(future)
             self._cond.notify()
 
-    def _end(self) -> None:
-        with self._cond:
-            self._ended = True
-            self._cond.notify()
+    def _exhausted(self) -> bool:
+        return self._ended and not self._left
 
     def next(self, timeout: float | None = None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not self._pending:
-                if self._ended and not self._left:
-                    raise StopIteration
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise MPTimeoutError
-                self._cond.wait(remaining)
+            self._wait_pending(deadline)
             head = self._pending.popleft()
         if isinstance(head, BaseException):
             raise head
