@@ -77,8 +77,9 @@ import unittest
 import unittest.mock
 import weakref
 
-import psutil
 import pytest
+from _conformance import known_deviation, skipped
+from conftest import _children
 
 import poolx
 
@@ -349,30 +350,10 @@ class _PoolxSetUp:
 
 # --------------------------------------------------------------------------
 # Leak checks.  tests/conftest.py's no_leaks (autouse, so it wraps these tests
-# too) does not see a forkserver's workers: they are the forkserver's children
-# and share its command line, which it takes for the stdlib's helper.  Nor
-# does it look at threads not named poolx* (the stdlib ThreadPool's, under
-# TARGET=stdlib).  These checks do, per test and per class (a class's shared
-# pool lives from setUpClass to tearDownClass).
-
-_HELPERS = ("forkserver", "resource_tracker")
-
-
-def _workers() -> dict[int, str]:
-    """Every descendant process but the forkserver and the resource tracker themselves."""
-    procs: dict[int, tuple[int, str]] = {}
-    for child in psutil.Process().children(recursive=True):
-        try:
-            procs[child.pid] = (child.ppid(), " ".join(child.cmdline()))
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-            continue
-    out = {}
-    for pid, (ppid, cmd) in procs.items():
-        forked_by_forkserver = ppid in procs and "forkserver" in procs[ppid][1]
-        if forked_by_forkserver or not any(h in cmd for h in _HELPERS):
-            out[pid] = cmd
-    return out
-
+# too) runs per test and looks only at threads named poolx*.  These checks use
+# its process finder (a forkserver's workers included) and look at every
+# thread (the stdlib ThreadPool's, under TARGET=stdlib), per test and per class
+# (a class's shared pool lives from setUpClass to tearDownClass).
 
 def _threads() -> dict[int, str]:
     return {t.ident: t.name for t in threading.enumerate() if t.is_alive() and t.ident is not None}
@@ -381,7 +362,7 @@ def _threads() -> dict[int, str]:
 def _check_left_behind(before_procs: set[int], before_threads: set[int], what: str) -> None:
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
-        procs = {p: c for p, c in _workers().items() if p not in before_procs}
+        procs = {p: c for p, c in _children().items() if p not in before_procs}
         threads = {i: n for i, n in _threads().items() if i not in before_threads}
         if not procs and not threads:
             return
@@ -393,7 +374,7 @@ def _check_left_behind(before_procs: set[int], before_threads: set[int], what: s
 @pytest.fixture(scope="class", autouse=True)
 def _no_leaks_per_class(request):
     """Around setUpClass ... tearDownClass: nothing left when the class is done."""
-    before_procs, before_threads = set(_workers()), set(_threads())
+    before_procs, before_threads = set(_children()), set(_threads())
     yield
     if request.cls is not None:
         _check_left_behind(before_procs, before_threads, request.cls.__name__)
@@ -401,32 +382,13 @@ def _no_leaks_per_class(request):
 
 @pytest.fixture(autouse=True)
 def _no_leaks_per_test(request):
-    before_procs, before_threads = set(_workers()), set(_threads())
+    before_procs, before_threads = set(_children()), set(_threads())
     yield
     _check_left_behind(before_procs, before_threads, request.node.name)
 
 
 # --------------------------------------------------------------------------
 # Build the classes.
-
-def _skipped(reason: str):
-    @unittest.skip(reason)
-    def test(self):
-        pass
-
-    return test
-
-
-def _known_deviation(method, reason: str):
-    """The stdlib test as is, marked as a strict pytest xfail."""
-
-    def test(self):
-        return method(self)
-
-    test.__name__ = method.__name__
-    test.__doc__ = method.__doc__
-    return pytest.mark.xfail(reason=reason, strict=True)(test)
-
 
 def _short(name: str) -> str:
     name = name.lstrip("_")
@@ -477,9 +439,9 @@ def _build() -> tuple[dict[str, type], list[str]]:
                     continue
                 n_tests += 1
                 if (why := _reason(name, suite_name, attr, EXCLUDED)) is not None:
-                    ns[attr] = _skipped(why)
+                    ns[attr] = skipped(why)
                 elif (why := _reason(name, suite_name, attr, KNOWN_DEVIATIONS)) is not None:
-                    ns[attr] = _known_deviation(getattr(suite, attr), why)
+                    ns[attr] = known_deviation(getattr(suite, attr), why)
             if n_tests == 0:  # e.g. MiscTestCase before 3.13: no Pool test
                 continue
             bases = (_PoolxSetUp, suite, *mixins, unittest.TestCase)

@@ -52,6 +52,7 @@ import unittest
 import unittest.mock
 
 import pytest
+from _conformance import known_deviation, skipped
 
 import poolx
 
@@ -350,25 +351,6 @@ class _PoolxTearDown:
 # --------------------------------------------------------------------------
 # Build the classes.
 
-def _skipped(reason: str):
-    @unittest.skip(reason)
-    def test(self):
-        pass
-
-    return test
-
-
-def _known_deviation(method, reason: str):
-    """The stdlib test as is, marked as a strict pytest xfail."""
-
-    def test(self):
-        return method(self)
-
-    test.__name__ = method.__name__
-    test.__doc__ = method.__doc__
-    return pytest.mark.xfail(reason=reason, strict=True)(test)
-
-
 def _short(name: str) -> str:
     for suffix in ("Mixin", "Tests", "Test"):
         if name.endswith(suffix):
@@ -403,9 +385,9 @@ def _build() -> tuple[dict[str, type], list[str]]:
                 if not attr.startswith("test"):
                     continue
                 if (why := _reason(name, suite_name, attr, EXCLUDED)) is not None:
-                    ns[attr] = _skipped(why)
+                    ns[attr] = skipped(why)
                 elif (why := _reason(name, suite_name, attr, KNOWN_DEVIATIONS)) is not None:
-                    ns[attr] = _known_deviation(getattr(suite, attr), why)
+                    ns[attr] = known_deviation(getattr(suite, attr), why)
             bases = (_PoolxSetUp, suite, start_mixin, _PoolxTearDown, _BaseTestCase)
             classes[name] = type(name, bases, ns)
     return classes, missing
