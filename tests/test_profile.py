@@ -23,8 +23,9 @@ pytest.importorskip("numpy")
 PI_SIZE = "2000000"
 
 
-def poolx_cmd(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, CI="true")  # no progress bar in the captured output
+def poolx_cmd(*args: str, cwd: Path | None = None, timeout: float = 240,
+              **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, CI="true", **env_vars)  # CI: no progress bar in the captured output
     return subprocess.run(
         [sys.executable, "-m", "poolx", *args],
         capture_output=True,
@@ -537,27 +538,7 @@ def test_the_built_wheel_runs_poolx_profile_pi_outside_the_checkout(tmp_path):
         env=env,
     )
     assert where.stdout.startswith(str(tmp_path / "site")), where.stdout + where.stderr
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "poolx",
-            "profile",
-            "pi",
-            "--size",
-            PI_SIZE,
-            "--workers",
-            "2",
-            "--repeat",
-            "1",
-            "--out",
-            "out",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=tmp_path,
-        env=env,
-    )
+    proc = poolx_cmd("profile", "pi", "--size", PI_SIZE, "--workers", "2", "--repeat", "1", "--out", "out",
+                     cwd=tmp_path, PYTHONPATH=str(tmp_path / "site"))
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "actor x2" in proc.stdout and (tmp_path / "out" / "report.html").exists()
