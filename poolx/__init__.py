@@ -15,6 +15,7 @@ from ._errors import (
     RemoteError,
     RemoteTraceback,
     SerializationError,
+    TaskCancelledError,
     TaskTimeoutError,
     WorkerDiedError,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "RemoteTraceback",
     "SerializationError",
     "Statistics",
+    "TaskCancelledError",
     "TaskTimeoutError",
     "ThreadPool",
     "WorkerDiedError",

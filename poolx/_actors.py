@@ -296,6 +296,11 @@ if hasattr(__import__("os"), "register_at_fork"):
     __import__("os").register_at_fork(after_in_child=_forget_local_actors)
 
 
+def in_child() -> bool:
+    """Whether this process is a poolx worker or actor process."""
+    return _client is not None
+
+
 def set_client(client: Any) -> None:
     global _client
     _client = client

@@ -7,6 +7,8 @@ catch, so code written for ``concurrent.futures`` keeps working::
     ├── PoolxError                                   everything raised by poolx itself
     │   ├── WorkerDiedError      (+ BrokenProcessPool)  a worker process died running the task
     │   ├── InitializerError     (+ BrokenProcessPool)  the worker initializer raised; executor broken
+    │   ├── TaskTimeoutError     (+ TimeoutError, multiprocessing.TimeoutError)  ran over task_timeout
+    │   ├── TaskCancelledError   (+ concurrent.futures.CancelledError)  stopped while it ran
     │   ├── SerializationError   (+ pickle.PicklingError)  a callable, argument or result cannot be pickled
     │   ├── DeserializationError (+ UnpicklingError, BrokenProcessPool)  a task or result cannot be unpickled
     │   ├── ActorDiedError                           the actor a call was made on is dead (crash, kill,
@@ -22,6 +24,7 @@ the worker's traceback attached as ``__cause__`` (a ``RemoteTraceback``), as
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import multiprocessing
 import pickle
 import signal
@@ -82,6 +85,26 @@ class TaskTimeoutError(PoolxError, TimeoutError, multiprocessing.TimeoutError):
 
 def _rebuild_task_timeout(message: str, timeout: float | None, pid: int | None) -> TaskTimeoutError:
     return TaskTimeoutError(message, timeout=timeout, pid=pid)
+
+
+class TaskCancelledError(PoolxError, cf.CancelledError):
+    """The task was stopped while it ran (its worker was killed and replaced).
+
+    A task that had not started is cancelled the ``concurrent.futures`` way
+    instead (``future.cancelled()`` is true).  joblib's abort on the first error
+    stops the rest of a ``Parallel`` call this way.
+    """
+
+    def __init__(self, message: str, *, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_task_cancelled, (str(self), self.pid))
+
+
+def _rebuild_task_cancelled(message: str, pid: int | None) -> TaskCancelledError:
+    return TaskCancelledError(message, pid=pid)
 
 
 class InitializerError(PoolxError, BrokenProcessPool):

@@ -192,6 +192,16 @@ class Executor(cf.Executor):
         self._telemetry.task_submitted()
         return task
 
+    def _stop_tasks(self, tasks: Iterable[Task]) -> None:
+        """Stop these tasks: cancel the ones not started, and on backends that
+        can (``supports_terminate``) kill the workers running the others, which
+        are replaced; those futures fail with ``TaskCancelledError``.  Other
+        tasks are not affected.  (joblib's abort uses it; Ray's
+        ``cancel(force=True)`` will.)"""
+        tasks = [task for task in tasks if not task.future.done()]
+        if tasks:
+            self._backend.stop_tasks(tasks)
+
     def map(
         self,
         fn: Callable[..., T],

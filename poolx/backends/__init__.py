@@ -67,7 +67,7 @@ class Backend(ABC):
     uses_processes: ClassVar[bool] = False
     #: a dead worker is replaced and only its task fails
     supports_worker_restart: ClassVar[bool] = False
-    #: terminate_workers() / kill_workers() can stop running tasks
+    #: terminate_workers() / kill_workers() and stop_tasks() can stop running tasks
     supports_terminate: ClassVar[bool] = False
     #: max_tasks_per_child is honoured
     supports_max_tasks_per_child: ClassVar[bool] = False
@@ -91,6 +91,13 @@ class Backend(ABC):
     @abstractmethod
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         """Stop accepting work; with ``wait``, return once everything has finished."""
+
+    def stop_tasks(self, tasks: list[Task]) -> None:
+        """Stop ``tasks``: cancel those not started; backends with
+        ``supports_terminate`` also stop those running (their futures fail with
+        ``TaskCancelledError``).  Here: only the not-started ones."""
+        for task in tasks:
+            task.future.cancel()
 
     def terminate_workers(self, kill: bool) -> None:
         """Stop every worker now (SIGTERM, or SIGKILL with ``kill``)."""

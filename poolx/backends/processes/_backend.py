@@ -180,6 +180,10 @@ class ProcessBackend(Backend):
         self._incoming.append(("prestart", None))
         self._wake()
 
+    def stop_tasks(self, tasks: list[Task]) -> None:
+        self._incoming.append(("stop_tasks", tasks))
+        self._wake()
+
     def terminate_workers(self, kill: bool) -> None:
         self._closed = True
         self._incoming.append(("terminate", kill))
