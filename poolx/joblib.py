@@ -25,6 +25,7 @@ replaced, so other work on the same executor is left alone.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import os
 import sys
@@ -78,7 +79,7 @@ def shutdown_workers(wait: bool = True) -> None:
     _shared.close(wait)
 
 
-class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
+class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
     """joblib's backend interface on a ``poolx.Executor``.
 
     Keyword arguments (through ``parallel_config(backend="poolx", ...)`` or
@@ -175,7 +176,7 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc
         with self._tasks_lock:
             self._tasks.add(task)
 
-        def done(future: Future[Any]) -> None:
+        def done(future: cf.Future[Any]) -> None:
             with self._tasks_lock:
                 self._tasks.discard(task)
             if callback is not None:
