@@ -55,6 +55,10 @@ FULL = {
     "pool_small_tasks": 1_000,  # ~1 ms tasks of pool_small_tasks
     "pool_roundtrip_warmup": 100,  # apply_async(...).get() not timed
     "pool_roundtrip": 1_000,  # apply_async(...).get() timed one by one
+    # The joblib cases (joblib_*).
+    "joblib_digits": 1_797,  # samples of load_digits the grid search fits (all of them)
+    "joblib_fits": 5,  # warm grid-search fits timed (after one untimed) in joblib_gridsearch_warm
+    "joblib_tiny_items": 100_000,  # items of the joblib_tiny call
 }
 # --quick: a smoke test of every path, about 10x smaller.
 QUICK = {
@@ -74,6 +78,9 @@ QUICK = {
     "pool_small_tasks": 100,
     "pool_roundtrip_warmup": 20,
     "pool_roundtrip": 100,
+    "joblib_digits": 500,
+    "joblib_fits": 2,
+    "joblib_tiny_items": 10_000,
 }
 
 # Seconds each warm-up task sleeps: long enough that a pool hands one to each
@@ -81,7 +88,7 @@ QUICK = {
 WARM_SLEEP_S = 0.05
 
 IMPLS = ["poolx", "poolx[fork]", "ProcessPoolExecutor", "multiprocessing.Pool",
-         "multiprocessing.Pool[forkserver]", "loky", "serial", "bare-fork", "ray", "dask"]
+         "multiprocessing.Pool[forkserver]", "loky", "threading", "serial", "bare-fork", "ray", "dask"]
 
 # The actor cases run poolx, Ray and Dask; Ray and Dask run nothing else.
 # Both are optional: where one cannot be imported its measurements are
@@ -98,6 +105,25 @@ OPTIONAL_IMPLS = {"ray": "ray", "dask": "distributed"}  # implementation: module
 POOL_CASES = ["pool_map_tiny", "pool_imap_tiny", "pool_imap_unordered_tiny", "pool_imap_chunked",
               "pool_apply_async", "pool_small_tasks", "pool_apply_roundtrip"]
 POOL_IMPLS = ["poolx", "poolx[fork]", "multiprocessing.Pool", "multiprocessing.Pool[forkserver]", "ray"]
+
+# The joblib cases: joblib.Parallel (and scikit-learn's n_jobs) on poolx's
+# joblib backend beside joblib's own backends and Dask's and Ray's.  Each row
+# is one joblib backend, ``joblib.parallel_config(backend=..., n_jobs=2)``:
+# "poolx" is poolx.joblib's "poolx", "loky" joblib's default, and
+# "multiprocessing.Pool" joblib's "multiprocessing" backend (a
+# multiprocessing.Pool underneath; the name is the suite's existing row name).
+# "threading" runs only these cases.  They need joblib, and the grid-search
+# cases scikit-learn: where either cannot be imported, the measurement is
+# recorded as skipped, with the reason.
+JOBLIB_CASES = ["joblib_gridsearch_warm", "joblib_gridsearch_first", "joblib_tiny"]
+JOBLIB_IMPLS = ["poolx", "loky", "multiprocessing.Pool", "threading", "dask", "ray"]
+JOBLIB_BACKENDS = {"poolx": "poolx", "loky": "loky", "multiprocessing.Pool": "multiprocessing",
+                   "threading": "threading", "dask": "dask", "ray": "ray"}
+# Implementations that run the joblib cases only.
+JOBLIB_ONLY_IMPLS = ["threading"]
+# The grid search of the grid-search cases: 6 candidates x 3 folds, 18 SVC fits and the refit.
+JOBLIB_GRID = {"C": [1, 10, 100], "gamma": [1e-3, 1e-4]}
+JOBLIB_CV = 3
 
 
 # -- a uniform face on every implementation -----------------------------------
@@ -713,6 +739,202 @@ def case_pool_apply_roundtrip(impl, sizes):
                   "max_us": us[-1], "n": len(us), "seconds": t.seconds, "caller_cpu_s": t.cpu}
 
 
+# -- joblib: poolx's backend beside joblib's own, Dask's and Ray's ---------------
+# Every row is ``joblib.parallel_config(backend=JOBLIB_BACKENDS[impl], n_jobs=2)``
+# around the timed code, which calls joblib (or scikit-learn) itself.  Dask's
+# cluster and Ray's are started before any timer (their start is recorded as
+# ``runtime_start_s``); what is left of a backend's start happens inside
+# parallel_config, so joblib_gridsearch_first counts it.
+
+
+class JoblibRun:
+    """One joblib backend: ``config()`` enters it; ``start_method`` and ``close`` as for Pool.
+
+    For dask and ray the constructor starts the cluster (not timed):
+    a ``distributed.Client`` on a ``LocalCluster`` of WORKERS single-threaded
+    worker processes, or ``ray.init(num_cpus=WORKERS)`` as for the actor cases.
+    """
+
+    def __init__(self, impl):
+        self.impl = impl
+        self.backend = JOBLIB_BACKENDS[impl]
+        self.runtime_start_s = None
+        self._stop = []
+        self.config_text = f'parallel_config(backend="{self.backend}", n_jobs={WORKERS})'
+        t0 = time.perf_counter()
+        if impl == "dask":
+            import dask
+            import distributed
+
+            cluster = distributed.LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
+                                               dashboard_address=None)
+            client = distributed.Client(cluster)
+            self._stop = [client.close, cluster.close]
+            client.wait_for_workers(WORKERS)  # the cluster is up: its workers are not the backend's to start
+            method = dask.config.get("distributed.worker.multiprocessing-method", "spawn")
+            self.start_method = f"{method} (dask nanny)"
+            self.config_text += (f"; Client(LocalCluster(n_workers={WORKERS}, threads_per_worker=1, "
+                                 "processes=True, dashboard_address=None))")
+        elif impl == "ray":
+            import ray
+            from ray.util.joblib import register_ray
+
+            register_ray()
+            ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            self._stop = [ray.shutdown]
+            self.start_method = "ray (a Ray Pool of actors per Parallel call)"
+            self.config_text += (f"; register_ray(); ray.init(num_cpus={WORKERS}, include_dashboard=False, "
+                                 "log_to_driver=False, configure_logging=False)")
+        elif impl == "multiprocessing.Pool":
+            import multiprocessing
+
+            self.start_method = f"{multiprocessing.get_start_method()} (a new Pool per Parallel call)"
+        elif impl == "threading":
+            self.start_method = "threads (a new ThreadPool per Parallel call)"
+        elif impl == "loky":
+            self.start_method = "loky"
+        else:
+            self.start_method = "unknown"  # poolx: read once its executor runs (warm_start_method)
+        if self._stop:
+            self.runtime_start_s = time.perf_counter() - t0
+
+    def config(self):
+        import joblib
+
+        return joblib.parallel_config(backend=self.backend, n_jobs=WORKERS)
+
+    def note_start_method(self):
+        """poolx: the start method of the backend's own executor, while it is warm."""
+        if self.impl == "poolx":
+            try:
+                import poolx.joblib
+
+                self.start_method = poolx_start_method(poolx.joblib._shared.executor)
+            except Exception:
+                self.start_method = "unknown"
+
+    def close(self):
+        """Stop the warm workers (poolx's, loky's) or the cluster (Dask's, Ray's)."""
+        if self.impl == "poolx":
+            import poolx.joblib
+
+            poolx.joblib.shutdown_workers(wait=True)
+        elif self.impl == "loky":
+            from joblib.externals.loky import reusable_executor
+
+            executor = reusable_executor._executor  # joblib's loky workers, warm since the first call
+            if executor is not None:
+                executor.shutdown(wait=True)
+        for stop in self._stop:
+            stop()
+
+
+def joblib_digits(sizes):
+    """scikit-learn's bundled digits (1,797 8x8 images; no download), the first ``joblib_digits``."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    n = sizes["joblib_digits"]
+    return X[:n], y[:n]
+
+
+def grid_search(X, y):
+    """``GridSearchCV(SVC(), JOBLIB_GRID, cv=3).fit(X, y)``; its n_jobs comes from parallel_config."""
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.svm import SVC
+
+    search = GridSearchCV(SVC(), JOBLIB_GRID, cv=JOBLIB_CV)
+    search.fit(X, y)
+    return search.best_score_
+
+
+def case_joblib_gridsearch_warm(impl, sizes):
+    """Grid-search fits on warm workers: the median seconds per fit of ``joblib_fits`` timed fits.
+
+    Not timed: the serial fit (the reference best_score_), the cluster (dask,
+    ray) and one fit inside parallel_config that starts the backend's workers.
+    """
+    X, y = joblib_digits(sizes)
+    serial = grid_search(X, y)  # outside parallel_config: n_jobs=None, joblib's sequential backend
+    run = JoblibRun(impl)
+    fits, cpus = [], []
+    with run.config():
+        check(grid_search(X, y) == serial, "the untimed fit's best_score_ differs from the serial one")
+        run.note_start_method()
+        for _ in range(sizes["joblib_fits"]):
+            with Timer() as t:
+                score = grid_search(X, y)
+            check(score == serial, f"best_score_ {score} differs from the serial fit's {serial}")
+            fits.append(t.seconds)
+            cpus.append(t.cpu)
+    return run, {"value": statistics.median(fits), "unit": "s", "min_s": min(fits), "max_s": max(fits),
+                 "fits_s": fits, "best_score": serial, "samples": len(y),
+                 "runtime_start_s": run.runtime_start_s, "config": run.config_text,
+                 "caller_cpu_s": statistics.median(cpus)}
+
+
+def case_joblib_gridsearch_first(impl, sizes):
+    """The first grid-search fit in this process: from entering parallel_config to the end of the fit.
+
+    Imports, the data and the serial reference fit come first, and for dask
+    and ray the cluster (``runtime_start_s``); the timer counts whatever else
+    the backend starts (its worker processes, their imports, Ray's actors).
+    """
+    X, y = joblib_digits(sizes)
+    serial = grid_search(X, y)
+    run = JoblibRun(impl)
+    with Timer() as t:
+        with run.config():
+            score = grid_search(X, y)
+    check(score == serial, f"best_score_ {score} differs from the serial fit's {serial}")
+    run.note_start_method()
+    return run, {"value": t.seconds, "unit": "s", "best_score": serial, "samples": len(y),
+                 "runtime_start_s": run.runtime_start_s, "config": run.config_text, "caller_cpu_s": t.cpu}
+
+
+def case_joblib_tiny(impl, sizes):
+    """``Parallel(n_jobs=2)(delayed(square)(i) for i in range(n))`` after one untimed call: seconds.
+
+    Each item is far too small for a task of its own: joblib's automatic
+    batching decides the speed.  ``batches`` is how many the timed call sent.
+    """
+    import joblib
+
+    n = sizes["joblib_tiny_items"]
+    expected = sum(i * i for i in range(n))
+    run = JoblibRun(impl)
+    with run.config():
+        check(sum(joblib.Parallel(n_jobs=WORKERS)(joblib.delayed(w.square)(i) for i in range(n))) == expected,
+              "wrong sum in the untimed call")
+        run.note_start_method()
+        parallel = joblib.Parallel(n_jobs=WORKERS)
+        with Timer() as t:
+            results = parallel(joblib.delayed(w.square)(i) for i in range(n))
+    check(len(results) == n and sum(results) == expected, "wrong joblib_tiny results")
+    return run, {"value": t.seconds, "unit": "s", "seconds": t.seconds, "n": n, "items_per_s": n / t.seconds,
+                 "batches": parallel.n_dispatched_batches, "runtime_start_s": run.runtime_start_s,
+                 "config": run.config_text, "caller_cpu_s": t.cpu}
+
+
+def import_joblib_libraries(case, impl):
+    """What a joblib case needs on ``impl``, imported before any timer; ImportError names what is missing."""
+    import joblib
+
+    if case != "joblib_tiny":
+        import sklearn.datasets
+        import sklearn.model_selection
+        import sklearn.svm  # noqa: F401
+    if impl == "poolx":
+        import poolx.joblib  # noqa: F401  (registers the "poolx" backend)
+    elif impl == "dask":
+        import dask  # noqa: F401
+        import distributed  # noqa: F401
+        import joblib._dask  # noqa: F401  (joblib's "dask" backend)
+    elif impl == "ray":
+        import ray
+        import ray.util.joblib  # noqa: F401
+
+
 CASES = {
     "startup": case_startup,
     "tasks": case_tasks,
@@ -730,6 +952,9 @@ CASES = {
     "pool_apply_async": case_pool_apply_async,
     "pool_small_tasks": case_pool_small_tasks,
     "pool_apply_roundtrip": case_pool_apply_roundtrip,
+    "joblib_gridsearch_warm": case_joblib_gridsearch_warm,
+    "joblib_gridsearch_first": case_joblib_gridsearch_first,
+    "joblib_tiny": case_joblib_tiny,
 }
 
 
@@ -752,14 +977,27 @@ def main(argv):
         refused = impl not in ACTOR_IMPLS
     elif case in POOL_CASES:
         refused = impl not in POOL_IMPLS
+    elif case in JOBLIB_CASES:
+        refused = impl not in JOBLIB_IMPLS
     else:
-        refused = impl in OPTIONAL_IMPLS
+        refused = impl in OPTIONAL_IMPLS or impl in JOBLIB_ONLY_IMPLS
     if refused:
         raise SystemExit(f"{impl} does not run {case}: the actor cases ({', '.join(ACTOR_CASES)}) "
                          f"run {', '.join(ACTOR_IMPLS)}; the pool cases ({', '.join(POOL_CASES)}) run "
-                         f"{', '.join(POOL_IMPLS)}; ray and dask run only those")
+                         f"{', '.join(POOL_IMPLS)}; the joblib cases ({', '.join(JOBLIB_CASES)}) run "
+                         f"{', '.join(JOBLIB_IMPLS)}; ray and dask run only those, threading only the "
+                         "joblib cases")
     sizes = QUICK if "--quick" in argv else FULL
-    if impl in OPTIONAL_IMPLS:
+    if case in JOBLIB_CASES:
+        # joblib, scikit-learn (grid search), Dask and Ray are all optional here.
+        try:
+            import_joblib_libraries(case, impl)
+        except ImportError as exc:
+            emit({"case": case, "impl": impl,
+                  "skipped": f"{exc.name or 'a module it needs'} cannot be imported "
+                             f"({type(exc).__name__}: {exc})"})
+            return
+    elif impl in OPTIONAL_IMPLS:
         try:
             import_libraries(impl)
         except Exception as exc:  # optional: record why, do not fail

@@ -30,6 +30,11 @@ def inc(x):
     return x + 1
 
 
+def square(i):
+    """The tiny item of joblib_tiny."""
+    return i * i
+
+
 # Loop turns of one pool_small_tasks task: about 1 ms of pure Python on the
 # 2-core machine this was written on (0.96 ms measured), the "small task" of
 # ray-project/ray#21343's complaint about Ray's Pool clone.

@@ -51,6 +51,15 @@ POOL_PEERS = ["multiprocessing.Pool", "multiprocessing.Pool[forkserver]", "ray"]
 # everywhere, and to beat it where poolx's engine should (apply_async one by one).
 POOL_STDLIB = ["multiprocessing.Pool", "multiprocessing.Pool[forkserver]"]
 POOL_FASTER_GOALS = ["pool_apply_async", "pool_apply_roundtrip"]
+# The joblib cases compare poolx's joblib backend with joblib's own backends,
+# Dask's and Ray's; loky, joblib's default, is the headline: the goals ask for
+# a warm time at most JOBLIB_WARM_GOAL x loky's and a first fit no slower.
+JOBLIB_PEERS = ["loky", "multiprocessing.Pool", "threading", "dask", "ray"]
+JOBLIB_BASELINE = "loky"
+JOBLIB_WARM_GOAL = 0.9
+JOBLIB_GOALS = {"joblib_gridsearch_warm": ("joblib GridSearchCV fit, warm workers", JOBLIB_WARM_GOAL),
+                "joblib_gridsearch_first": ("joblib GridSearchCV first fit, workers started inside", 1.0)}
+# joblib_tiny has no goal (issue 6 asks for the case, to show auto-batching, not for a ratio).
 
 # Which implementations run each case.  serial only where it means something:
 # it has no startup, no round trip, and runs retrieve's sleeps one after another.
@@ -70,6 +79,10 @@ CASE_IMPLS = {
     # poolx.Pool, multiprocessing.Pool (two start methods) and Ray's Pool clone;
     # Ray is optional (skipped, with the reason, where it cannot be imported).
     **{case: _case.POOL_IMPLS for case in _case.POOL_CASES},
+    # One row per joblib backend (poolx's, joblib's loky, multiprocessing and
+    # threading, Dask's, Ray's); Dask and Ray are optional as above, and so are
+    # joblib and scikit-learn for these cases.
+    **{case: _case.JOBLIB_IMPLS for case in _case.JOBLIB_CASES},
 }
 
 # Seconds one measurement subprocess may run before its process tree is
@@ -83,7 +96,12 @@ CASE_TIMEOUT_S = {"startup": 30, "tasks": 60, "map": 90, "roundtrip": 60, "pi": 
                   "actor_awaited": 90, "actor_pipelined": 90, "actor_retrieve": 60,
                   # Ray's Pool includes starting a local Ray cluster; its imap with
                   # chunksize=1 runs about 1,500 items/s (about 7 s for 10,000).
-                  **{case: 60 for case in _case.POOL_CASES}}
+                  **{case: 60 for case in _case.POOL_CASES},
+                  # Ray's joblib backend starts a Pool of Ray actors for every
+                  # Parallel call (about 2 s each here: 6 fits, ~20 s with
+                  # Ray's start and stop); threading and Dask run the 100,000
+                  # tiny items at about 30,000/s.
+                  "joblib_gridsearch_warm": 120, "joblib_gridsearch_first": 60, "joblib_tiny": 90}
 # After a measurement exits, how long its leftover processes (e.g. a
 # forkserver noticing its parent is gone) get to exit before they are
 # recorded as leftovers and killed.
@@ -124,6 +142,14 @@ CASE_INFO = {
                          "chunksize (ray-project/ray#21343)", "s", False),
     "pool_apply_roundtrip": ("{pool_roundtrip:,} sequential pool.apply_async(noop).get() after "
                              "{pool_roundtrip_warmup:,} untimed", "us (median)", False),
+    "joblib_gridsearch_warm": ("GridSearchCV(SVC(), {{'C': [1, 10, 100], 'gamma': [1e-3, 1e-4]}}, cv=3) "
+                               "fit on load_digits ({joblib_digits:,} samples), warm workers: the median of "
+                               "{joblib_fits} timed fits after an untimed one", "s", False),
+    "joblib_gridsearch_first": ("the same GridSearchCV fit, first in a fresh process: from entering "
+                                "parallel_config to the end of the fit (imports, data, Dask's and Ray's "
+                                "cluster before the timer)", "s", False),
+    "joblib_tiny": ("Parallel(n_jobs=2)(delayed(square)(i) for i in range({joblib_tiny_items:,})) after "
+                    "one untimed call: joblib's automatic batching", "s", False),
 }
 
 # Reference figures from the issue (Ray and Dask on the machine the suite was
@@ -351,8 +377,13 @@ def summarise(records, cases):
                     row["p99_us"] = statistics.median(r["p99_us"] for r in ok)
                 if case == "pool_small_tasks":
                     row["ideal_s"] = statistics.median(r["ideal_s"] for r in ok)
-                starts = [r["runtime_start_s"] for r in ok if "runtime_start_s" in r]
-                if starts:  # actor cases: starting the executor / Ray / the Dask cluster
+                if case == "joblib_gridsearch_warm":  # the fastest single fit of every run
+                    row["min_fit_s"] = min(r["min_s"] for r in ok)
+                if case == "joblib_tiny":
+                    row["items_per_s"] = statistics.median(r["items_per_s"] for r in ok)
+                    row["batches"] = statistics.median(r["batches"] for r in ok)
+                starts = [r["runtime_start_s"] for r in ok if r.get("runtime_start_s") is not None]
+                if starts:  # actor cases: starting the executor / Ray / the Dask cluster; joblib: Ray, Dask
                     row["runtime_start_s"] = statistics.median(starts)
                 row["others_cores"] = statistics.median(others_cores(r) for r in ok)
                 shutdowns = [r["shutdown_ms"] for r in ok if "shutdown_ms" in r]
@@ -367,6 +398,8 @@ def summarise(records, cases):
 def peers_of(case):
     if case in _case.ACTOR_CASES:
         return ACTOR_PEERS
+    if case in _case.JOBLIB_CASES:
+        return JOBLIB_PEERS
     return POOL_PEERS if case in _case.POOL_CASES else PEERS
 
 
@@ -396,6 +429,11 @@ def add_ratios(case, rows):
         for row in rows.values():
             if row.get("median"):
                 row["poolx_over_this"] = mine / row["median"]
+    loky = rows.get(JOBLIB_BASELINE, {}).get("median")
+    if case in _case.JOBLIB_CASES and loky:
+        for row in rows.values():
+            if "median" in row:
+                row["vs_loky"] = row["median"] / loky
 
 
 # -- goals (from the issue), computed from the data ------------------------------
@@ -478,6 +516,18 @@ def goals(summary, cpus):
             measured = f"{speed:.2f}x the speed of {name} ({fmt(value, unit)} vs {fmt(best, unit)} {unit})"
             reached = speed > 1 if faster else speed >= 1
         add(f"poolx.Pool {case}", f"{target} multiprocessing.Pool", measured, reached)
+
+    # poolx's joblib backend against joblib's default, loky, in the same run
+    # (times: below 1x poolx is faster); only where the joblib cases ran.
+    for case, (what, most) in JOBLIB_GOALS.items():
+        if case not in summary:
+            continue
+        value = poolx(case)
+        loky = summary[case].get(JOBLIB_BASELINE, {}).get("median")
+        ratio = value / loky if value and loky else None
+        measured = f"{ratio:.2f}x loky ({value:.3f} vs {loky:.3f} s)" if ratio else None
+        target = f"<= {most:g}x loky's time" if most != 1 else "<= loky's time"
+        add(what, target, measured, ratio and ratio <= most)
     return out
 
 
@@ -580,9 +630,12 @@ def case_table(case, rows, sizes):
              f"Unit: {unit}, {better}.  Ratio: this median / the best peer's median "
              f"(peers: {', '.join(peers_of(case))})"
              + ("; \"poolx ÷ this\": the poolx row's median / this row's median" if case in _case.POOL_CASES
-                else "") + ".", ""]
+                else "")
+             + ("; \"÷ loky\": this row's median / loky's (joblib's default backend)"
+                if case in _case.JOBLIB_CASES else "") + ".", ""]
     actors = case in _case.ACTOR_CASES
     pools = case in _case.POOL_CASES
+    joblib = case in _case.JOBLIB_CASES
     extra = {"roundtrip": ["p99 us (median)"], "pi": ["speedup vs serial"],
              "pool_apply_roundtrip": ["p99 us (median)"],
              "pool_small_tasks": ["ideal s (median)"]}.get(case, [])
@@ -590,6 +643,10 @@ def case_table(case, rows, sizes):
         extra = ["runtime start s (median, not timed)"]
     if pools:
         extra = ["poolx ÷ this", *extra]
+    if joblib:
+        extra = ["÷ loky", *{"joblib_gridsearch_warm": ["fastest fit s"],
+                             "joblib_tiny": ["items/s (median)", "batches (median)"]}.get(case, []),
+                 "cluster start s (median, not timed)"]
     header = ["implementation", "start method", "median", "min", "max", "÷ best peer", *extra,
               "ok runs", "others' CPU"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -606,6 +663,14 @@ def case_table(case, rows, sizes):
             cells.append(f"{row['runtime_start_s']:.2f}" if "runtime_start_s" in row else "-")
         if pools:
             cells.append(ratio_text(row["poolx_over_this"]) if "poolx_over_this" in row else "-")
+        if joblib:
+            cells.append(ratio_text(row["vs_loky"]) if "vs_loky" in row else "-")
+            if case == "joblib_gridsearch_warm":
+                cells.append(fmt(row.get("min_fit_s"), "s"))
+            if case == "joblib_tiny":
+                cells.append(fmt(row.get("items_per_s"), "items/s"))
+                cells.append(f"{row['batches']:,.0f}" if "batches" in row else "-")
+            cells.append(f"{row['runtime_start_s']:.2f}" if "runtime_start_s" in row else "-")
         if case in ("roundtrip", "pool_apply_roundtrip"):
             cells.append(fmt(row.get("p99_us"), unit))
         if case == "pool_small_tasks":
@@ -620,29 +685,51 @@ def case_table(case, rows, sizes):
     return lines
 
 
-def markdown(env, config, summary, goal_rows, records):
+JOBLIB_GOALS_TEXT = (
+    "the joblib goals compare the `poolx` row (poolx's joblib backend) with `loky`, joblib's default "
+    "backend, in the same run: the warm fit (joblib_gridsearch_warm) at most "
+    f"{JOBLIB_WARM_GOAL:g}x loky's time, the first fit (joblib_gridsearch_first) no slower than loky's "
+    "(measured: poolx's median / loky's; below 1x poolx is faster); joblib_tiny has no goal")
+
+
+def markdown(env, config, summary, goal_rows, records, json_name="results.json"):
     sizes = config["sizes"]
-    lines = ["# poolx benchmark results", "",
+    only_joblib = bool(summary) and all(c in _case.JOBLIB_CASES for c in summary)
+    has_joblib = any(c in summary for c in _case.JOBLIB_CASES)
+    title = ("# poolx benchmark results: the joblib backend beside joblib's own, Dask's and Ray's"
+             if only_joblib else "# poolx benchmark results")
+    lines = [title, "",
              f"Generated by `{config['command']}` in {config['total_s']:.0f} s "
              f"({config['repeats']} repeat(s) of every measurement).  Every number comes from "
-             "`results.json` beside this file; rerun the command to refresh both.", "",
+             f"`{json_name}` beside this file; rerun the command to refresh both.", "",
              "## Environment", "", "| | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in env.items()]
     lines += ["", *load_lines(records)]
-    lines += ["", "## Goals", "",
-              "Computed from the medians below for the default `poolx` row "
-              "(forkserver); the best peer is the best of " + ", ".join(PEERS) + "; the actor "
-              "goals compare with the Ray median of the same run"
-              + ("; the poolx.Pool goals with the better of the two multiprocessing.Pool rows "
-                 "(default context, forkserver) of the same run (speed: their median / poolx's for "
-                 "times, poolx's / theirs for rates; above 1x poolx.Pool is faster)"
-                 if any(c in summary for c in _case.POOL_CASES) else "") + ".", "",
+    if only_joblib:
+        intro = "Computed from the medians below: " + JOBLIB_GOALS_TEXT + "."
+        joblib_goals = {what for what, _most in JOBLIB_GOALS.values()}
+        goal_rows = [g for g in goal_rows if g["goal"] in joblib_goals]  # the others have no data here
+    else:
+        intro = ("Computed from the medians below for the default `poolx` row "
+                 "(forkserver); the best peer is the best of " + ", ".join(PEERS) + "; the actor "
+                 "goals compare with the Ray median of the same run"
+                 + ("; the poolx.Pool goals with the better of the two multiprocessing.Pool rows "
+                    "(default context, forkserver) of the same run (speed: their median / poolx's for "
+                    "times, poolx's / theirs for rates; above 1x poolx.Pool is faster)"
+                    if any(c in summary for c in _case.POOL_CASES) else "")
+                 + ("; " + JOBLIB_GOALS_TEXT if has_joblib else "") + ".")
+    lines += ["", "## Goals", "", intro, "",
               "| goal | target | measured | status |", "|---|---|---|---|"]
     lines += [f"| {g['goal']} | {g['target']} | {g['measured']} | {g['status']} |" for g in goal_rows]
     lines += ["", "## Results", ""]
     for case, rows in summary.items():
         lines += [*case_table(case, rows, sizes), ""]
-    lines += method_notes(env, pools=any(c in summary for c in _case.POOL_CASES))
+    if only_joblib:
+        lines += ["## Methodology", "", *common_method_notes(), *joblib_method_notes(env)]
+    else:
+        lines += method_notes(env, pools=any(c in summary for c in _case.POOL_CASES))
+        if has_joblib:
+            lines += joblib_method_notes(env)
     skipped = [r for r in records if r["status"] == "skipped"]
     if skipped:
         lines += ["", "## Skipped", ""]
@@ -684,6 +771,55 @@ def load_lines(records):
             "during each row's runs (`foreign_cpu_s` per measurement in results.json)."]
 
 
+def common_method_notes():
+    return [
+        "- Every (case, implementation, repeat) ran in a fresh `python benchmarks/_case.py CASE IMPL` "
+        "subprocess; the order of the implementations rotates by one place each repeat.",
+        "- Shutdown is not timed (its median is in results.json as `shutdown_ms`).",
+        "- The table shows the median of the repeats that succeeded, and their min and max.",
+    ]
+
+
+def joblib_method_notes(env):
+    """What the joblib cases run and, exactly, what their timers count."""
+    n = env["workers"]
+    return [
+        f"- joblib cases (joblib_*): every row is `with joblib.parallel_config(backend=B, n_jobs={n}):` "
+        "around the joblib code; GridSearchCV's own `n_jobs` is left at None, so it takes the "
+        "config's.  B per row: `poolx` \"poolx\" (after `import poolx.joblib`: the backend's own "
+        f"executor of {n} worker processes, forkserver, kept warm between Parallel calls); `loky` "
+        f"\"loky\", joblib's default (its reusable loky executor of {n} workers, kept warm); "
+        f"`multiprocessing.Pool` \"multiprocessing\" (a new `multiprocessing.Pool({n})`, default "
+        f"context, for every Parallel call); `threading` \"threading\" (a new pool of {n} threads for "
+        "every call); `dask` \"dask\" on `distributed.Client(LocalCluster(n_workers="
+        f"{n}, threads_per_worker=1, processes=True, dashboard_address=None))`; `ray` \"ray\" "
+        f"after `ray.util.joblib.register_ray()` and `ray.init(num_cpus={n}, include_dashboard=False, "
+        f"log_to_driver=False, configure_logging=False)` (a new Pool of {n} Ray actors for every "
+        "Parallel call).",
+        "- Before any timer, in every joblib case: the imports (joblib, scikit-learn, and "
+        "poolx.joblib, distributed or ray as the row needs), `load_digits`, one serial fit outside "
+        "parallel_config (the reference: every fit's `best_score_` must equal it exactly), and for "
+        f"dask and ray the cluster: `LocalCluster` + `Client` + `client.wait_for_workers({n})`, or "
+        "`ray.init(...)`; its median is the \"cluster start\" column, never counted.",
+        "- joblib_gridsearch_first counts, from entering parallel_config to the end of the first fit: "
+        f"poolx: starting the backend's executor (the forkserver and {n} worker processes) and the "
+        "workers' first imports (scikit-learn, as they unpickle the first tasks); loky: starting "
+        f"joblib's loky executor ({n} workers) and the same imports; multiprocessing.Pool: forking "
+        "the Pool (its workers inherit the caller's imports); threading: starting the threads; dask: "
+        f"none of the cluster (its {n} workers are up and connected): joblib's dask backend set-up, "
+        "the data sent with the tasks and the Dask workers' first imports of scikit-learn; ray: "
+        f"none of `ray.init`: the Pool of {n} Ray actors the backend starts for the call (worker "
+        "processes from the raylet, their imports) and the data sent to them.",
+        "- Warm (joblib_gridsearch_warm, joblib_tiny): one untimed call in the same parallel_config "
+        "first.  poolx's and loky's workers stay up between calls, as do Dask's; joblib's "
+        "multiprocessing and threading backends and Ray's start a new pool for every Parallel call "
+        "(GridSearchCV makes one per fit), so their warm figures still include that start.",
+        "- joblib_tiny: `joblib.Parallel(n_jobs=2)` with its default `batch_size=\"auto\"`; \"batches\" "
+        "is how many batches the timed call dispatched (the threading backend does not batch: one "
+        "task per item).",
+    ]
+
+
 def method_notes(env, pools=False):
     return [
         "## Methodology", "",
@@ -717,15 +853,23 @@ def method_notes(env, pools=False):
 ANALYSIS = Path(__file__).with_name("ANALYSIS.md")
 
 
+def json_path(out_md):
+    """The JSON beside the markdown: results.json, or results-NAME.json beside RESULTS-NAME.md."""
+    stem = out_md.stem.lower()
+    return out_md.with_name((stem if stem.startswith("results") else "results") + ".json")
+
+
 def write_outputs(out_md, env, config, summary, goal_rows, records):
     out_md = Path(out_md)
     out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_json = out_md.with_name("results.json")
+    out_json = json_path(out_md)
     data = {"environment": env, "config": config, "goals": goal_rows, "summary": summary,
             "measurements": records}
     out_json.write_text(json.dumps(data, indent=2) + "\n")
-    text = markdown(env, config, summary, goal_rows, records)
-    if ANALYSIS.exists():  # the engineers' reading of the figures, kept across runs
+    text = markdown(env, config, summary, goal_rows, records, json_name=out_json.name)
+    # The engineers' reading of the main run's figures, kept across runs; not
+    # appended to the separate files (RESULTS-pool.md, RESULTS-joblib.md, ...).
+    if ANALYSIS.exists() and out_md.name == "RESULTS.md":
         text = text.rstrip("\n") + "\n\n" + ANALYSIS.read_text()
     out_md.write_text(text)
     return out_json
@@ -743,7 +887,8 @@ def parse_args(argv):
     p.add_argument("--impls", help="comma-separated subset of: " + ",".join(_case.IMPLS))
     p.add_argument("--timeout", type=float, help="seconds per measurement, overriding the per-case limits")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"),
-                   help="markdown output; results.json is written beside it")
+                   help="markdown output; the JSON is written beside it (results.json; "
+                        "results-NAME.json beside RESULTS-NAME.md)")
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                    help="before each measurement, wait up to S seconds for the rest of the machine "
                         f"to use under {DISTURBED_CORES} core (default 0: do not wait)")
@@ -786,9 +931,10 @@ def main(argv=None):
     goal_rows = goals(summary, env["usable_cpus"])
     out_json = write_outputs(args.out, env, config, summary, goal_rows, records)
     print(f"wrote {args.out} and {out_json} ({config['total_s']:.0f} s)")
-    for g in goal_rows:
+    for g in [g for g in goal_rows if g["reached"] is not None] or goal_rows:  # those with data
         print(f"  goal: {g['goal']:<40} {g['target']:<24} {g['status']:<12} {g['measured']}")
-    poolx_failed = any(r["status"] != "ok" for r in records if r["impl"].startswith("poolx"))
+    # Skipped (an optional library such as scikit-learn not installed) is not a failure.
+    poolx_failed = any(r["status"] not in ("ok", "skipped") for r in records if r["impl"].startswith("poolx"))
     return 1 if args.strict and poolx_failed else 0
 
 

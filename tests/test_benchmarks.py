@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,3 +27,50 @@ def test_quick_benchmark_run_writes_results(tmp_path):
     assert "| **poolx** |" in text and "multiprocessing.Pool" in text
     data = json.loads((tmp_path / "results.json").read_text())
     assert data  # every measurement is recorded
+
+
+JOBLIB_CASES = "joblib_gridsearch_warm,joblib_gridsearch_first,joblib_tiny"
+
+
+def run_suite(*argv, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), *argv],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+
+
+@pytest.mark.timeout(300)
+def test_quick_joblib_cases_write_their_own_results(tmp_path):
+    pytest.importorskip("joblib")
+    have_sklearn = importlib.util.find_spec("sklearn") is not None
+    out = tmp_path / "RESULTS-joblib.md"
+    proc = run_suite("--quick", "--strict", "--cases", JOBLIB_CASES, "--impls", "poolx,loky,threading",
+                     "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / "results-joblib.json").read_text())
+    assert {(r["case"], r["impl"]) for r in data["measurements"]} == {
+        (c, i) for c in JOBLIB_CASES.split(",") for i in ("poolx", "loky", "threading")}
+    for r in data["measurements"]:
+        if r["case"] != "joblib_tiny" and not have_sklearn:
+            assert r["status"] == "skipped" and "sklearn" in r["skip_reason"], r
+        else:
+            assert r["status"] == "ok" and r["unit"] == "s", r
+    text = out.read_text()
+    assert "| **poolx** |" in text and "÷ loky" in text and "## What poolx reached" not in text
+
+
+@pytest.mark.timeout(300)
+def test_joblib_cases_without_sklearn_are_skipped(tmp_path):
+    pytest.importorskip("joblib")
+    fake = tmp_path / "fake" / "sklearn"  # shadows scikit-learn in the measurement processes
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'sklearn'\", name='sklearn')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(fake.parent),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    proc = run_suite("--quick", "--strict", "--cases", "joblib_gridsearch_first,joblib_tiny",
+                     "--impls", "poolx", "--out", str(tmp_path / "RESULTS.md"), env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    status = {r["case"]: r for r in json.loads((tmp_path / "results.json").read_text())["measurements"]}
+    assert status["joblib_gridsearch_first"]["status"] == "skipped"
+    assert "sklearn cannot be imported" in status["joblib_gridsearch_first"]["skip_reason"]
+    assert status["joblib_tiny"]["status"] == "ok"
+    assert "## Skipped" in (tmp_path / "RESULTS.md").read_text()
