@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import math
+import multiprocessing.util
 import os
 import sys
 import threading
@@ -63,6 +64,10 @@ def _at_exit() -> None:
 
 
 threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+# In a multiprocessing child (a poolx executor started inside another library's
+# worker process), Process._bootstrap joins the children before the threading
+# exit hooks run: run ours from multiprocessing's exit too, first.
+multiprocessing.util.Finalize(None, _at_exit, exitpriority=100)
 
 
 def default_max_workers() -> int:

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import multiprocessing
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -111,13 +113,15 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
         timeout = backend_kwargs.get("idle_worker_timeout", IDLE_WORKER_TIMEOUT)
         if timeout is not None and not (isinstance(timeout, int | float) and timeout >= 0):
             raise ValueError(f"idle_worker_timeout must be a number of seconds >= 0 or None, got {timeout!r}")
-        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads,
-                         **backend_kwargs)
+        # joblib 1.4's base class neither keeps backend_kwargs nor accepts them.
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        self.backend_kwargs = dict(backend_kwargs)
         self._given: Executor | None = executor
         self._executor: Executor | None = None
         self._lease: _Lease | None = None
         self._tasks: set[Task] = set()
         self._tasks_lock = threading.Lock()
+        self._call_kwargs: dict[str, Any] = {}
         self.parallel: Any = None
         if executor is not None:
             # All of the executor's workers unless told otherwise; joblib's
@@ -134,6 +138,11 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs is None:
             return 1
+        if self._given is None and n_jobs != 1 and multiprocessing.current_process().daemon:
+            # A multiprocessing.Pool worker may not start processes (as loky says too).
+            warnings.warn("poolx-backed parallel loops cannot start processes in a daemonic "
+                          "process (a multiprocessing.Pool worker), setting n_jobs=1", stacklevel=3)
+            return 1
         size = self._given.max_workers if self._given is not None else joblib.cpu_count()
         if n_jobs < 0:
             n_jobs = max(size + 1 + n_jobs, 1)
@@ -145,7 +154,13 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
                   require: Any = None, **parallel_kwargs: Any) -> int:
         """Called by ``Parallel`` before each call: find or start the executor."""
         # parallel_kwargs are Parallel's own (max_nbytes, mmap_mode, temp_folder,
-        # verbose, ...): memory-mapping is loky's, not poolx's; they are ignored.
+        # verbose, context, ...), ignored: memory-mapping is loky's, and poolx
+        # picks its start method itself (mp_context= to choose); and any keyword
+        # given to Parallel(...), which win over parallel_config's, as for loky.
+        if "executor" in parallel_kwargs:
+            raise TypeError("pass executor= to parallel_config(backend='poolx', executor=...) "
+                            "or to PoolxBackend(executor=...), not to Parallel")
+        self._call_kwargs = {k: v for k, v in parallel_kwargs.items() if k in BACKEND_KWARGS}
         self.parallel = parallel
         n = self.effective_n_jobs(n_jobs)
         if self._given is not None:
@@ -233,7 +248,7 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
     # -- the backend's own executor ---------------------------------------------
 
     def _settings(self, n: int) -> _Settings:
-        kwargs = self.backend_kwargs
+        kwargs = {**self.backend_kwargs, **self._call_kwargs}
         share = self.inner_max_num_threads or max(joblib.cpu_count() // n, 1)
         env = self._prepare_worker_env(n_jobs=n)
         if CPU_SHARE_VAR not in os.environ:
@@ -366,7 +381,7 @@ class _Shared:
         with self.lock:
             if executor is not self.executor or self.users:
                 return
-            self.executor = None
+            self.executor = self.key = None  # the key holds initargs: let them go
             self.timer = None
         executor.shutdown(wait=False)
 
@@ -379,6 +394,7 @@ class _Shared:
         with self.lock:
             self._cancel_timer()
             executor, self.executor = self.executor, None
+            self.key = None
             self.users = 0
         if executor is not None:
             executor.shutdown(wait=wait)

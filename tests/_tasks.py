@@ -136,3 +136,17 @@ def record_init(path):
 
 def failing_init():
     raise ValueError("initializer exploded")
+
+
+_inner_pools = []
+
+
+def start_inner_process_pool():
+    """Start a ProcessPoolExecutor in this worker and leave it running; return its workers' pids."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+    _inner_pools.append(pool)
+    pool.submit(abs, 1).result(timeout=30)
+    return [p.pid for p in pool._processes.values()]

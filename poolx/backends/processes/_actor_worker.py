@@ -74,6 +74,7 @@ def main(sock: socket.socket, client: socket.socket, progress: Any, setup: Actor
         pass  # the driver is gone
     finally:
         W.stop_hook(hook)
+    W.run_exit_hooks()
 
 
 def _inline(runner: Any) -> bool:

@@ -460,8 +460,7 @@ class ActorHost:
             proc.sock.close()
             proc.cell.close()
             os.close(proc.fd)
-            if proc.process.exitcode is not None:
-                proc.process.close()
+            close_process(proc.process)
 
     def restart(self, actor: Actor, retry: list[ActorCall]) -> None:
         slot: ActorSlot = actor.impl
@@ -557,3 +556,15 @@ def _spec_error(actor: Actor, exc: Exception) -> SerializationError:
         "picklable (or use backend='threads')."
     )
 
+
+def close_process(process: Any) -> None:
+    """Release a finished process's resources.
+
+    Inside a loky worker the global start method is loky's, whose Popen has
+    no close(): its resources go with the object instead.
+    """
+    if process.exitcode is not None:
+        try:
+            process.close()
+        except AttributeError:
+            pass

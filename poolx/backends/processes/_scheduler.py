@@ -72,7 +72,7 @@ from ..._serialization import describe, loads
 from ..._telemetry import Telemetry
 from . import _channel
 from . import _worker as W
-from ._actors import ActorHost, Conn
+from ._actors import ActorHost, Conn, close_process
 
 logger = logging.getLogger("poolx")
 
@@ -98,6 +98,8 @@ MAX_REQUEUE = 3
 MAX_START_FAILURES = 3
 # How much of a dead worker's faulthandler dump goes into the error message.
 CRASH_DUMP_BYTES = 8192
+# Seconds between checks that every child is still alive (see check_liveness).
+LIVENESS_POLL = 1.0
 # Send buffer of the driver's end of a worker channel (see _widen).
 SOCKET_BUFFER = 4 << 20
 # Grace period for workers to exit after STOP, then SIGKILL.
@@ -195,6 +197,7 @@ class Scheduler(threading.Thread):
         self.actors = ActorHost(self)
         self.conns: set[Conn] = set()  # client channels of live children
         self.actors_stopping = False
+        self.next_liveness = time.monotonic() + LIVENESS_POLL
 
     # -- the loop -----------------------------------------------------------
 
@@ -208,6 +211,8 @@ class Scheduler(threading.Thread):
                     self.take_incoming()
                     if self.task_timeout is not None:
                         self.check_timeouts()
+                    if time.monotonic() >= self.next_liveness:
+                        self.check_liveness()
                     if self.backend.broken is not None:
                         self.fail_queue(InitializerError(self.backend.broken))
                     self.start_workers()
@@ -227,7 +232,26 @@ class Scheduler(threading.Thread):
             return 0.05
         if self.task_timeout is not None and any(w.outstanding for w in self.workers.values()):
             return min(TIMEOUT_POLL, self.task_timeout / 4)
+        if self.workers or self.actors.procs:
+            return max(self.next_liveness - time.monotonic(), 0.0)
         return None
+
+    def check_liveness(self) -> None:
+        """Notice children that died without their sentinel saying so.
+
+        A process's sentinel (and its channel) reach end-of-file only when every
+        copy of them is closed: under fork, a grandchild that a task forked and
+        left running keeps them open after the worker itself has died or been
+        killed, and the exit would never be seen (its tasks pending, shutdown
+        waiting for ever).  A poll every LIVENESS_POLL seconds reaps it.
+        """
+        self.next_liveness = time.monotonic() + LIVENESS_POLL
+        for w in list(self.workers.values()):
+            if not w.process.is_alive():
+                self.on_exit(w)
+        for proc in list(self.actors.procs.values()):
+            if not proc.process.is_alive():
+                self.actors.on_exit(proc)
 
     def check_timeouts(self) -> None:
         """Kill the workers whose running task is over ``task_timeout``.
@@ -746,8 +770,7 @@ class Scheduler(threading.Thread):
             w.sock.close()
             w.cell.close()
             os.close(w.fd)
-            if w.process.exitcode is not None:
-                w.process.close()
+            close_process(w.process)
 
     def after_exit(self, w: _Worker, exitcode: int | None) -> None:
         if w.init_error is not None:

@@ -194,6 +194,25 @@ def main(sock: socket.socket, client: socket.socket, progress: Any, index: int, 
         pass  # the driver is gone: nothing to report to, nobody to report it
     finally:
         stop_hook(hook)
+    run_exit_hooks()
+
+
+def run_exit_hooks() -> None:
+    """Run what the interpreter runs at exit before multiprocessing's own exit.
+
+    After the target returns, ``Process._bootstrap`` joins the process's
+    children, and under fork and forkserver the process then ends with
+    ``os._exit``: the ``threading`` exit hooks (which shut down executors that
+    tasks started here: loky's, concurrent.futures', poolx's) would run too
+    late or never, and the join would wait for their workers for ever.  Run
+    them now, as an interpreter exiting normally would.
+    """
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None and threading.current_thread() is threading.main_thread():
+        try:
+            shutdown()
+        except Exception:
+            logging.getLogger("poolx").exception("an exit hook failed in a poolx worker")
 
 
 def _start_watchdog(sock: socket.socket) -> None:
