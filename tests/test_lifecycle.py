@@ -190,11 +190,12 @@ def test_a_process_pool_left_running_by_a_task_ends_with_its_worker(start_method
     # loky's shut their pools down there) before multiprocessing joins its
     # children: without that, the worker waited for the inner pool for ever,
     # was killed after STOP_TIMEOUT, and the inner pool's processes were orphaned.
-    import poolx
     from _tasks import start_inner_process_pool
+
+    import poolx
 
     with poolx.Executor(1, mp_context=start_method) as ex:
         inner = ex.submit(start_inner_process_pool).result(timeout=30)
         worker = ex._backend.worker_pids()[0]
-    assert inner and not _wait_gone(inner + [worker], 10), "the inner pool outlived the worker"
+    assert inner and not _wait_gone([*inner, worker], 10), "the inner pool outlived the worker"
     assert ex.statistics().workers_died == 0
