@@ -357,3 +357,39 @@ def test_identity_helper_is_importable_in_workers():
     # The test module itself is importable by workers (used by every test above).
     with parallel_config(backend="poolx", n_jobs=2):
         assert Parallel()(delayed(identity)(i) for i in range(3)) == [0, 1, 2]
+
+
+def test_ctrl_c_during_a_parallel_call_stops_everything(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        "import time, joblib, poolx.joblib\n"
+        "from joblib import Parallel, delayed\n"
+        "def slow(i):\n"
+        "    time.sleep(30)\n"
+        "if __name__ == '__main__':\n"
+        "    with joblib.parallel_config(backend='poolx', n_jobs=2):\n"
+        "        print('started', flush=True)\n"
+        "        Parallel()(delayed(slow)(i) for i in range(10))\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        deadline = time.monotonic() + 20
+        while len(psutil.Process(proc.pid).children(recursive=True)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the forkserver and both workers
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "KeyboardInterrupt" in err
+    _, alive = psutil.wait_procs(kids, timeout=5)
+    assert not alive, f"left running after Ctrl-C: {alive}"
