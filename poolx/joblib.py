@@ -26,13 +26,13 @@ replaced, so other work on the same executor is left alone.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import multiprocessing
 import os
 import sys
 import threading
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 try:
@@ -90,6 +90,8 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
     executor of ``n_jobs`` worker processes, warm across ``Parallel`` calls
     for ``idle_worker_timeout`` seconds, started with ``mp_context``,
     ``initializer(*initargs)`` and ``max_tasks_per_child`` when given.
+    Nesting is joblib's default (``get_nested_backend``: threads one level
+    down, sequential below).
     """
 
     supports_retrieve_callback = True
@@ -177,12 +179,6 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
         self._executor = self._lease.executor
         return n
 
-    def start_call(self) -> None:
-        pass
-
-    def stop_call(self) -> None:
-        pass
-
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Future[Any]:
         executor = self._executor
         if executor is None:
@@ -205,9 +201,6 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
     def retrieve_result_callback(self, out: Any) -> Any:
         return out.result()
 
-    def retrieve_result(self, out: Any, timeout: float | None = None) -> Any:
-        return out.result(timeout=timeout)
-
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """Stop this call's work: pending batches cancelled, running ones stopped.
 
@@ -228,18 +221,6 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
         self._executor = None
         if lease is not None:
             lease.release()
-
-    def get_nested_backend(self) -> tuple[Any, int | None]:
-        # What a Parallel inside a batch uses by default: joblib's threads one
-        # level down (sequential below that), as for joblib's own backends.
-        level = (self.nesting_level or 0) + 1
-        if level > 1:
-            return SequentialBackend(nesting_level=level), None
-        return ThreadingBackend(nesting_level=level), None
-
-    @contextlib.contextmanager
-    def retrieval_context(self) -> Any:
-        yield
 
     def __reduce__(self) -> Any:
         # A backend travels (in a BatchedCalls) only as a fresh one of its kind.
@@ -265,20 +246,18 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
         )
 
 
+@dataclass(frozen=True)
 class _Settings:
     """What the backend's own executor is started with; equal settings share it."""
 
-    def __init__(self, n: int, env: tuple[tuple[str, str], ...], threads: int, mp_context: Any,
-                 initializer: Any, initargs: tuple[Any, ...], max_tasks_per_child: int | None,
-                 idle_timeout: float | None) -> None:
-        self.n = n
-        self.env = env
-        self.threads = threads
-        self.mp_context = mp_context
-        self.initializer = initializer
-        self.initargs = initargs
-        self.max_tasks_per_child = max_tasks_per_child
-        self.idle_timeout = idle_timeout
+    n: int
+    env: tuple[tuple[str, str], ...]
+    threads: int
+    mp_context: Any
+    initializer: Any
+    initargs: tuple[Any, ...]
+    max_tasks_per_child: int | None
+    idle_timeout: float | None
 
     def key(self) -> tuple[Any, ...]:
         return (self.n, self.env, self.threads, _identity(self.mp_context), _identity(self.initializer),
