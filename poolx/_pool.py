@@ -757,21 +757,14 @@ class IMapIterator:
 
     def next(self, timeout: float | None = None) -> Any:
         with self._cond:
-            try:
-                item = self._items.popleft()
-            except IndexError:
+            if not self._items and self._index != self._length:
+                self._cond.wait(timeout)
+            if not self._items:
                 if self._index == self._length:
                     self._pool = None
-                    raise StopIteration from None
-                self._cond.wait(timeout)
-                try:
-                    item = self._items.popleft()
-                except IndexError:
-                    if self._index == self._length:
-                        self._pool = None
-                        raise StopIteration from None
-                    raise MPTimeoutError from None
-        success, value = item
+                    raise StopIteration
+                raise MPTimeoutError
+            success, value = self._items.popleft()
         if success:
             return value
         raise value
