@@ -27,3 +27,24 @@ def known_deviation(method, reason: str):
     test.__name__ = method.__name__
     test.__doc__ = method.__doc__
     return pytest.mark.xfail(reason=reason, strict=True)(test)
+
+
+def table_entry(cls_name: str, suite: str, test: str, table: dict):
+    """``table``'s entry for a test: keyed by its generated class, else by its stdlib suite."""
+    found = table.get(f"{cls_name}.{test}")
+    return found if found is not None else table.get(f"{suite}.{test}")
+
+
+def bad_table_keys(tables, known) -> list[str]:
+    """Keys of ``tables`` that are not ``Class.test_x`` with Class in ``known``.
+
+    (A test itself may exist only on some Python versions, so only the class
+    part and the method prefix are checked.)
+    """
+    bad = []
+    for table in tables:
+        for key in table:
+            cls, _, test = key.partition(".")
+            if cls not in known or not test.startswith("test"):
+                bad.append(key)
+    return bad

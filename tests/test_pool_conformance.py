@@ -78,7 +78,7 @@ import unittest.mock
 import weakref
 
 import pytest
-from _conformance import known_deviation, skipped
+from _conformance import bad_table_keys, known_deviation, skipped, table_entry
 from conftest import _children
 
 import poolx
@@ -232,8 +232,7 @@ PATCHED: dict[str, list[tuple[str, str, object]]] = {
 def _reason(cls_name: str, suite: str, test: str, table: dict, always: bool = False):
     if TARGET != "poolx" and not always:
         return None
-    found = table.get(f"{cls_name}.{test}")
-    return found if found is not None else table.get(f"{suite}.{test}")
+    return table_entry(cls_name, suite, test, table)
 
 
 # --------------------------------------------------------------------------
@@ -459,16 +458,9 @@ def test_stdlib_suites_found():
 
 
 def test_tables_name_mapped_suites():
-    """Each EXCLUDED/KNOWN_DEVIATIONS/PATCHED key is 'Suite.test_x' or 'GeneratedClass.test_x'.
-
-    (A test itself may exist only on some Python versions, so only the class
-    part and the method prefix are checked.)
-    """
-    known = set(SUITES) | set(_classes)
-    for table in (EXCLUDED, KNOWN_DEVIATIONS, PATCHED):
-        for key in table:
-            cls, _, test = key.rpartition(".")
-            assert cls in known and test.startswith("test"), key
+    """Each EXCLUDED/KNOWN_DEVIATIONS/PATCHED key is 'Suite.test_x' or 'GeneratedClass.test_x'."""
+    bad = bad_table_keys((EXCLUDED, KNOWN_DEVIATIONS, PATCHED), set(SUITES) | set(_classes))
+    assert not bad, bad
 
 
 @pytest.mark.parametrize("pool_type", [ProcessPoolUnderTest, ThreadPoolUnderTest],

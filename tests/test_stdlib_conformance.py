@@ -52,7 +52,7 @@ import unittest
 import unittest.mock
 
 import pytest
-from _conformance import known_deviation, skipped
+from _conformance import bad_table_keys, known_deviation, skipped, table_entry
 
 import poolx
 
@@ -192,11 +192,6 @@ PATCHED: dict[str, list[tuple[str, str, object]]] = {
 }
 
 
-def _reason(cls_name: str, suite: str, test: str, table: dict):
-    found = table.get(f"{cls_name}.{test}")
-    return found if found is not None else table.get(f"{suite}.{test}")
-
-
 # --------------------------------------------------------------------------
 # The executor under test.
 
@@ -293,7 +288,7 @@ class _PoolxSetUp:
 
             self._patch(mod, "assert_python_ok", assert_python_ok)
         test = self._testMethodName
-        for modname, attr, value in _reason(type(self).__name__, self._suite_name, test,
+        for modname, attr, value in table_entry(type(self).__name__, self._suite_name, test,
                                             PATCHED) or ():
             self._patch(importlib.import_module(modname), attr, value)
         super().setUp()
@@ -384,9 +379,9 @@ def _build() -> tuple[dict[str, type], list[str]]:
             for attr in dir(suite):
                 if not attr.startswith("test"):
                     continue
-                if (why := _reason(name, suite_name, attr, EXCLUDED)) is not None:
+                if (why := table_entry(name, suite_name, attr, EXCLUDED)) is not None:
                     ns[attr] = skipped(why)
-                elif (why := _reason(name, suite_name, attr, KNOWN_DEVIATIONS)) is not None:
+                elif (why := table_entry(name, suite_name, attr, KNOWN_DEVIATIONS)) is not None:
                     ns[attr] = known_deviation(getattr(suite, attr), why)
             bases = (_PoolxSetUp, suite, start_mixin, _PoolxTearDown, _BaseTestCase)
             classes[name] = type(name, bases, ns)
@@ -403,13 +398,6 @@ def test_stdlib_suites_found():
 
 
 def test_tables_name_mapped_suites():
-    """Each EXCLUDED/KNOWN_DEVIATIONS/PATCHED key is 'Suite.test_x' or 'GeneratedClass.test_x'.
-
-    (A test itself may exist only on some Python versions, so only the class
-    part and the method prefix are checked.)
-    """
-    known = set(SUITES) | set(_classes)
-    for table in (EXCLUDED, KNOWN_DEVIATIONS, PATCHED):
-        for key in table:
-            cls, _, test = key.partition(".")
-            assert cls in known and test.startswith("test"), key
+    """Each EXCLUDED/KNOWN_DEVIATIONS/PATCHED key is 'Suite.test_x' or 'GeneratedClass.test_x'."""
+    bad = bad_table_keys((EXCLUDED, KNOWN_DEVIATIONS, PATCHED), set(SUITES) | set(_classes))
+    assert not bad, bad
