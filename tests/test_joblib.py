@@ -163,6 +163,11 @@ def test_auto_batching_groups_tiny_calls():
 @pytest.mark.parametrize("return_as", ["generator", "generator_unordered"])
 def test_generator_output(return_as):
     with parallel_config(backend="poolx", n_jobs=2):
+        # Both workers up first: on a loaded machine the second one may start
+        # after the first has finished the slow item, which then is not last.
+        deadline = time.monotonic() + 20
+        while len(set(Parallel(batch_size=1)(delayed(slow_pid)(i) for i in range(4)))) < 2:
+            assert time.monotonic() < deadline, "the second worker never ran a task"
         gen = Parallel(return_as=return_as)(
             delayed(sleep_then)(i, 0.3 if i == 0 else 0.0) for i in range(8))
         assert not isinstance(gen, list)
