@@ -2,14 +2,32 @@
 
 The front door is :class:`Executor`, a drop-in ``concurrent.futures``
 executor whose tasks run on a pluggable backend (``processes`` by default,
-``threads``, ``serial``).
+``threads``, ``serial``).  ``poolx.remote``, ``get``, ``wait``, ``put`` and
+friends are Ray's API on top of it (``import poolx as ray``).
 """
 
 from ._actor_pool import ActorPool
-from ._actors import ActorHandle, ActorMethod, ActorOptions, get_actor
+from ._actors import ActorHandle, ActorMethod, ActorOptions
+from ._api import (
+    RemoteClass,
+    RemoteFunction,
+    available_resources,
+    cancel,
+    cluster_resources,
+    get,
+    get_actor,
+    init,
+    is_initialized,
+    kill,
+    put,
+    remote,
+    shutdown,
+    wait,
+)
 from ._errors import (
     ActorDiedError,
     DeserializationError,
+    GetTimeoutError,
     InitializerError,
     PoolxError,
     RemoteError,
@@ -21,6 +39,7 @@ from ._errors import (
 )
 from ._executor import ActorFactory, Executor, default_max_workers
 from ._futures import Future
+from ._objects import ObjectRef, PutRef
 from ._pool import Pool, ThreadPool
 from ._telemetry import Statistics
 from .backends import Backend, BackendOptions, available_backends, register_backend
@@ -39,10 +58,15 @@ __all__ = [
     "DeserializationError",
     "Executor",
     "Future",
+    "GetTimeoutError",
     "InitializerError",
+    "ObjectRef",
     "Pool",
     "PoolxError",
+    "PutRef",
+    "RemoteClass",
     "RemoteError",
+    "RemoteFunction",
     "RemoteTraceback",
     "SerializationError",
     "Statistics",
@@ -52,7 +76,18 @@ __all__ = [
     "WorkerDiedError",
     "__version__",
     "available_backends",
+    "available_resources",
+    "cancel",
+    "cluster_resources",
     "default_max_workers",
+    "get",
     "get_actor",
+    "init",
+    "is_initialized",
+    "kill",
+    "put",
     "register_backend",
+    "remote",
+    "shutdown",
+    "wait",
 ]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import deque
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -95,13 +96,12 @@ class ActorOptions:
 class ActorCall(Task):
     """One method call on its way to an actor (a ``Task`` whose ``fn`` is its label)."""
 
-    __slots__ = ("method", "origin")
+    __slots__ = ("method",)
 
     def __init__(self, actor: Actor, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         super().__init__(actor.method_label(method), args, kwargs)  # type: ignore[arg-type]
         self.method = method
         self.worker = -actor.id  # the actor's lane in the telemetry
-        self.origin: Any = None  # processes backend: where a call made in a child came from
 
 
 class Actor:
@@ -127,6 +127,12 @@ class Actor:
         self.lock = threading.Lock()
         self.impl: Any = None  # the backend's own state for this actor
         self._labels: dict[str, str] = {}
+        # Calls waiting for futures among their arguments, and the calls after
+        # them (kept back so that calls still run in the order they were made).
+        self.held: deque[tuple[ActorCall, list[Any]]] = deque()
+        self.hold_lock = threading.Lock()
+        self.releasing = False
+        self.release_again = False
 
     @property
     def max_concurrency(self) -> int | None:
@@ -149,6 +155,14 @@ class Actor:
         if self.status == DEAD:
             self.fail(call, self.died_error())
             return call.future
+        from ._objects import dependencies, when_done
+
+        deps = dependencies(args, kwargs)
+        if deps or self.held:
+            with self.hold_lock:
+                self.held.append((call, deps))
+            when_done(deps, self.release_held)
+            return call.future
         try:
             directory.backend.call_actor(self, call)
         except BaseException as exc:  # e.g. an argument that cannot be pickled: raised here
@@ -156,6 +170,38 @@ class Actor:
                 self.fail(call, exc)
             raise
         return call.future
+
+    def release_held(self) -> None:
+        """Send the held calls whose arguments are ready, in the order they were made."""
+        from ._objects import failed_dependency, resolve
+
+        with self.hold_lock:
+            if self.releasing:
+                self.release_again = True  # the thread releasing now looks again
+                return
+            self.releasing = True
+        while True:
+            with self.hold_lock:
+                if not self.held or not all(d.done() for d in self.held[0][1]):
+                    if self.release_again:
+                        self.release_again = False
+                        continue
+                    self.releasing = False
+                    return
+                call, deps = self.held.popleft()
+            error = failed_dependency(deps, f"{call.fn}()")
+            if error is None:
+                try:
+                    call.args, call.kwargs = resolve(call.args, call.kwargs,
+                                                     self.directory.backend.uses_processes)
+                    if self.status == DEAD:
+                        error = self.died_error()
+                    else:
+                        self.directory.backend.call_actor(self, call)
+                except BaseException as exc:
+                    error = exc
+            if error is not None and not call.future.done():
+                self.fail(call, error)
 
     # -- what backends call -----------------------------------------------------
 

@@ -9,6 +9,7 @@ catch, so code written for ``concurrent.futures`` keeps working::
     │   ├── InitializerError     (+ BrokenProcessPool)  the worker initializer raised; executor broken
     │   ├── TaskTimeoutError     (+ TimeoutError, multiprocessing.TimeoutError)  ran over task_timeout
     │   ├── TaskCancelledError   (+ concurrent.futures.CancelledError)  stopped while it ran
+    │   ├── GetTimeoutError      (+ TimeoutError)        poolx.get(timeout=) ran out (Ray's name)
     │   ├── SerializationError   (+ pickle.PicklingError)  a callable, argument or result cannot be pickled
     │   ├── DeserializationError (+ UnpicklingError, BrokenProcessPool)  a task or result cannot be unpickled
     │   ├── ActorDiedError                           the actor a call was made on is dead (crash, kill,
@@ -105,6 +106,18 @@ class TaskCancelledError(PoolxError, cf.CancelledError):
 
 def _rebuild_task_cancelled(message: str, pid: int | None) -> TaskCancelledError:
     return TaskCancelledError(message, pid=pid)
+
+
+# concurrent.futures.TimeoutError is the builtin TimeoutError from Python 3.11 on.
+_TIMEOUTS = (TimeoutError,) if cf.TimeoutError is TimeoutError else (TimeoutError, cf.TimeoutError)
+
+
+class GetTimeoutError(PoolxError, *_TIMEOUTS):  # type: ignore[misc]
+    """``poolx.get(refs, timeout=...)`` ran out of time before every ref was ready.
+
+    The tasks go on; ``get`` may be called again.  (Ray's ``GetTimeoutError``,
+    also a ``TimeoutError``.)
+    """
 
 
 class InitializerError(PoolxError, BrokenProcessPool):

@@ -24,6 +24,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 from ._actors import ActorDiedError, ActorDirectory, ActorHandle, ActorOptions
 from ._errors import RemoteTraceback
 from ._futures import Future, Task
+from ._objects import PutRef, dependencies, failed_dependency, resolve, when_done
 from ._telemetry import Statistics, Telemetry
 from .backends import Backend, BackendOptions, get_backend
 
@@ -149,6 +150,10 @@ class Executor(cf.Executor):
         self._shutdown = False
         self._feeders: list[_Feeder] = []
         self._runners: OrderedDict[tuple[Any, bool], Callable[..., Any]] = OrderedDict()
+        # Tasks waiting for the futures among their arguments (see _hold).
+        self._held: set[Task] = set()
+        self._held_cond = threading.Condition()
+        self._backend_shutdown: tuple[bool, bool] | None = None  # deferred until _held is empty
         _live.add(self)
         # An executor dropped without shutdown() stops its workers once the
         # queued work is done (the backend never refers back to the executor).
@@ -193,9 +198,83 @@ class Executor(cf.Executor):
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, got {type(fn).__name__} {fn!r}")
         task = Task(fn, args, kwargs)
+        deps = dependencies(args, kwargs)
+        if deps:
+            self._telemetry.task_submitted()
+            self._hold(task, deps)
+            return task
         self._backend.submit(task)
         self._telemetry.task_submitted()
         return task
+
+    def put(self, obj: Any) -> PutRef:
+        """Store ``obj`` once; returns a ref to pass to tasks instead of the object.
+
+        The object is pickled now (a snapshot: later changes to ``obj`` are
+        not seen) and that pickle is what each task receives: a large object
+        passed to many tasks is pickled once, not once per task.  On the
+        processes backend its large buffers (numpy arrays' data) are written
+        once into shared memory, and every task maps them without a copy.
+        The ref is a finished future: ``ref.result()`` (or ``poolx.get(ref)``)
+        gives the object back; numpy arrays in it are read-only, as with Ray.
+        """
+        if isinstance(obj, cf.Future):
+            raise TypeError("put() of a future or ref: pass the ref itself to tasks instead "
+                            "(a put of a ref is not allowed, as in Ray)")
+        if self._shutdown:
+            raise RuntimeError("cannot put objects after shutdown")
+        from . import _shm
+
+        shm = _shm.SHARED if self._backend.supports_shared_memory else _shm.NONE
+        try:
+            return PutRef(obj, shm)
+        except Exception as exc:
+            from ._errors import SerializationError
+            from ._serialization import describe
+
+            raise SerializationError(
+                f"put() cannot pickle the {describe(type(obj))}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _hold(self, task: Task, deps: list[cf.Future[Any]]) -> None:
+        """Keep ``task`` until the futures among its arguments are done, then submit it.
+
+        The caller does not wait: a chain ``submit(g, submit(f, x))`` is
+        queued at once and g starts when f's result is in.  A failed or
+        cancelled dependency fails the task with that error.
+        """
+        with self._held_cond:
+            self._held.add(task)
+        when_done(deps, lambda: self._release(task, deps))
+
+    def _release(self, task: Task, deps: list[cf.Future[Any]]) -> None:
+        try:
+            future = task.future
+            if future.cancelled():
+                self._telemetry.task_cancelled()
+                return
+            error = failed_dependency(deps, describe_callable(task.fn))
+            if error is None:
+                try:
+                    task.args, task.kwargs = resolve(task.args, task.kwargs, self._backend.uses_processes)
+                    self._backend.submit(task)
+                    return
+                except BaseException as exc:  # e.g. a result that cannot be pickled for the next task
+                    error = exc
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
+                self._telemetry.task_done(task, False)
+            else:
+                self._telemetry.task_cancelled()
+        finally:
+            with self._held_cond:
+                self._held.discard(task)
+                deferred = self._backend_shutdown if not self._held else None
+                if deferred is not None:
+                    self._backend_shutdown = None
+                self._held_cond.notify_all()
+            if deferred is not None:
+                self._backend.shutdown(*deferred)
 
     def _stop_tasks(self, tasks: Iterable[Task]) -> None:
         """Stop these tasks: cancel the ones not started, and on backends that
@@ -344,7 +423,25 @@ class Executor(cf.Executor):
         with self._shutdown_lock:
             self._shutdown = True
         self._actors.close()
+        if cancel_futures:
+            self._cancel_held()
+        with self._held_cond:
+            if self._held and not wait:
+                # Tasks still waiting for their inputs are submitted when those
+                # are done: the backend shuts down after the last of them.
+                self._backend_shutdown = (False, cancel_futures)
+                return
+            while self._held:
+                self._held_cond.wait()
         self._backend.shutdown(wait=wait, cancel_futures=cancel_futures)
+        if wait and self._backend.supports_shared_memory:
+            _release_shared_memory(self)
+
+    def _cancel_held(self) -> None:
+        with self._held_cond:
+            held = list(self._held)
+        for task in held:
+            task.future.cancel()
 
     def terminate_workers(self) -> None:
         """SIGTERM every worker now; pending work is cancelled (Python 3.14 API)."""
@@ -362,6 +459,7 @@ class Executor(cf.Executor):
         with self._shutdown_lock:
             self._shutdown = True
         self._actors.close()
+        self._cancel_held()
         self._backend.terminate_workers(kill)
         self._backend.shutdown(wait=False, cancel_futures=True)
 
@@ -412,6 +510,21 @@ class ActorFactory:
         return map_actors(self, cls, iterable, args=args, kwargs=kwargs or {}, min_size=min_size,
                           max_size=max_size if max_size is not None else self._executor.max_workers,
                           batch_size=batch_size, ordered=ordered, idle_timeout=idle_timeout)
+
+
+def _release_shared_memory(closing: Executor) -> None:
+    """After the last executor with shared memory stops: unmap the free segments kept for reuse."""
+    from . import _shm
+
+    if not any(ex is not closing and not ex._shutdown and ex._backend.supports_shared_memory
+               for ex in list(_live)):
+        _shm.release_memory()
+
+
+def describe_callable(fn: Any) -> str:
+    from ._serialization import describe
+
+    return describe(fn)
 
 
 def _dead_or_foreign(executor: Executor, handle: ActorHandle[Any]) -> set[int]:

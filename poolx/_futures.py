@@ -57,6 +57,8 @@ class Task:
         "future",
         "id",
         "kwargs",
+        "max_retries",
+        "origin",
         "retries",
         "s_pickle",
         "s_unpickle",
@@ -81,6 +83,8 @@ class Task:
         self.worker = -1
         self.bytes_out = self.bytes_in = 0
         self.retries = 0  # times requeued after its worker died
+        self.max_retries = 0  # times it may run again after dying with its worker (-1: no limit)
+        self.origin: Any = None  # processes backend: where a task submitted in a child came from
         self.state: Any = None  # backend-private
 
     def run_here(self) -> None:

@@ -382,12 +382,10 @@ def test_terminate_and_kill_workers_stop_running_and_cancel_pending(method):
     ex.shutdown(wait=True)
 
 
-def test_a_future_passed_as_an_argument_gets_a_clear_error():
+def test_a_future_passed_as_an_argument_is_replaced_by_its_result():
     with poolx.Executor(1) as ex:
         fut = ex.submit(square, 2)
-        with pytest.raises(SerializationError, match=r"not supported yet; pass future\.result"):
-            ex.submit(square, fut)
-        fut.result(timeout=30)
+        assert ex.submit(square, fut).result(timeout=30) == 16
 
 
 def test_the_driver_lets_go_of_arguments_once_they_are_pickled():

@@ -10,6 +10,7 @@ import concurrent.futures as cf
 import functools
 import threading
 from concurrent.futures.thread import BrokenThreadPool
+from typing import Any
 
 from .._errors import InitializerError
 from .._futures import Task
@@ -87,6 +88,30 @@ class ThreadBackend(LocalActorBackend):
             self.telemetry.task_done(task, fut.exception() is None)
         else:
             self.telemetry.task_done(task, False)
+
+    def lend_slot(self) -> Any:
+        """A task on one of this pool's threads waits for other tasks: allow one more thread.
+
+        Without it, tasks that wait for tasks they submitted would deadlock
+        once every thread waits.  The extra thread stays (idle) until shutdown.
+        """
+        pool = self._pool
+        if threading.current_thread() not in pool._threads:
+            return None
+        with self._lock:
+            pool._max_workers += 1
+            # The pool counts idle threads with a semaphore that a thread
+            # releases after each task but nothing takes back when it starts
+            # the next: it overcounts, and would skip starting the thread.
+            while pool._idle_semaphore.acquire(timeout=0):  # type: ignore[attr-defined,unused-ignore]
+                pass
+            pool._adjust_thread_count()  # type: ignore[attr-defined,unused-ignore]
+
+        def end() -> None:
+            with self._lock:
+                pool._max_workers -= 1
+
+        return end
 
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         if cancel_futures:

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from ... import _serialization as ser
+from ... import _shm
 from ..._actor_core import make_runner
 from . import _channel
 from . import _worker as W
@@ -140,7 +141,7 @@ class ActorWorker(W.Worker):
             self.add(call_id, W.OK, b"", (), t_start, t_end, None, unpickle_s)
             return
         try:
-            data, bufs = ser.dumps(value)
+            data, bufs = ser.dumps(value, _shm.PRIVATE)
         except Exception as exc:
             info = (*W._info(exc), ser.describe(type(value)))
             self.add(call_id, W.BAD_RESULT, b"", (), t_start, t_end, info, unpickle_s)

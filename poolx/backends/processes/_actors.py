@@ -32,6 +32,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from ... import _shm
 from ..._actors import DEAD, Actor, ActorCall
 from ..._errors import ActorDiedError, RemoteTraceback, SerializationError, describe_exit
 from ..._serialization import dumps, loads, unpicklable_argument
@@ -52,7 +53,7 @@ class Conn:
         sock.setblocking(False)
         self.sock = sock
         self.reader = _channel.FrameReader(sock)
-        self.outbox: list[memoryview] = []
+        self.outbox: list[Any] = []
         self.writing = False
         self.open = True
         self.owner = owner
@@ -72,7 +73,7 @@ class ActorProcess:
         self.client = client
         self.cell = cell
         self.fd = fd
-        self.outbox: list[memoryview] = []  # under actor.lock: callers write too
+        self.outbox: list[Any] = []  # under actor.lock: callers write too
         self.writing = False
         self.channel_open = True
         self.inflight: dict[int, ActorCall] = {}
@@ -145,7 +146,7 @@ class ActorHost:
         args, kwargs = call.args, call.kwargs
         if args or kwargs:
             try:
-                payload, bufs = dumps((args, kwargs))
+                payload, bufs = dumps((args, kwargs), _shm.PRIVATE)
             except Exception as exc:
                 raise SerializationError(
                     f"cannot pickle the arguments of {call.fn}(): {type(exc).__name__}: {exc}. "
@@ -196,27 +197,29 @@ class ActorHost:
             return
         records = []
         frames: list[Any] = []
+        fds: list[int] = []
+        keys: dict[Any, int] = {}
         now = time.perf_counter()
         for call in calls:
             payload, bufs = call.state
             records.append((call.id, call.method, payload, len(bufs)))
-            frames.extend(b.raw() if hasattr(b, "raw") else b for b in bufs)
+            if bufs:
+                _channel.out_frames(bufs, frames, fds, keys)
             proc.inflight[call.id] = call
             call.t_dispatch = now
         control = pickle.dumps((W.CALLS, records), 5)
         if not proc.channel_open:
+            _channel.Fds(fds).close()
             return  # it is dying: on_exit fails (or retries) these calls
         pending = bool(proc.outbox)
-        proc.outbox.extend(memoryview(b).cast("B") for b in _channel.encode([control, *frames]))
+        _channel.queue(proc.outbox, [control, *frames], fds)
         if not pending:
             self.write(proc)
 
     def write(self, proc: ActorProcess) -> None:
         """Write as much of the outbox as the socket takes (under actor.lock)."""
         try:
-            while proc.outbox:
-                sent = proc.sock.sendmsg(proc.outbox[:64])
-                proc.outbox = _channel.advance(proc.outbox, sent)
+            _channel.write_some(proc.sock, proc.outbox)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:  # the process is gone; its sentinel will tell
@@ -280,7 +283,7 @@ class ActorHost:
 
     def on_results(self, proc: ActorProcess, records: list[Any], msg: list[Any]) -> None:
         oob = 1
-        forward: dict[Conn, tuple[list[Any], list[Any]]] = {}
+        forward: dict[Conn, tuple[list[Any], list[Any], list[int], dict[Any, int]]] = {}
         # No lock: a dict pop is atomic, and on_exit (which takes what is left)
         # runs on this same thread.
         pop = proc.inflight.pop
@@ -297,16 +300,16 @@ class ActorHost:
             call.state = None
             if call.origin is not None:
                 conn, child_id = call.origin
-                recs, frames = forward.setdefault(conn, ([], []))
+                recs, frames, fds, keys = forward.setdefault(conn, ([], [], [], {}))
                 recs.append((child_id, status, data, n_oob, t_start, t_end, info, s_unpickle, s_pickle))
-                frames.extend(bufs)
+                _channel.out_frames(bufs, frames, fds, keys)
                 call.t_done = time.perf_counter()
                 self.s.telemetry.task_done(call, status == W.OK)
                 continue
             ok, value = W.outcome(status, data, bufs, info, call.fn)  # type: ignore[arg-type]
             self.s.results.append((call, ok, value))
-        for conn, (recs, frames) in forward.items():
-            self.s.send_conn(conn, [pickle.dumps((W.RESULTS, recs, 0), 5), *frames])
+        for conn, (recs, frames, fds, _) in forward.items():
+            self.s.send_conn(conn, [pickle.dumps((W.RESULTS, recs, 0), 5), *frames], fds)
 
     # -- calls from children (scheduler thread) ----------------------------------------
 
@@ -315,6 +318,12 @@ class ActorHost:
         control = pickle.loads(msg[0])
         kind = control[0]
         directory = self.s.backend.options.actors
+        if kind == W.C_SUBMIT:
+            self.s.submit_from_child(conn, control, msg)
+            return
+        if kind == W.C_GET:
+            self.s.get_for_child(conn, control[1], control[2])
+            return
         if kind == W.C_GET_ACTOR:
             _, req_id, name = control
             reply: tuple[Any, ...]
@@ -397,8 +406,7 @@ class ActorHost:
                 proc.state = STOPPING
                 if proc.channel_open:
                     pending = bool(proc.outbox)
-                    proc.outbox.extend(memoryview(b).cast("B")
-                                       for b in _channel.encode([pickle.dumps((W.STOP,))]))
+                    _channel.queue(proc.outbox, [pickle.dumps((W.STOP,))], [])
                     if not pending:
                         self.write(proc)
         if proc is None:

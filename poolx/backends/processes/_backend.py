@@ -7,7 +7,6 @@ the caller); the scheduler thread is in ``_scheduler``, the child in
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import multiprocessing
 import os
 import sys
@@ -15,6 +14,7 @@ import threading
 from collections import OrderedDict, deque
 from typing import Any
 
+from ... import _shm
 from ..._actors import Actor, ActorCall
 from ..._errors import InitializerError, PoolxError, SerializationError
 from ..._futures import Task
@@ -77,6 +77,7 @@ class ProcessBackend(Backend):
     supports_max_tasks_per_child = True
     supports_actors = True
     supports_timeouts = True
+    supports_shared_memory = _shm.AVAILABLE
 
     def __init__(self, options: BackendOptions, telemetry: Telemetry) -> None:
         super().__init__(options, telemetry)
@@ -120,12 +121,15 @@ class ProcessBackend(Backend):
         fn = task.fn
         key, fn_bytes = self._function(fn) if cacheable(fn) else (0, None)
         obj = (task.args, task.kwargs) if key else (fn, task.args, task.kwargs)
+        pins: list[Any] = []
         try:
-            payload, bufs = dumps(obj)
+            payload, bufs = dumps(obj, _shm.PRIVATE, pins)
         except Exception as exc:
             raise _pickling_error(fn, task.args, task.kwargs, exc) from exc
         task.state = (key, fn_bytes, payload, bufs)
-        task.args, task.kwargs = (), {}  # the pickle is what travels; let the caller's objects go
+        # The pickle is what travels; let the caller's objects go, but keep the
+        # futures sent by id (refs in containers) until the task is done.
+        task.args, task.kwargs = tuple(pins), {}
         task.bytes_out = len(payload) + sum(b.raw().nbytes for b in bufs)
         if not self._scheduler.try_direct(task):
             self._incoming.append(task)
@@ -235,12 +239,6 @@ class ProcessBackend(Backend):
 def _pickling_error(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                     exc: Exception) -> SerializationError:
     """Name the argument that cannot be pickled."""
-    values = list(args) + list(kwargs.values())
-    if any(isinstance(v, cf.Future) for v in values):
-        return SerializationError(
-            f"a Future was passed as an argument of {describe(fn)}: futures as arguments "
-            "(task dependencies) are not supported yet; pass future.result() instead"
-        )
     culprit = unpicklable_argument(args, kwargs) or f"the callable {describe(fn)}"
     return SerializationError(
         f"cannot pickle {culprit} of a task calling {describe(fn)}: {type(exc).__name__}: {exc}. "
@@ -248,3 +246,4 @@ def _pickling_error(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
         "object is built from and build it in the task (or in an initializer), or use "
         "backend='threads'."
     )
+

@@ -7,7 +7,12 @@ record: message kind and task records); frames 1.. are raw buffers that the
 control record refers to by position (out-of-band pickle-5 buffers, so a large
 numpy array crosses without being copied into a pickle stream).  On the wire::
 
-    u32 n_frames | u32 reserved | n_frames x u64 length | frame 0 | frame 1 | ...
+    u32 n_frames | u32 n_fds | n_frames x u64 length | frame 0 | frame 1 | ...
+
+A buffer in shared memory (``poolx._shm``) travels as a small descriptor
+frame, and the message carries ``n_fds`` file descriptors (``SCM_RIGHTS``,
+sent with the message's first bytes); the reader turns each descriptor frame
+into a ``_shm.Received`` holding its fd.
 
 Reading is incremental so the driver can use non-blocking sockets in its event
 loop: small messages are parsed from a staging buffer (many per ``recv``), and a
@@ -17,10 +22,15 @@ large frame is received straight into its own ``bytearray`` with ``recv_into``
 
 from __future__ import annotations
 
+import array
+import os
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from ... import _shm
 
 HEAD = _HEAD = struct.Struct("<II")
 LEN = _LEN = struct.Struct("<Q")
@@ -32,24 +42,121 @@ RECV_CHUNK = 64 * 1024
 DIRECT_FRAME_BYTES = 256 * 1024
 
 
+# Room for the most fds one message may carry.
+ANC_BYTES = socket.CMSG_SPACE(4 * 253)
+
+
 class ChannelClosed(ConnectionError):
     """The peer closed the channel (EOF) or it broke."""
 
 
-def encode(frames: Sequence[bytes | memoryview]) -> list[bytes | memoryview]:
+class Message(list):  # type: ignore[type-arg,unused-ignore]
+    """The frames of one received message (a list), with the fds that came with it."""
+
+    __slots__ = ("fds",)
+
+
+def encode(frames: Sequence[Any], n_fds: int = 0) -> list[bytes | memoryview]:
     """Return the buffers to write for one message (header first)."""
-    header = _HEAD.pack(len(frames), 0) + b"".join(_LEN.pack(_nbytes(f)) for f in frames)
+    header = _HEAD.pack(len(frames), n_fds) + b"".join(_LEN.pack(_nbytes(f)) for f in frames)
     return [header, *frames]
+
+
+def out_frames(bufs: Sequence[Any], frames: list[Any], fds: list[int], keys: dict[Any, int]) -> None:
+    """Append the frames for ``bufs`` (a task's or result's buffers) to a message being built.
+
+    A shared-memory buffer becomes a descriptor frame, and the fd it needs
+    (one per segment per message: ``keys``) joins ``fds``; other buffers are
+    their bytes.  Past ``_shm.MAX_FDS`` fds, buffers are sent as bytes.
+    """
+    for b in bufs:
+        if _shm.is_shm(b):
+            key = b.key()
+            index = keys.get(key)
+            if index is None and len(fds) < _shm.MAX_FDS:
+                index = keys[key] = len(fds)
+                fds.append(b.lock_fd())
+            if index is not None:
+                frames.append(b.descriptor(index))
+                continue
+            frames.append(b.raw() if hasattr(b, "raw") else b.view())
+        else:
+            frames.append(b.raw() if hasattr(b, "raw") else b)
+
+
+class Fds:
+    """fds waiting in an outbox to go with the bytes after them; closed here once sent (or dropped)."""
+
+    __slots__ = ("fds",)
+
+    def __init__(self, fds: list[int]) -> None:
+        self.fds = fds
+
+    def close(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def queue(outbox: list[Any], frames: Sequence[Any], fds: list[int]) -> None:
+    """Add one message (and its fds) to a non-blocking writer's outbox."""
+    if fds:
+        outbox.append(Fds(fds))
+    outbox.extend(memoryview(b).cast("B") for b in encode(frames, len(fds)))
+
+
+def write_some(sock: socket.socket, outbox: list[Any]) -> list[Any]:
+    """Write what the socket takes from ``outbox``; returns what is left.
+
+    Raises BlockingIOError/InterruptedError when nothing more fits (what was
+    written is gone from the returned list only: callers keep the list they
+    passed when that happens, so the queue is advanced in place instead).
+    """
+    while outbox:
+        anc: list[Any] = []
+        head = outbox[0]
+        if isinstance(head, Fds):
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", head.fds))]
+            start = 1
+        else:
+            start = 0
+        end = start
+        while end < len(outbox) and end - start < 64 and not isinstance(outbox[end], Fds):
+            end += 1
+        sent = sock.sendmsg(outbox[start:end], anc)
+        if anc:
+            head.close()  # delivered with the first byte
+            del outbox[0]
+            end -= 1
+        rest = advance(outbox[:end], sent)
+        outbox[:end] = rest
+    return outbox
 
 
 def _nbytes(buf: bytes | memoryview) -> int:
     return buf.nbytes if isinstance(buf, memoryview) else len(buf)
 
 
-def send_all(sock: socket.socket, buffers: list[bytes | memoryview]) -> int:
-    """Blocking write of every buffer (the worker side). Returns bytes written."""
+def send_all(sock: socket.socket, buffers: list[bytes | memoryview], fds: Sequence[int] = ()) -> int:
+    """Blocking write of every buffer (the worker side), ``fds`` with the first bytes.
+
+    The fds are closed here once sent.  Returns bytes written.
+    """
     views = [memoryview(b).cast("B") for b in buffers]
     total = sum(v.nbytes for v in views)
+    try:
+        if fds and views:
+            sent = sock.sendmsg(views[:64], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            views = advance(views, sent)
+    finally:
+        for fd in fds:
+            os.close(fd)
     while views:
         sent = sock.sendmsg(views[:64])
         views = advance(views, sent)
@@ -89,16 +196,19 @@ def drain(reader: FrameReader, handle: Callable[[Any, list[Any]], None], owner: 
 class FrameReader:
     """Incremental parser of messages arriving on one socket."""
 
-    __slots__ = ("_direct", "_direct_pos", "_frames", "_lengths", "_pos", "_sock", "_staging")
+    __slots__ = ("_direct", "_direct_pos", "_fds", "_frames", "_lengths", "_n_fds", "_pos", "_sock",
+                 "_staging")
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._staging = bytearray()
         self._pos = 0  # parse position in _staging
         self._lengths: list[int] | None = None  # frame lengths of the message being read
+        self._n_fds = 0  # fds that came with the message being read
         self._frames: list[bytes | bytearray] = []
         self._direct: bytearray | None = None  # large frame being received in place
         self._direct_pos = 0
+        self._fds: deque[_shm.FdHold] = deque()  # received, not yet handed to a message
 
     def fill(self, nonblocking: bool) -> int:
         """Receive what is available; blocks for some data unless ``nonblocking``.
@@ -110,16 +220,20 @@ class FrameReader:
         try:
             if self._direct is not None:
                 view = memoryview(self._direct)[self._direct_pos :]
-                n = self._sock.recv_into(view, 0, flags)
+                n, anc, _, _ = self._sock.recvmsg_into([view], ANC_BYTES, flags)
+                if anc:
+                    self._take_fds(anc)
                 if n == 0:
                     raise ChannelClosed("channel closed by peer")
                 self._direct_pos += n
                 return n
-            data = self._sock.recv(RECV_CHUNK, flags)
+            data, anc, _, _ = self._sock.recvmsg(RECV_CHUNK, ANC_BYTES, flags)
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as exc:  # ECONNRESET and friends: the peer is gone
             raise ChannelClosed(str(exc)) from exc
+        if anc:
+            self._take_fds(anc)
         if not data:
             raise ChannelClosed("channel closed by peer")
         if self._pos:
@@ -128,7 +242,14 @@ class FrameReader:
         self._staging += data
         return len(data)
 
-    def next_message(self) -> list[bytes | bytearray] | None:
+    def _take_fds(self, anc: list[tuple[int, int, bytes]]) -> None:
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                self._fds.extend(_shm.FdHold(fd) for fd in fds)
+
+    def next_message(self) -> Message | None:
         """Return the next complete message's frames, or None if incomplete."""
         while True:
             if self._direct is not None:
@@ -140,10 +261,23 @@ class FrameReader:
                 return None
             assert self._lengths is not None
             if len(self._frames) == len(self._lengths):
-                frames, self._frames, self._lengths = self._frames, [], None
-                return frames
+                msg = Message(self._frames)
+                self._frames, self._lengths = [], None
+                if self._n_fds:
+                    self._attach_fds(msg)
+                return msg
             if not self._read_frame(self._lengths[len(self._frames)]):
                 return None
+
+    def _attach_fds(self, msg: Message) -> None:
+        """Turn the message's descriptor frames into ``_shm.Received`` buffers holding its fds."""
+        holds: list[_shm.FdHold | None] = [
+            self._fds.popleft() if self._fds else None for _ in range(self._n_fds)]
+        self._n_fds = 0
+        for i in range(1, len(msg)):
+            rec = _shm.received(msg[i], holds)
+            if rec is not None:
+                msg[i] = rec
 
     def _available(self) -> int:
         return len(self._staging) - self._pos
@@ -151,10 +285,11 @@ class FrameReader:
     def _read_header(self) -> bool:
         if self._available() < _HEAD.size:
             return False
-        n, _ = _HEAD.unpack_from(self._staging, self._pos)
+        n, n_fds = _HEAD.unpack_from(self._staging, self._pos)
         need = _HEAD.size + n * _LEN.size
         if self._available() < need:
             return False
+        self._n_fds = n_fds
         start = self._pos + _HEAD.size
         self._lengths = [_LEN.unpack_from(self._staging, start + i * _LEN.size)[0] for i in range(n)]
         self._pos += need

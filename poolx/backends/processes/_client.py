@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 from ... import _serialization as ser
+from ... import _shm
 from ..._errors import PoolxError, SerializationError
 from ..._futures import Future
 from . import _channel
@@ -34,7 +35,7 @@ class ChildClient:
         self.sock = sock
         self.lock = threading.Lock()  # the socket's write side, and ``pending``
         self.ids = itertools.count(1)
-        self.pending: dict[int, tuple[Future[Any], str]] = {}
+        self.pending: dict[int, tuple[Future[Any], str, Any]] = {}  # (future, what, buffers kept)
         self.reader: threading.Thread | None = None
         self.closed: str | None = None
         self.sent = 0  # messages sent; reported with each batch of results (see Worker.flush)
@@ -44,7 +45,7 @@ class ChildClient:
         what = f"{label.split('#')[0]}.{method}"
         if args or kwargs:
             try:
-                payload, bufs = ser.dumps((args, kwargs))
+                payload, bufs = ser.dumps((args, kwargs), _shm.PRIVATE)
             except Exception as exc:
                 raise SerializationError(
                     f"cannot pickle the arguments of {what}(): {type(exc).__name__}: {exc}"
@@ -55,8 +56,65 @@ class ChildClient:
         future.set_running_or_notify_cancel()
         call_id = next(self.ids)
         control = pickle.dumps((W.C_CALL, actor_id, [(call_id, method, payload, len(bufs))]), ser.PROTOCOL)
-        self._send(call_id, (future, what), [control, *(b.raw() for b in bufs)])
+        self._send(call_id, (future, what), [control], bufs)
         return future
+
+    def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], max_retries: int) -> Future[Any]:
+        """A task submitted inside this process: the driver queues it on this executor.
+
+        Futures among the arguments (of tasks submitted here) are waited for
+        first, without blocking the caller; the result comes back here.
+        """
+        from ..._objects import dependencies, failed_dependency, resolve, when_done
+
+        future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
+        deps = dependencies(args, kwargs)
+        if not deps:
+            self._submit(future, fn, args, kwargs, max_retries)
+            return future
+
+        def release() -> None:
+            error = failed_dependency(deps, ser.describe(fn))
+            if error is None:
+                try:
+                    self._submit(future, fn, *resolve(args, kwargs, prepickled=True), max_retries)
+                    return
+                except BaseException as exc:
+                    error = exc
+            future.set_exception(error)
+
+        when_done(deps, release)
+        return future
+
+    def _submit(self, future: Future[Any], fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                max_retries: int) -> None:
+        what = ser.describe(fn)
+        try:
+            payload, bufs = ser.dumps((fn, args, kwargs), _shm.PRIVATE)
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot pickle a task calling {what} submitted in a worker: {type(exc).__name__}: {exc}"
+            ) from exc
+        req_id = next(self.ids)
+        control = pickle.dumps((W.C_SUBMIT, req_id, what, payload, len(bufs), max_retries), ser.PROTOCOL)
+        self._send(req_id, (future, what), [control], bufs)
+
+    def fetch(self, ref: Future[Any]) -> None:
+        """Ask the driver for the value of a ref received inside a container (a ChildRef)."""
+        req_id = next(self.ids)
+        control = pickle.dumps((W.C_GET, req_id, ref.ref_id), ser.PROTOCOL)  # type: ignore[attr-defined]
+        try:
+            self._send(req_id, (ref, f"ref #{ref.ref_id}"), [control])  # type: ignore[attr-defined]
+        except BaseException as exc:
+            ref.set_exception(exc)
+
+    def lend_slot(self) -> Any:
+        """Before a wait in a task: lend this worker's slot (None in an actor, or off the main thread)."""
+        worker = W.current
+        if worker is None or threading.current_thread() is not threading.main_thread() or not worker.running:
+            return None
+        return worker.block()
 
     def get_actor(self, name: str) -> Any:
         from ..._actors import ActorHandle
@@ -74,16 +132,22 @@ class ChildClient:
             raise ValueError(info)
         return ActorHandle(*info)
 
-    def _send(self, ref: int, entry: tuple[Future[Any], str], frames: list[Any]) -> None:
+    def _send(self, ref: int, entry: tuple[Future[Any], str], frames: list[Any], bufs: Any = ()) -> None:
+        fds: list[int] = []
+        if bufs:
+            _channel.out_frames(bufs, frames, fds, {})
         with self.lock:
             if self.closed is not None:
+                _channel.Fds(fds).close()
                 raise PoolxError(self.closed)
-            self.pending[ref] = entry
+            # The buffers stay referred to until the answer: a segment sent from
+            # here must not be reused while the call may still read it.
+            self.pending[ref] = (*entry, bufs)
             if self.reader is None:
                 self.reader = threading.Thread(target=self._read, name="poolx-client", daemon=True)
                 self.reader.start()
             try:
-                _channel.send_all(self.sock, _channel.encode(frames))
+                _channel.send_all(self.sock, _channel.encode(frames, len(fds)), fds)
                 self.sent += 1
             except OSError as exc:
                 del self.pending[ref]
@@ -103,14 +167,14 @@ class ChildClient:
                 elif control[0] == W.ACTOR_INFO:
                     _, req_id, ok, info = control
                     with self.lock:
-                        future, _ = self.pending.pop(req_id)
+                        future = self.pending.pop(req_id)[0]
                     future.set_result((ok, info))
         except _channel.ChannelClosed:
             pass
         with self.lock:
             self.closed = "the connection to the driver is closed"
             pending, self.pending = self.pending, {}
-        for future, _ in pending.values():
+        for future, *_ in pending.values():
             future.set_exception(PoolxError("the connection to the driver closed before the answer came"))
 
     def _on_results(self, records: list[Any], msg: list[Any]) -> None:
@@ -122,7 +186,7 @@ class ChildClient:
                 entry = self.pending.pop(call_id, None)
             if entry is None:
                 continue
-            future, what = entry
+            future, what, _ = entry
             ok, value = W.outcome(status, data, bufs, info, what)
             if ok:
                 future.set_result(value)

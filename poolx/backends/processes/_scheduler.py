@@ -50,9 +50,10 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..._errors import (
@@ -68,7 +69,7 @@ from ..._errors import (
     describe_exit,
 )
 from ..._futures import Task
-from ..._serialization import describe, loads
+from ..._serialization import describe, dumps, loads
 from ..._telemetry import Telemetry
 from . import _channel
 from . import _worker as W
@@ -151,6 +152,7 @@ class _Worker:
         self.timed_out = 0  # id of the task it was killed for running over task_timeout
         self.retiring = False  # said RETIRING (over its memory cap): exits by itself
         self.cancelled: set[int] = set()  # ids of its tasks it was killed to stop (stop_tasks)
+        self.blocked = False  # its task waits in get(): its slot is lent (see on_blocked)
 
     def room(self, window: int) -> int:
         room = window - len(self.outstanding)
@@ -198,6 +200,7 @@ class Scheduler(threading.Thread):
         self.conns: set[Conn] = set()  # client channels of live children
         self.actors_stopping = False
         self.next_liveness = time.monotonic() + LIVENESS_POLL
+        self.borrowed = 0  # workers started beyond max_workers while tasks wait in get()
 
     # -- the loop -----------------------------------------------------------
 
@@ -217,6 +220,8 @@ class Scheduler(threading.Thread):
                         self.fail_queue(InitializerError(self.backend.broken))
                     self.start_workers()
                     self.dispatch()
+                    if len(self.workers) > self.max_workers + self.borrowed:
+                        self.retire_extra()
                     if self.results:
                         self.deliver()
                     if self.closing and self.wind_down():
@@ -313,6 +318,8 @@ class Scheduler(threading.Thread):
                 self.cancel_queued()
         elif name == "stop_tasks":
             self.stop_tasks(arg)
+        elif name == "ref_ready":
+            self.reply_ref(*arg)
         elif name == "prestart":
             # Start them now, not in a later pass: a close() right after the
             # constructor must still see every initializer run, as the stdlib's.
@@ -359,7 +366,7 @@ class Scheduler(threading.Thread):
             return
         busy = sum(1 for w in self.workers.values() if w.outstanding or w.state == STARTING)
         idle = len(self.workers) - busy
-        want = min(self.max_workers - len(self.workers), len(self.queue) - idle)
+        want = min(self.max_workers + self.borrowed - len(self.workers), len(self.queue) - idle)
         if self.keep_workers and (not self.closing or not self.started):  # poolx.Pool: every worker up
             want = max(want, self.keep_workers - len(self.workers))
         for _ in range(max(want, 0)):
@@ -447,17 +454,16 @@ class Scheduler(threading.Thread):
         while conn.open and conn.seen < sent and time.monotonic() < deadline:
             self.on_client(conn, selectors.EVENT_READ)
 
-    def send_conn(self, conn: Conn, frames: list[Any]) -> None:
+    def send_conn(self, conn: Conn, frames: list[Any], fds: list[int] | None = None) -> None:
         if not conn.open:
+            _channel.Fds(fds or []).close()
             return
-        conn.outbox.extend(memoryview(b).cast("B") for b in _channel.encode(frames))
+        _channel.queue(conn.outbox, frames, fds or [])
         self.flush_conn(conn)
 
     def flush_conn(self, conn: Conn) -> None:
         try:
-            while conn.outbox:
-                sent = conn.sock.sendmsg(conn.outbox[:64])
-                conn.outbox = _channel.advance(conn.outbox, sent)
+            _channel.write_some(conn.sock, conn.outbox)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
@@ -523,7 +529,8 @@ class Scheduler(threading.Thread):
         starting = sum(1 for w in self.workers.values() if w.state == STARTING)
         if starting and len(queue) <= len(self.workers):
             window = 1
-        ready = sorted((w for w in self.workers.values() if w.state == READY and w.room(window) > 0),
+        ready = sorted((w for w in self.workers.values()
+                        if w.state == READY and not w.blocked and w.room(window) > 0),
                        key=lambda w: len(w.outstanding))
         now = time.perf_counter()
         for i, w in enumerate(ready):
@@ -580,6 +587,8 @@ class Scheduler(threading.Thread):
     def send_tasks(self, w: _Worker, batch: list[Task]) -> None:
         records = []
         frames: list[Any] = []
+        fds: list[int] = []
+        fd_keys: dict[Any, int] = {}
         known = w.known
         evict: list[int] = []
         for task in batch:
@@ -593,22 +602,22 @@ class Scheduler(threading.Thread):
                     if len(known) > WORKER_FN_CACHE:
                         evict.append(known.popitem(last=False)[0])
             records.append((task.id, key, fn_bytes, payload, len(bufs)))
-            frames.extend(b.raw() for b in bufs)
+            if bufs:
+                _channel.out_frames(bufs, frames, fds, fd_keys)
         control = pickle.dumps((W.TASKS, evict, records), 5)
         self.telemetry.messages_sent += 1
-        self.send(w, [control, *frames])
+        self.send(w, [control, *frames], fds)
 
-    def send(self, w: _Worker, frames: list[Any]) -> None:
+    def send(self, w: _Worker, frames: list[Any], fds: list[int] | None = None) -> None:
         if not w.channel_open:
+            _channel.Fds(fds or []).close()
             return
-        w.outbox.extend(memoryview(b).cast("B") for b in _channel.encode(frames))
+        _channel.queue(w.outbox, frames, fds or [])
         self.flush(w)
 
     def flush(self, w: _Worker) -> None:
         try:
-            while w.outbox:
-                sent = w.sock.sendmsg(w.outbox[:64])
-                w.outbox = _channel.advance(w.outbox, sent)
+            _channel.write_some(w.sock, w.outbox)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:  # the worker is gone; its sentinel will tell us how
@@ -654,15 +663,137 @@ class Scheduler(threading.Thread):
             self.start_failures = 0
         elif kind == W.INIT_FAILED:
             w.init_error = control[1:]
+        elif kind == W.BLOCKED:
+            self.on_blocked(w, control[1])
+        elif kind == W.UNBLOCKED:
+            if w.blocked:
+                w.blocked = False
+                self.borrowed -= 1
         elif kind == W.RETIRING:  # over its memory cap: no more tasks; it exits now
             w.retiring = True
             w.state = STOPPING
             w.stop_deadline = time.monotonic() + STOP_TIMEOUT
 
+    def on_blocked(self, w: _Worker, running_id: int) -> None:
+        """``w``'s task waits for other tasks in get()/wait(): lend its slot.
+
+        Another worker may start in its place (``borrowed``), as Ray does for
+        a task blocked in ``ray.get``, so a tree of tasks deeper than
+        max_workers cannot deadlock.  Every task sent to ``w`` besides the
+        running one is taken back and queued again (one of them may be what
+        the task waits for); ``w`` skips them (see ``Worker.block``).
+        """
+        back = [t for tid, t in w.outstanding.items() if tid != running_id]
+        for task in back:
+            del w.outstanding[task.id]
+        if w.tasks_left is not None:
+            w.tasks_left += len(back)
+        self.queue.extendleft(reversed(back))
+        self.send(w, [pickle.dumps((W.ACK_BLOCKED,))])
+        if not w.blocked:
+            w.blocked = True
+            self.borrowed += 1
+
+    def retire_extra(self) -> None:
+        """Stop idle workers started while others were blocked, once those are back."""
+        extra = len(self.workers) - self.max_workers - self.borrowed
+        for w in list(self.workers.values()):
+            if extra <= 0:
+                return
+            if w.state == READY and not w.outstanding and not w.blocked:
+                w.state = STOPPING
+                w.stop_deadline = time.monotonic() + STOP_TIMEOUT
+                self.send(w, [pickle_stop()])
+                extra -= 1
+
+    # -- tasks submitted inside children (tasks that submit tasks) ------------------
+
+    def submit_from_child(self, conn: Conn, control: tuple[Any, ...], msg: list[Any]) -> None:
+        """Queue a task that a task or an actor submitted; its result goes back to it unread."""
+        _, child_id, what, payload, n_oob, max_retries = control
+        bufs = msg[1 : 1 + n_oob]
+        task = Task(_Named(what), (), {})
+        task.state = (0, None, payload, bufs)
+        task.bytes_out = len(payload) + sum(len(b) for b in bufs)
+        task.max_retries = max_retries
+        task.origin = (conn, child_id)
+        task.future.add_done_callback(lambda _f: self.reply_origin(task))
+        self.telemetry.task_submitted()
+        self.queue.append(task)
+
+    def get_for_child(self, conn: Conn, req_id: int, ref_id: int) -> None:
+        """A child asks for the value of a ref it received inside a container."""
+        from ... import _objects
+
+        future = _objects.lookup(ref_id)
+        if future is None:
+            self.reply_error(conn, req_id, ValueError(
+                f"the ref #{ref_id} is no longer held in the driver: a ref inside a container stays "
+                "valid while the driver holds it or the task that received it runs"))
+            return
+        future.add_done_callback(lambda f: self.request(("ref_ready", (conn, req_id, f))))
+
+    def reply_ref(self, conn: Conn, req_id: int, future: Any) -> None:
+        from ... import _objects, _shm
+
+        if future.cancelled():
+            self.reply_error(conn, req_id, TaskCancelledError("the task of this ref was cancelled"))
+            return
+        error = future.exception()
+        if error is not None:
+            self.reply_error(conn, req_id, error)
+            return
+        bufs: Sequence[Any]
+        try:
+            if isinstance(future, _objects.PutRef):
+                data, bufs = future._blob  # stored once: sent as it is
+            else:
+                data, bufs = dumps(future.result(), _shm.PRIVATE)
+        except Exception as exc:
+            self.reply_error(conn, req_id, SerializationError(
+                f"the value of ref #{req_id} cannot be pickled to send it to the worker: {exc}"))
+            return
+        record = (req_id, W.OK, data, len(bufs), 0.0, 0.0, None, 0.0, 0.0)
+        frames: list[Any] = [pickle.dumps((W.RESULTS, [record], 0), 5)]
+        fds: list[int] = []
+        _channel.out_frames(bufs, frames, fds, {})
+        self.send_conn(conn, frames, fds)
+
+    def reply_error(self, conn: Conn, child_id: int, error: BaseException) -> None:
+        """Send a child the error its request (a task it submitted, a ref it asked for) ended with."""
+        if not conn.open:
+            return
+        info = (describe(type(error)), str(error), "".join(traceback.format_exception(error)))
+        error.__traceback__ = None
+        try:
+            data, bufs = dumps(error)
+            status = W.RAISED
+        except BaseException:
+            data, bufs, status = b"", (), W.UNPICKLABLE_EXCEPTION
+        record = (child_id, status, data, len(bufs), 0.0, 0.0, info, 0.0, 0.0)
+        frames: list[Any] = [pickle.dumps((W.RESULTS, [record], 0), 5)]
+        fds: list[int] = []
+        _channel.out_frames(bufs, frames, fds, {})
+        self.send_conn(conn, frames, fds)
+
+    def reply_origin(self, task: Task) -> None:
+        """A task from a child ended without a result to forward: send the child its error."""
+        if task.origin is None:
+            return
+        conn, child_id = task.origin
+        task.origin = None
+        future = task.future
+        error = (TaskCancelledError(f"{describe(task.fn)} was cancelled: its executor was shut down")
+                 if future.cancelled() else future.exception())
+        if error is not None:
+            self.reply_error(conn, child_id, error)
+
     def on_results(self, w: _Worker, records: list[Any], msg: list[Any]) -> None:
         oob = 1
         est = self.est
-        for task_id, status, data, n_oob, t_start, t_end, info, s_unpickle, s_pickle in records:
+        forward: dict[Conn, tuple[list[Any], list[Any], list[int], dict[Any, int]]] = {}
+        for record in records:
+            task_id, status, data, n_oob, t_start, t_end, info, s_unpickle, s_pickle = record
             bufs = msg[oob : oob + n_oob]
             oob += n_oob
             task = w.outstanding.pop(task_id, None)
@@ -673,9 +804,21 @@ class Scheduler(threading.Thread):
             task.bytes_in = len(data) + sum(len(b) for b in bufs) if n_oob else len(data)
             duration = t_end - t_start
             est = duration if est is None else est + EST_ALPHA * (duration - est)
+            if task.origin is not None:  # submitted in a child: the result goes there, unread
+                conn, child_id = task.origin
+                task.origin = None
+                recs, frames, fds, keys = forward.setdefault(conn, ([], [], [], {}))
+                recs.append((child_id, *record[1:]))
+                _channel.out_frames(bufs, frames, fds, keys)
+                task.state = None
+                self.results.append((task, status == W.OK, None if status == W.OK else
+                                     RemoteError(*info[:3])))
+                continue
             self.complete(task, status, data, bufs, info)
         self.est = est
         self.est_samples += len(records)
+        for conn, (recs, frames, fds, _) in forward.items():
+            self.send_conn(conn, [pickle.dumps((W.RESULTS, recs, 0), 5), *frames], fds)
 
     def complete(self, task: Task, status: int, data: bytes, bufs: list[Any], info: Any) -> bool:
         """Decode a result record and queue its outcome for deliver(); True if it succeeded."""
@@ -800,6 +943,9 @@ class Scheduler(threading.Thread):
             self.queue.extendleft(reversed(requeue))
             w.outstanding.clear()
             return
+        if w.blocked:
+            w.blocked = False
+            self.borrowed -= 1
         if w.retiring:  # tasks sent after its last batch run elsewhere, as if never sent
             self.to_replace += 1
             self.queue.extendleft(reversed(list(w.outstanding.values())))
@@ -837,6 +983,10 @@ class Scheduler(threading.Thread):
                     f"{describe(task.fn)} ran longer than task_timeout={self.task_timeout:g} s; its worker "
                     f"(pid {w.pid}) was killed and replaced, and the other tasks go on",
                     timeout=self.task_timeout, pid=w.pid))
+            elif task.id == running_id and not finished and (
+                    task.max_retries == -1 or task.retries < task.max_retries):
+                task.retries += 1  # max_retries (the Ray-style API's): run it again
+                requeue.append(task)
             elif task.id == running_id and not finished:
                 self.fail(task, WorkerDiedError(
                     f"the worker process (pid {w.pid}) running {describe(task.fn)} died: "
@@ -993,6 +1143,18 @@ def crash_dump_fd(fd: int) -> str:
     except OSError:
         return ""
     return f"\n\nThe worker's Python stack when it died (faulthandler):\n{dump}" if dump else ""
+
+
+class _Named:
+    """The ``fn`` of a task submitted in a child: the driver knows only its name."""
+
+    __module__ = ""
+
+    def __init__(self, qualname: str) -> None:
+        self.__qualname__ = qualname
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{self.__qualname__} runs in a worker only")
 
 
 def pickle_stop() -> bytes:

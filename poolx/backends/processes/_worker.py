@@ -40,6 +40,7 @@ import traceback
 from typing import Any
 
 from ... import _serialization as ser
+from ... import _shm
 from ..._errors import (
     ActorDiedError,
     DeserializationError,
@@ -53,8 +54,11 @@ from . import _channel
 TASKS, STOP, CALLS = 1, 2, 3  # driver -> worker (TASKS) or actor (CALLS)
 READY, INIT_FAILED, RESULTS = 11, 12, 13  # worker or actor -> driver
 RETIRING = 14  # worker -> driver: over its memory cap, it exits after this message
+# A task waiting in get()/wait() lends its worker's slot (see Worker.block):
+BLOCKED, UNBLOCKED = 15, 16  # worker -> driver
+ACK_BLOCKED = 4  # driver -> worker: every task sent before this one was taken back
 # On a child's client channel (handles used inside tasks and actors):
-C_CALL, C_GET_ACTOR = 21, 22  # child -> driver
+C_CALL, C_GET_ACTOR, C_SUBMIT, C_GET = 21, 22, 24, 25  # child -> driver
 ACTOR_INFO = 23  # driver -> child (and RESULTS, forwarded from the actor)
 # Result status codes.
 OK, RAISED, UNPICKLABLE_EXCEPTION, BAD_TASK, BAD_RESULT, ACTOR_DIED = 0, 1, 2, 3, 4, 5
@@ -172,6 +176,10 @@ def stop_hook(hook: Any) -> None:
         hook.stop()
 
 
+# The task worker of this process (None in actor processes): get() in a task lends its slot.
+current: Worker | None = None
+
+
 def main(sock: socket.socket, client: socket.socket, progress: Any, index: int, setup: WorkerSetup) -> None:
     """Entry point of a worker process."""
     cell = boot(sock, client, progress)
@@ -189,7 +197,9 @@ def main(sock: socket.socket, client: socket.socket, progress: Any, index: int, 
             sys.exit(1)
     try:
         _channel.send_all(sock, _channel.encode([pickle.dumps((READY, os.getpid()))]))
-        Worker(sock, cell, max_tasks, getattr(setup, "max_memory", None)).loop()
+        global current
+        current = Worker(sock, cell, max_tasks, getattr(setup, "max_memory", None))
+        current.loop()
     except (_channel.ChannelClosed, BrokenPipeError, ConnectionResetError):
         pass  # the driver is gone: nothing to report to, nobody to report it
     finally:
@@ -245,11 +255,15 @@ class Worker:
         self.functions: dict[int, Any] = {}
         self.results: list[tuple[Any, ...]] = []
         self.frames: list[Any] = []
+        self.fds: list[int] = []  # locks on the shared-memory segments of the pending results
+        self.fd_keys: dict[Any, int] = {}
         self.first_pending = 0.0
         self.tasks_left = max_tasks
         self.lock = threading.Lock()  # results/frames and the socket's write side
         self.running = 0  # id of the task being run, 0 between tasks
         self.eager = False  # flush every result at once (results come from other threads)
+        self.give_back = False  # the rest of the current batch was handed back (block)
+        self.acks_pending = 0  # BLOCKED messages whose ACK_BLOCKED has not been read yet
         self.wake = threading.Event()
         threading.Thread(target=self._flusher, name="poolx-flusher", daemon=True).start()
 
@@ -276,6 +290,11 @@ class Worker:
             if control[0] == STOP:
                 self.flush()
                 return
+            if control[0] == ACK_BLOCKED:
+                self.acks_pending -= 1
+                continue
+            if self.acks_pending:
+                continue  # tasks sent before the driver took them back: they run elsewhere
             self.run_batch(control, msg)
             if self.tasks_left is not None and self.tasks_left <= 0:
                 self.flush()  # max_tasks_per_child reached: retire
@@ -299,6 +318,32 @@ class Worker:
             self.run_one(task_id, key, fn_bytes, payload, buffers)
             if self.tasks_left is not None:
                 self.tasks_left -= 1
+            if self.give_back:  # the task blocked: the driver took the rest of the batch back
+                self.give_back = False
+                return
+
+    def block(self) -> Any:
+        """A task in this process waits for other tasks: lend this worker's slot.
+
+        Main thread, inside the running task.  The driver starts another
+        worker while this one waits, and takes back every task it had sent
+        here beyond the running one (they could be what this task waits for):
+        the rest of the current batch is skipped, and so is every TASKS message
+        read before the driver's ACK_BLOCKED.  Returns the function that ends
+        the loan.
+        """
+        task_id = self.running
+        self.flush()  # results first: the driver must not take back tasks that finished
+        with self.lock:
+            _channel.send_all(self.sock, _channel.encode([pickle.dumps((BLOCKED, task_id))]))
+        self.give_back = True
+        self.acks_pending += 1
+
+        def unblock() -> None:
+            with self.lock:
+                _channel.send_all(self.sock, _channel.encode([pickle.dumps((UNBLOCKED, task_id))]))
+
+        return unblock
 
     def run_one(self, task_id: int, key: int, fn_bytes: bytes | None, payload: bytes,
                 buffers: list[Any]) -> None:
@@ -331,7 +376,7 @@ class Worker:
             del args, kwargs
         t_end = time.perf_counter()
         try:
-            data, bufs = ser.dumps(result)
+            data, bufs = ser.dumps(result, _shm.PRIVATE)
         except Exception as exc:
             info = (*_info(exc), ser.describe(type(result)))
             self.add(task_id, BAD_RESULT, b"", (), t_start, t_end, info)
@@ -368,8 +413,9 @@ class Worker:
                 self.first_pending = t_end
             self.results.append((task_id, status, data, len(bufs), t_start, t_end, info,
                                  unpickle_s, pickle_s))
-            self.frames.extend(b.raw() for b in bufs)
-            due = (self.eager or len(self.results) >= FLUSH_MAX
+            if bufs:
+                _channel.out_frames(bufs, self.frames, self.fds, self.fd_keys)
+            due = (self.eager or len(self.results) >= FLUSH_MAX or len(self.fds) >= _shm.MAX_FDS // 2
                    or t_end - self.first_pending >= FLUSH_SECONDS)
         if due:
             self.flush()
@@ -382,7 +428,8 @@ class Worker:
             # driver forwards those before it completes these results.
             control = pickle.dumps((RESULTS, self.results, _client_calls()), ser.PROTOCOL)
             frames, self.results, self.frames = [control, *self.frames], [], []
-            _channel.send_all(self.sock, _channel.encode(frames))
+            fds, self.fds, self.fd_keys = self.fds, [], {}
+            _channel.send_all(self.sock, _channel.encode(frames, len(fds)), fds)
 
 
 def resident_bytes() -> int:

@@ -1,0 +1,525 @@
+"""The Ray-style API: ``@poolx.remote``, ``get``, ``wait``, ``put`` and friends.
+
+Code written in Ray's teaching style runs with ``import poolx as ray`` on one
+machine, with no cluster.  Everything goes through one ``poolx.Executor``,
+created by ``init()`` or at the first call that needs it.
+
+Inside a task of the processes backend, ``f.remote()`` and ``get`` reach the
+driver through the worker's connection to it (``_client``): tasks may submit
+tasks and wait for them (a tree of tasks).  A worker blocked in ``get`` or
+``wait`` gives its slot back while it waits, as Ray's do, so a tree deeper
+than the number of workers does not deadlock (see ``blocking``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from . import _actors
+from ._actors import ActorHandle, ActorOptions
+from ._errors import GetTimeoutError, PoolxError, TaskCancelledError
+from ._futures import Future
+from ._objects import ObjectRef, PutRef, request
+
+__all__ = [
+    "ObjectRef",
+    "available_resources",
+    "cancel",
+    "cluster_resources",
+    "get",
+    "get_actor",
+    "init",
+    "is_initialized",
+    "kill",
+    "put",
+    "remote",
+    "shutdown",
+    "wait",
+]
+
+# Ray's default for tasks: run again up to 3 times when the worker dies.
+DEFAULT_MAX_RETRIES = 3
+
+_lock = threading.RLock()
+_executor: Any = None  # the Executor of init(), or of the first call that needed one
+
+TASK_OPTIONS = ("max_retries", "name", "num_cpus", "num_gpus", "num_returns", "retry_exceptions")
+ACTOR_OPTIONS = ("get_if_exists", "lifetime", "max_concurrency", "max_restarts", "max_task_retries",
+                 "name", "num_cpus", "num_gpus")
+
+
+# -- the executor behind the API --------------------------------------------------
+
+
+def init(num_workers: int | None = None, backend: str | None = None, *, num_cpus: int | None = None,
+         ignore_reinit_error: bool = False, local_mode: bool = False, **executor_options: Any) -> Any:
+    """Start the executor the Ray-style API runs on; returns it (a ``poolx.Executor``).
+
+    ``num_workers`` (or Ray's spelling ``num_cpus``) defaults to the CPUs this
+    process may use, and the workers start now, as Ray's do; ``backend`` to ``"processes"`` (``local_mode=True``, Ray's
+    debugging mode, means ``"serial"``).  Other keyword arguments go to
+    ``poolx.Executor`` (``mp_context``, ``initializer``, ``initargs``,
+    ``max_tasks_per_child``).  Calling it twice raises, unless
+    ``ignore_reinit_error=True``, as in Ray.
+    """
+    global _executor
+    if num_cpus is not None:
+        if num_workers is not None and num_workers != num_cpus:
+            raise ValueError(f"init(num_workers={num_workers}, num_cpus={num_cpus}): give one of them "
+                             "(num_cpus is Ray's name for the number of workers)")
+        num_workers = num_cpus
+    if local_mode:
+        if backend not in (None, "serial"):
+            raise ValueError(f"init(local_mode=True, backend={backend!r}): local mode is the serial backend")
+        backend = "serial"
+    allowed = {"mp_context", "initializer", "initargs", "max_tasks_per_child"}
+    unknown = sorted(set(executor_options) - allowed)
+    if unknown:
+        hint = (" (poolx runs on this machine: for a cluster, see the Dask and Ray backends)"
+                if "address" in unknown else "")
+        raise TypeError(f"init() got unexpected keyword argument{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(map(repr, unknown))}{hint}; it accepts num_workers (or num_cpus), "
+                        f"backend, ignore_reinit_error, local_mode, {', '.join(sorted(allowed))}")
+    with _lock:
+        if is_initialized():
+            if ignore_reinit_error:
+                return _executor
+            raise RuntimeError("poolx.init() was already called (or a remote call started the executor): "
+                               "call poolx.shutdown() first, or pass ignore_reinit_error=True")
+        from ._executor import Executor
+
+        _executor = Executor(num_workers, backend=backend or "processes", **executor_options)
+        # Workers start now, as Ray's do at init(): the first tasks do not wait for them.
+        prestart = getattr(_executor._backend, "prestart", None)
+        if prestart is not None:
+            prestart()
+        return _executor
+
+
+def is_initialized() -> bool:
+    """Whether the executor of the Ray-style API is running (always true inside a task)."""
+    return _executor is not None or _actors.in_child()
+
+
+def shutdown() -> None:
+    """Stop the executor of the Ray-style API after its work is done (no-op inside a task)."""
+    global _executor
+    with _lock:
+        executor, _executor = _executor, None
+    if executor is not None:
+        executor.shutdown(wait=True)
+
+
+def _get_executor() -> Any:
+    with _lock:
+        if _executor is None:
+            init()
+        return _executor
+
+
+def cluster_resources() -> dict[str, float]:
+    """``{"CPU": workers}``: what Ray's ``cluster_resources()`` reports for one machine."""
+    return {"CPU": float(_get_executor().max_workers)}
+
+
+def available_resources() -> dict[str, float]:
+    """``{"CPU": workers}`` (poolx does not track per-task resources)."""
+    return cluster_resources()
+
+
+# -- remote functions and classes --------------------------------------------------------
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """Make a function a remote task, or a class an actor class (Ray's ``@ray.remote``).
+
+    ``@poolx.remote`` or ``@poolx.remote(max_retries=1, num_returns=2)``.
+    ``f.remote(*args)`` returns a future (an ``ObjectRef``); ``Cls.remote(*args)``
+    starts an actor and returns its handle.  Futures among the arguments are
+    resolved first (see ``poolx.Executor.submit``).
+    """
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make(args[0], {})
+    if args:
+        raise TypeError("@poolx.remote takes a function or a class, or only keyword options: "
+                        "@poolx.remote(max_retries=1)")
+    return lambda obj: _make(obj, options)
+
+
+def _make(obj: Any, options: dict[str, Any]) -> Any:
+    if isinstance(obj, type):
+        return RemoteClass(obj, _check(options, ACTOR_OPTIONS, "an actor class"))
+    if callable(obj):
+        return RemoteFunction(obj, _check(options, TASK_OPTIONS, "a remote function"))
+    raise TypeError(f"@poolx.remote needs a function or a class, got {type(obj).__name__} {obj!r}")
+
+
+def _check(options: dict[str, Any], known: Sequence[str], what: str) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                        f"for {what}; poolx accepts: {', '.join(known)}")
+    if options.get("num_gpus"):
+        raise ValueError("num_gpus: poolx does not schedule GPUs; leave num_gpus out or set it to 0")
+    n = options.get("num_returns", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"num_returns must be an integer >= 1, got {n!r}")
+    r = options.get("max_retries", 0)
+    if not isinstance(r, int) or isinstance(r, bool) or r < -1:
+        raise ValueError(f"max_retries must be an integer >= 0, or -1 for no limit; got {r!r}")
+    lifetime = options.get("lifetime")
+    if lifetime not in (None, "non_detached"):
+        raise ValueError(f"lifetime={lifetime!r}: poolx actors live as long as their executor "
+                         "(detached actors need a cluster)")
+    return dict(options)
+
+
+class RemoteFunction:
+    """A function made remote: call it with ``.remote(*args, **kwargs)``."""
+
+    def __init__(self, function: Callable[..., Any], options: dict[str, Any]) -> None:
+        self._function = function
+        self._options = options
+        self.__qualname__: str = getattr(function, "__qualname__", type(function).__qualname__)
+        functools.update_wrapper(self, function)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the function as a task; returns its future (a list of them with ``num_returns``)."""
+        options = self._options
+        retries = options.get("max_retries", DEFAULT_MAX_RETRIES)
+        n_returns = options.get("num_returns", 1)
+        retry_on = _retry_exceptions(options.get("retry_exceptions", False))
+        if retry_on:
+            future = _with_exception_retries(self._function, args, kwargs, retries, retry_on)
+        else:
+            future = _submit(self._function, args, kwargs, retries)
+        return future if n_returns == 1 else _split(future, n_returns, self.__qualname__)
+
+    def options(self, **options: Any) -> RemoteFunction:
+        """The same function with these options for the next calls (Ray's ``f.options(...)``)."""
+        return RemoteFunction(self._function, {**self._options, **_check(options, TASK_OPTIONS,
+                                                                           "a remote function")})
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"remote functions are called with .remote(): use {self.__qualname__}.remote(...) "
+                        f"(it returns a future), or {self.__qualname__}._function(...) to run it here")
+
+    def __repr__(self) -> str:
+        return f"<poolx.RemoteFunction {self.__qualname__}>"
+
+
+class RemoteClass:
+    """A class made an actor class: ``Cls.remote(*args)`` starts an actor."""
+
+    def __init__(self, cls: type, options: dict[str, Any]) -> None:
+        self._cls = cls
+        self._options = options
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__doc__ = cls.__doc__
+        self.__module__ = cls.__module__
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle[Any]:
+        """Start an actor owning ``Cls(*args, **kwargs)``; returns its handle.
+
+        Futures among the arguments are waited for here before the actor
+        starts (Ray starts it later, without waiting).
+        """
+        if _actors.in_child():
+            raise PoolxError("poolx actors are created by the driver: create the actor there and pass "
+                             "its handle to the task")
+        options = {k: v for k, v in self._options.items() if k not in ("lifetime", "num_gpus")}
+        from ._objects import dependencies, resolve
+
+        if dependencies(args, kwargs):
+            args, kwargs = resolve(args, kwargs, prepickled=False)
+        executor = _get_executor()
+        return executor._start_actor(self._cls, args, kwargs, ActorOptions.build(options))
+
+    def options(self, **options: Any) -> RemoteClass:
+        """The same class with these actor options (``name=``, ``max_restarts=``, ...)."""
+        return RemoteClass(self._cls, {**self._options, **_check(options, ACTOR_OPTIONS, "an actor class")})
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"actors cannot be instantiated directly: instead of {self.__qualname__}(...), "
+                        f"use {self.__qualname__}.remote(...)")
+
+    def __repr__(self) -> str:
+        return f"<poolx.RemoteClass {self.__qualname__}>"
+
+
+def _submit(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+            retries: int) -> Future[Any]:
+    if _actors.in_child():
+        return _actors._client.submit(fn, args, kwargs, retries)  # type: ignore[no-any-return,unused-ignore]
+    executor = _get_executor()
+    task = executor._submit(fn, args, kwargs)
+    task.max_retries = retries
+    task.future._poolx_task = task.id  # for cancel()
+    return task.future
+
+
+def _retry_exceptions(value: Any) -> tuple[type[BaseException], ...]:
+    if value is False or value is None:
+        return ()
+    if value is True:
+        return (Exception,)
+    if isinstance(value, list | tuple) and all(isinstance(t, type) and issubclass(t, BaseException)
+                                               for t in value):
+        return tuple(value)
+    raise TypeError(f"retry_exceptions must be True, False or a list of exception classes, got {value!r}")
+
+
+def _with_exception_retries(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                            retries: int, retry_on: tuple[type[BaseException], ...]) -> Future[Any]:
+    """A future for ``fn``'s result that reruns the task when it raises one of ``retry_on``."""
+    outer: Future[Any] = Future()
+    outer.set_running_or_notify_cancel()
+    attempts = [0]
+
+    def on_done(inner: cf.Future[Any]) -> None:
+        error = None if inner.cancelled() else inner.exception()
+        if (error is not None and isinstance(error, retry_on)
+                and (retries == -1 or attempts[0] < retries)):
+            attempts[0] += 1
+            _submit(fn, args, kwargs, retries).add_done_callback(on_done)
+            return
+        if inner.cancelled():
+            outer.set_exception(TaskCancelledError("the task was cancelled"))
+        elif error is not None:
+            outer.set_exception(error)
+        else:
+            outer.set_result(inner.result())
+
+    _submit(fn, args, kwargs, retries).add_done_callback(on_done)
+    return outer
+
+
+def _split(future: Future[Any], n: int, name: str) -> list[Future[Any]]:
+    """``num_returns=n``: one future per item of the task's result."""
+    parts: list[Future[Any]] = [Future() for _ in range(n)]
+
+    def on_done(f: cf.Future[Any]) -> None:
+        for part in parts:
+            part.set_running_or_notify_cancel()
+        try:
+            values = f.result()
+            if not isinstance(values, Sequence) or len(values) != n:
+                raise ValueError(f"{name} has num_returns={n} but returned "
+                                 f"{type(values).__name__} {_brief(values)}, not a sequence of {n} values")
+        except BaseException as exc:
+            for part in parts:
+                part.set_exception(exc)
+            return
+        for part, value in zip(parts, values):
+            part.set_result(value)
+
+    future.add_done_callback(on_done)
+    return parts
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+# -- get / wait / put / cancel / kill ------------------------------------------------------------
+
+
+def _refs(value: Any, fn: str) -> list[cf.Future[Any]]:
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"{fn}() takes a list of refs (futures from .remote() or put()), got "
+                        f"{type(value).__name__}")
+    for i, ref in enumerate(value):
+        if not isinstance(ref, cf.Future):
+            raise TypeError(f"{fn}(): item {i} is a {type(ref).__name__}, not a ref (a future from "
+                            ".remote() or put())")
+    return list(value)
+
+
+def get(refs: Any, *, timeout: float | None = None) -> Any:
+    """The value of a ref, or a list of values for a list of refs (Ray's ``ray.get``).
+
+    Waits for them; a task's exception is raised here as itself (with the
+    worker's traceback as its ``__cause__``).  With ``timeout`` (seconds),
+    raises ``GetTimeoutError`` (a ``TimeoutError``) if they are not all ready
+    by then; the tasks go on.
+    """
+    single = isinstance(refs, cf.Future)
+    items = [refs] if single else _refs(refs, "get")
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    values = []
+    request(items)
+    with blocking(items):
+        for ref in items:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                values.append(ref.result(remaining))
+            except TaskCancelledError:
+                raise
+            except cf.CancelledError:
+                raise TaskCancelledError("get(): the task was cancelled before it ran") from None
+            except (TimeoutError, cf.TimeoutError):  # (distinct classes on Python 3.10)
+                if ref.done():
+                    raise  # the task itself raised a TimeoutError
+                pending = sum(1 for r in items if not r.done())
+                raise GetTimeoutError(f"get() timed out after {timeout} s: {pending} of {len(items)} "
+                                      "refs not ready") from None
+    return values[0] if single else values
+
+
+def wait(refs: Any, *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True) -> tuple[list[Any], list[Any]]:
+    """Wait until ``num_returns`` of ``refs`` are ready, or ``timeout`` seconds have passed.
+
+    Returns ``(ready, not_ready)``, each in the order of ``refs``; ``ready``
+    holds at most ``num_returns`` refs (fewer after a timeout, possibly none;
+    ``timeout=0`` just looks).  A failed task counts as ready: its error is
+    raised by ``get``.  (Ray's ``ray.wait``; ``fetch_local`` is accepted and
+    has no effect on one machine.)
+    """
+    if isinstance(refs, cf.Future):
+        raise TypeError("wait() takes a list of refs, got a single ref: use wait([ref])")
+    items = _refs(refs, "wait")
+    if len({id(r) for r in items}) != len(items):
+        raise ValueError("wait() needs a list of distinct refs; this one holds a ref more than once")
+    if not isinstance(num_returns, int) or num_returns < 1:
+        raise ValueError(f"num_returns must be an integer >= 1, got {num_returns!r}")
+    if num_returns > len(items) and items:
+        raise ValueError(f"num_returns={num_returns} is more than the {len(items)} refs given")
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+    if not items:
+        return [], []
+    deadline = None if timeout is None else time.monotonic() + timeout
+    request(items)
+    with blocking(items):
+        while True:
+            pending = [r for r in items if not r.done()]
+            if len(items) - len(pending) >= num_returns:
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            cf.wait(pending, timeout=remaining, return_when=cf.FIRST_COMPLETED)
+    ready: list[Any] = []
+    not_ready: list[Any] = []
+    for ref in items:
+        (ready if ref.done() and len(ready) < num_returns else not_ready).append(ref)
+    return ready, not_ready
+
+
+def put(obj: Any) -> PutRef:
+    """Store ``obj`` once and return a ref to pass to tasks (Ray's ``ray.put``); see ``Executor.put``."""
+    if _actors.in_child():
+        if isinstance(obj, cf.Future):
+            raise TypeError("put() of a ref is not allowed (as in Ray): pass the ref itself")
+        from . import _shm
+
+        return PutRef(obj, _shm.SHARED if _shm.AVAILABLE else _shm.NONE)
+    return _get_executor().put(obj)  # type: ignore[no-any-return,unused-ignore]
+
+
+def cancel(ref: Any, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel a task (Ray's ``ray.cancel``).
+
+    A task that has not started is cancelled (``get`` raises
+    ``TaskCancelledError``).  A running one is stopped only with ``force=True``:
+    its worker is killed and replaced (other tasks go on).  Without ``force``
+    a running task finishes.  Actor calls cannot be stopped with ``force``,
+    as in Ray; ``recursive`` is accepted (tasks the task submitted are not
+    cancelled).
+    """
+    if not isinstance(ref, cf.Future):
+        raise TypeError(f"cancel() takes a ref (a future from .remote()), got {type(ref).__name__}")
+    if isinstance(ref, PutRef):
+        raise TypeError("cancel(): this ref comes from put(), not from a task")
+    if ref.done() or ref.cancel():
+        return
+    task_id = getattr(ref, "_poolx_task", None)
+    if task_id is None:
+        if force:
+            raise ValueError("cancel(force=True) is not supported for actor calls (as in Ray); use "
+                             "poolx.kill(actor) to stop the actor")
+        return
+    if force:
+        executor = _executor
+        if executor is None:
+            return
+        if not executor._backend.supports_terminate:
+            raise ValueError(f"cancel(force=True): the {executor.backend!r} backend cannot stop a running "
+                             "task; use the processes backend (poolx.init(backend='processes'))")
+        executor._stop_tasks([_TaskRef(task_id, ref)])
+
+
+class _TaskRef:
+    """What ``Executor._stop_tasks`` reads of a task: its id and future."""
+
+    __slots__ = ("future", "id")
+
+    def __init__(self, task_id: int, future: cf.Future[Any]) -> None:
+        self.id = task_id
+        self.future = future
+
+
+def kill(actor: ActorHandle[Any], *, no_restart: bool = True) -> None:
+    """Stop an actor at once (Ray's ``ray.kill``): its pending calls fail with ``ActorDiedError``.
+
+    With ``no_restart=False`` it is started again if its ``max_restarts`` allows.
+    """
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() takes an actor handle, got {type(actor).__name__}")
+    if _actors.in_child():
+        raise PoolxError("kill() is called by the driver, which owns the actors")
+    owner = actor._actor or _actors._local.get(actor._id)
+    if owner is None:
+        return  # already dead and forgotten
+    owner.directory.backend.stop_actor(owner, kill=True, restart=not no_restart)
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle[Any]:
+    """A handle to the live actor named ``name`` (Ray's ``ray.get_actor``).
+
+    In the driver: the actor of that name in this process's executors; in a
+    task or an actor: the one in the executor running it.  ``namespace`` is
+    accepted for Ray's signature and must be None.
+    """
+    if namespace is not None:
+        raise ValueError("get_actor(namespace=...): poolx has no namespaces; actor names are per executor")
+    return _actors.get_actor(name)
+
+
+@contextlib.contextmanager
+def blocking(refs: Sequence[cf.Future[Any]]) -> Iterator[None]:
+    """Around a wait for ``refs``: lend this worker's slot while it waits.
+
+    In a task worker of the processes backend the driver starts another
+    worker for as long as this one waits; on the threads backend the pool
+    gets one more thread.  Nothing is done when every ref is already done.
+    """
+    if all(r.done() for r in refs):
+        yield
+        return
+    release = _lend_slot()
+    try:
+        yield
+    finally:
+        if release is not None:
+            release()
+
+
+def _lend_slot() -> Callable[[], None] | None:
+    if _actors.in_child():
+        client = _actors._client
+        return client.lend_slot() if hasattr(client, "lend_slot") else None
+    executor = _executor
+    lend = getattr(getattr(executor, "_backend", None), "lend_slot", None)
+    return lend() if lend is not None else None  # type: ignore[no-any-return,unused-ignore]

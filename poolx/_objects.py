@@ -1,0 +1,235 @@
+"""Object references: ``put``, and futures passed as arguments (dependencies).
+
+* ``ObjectRef`` is poolx's ``Future``: a task's future and a ``put`` are both
+  refs, as in Ray, and ``get``/``wait`` accept either.
+* ``put(obj)`` pickles ``obj`` once (a snapshot: changing ``obj`` afterwards
+  changes nothing) into a ``PutRef``.  Passed to a task as an argument, the
+  stored pickle travels as it is (``Prepickled``); the worker unpickles it
+  and the driver never pickles the object again.
+* A future passed as a *top-level* argument of a task or an actor call is a
+  dependency: the call is held until every such future is done, then sent
+  with each future replaced by its result (``resolve``).  A failed dependency
+  fails the call with that error; a future nested in a container is passed
+  as it is.
+
+Imported by worker processes too (``load_prepickled``), so it imports nothing
+from the driver's side.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import itertools
+import pickle
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import _serialization as ser
+from . import _shm
+from ._errors import TaskCancelledError
+from ._futures import Future
+
+ObjectRef = Future
+
+
+class PutRef(Future[Any]):
+    """The ref ``put(obj)`` returns: a finished future holding ``obj``'s pickle.
+
+    ``result()`` unpickles a fresh copy each time: numpy arrays in it are
+    read-only (they are views of the stored bytes), as Ray's are.
+    """
+
+    def __init__(self, obj: Any, shm: int = _shm.NONE) -> None:
+        super().__init__()
+        payload, bufs = ser.dumps(obj, shm)
+        # The snapshot must not change with obj: large buffers are copies in
+        # shared memory (with ``shm``), or copied to bytes here.
+        self._blob: tuple[bytes, tuple[Any, ...]] = (
+            payload, tuple(b if _shm.is_shm(b) else b.raw().tobytes() for b in bufs))
+        self.nbytes = len(payload) + sum(len(b) for b in self._blob[1])
+        self._state = "FINISHED"
+
+    def result(self, timeout: float | None = None) -> Any:
+        payload, bufs = self._blob
+        return ser.loads(payload, bufs)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return None
+
+    def prepickled(self) -> Prepickled:
+        return Prepickled(*self._blob)
+
+    def __repr__(self) -> str:
+        return f"<poolx.PutRef {self.nbytes} bytes>"
+
+
+class Prepickled:
+    """A value already pickled: pickling it again embeds the stored pickle as it is."""
+
+    __slots__ = ("bufs", "payload")
+
+    def __init__(self, payload: bytes, bufs: tuple[Any, ...]) -> None:
+        self.payload = payload
+        self.bufs = bufs
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Out-of-band again: bytes cross without being copied into the outer
+        # pickle, and a shared-memory buffer is found by the outer pickler
+        # (_shm.lookup) and sent by reference.
+        return (load_prepickled, (self.payload, *(pickle.PickleBuffer(_shm.view(b)) for b in self.bufs)))
+
+
+def load_prepickled(payload: bytes, *bufs: Any) -> Any:
+    return ser.loads(payload, bufs)
+
+
+def dependencies(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[cf.Future[Any]]:
+    """The futures among the top-level arguments (each once), in argument order."""
+    found: list[cf.Future[Any]] = []
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, cf.Future) and not any(value is f for f in found):
+            found.append(value)
+    return found
+
+
+def failed_dependency(deps: Iterable[cf.Future[Any]], what: str) -> BaseException | None:
+    """The error a call must fail with because a dependency failed or was cancelled, if any."""
+    for dep in deps:
+        if dep.cancelled():
+            return TaskCancelledError(f"an argument of {what} is the future of a task that was cancelled")
+        error = dep.exception()
+        if error is not None:
+            return _fresh(error)
+    return None
+
+
+def resolve(args: tuple[Any, ...], kwargs: dict[str, Any],
+            prepickled: bool) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Replace each top-level future by its result (all must be done and have succeeded).
+
+    With ``prepickled`` (the task will be pickled), a ``put`` ref becomes its
+    stored pickle, so the object is not pickled again.
+    """
+
+    def value(v: Any) -> Any:
+        if not isinstance(v, cf.Future):
+            return v
+        if prepickled and isinstance(v, PutRef):
+            return v.prepickled()
+        return v.result()
+
+    return tuple(value(a) for a in args), {k: value(v) for k, v in kwargs.items()}
+
+
+def when_done(deps: list[cf.Future[Any]], callback: Callable[[], None]) -> None:
+    """Call ``callback()`` once every future in ``deps`` is done (at once if they are)."""
+    remaining = [len(deps)]
+    lock = threading.Lock()
+
+    def one_done(_f: cf.Future[Any]) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            callback()
+
+    for dep in deps:
+        dep.add_done_callback(one_done)
+
+
+def _fresh(error: BaseException) -> BaseException:
+    """A copy of a dependency's exception for each dependent: one exception
+    object raised from several threads would mix their tracebacks."""
+    try:
+        fresh = copy.copy(error)
+    except Exception:
+        return error
+    fresh.__cause__ = error.__cause__
+    fresh.__traceback__ = None
+    return fresh
+
+
+# -- refs inside containers, sent to a worker process ------------------------------------
+#
+# A future pickled for a worker (inside a list, say) travels as its id; the
+# driver keeps a weak registry of such futures, and the task that carried one
+# keeps it alive while it runs.  In the worker it becomes a ``ChildRef``,
+# whose value ``get`` fetches from the driver when asked for.
+
+_registry: weakref.WeakValueDictionary[int, cf.Future[Any]] = weakref.WeakValueDictionary()
+_ref_ids = itertools.count(1)
+_registry_lock = threading.Lock()
+
+
+def reduce_ref(future: cf.Future[Any], pins: list[Any] | None) -> tuple[Any, ...]:
+    """How a future pickles for a worker: by id (the driver's), or a ChildRef's own id."""
+    if isinstance(future, ChildRef):
+        return (child_ref, (future.ref_id,))
+    from . import _actors
+
+    if _actors.in_child():
+        raise pickle.PicklingError(
+            "a future made inside a task can be passed to another task only as a top-level "
+            "argument (it is then replaced by its result), not inside a container")
+    with _registry_lock:
+        ref_id = getattr(future, "_poolx_ref_id", None)
+        if ref_id is None:
+            ref_id = next(_ref_ids)
+            future._poolx_ref_id = ref_id  # type: ignore[attr-defined]
+            _registry[ref_id] = future
+    if pins is not None:
+        pins.append(future)
+    return (child_ref, (ref_id,))
+
+
+def lookup(ref_id: int) -> cf.Future[Any] | None:
+    return _registry.get(ref_id)
+
+
+def child_ref(ref_id: int) -> cf.Future[Any]:
+    """Unpickling a ref: a ChildRef in a worker, the future itself back in the driver."""
+    from . import _actors
+
+    if _actors.in_child():
+        return ChildRef(ref_id)
+    future = _registry.get(ref_id)
+    if future is None:
+        raise ValueError(f"the ref #{ref_id} sent back to the driver is no longer held there")
+    return future
+
+
+class ChildRef(Future[Any]):
+    """A driver's ref received inside a container, in a worker: ``get`` fetches its value."""
+
+    def __init__(self, ref_id: int) -> None:
+        super().__init__()
+        self.ref_id = ref_id
+        self.requested = False
+
+    def request(self) -> None:
+        if not self.requested:
+            self.requested = True
+            from . import _actors
+
+            _actors._client.fetch(self)
+
+    def result(self, timeout: float | None = None) -> Any:
+        self.request()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self.request()
+        return super().exception(timeout)
+
+    def __repr__(self) -> str:
+        return f"<poolx.ChildRef #{self.ref_id}>"
+
+
+def request(refs: Iterable[cf.Future[Any]]) -> None:
+    """Ask the driver for the values of the ChildRefs among ``refs`` (before waiting for them)."""
+    for ref in refs:
+        if isinstance(ref, ChildRef):
+            ref.request()

@@ -1,0 +1,444 @@
+"""Shared memory for large buffers: the object store under ``put``, and big arguments and results.
+
+A large out-of-band pickle buffer (a numpy array's data, a bytearray) is
+copied once into a *segment*, an anonymous ``memfd`` of this process, and
+travels as a 48-byte descriptor plus a file descriptor passed over the
+channel (``SCM_RIGHTS``).  The receiver maps the segment and rebuilds the
+object on top of it: no copy, whatever the size.
+
+Lifetimes are the kernel's business, so nothing leaks whatever dies:
+
+* A segment is a memfd: it has no name, nothing is ever created in /dev/shm,
+  and its memory is freed when the last fd and mapping of it are gone (every
+  process that held one may have been SIGKILLed).
+* Each sent copy carries a *lock*: the sender opens a new open file
+  description of the segment, takes a shared ``flock`` on it, and passes that
+  fd.  The lock lives as long as the fd is in flight or, in the receiver, as
+  long as the receiver's views of it live (a mapping keeps its file, and so
+  the lock, alive after the fd is closed).  The creator reuses a segment it
+  no longer refers to only when an exclusive ``flock`` on it succeeds: no
+  other process can still read it.
+* Freed segments stay mapped in a per-process pool (``POOL_BYTES`` at most),
+  so the next large buffer is copied into memory whose pages already exist:
+  on the machines we measured, touching fresh pages costs ten times the copy.
+
+Two modes, chosen by the sender:
+
+* ``PRIVATE`` (task and actor arguments and results above ``MIN_BYTES``): the
+  receiver maps the segment copy-on-write, so it gets a writable object as
+  with pipes, while reads share the sender's pages.
+* ``SHARED`` (``put``): the receiver maps it read-only and keeps the mapping
+  cached, so the same object passed to many tasks is mapped once per process
+  (numpy arrays come back read-only, as Ray's do).  A view of such a buffer,
+  pickled again (a put value passed on to another task), travels by
+  reference: ``lookup`` finds its segment.
+
+Linux only (``AVAILABLE``); elsewhere large buffers travel through the
+channel as before.  Imported by worker processes: it imports nothing of the
+driver's side.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import fcntl
+import itertools
+import mmap
+import os
+import resource
+import struct
+import sys
+import threading
+from typing import Any
+
+AVAILABLE = (sys.platform.startswith("linux") and hasattr(os, "memfd_create")
+             and os.path.isdir("/proc/self/fd"))
+
+NONE, PRIVATE, SHARED = 0, 1, 2
+# Arguments and results at least this large go through shared memory (PRIVATE).
+MIN_BYTES = 1 << 20
+
+
+def _memory_share(fraction: float, cap: int) -> int:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return cap
+    return max(1 << 26, min(cap, int(total * fraction)))
+
+
+# Free segments a process keeps mapped for reuse, in bytes: a 1/16 of the
+# machine's memory, at most 1 GiB (a buffer larger than that is unmapped when freed).
+POOL_BYTES = _memory_share(1 / 16, 1 << 30)
+# Read-only mappings of other processes' SHARED segments kept for reuse, in bytes.
+CACHE_BYTES = POOL_BYTES
+# A free segment is reused for a buffer no smaller than this fraction of it.
+REUSE_FILL = 0.5
+# Segment sizes are rounded up to this many bytes.
+ROUND = 1 << 16
+# At most this many fds go with one message (the kernel's limit is 253).
+MAX_FDS = 200
+
+MAGIC = b"PXSHMv01"
+# magic | creator token | segment uid | capacity | nbytes | mode | index of its fd in the message
+DESC = struct.Struct("<8sQQQQII")
+
+
+def _new_token() -> int:
+    return int.from_bytes(os.urandom(8), "little")
+
+
+_token = _new_token()  # tells this process's segments from those of an earlier process with its pid
+_uids = itertools.count(1)
+
+
+class Segment:
+    """A memfd of this process, mapped read-write; back to the pool when unreferenced."""
+
+    __slots__ = ("__weakref__", "capacity", "fd", "generation", "mm", "uid")
+
+    def __init__(self, fd: int, mm: mmap.mmap, capacity: int, uid: int) -> None:
+        self.fd = fd
+        self.mm = mm
+        self.capacity = capacity
+        self.uid = uid
+        self.generation = _pool.generation
+
+    def __del__(self) -> None:
+        try:
+            _pool.release(self)
+        except Exception:  # interpreter shutdown: the process's exit frees it
+            pass
+
+
+class ShmBuffer:
+    """An outgoing buffer stored in one of this process's segments."""
+
+    __slots__ = ("mode", "nbytes", "seg")
+
+    def __init__(self, seg: Segment, nbytes: int, mode: int) -> None:
+        self.seg = seg
+        self.nbytes = nbytes
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def raw(self) -> memoryview:
+        """The bytes themselves (a path that sends frames as bytes copies them: still correct)."""
+        return memoryview(self.seg.mm)[: self.nbytes]
+
+    def view(self) -> memoryview:
+        """A read-only view, here in the creating process (``put`` values read in the driver)."""
+        return _export(self.seg.mm, self.nbytes, self)
+
+    def key(self) -> tuple[int, int]:
+        return (_token, self.seg.uid)
+
+    def lock_fd(self) -> int:
+        """A new fd of the segment holding a shared lock: what goes with a message."""
+        fd = os.open(f"/proc/self/fd/{self.seg.fd}", os.O_RDWR | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return fd
+
+    def descriptor(self, index: int) -> bytes:
+        return DESC.pack(MAGIC, _token, self.seg.uid, self.seg.capacity, self.nbytes, self.mode, index)
+
+
+class FdHold:
+    """A received fd (its open file description holds a shared lock); closed when dropped."""
+
+    __slots__ = ("__weakref__", "fd")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Received:
+    """An incoming buffer: another process's segment, with the fd (and lock) that came with it."""
+
+    __slots__ = ("capacity", "hold", "mode", "nbytes", "token", "uid")
+
+    def __init__(self, hold: FdHold | None, token: int, uid: int, capacity: int, nbytes: int,
+                 mode: int) -> None:
+        self.hold = hold
+        self.token = token
+        self.uid = uid
+        self.capacity = capacity
+        self.nbytes = nbytes
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def key(self) -> tuple[int, int]:
+        return (self.token, self.uid)
+
+    def lock_fd(self) -> int:
+        """Forwarding it (the driver relays between children): a duplicate of the locked fd."""
+        return os.dup(self._fd())
+
+    def descriptor(self, index: int) -> bytes:
+        return DESC.pack(MAGIC, self.token, self.uid, self.capacity, self.nbytes, self.mode, index)
+
+    def _fd(self) -> int:
+        if self.hold is None or self.hold.fd < 0:
+            raise OSError("the shared-memory segment's file descriptor did not arrive with its message")
+        return self.hold.fd
+
+    def view(self) -> memoryview:
+        """Map it: copy-on-write and writable (PRIVATE), or read-only from the cache (SHARED)."""
+        if self.mode == SHARED:
+            return _export(_cache.mapping(self), self.nbytes, self)
+        # The mapping keeps the lock for as long as the views of it live, even
+        # once the fd (closed with the message) is gone.
+        mm = mmap.mmap(self._fd(), self.nbytes, flags=mmap.MAP_PRIVATE,
+                       prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        return memoryview(mm)
+
+
+def _export(mm: mmap.mmap, nbytes: int, tag: Any) -> memoryview:
+    """A read-only view of ``mm[:nbytes]`` that keeps ``tag`` alive and lets ``lookup`` find it."""
+    array = (ctypes.c_char * nbytes).from_buffer(mm)
+    array._poolx_shm = tag  # type: ignore[attr-defined]
+    return memoryview(array).cast("B").toreadonly()
+
+
+def lookup(buf: Any) -> ShmBuffer | Received | None:
+    """The segment a pickle buffer views, when it views a whole SHARED one (sent by reference)."""
+    raw = buf.raw()
+    obj: Any = raw.obj
+    for _ in range(4):
+        tag = getattr(obj, "_poolx_shm", None)
+        if tag is not None:
+            return tag if tag.nbytes == raw.nbytes else None  # a slice is sent as its own copy
+        obj = obj.obj if isinstance(obj, memoryview) else getattr(obj, "base", None)
+        if obj is None:
+            return None
+    return None
+
+
+def store(buf: Any, mode: int) -> ShmBuffer:
+    """Copy a pickle buffer into a segment of this process."""
+    raw = buf.raw()
+    nbytes = raw.nbytes
+    seg = _pool.allocate(nbytes)
+    seg.mm[:nbytes] = raw
+    return ShmBuffer(seg, nbytes, mode)
+
+
+def received(frame: Any, holds: list[FdHold | None]) -> Received | None:
+    """The Received a frame of an incoming message describes, if it is a descriptor."""
+    if len(frame) != DESC.size or frame[:8] != MAGIC:
+        return None
+    _, token, uid, capacity, nbytes, mode, index = DESC.unpack(frame)
+    hold = holds[index] if index < len(holds) else None
+    return Received(hold, token, uid, capacity, nbytes, mode)
+
+
+def is_shm(buf: Any) -> bool:
+    return isinstance(buf, ShmBuffer | Received)
+
+
+def view(buf: Any) -> Any:
+    """What pickle.loads gets for one buffer of a message."""
+    return buf.view() if isinstance(buf, ShmBuffer | Received) else buf
+
+
+# -- the pool of this process's segments -----------------------------------------------------------
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.free: list[tuple[int, int, mmap.mmap, int]] = []  # (capacity, fd, mm, uid), oldest first
+        self.free_bytes = 0
+        self.live = 0  # segments referred to in this process
+        self.generation = 0
+        self.raised_fd_limit = False
+
+    def allocate(self, nbytes: int) -> Segment:
+        with self.lock:
+            best = -1
+            for i, (capacity, fd, _mm, _uid) in enumerate(self.free):
+                fits = capacity * REUSE_FILL <= nbytes <= capacity
+                if fits and (best < 0 or capacity < self.free[best][0]) and not _in_use(fd):
+                    best = i
+            if best >= 0:
+                capacity, fd, mm, uid = self.free.pop(best)
+                self.free_bytes -= capacity
+                self.live += 1
+                return Segment(fd, mm, capacity, uid)
+        capacity = max(ROUND, -(-nbytes // ROUND) * ROUND)
+        self._fd_room()
+        fd = os.memfd_create("poolx", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, capacity)
+            mm = mmap.mmap(fd, capacity)
+        except BaseException:
+            os.close(fd)
+            raise
+        with self.lock:
+            self.live += 1
+        return Segment(fd, mm, capacity, next(_uids))
+
+    def release(self, seg: Segment) -> None:
+        if seg.generation != self.generation:  # inherited across fork: not ours to reuse
+            _close(seg.fd, seg.mm)
+            return
+        with self.lock:
+            self.live -= 1
+            self.free.append((seg.capacity, seg.fd, seg.mm, seg.uid))
+            self.free_bytes += seg.capacity
+            self._trim(POOL_BYTES)
+
+    def _trim(self, limit: int) -> None:
+        while self.free and self.free_bytes > limit:
+            capacity, fd, mm, _uid = self.free.pop(0)
+            self.free_bytes -= capacity
+            _close(fd, mm)
+
+    def trim(self, limit: int = 0) -> None:
+        """Unmap free segments beyond ``limit`` bytes (0: all of them)."""
+        with self.lock:
+            self._trim(limit)
+
+    def _fd_room(self) -> None:
+        """Each segment holds an fd: allow as many as the hard limit permits, once."""
+        if self.raised_fd_limit:
+            return
+        self.raised_fd_limit = True
+        try:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            want = hard if hard != resource.RLIM_INFINITY else 1 << 16
+            if soft != resource.RLIM_INFINITY and soft < want:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, 1 << 16), hard))
+        except (ValueError, OSError):
+            pass
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's segments are not this process's to reuse."""
+        self.lock = threading.Lock()
+        for _capacity, fd, mm, _uid in self.free:
+            _close(fd, mm)
+        self.free = []
+        self.free_bytes = 0
+        self.live = 0
+        self.generation += 1
+
+
+def _in_use(fd: int) -> bool:
+    """Whether another process still holds a lock on the segment (reads it, or it is in flight)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+def _close(fd: int, mm: mmap.mmap) -> None:
+    try:
+        mm.close()
+    except BufferError:  # views of it are alive: the mapping goes with the last of them
+        pass
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+class _Cache:
+    """This process's read-only mappings of SHARED segments of other processes."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.maps: collections.OrderedDict[tuple[int, int], mmap.mmap] = collections.OrderedDict()
+        self.bytes = 0
+
+    def mapping(self, rec: Received) -> mmap.mmap:
+        key = rec.key()
+        with self.lock:
+            mm = self.maps.get(key)
+            if mm is not None and len(mm) >= rec.nbytes:
+                self.maps.move_to_end(key)
+                return mm
+        # A fresh open file description: the mapping must not keep the lock that
+        # came with the message (the cached mapping outlives this object's views).
+        fd = os.open(f"/proc/self/fd/{rec._fd()}", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            mm = mmap.mmap(fd, rec.capacity)
+        finally:
+            os.close(fd)
+        with self.lock:
+            old = self.maps.pop(key, None)
+            if old is not None:
+                self.bytes -= len(old)
+                _close_map(old)
+            self.maps[key] = mm
+            self.bytes += len(mm)
+            while self.bytes > CACHE_BYTES and len(self.maps) > 1:
+                _, oldest = self.maps.popitem(last=False)
+                self.bytes -= len(oldest)
+                _close_map(oldest)
+        return mm
+
+    def clear(self) -> None:
+        with self.lock:
+            maps, self.maps, self.bytes = self.maps, collections.OrderedDict(), 0
+        for mm in maps.values():
+            _close_map(mm)
+
+    def after_fork(self) -> None:
+        self.lock = threading.Lock()
+
+
+def _close_map(mm: mmap.mmap) -> None:
+    try:
+        mm.close()
+    except BufferError:  # still viewed: unmapped when the last view goes
+        pass
+
+
+_pool = _Pool()
+_cache = _Cache()
+
+
+def _after_fork() -> None:
+    global _token
+    _token = _new_token()
+    _pool.after_fork()
+    _cache.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def statistics() -> dict[str, int]:
+    """This process's shared memory: segments in use, free ones kept, cached mappings (bytes)."""
+    with _pool.lock:
+        pool = {"segments_in_use": _pool.live, "free_segments": len(_pool.free),
+                "free_bytes": _pool.free_bytes}
+    with _cache.lock:
+        pool["cached_mappings"] = len(_cache.maps)
+        pool["cached_bytes"] = _cache.bytes
+    return pool
+
+
+def release_memory() -> None:
+    """Unmap every free segment and cached mapping of this process (what is in use stays)."""
+    _pool.trim(0)
+    _cache.clear()

@@ -1,0 +1,258 @@
+"""The shared-memory object store (processes backend, Linux): zero copy, reuse, and no leaks."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import poolx
+from poolx import _shm
+
+np = pytest.importorskip("numpy")
+import _shm_tasks as T  # noqa: E402  (needs numpy)
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(not _shm.AVAILABLE, reason="shared memory needs Linux memfd"),
+]
+
+MB = 1 << 20
+N = 4 * MB // 8  # float64 items of a 4 MB array: above _shm.MIN_BYTES
+
+
+# Entries other libraries make in /dev/shm (joblib's and loky's memmapping folders), which tests
+# and benchmarks running beside this one on the machine may create at any time.
+_OTHERS = ("joblib_", "loky-")
+
+
+def dev_shm() -> set[str]:
+    """The entries of /dev/shm (poolx must never add one: its segments are memfds)."""
+    if not os.path.isdir("/dev/shm"):
+        return set()
+    return {name for name in os.listdir("/dev/shm") if not name.startswith(_OTHERS)}
+
+
+def memfd_fds() -> int:
+    """Open fds of poolx segments in this process."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += "memfd:poolx" in os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the fd of the listing itself
+            pass
+    return count
+
+
+def segments() -> int:
+    s = _shm.statistics()
+    return s["segments_in_use"] + s["free_segments"]
+
+
+@pytest.fixture
+def ex():
+    with poolx.Executor(2, mp_context="forkserver") as executor:
+        yield executor
+    _shm.release_memory()
+
+
+def test_a_large_argument_is_mapped_copy_on_write(ex):
+    data = np.arange(N, dtype=np.float64)
+    writable, total, mapped = ex.submit(T.inspect, data).result()
+    assert writable and mapped and total == data.sum()
+    # The task changes its copy, not the driver's array (as with pipes).
+    assert ex.submit(T.mutate, data).result() == data.sum() + N
+    assert data[0] == 0
+
+
+def test_a_small_argument_does_not_use_shared_memory(ex):
+    writable, _, mapped = ex.submit(T.inspect, np.ones(1000)).result()
+    assert writable and not mapped
+
+
+def test_a_large_result_is_mapped_writable_in_the_driver(ex):
+    result = ex.submit(T.filled, N, 2.5).result()
+    assert result.flags.writeable and result.sum() == 2.5 * N
+    assert T.memfd_maps() >= 1
+    result += 1  # copy-on-write: only this process sees it
+    assert result[0] == 3.5
+
+
+def test_put_is_read_only_everywhere_and_mapped_once_per_worker(ex):
+    data = np.arange(N, dtype=np.float64)
+    ref = ex.put(data)
+    for _ in range(6):
+        writable, total, mapped = ex.submit(T.inspect, ref).result()
+        assert not writable and mapped and total == data.sum()
+    assert not ref.result().flags.writeable
+    # Each worker keeps one mapping of the put segment, not one per task.
+    stats = [ex.submit(T.shm_stats).result() for _ in range(4)]
+    assert all(s["cached_mappings"] <= 1 for s in stats)
+
+
+def test_a_put_value_passed_on_travels_by_reference(ex):
+    ref = ex.put(np.arange(N, dtype=np.float64))
+    value = ref.result()
+    before = segments()
+    assert ex.submit(T.total, value).result() == value.sum()
+    assert segments() == before  # no copy into a new segment
+
+
+def test_a_slice_of_a_put_value_is_sent_as_its_own_copy(ex):
+    value = ex.put(np.arange(N, dtype=np.float64)).result()
+    part = value[N // 2 :]
+    assert ex.submit(T.total, part).result() == part.sum()
+
+
+def test_memory_is_freed_when_no_ref_remains(ex):
+    ref = ex.put(np.ones(N))
+    assert ex.submit(T.total, ref).result() == N
+    assert _shm.statistics()["segments_in_use"] >= 1
+    del ref
+    gc.collect()
+    assert _shm.statistics()["segments_in_use"] == 0
+    _shm.release_memory()
+    assert T.memfd_maps() == 0
+    assert memfd_fds() == 0
+
+
+def test_a_segment_a_worker_still_reads_is_not_reused(ex):
+    ref = ex.put(np.full(N, 1.0))
+    pid = ex.submit(T.keep, ref).result()  # the worker keeps a view of it
+    del ref
+    gc.collect()
+    # Same size, new content: must not land in the segment the worker still reads.
+    for _ in range(4):
+        ex.put(np.full(N, 9.0))
+    sums = {ex.submit(T.kept_sum).result() for _ in range(6)}
+    assert float(N) in sums or pid not in ex._backend.worker_pids()
+    assert all(s in (0.0, float(N)) for s in sums)
+
+
+def test_a_result_the_caller_keeps_is_not_overwritten_by_the_next(ex):
+    first = ex.submit(T.filled, N, 1.0).result()
+    later = [ex.submit(T.filled, N, float(i)).result().sum() for i in range(2, 6)]
+    assert first.sum() == N and later == [i * N for i in range(2, 6)]
+
+
+def test_a_segment_is_reused_once_its_reader_died():
+    before = dev_shm()
+    with poolx.Executor(1, mp_context="forkserver") as ex:
+        ref = ex.put(np.full(N, 1.0))
+        pid = ex.submit(T.keep, ref).result()
+        del ref
+        gc.collect()
+        os.kill(pid, signal.SIGKILL)  # its lock goes with it
+        deadline = time.monotonic() + 10
+        while pid in ex._backend.worker_pids() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        count = segments()
+        ex.put(np.full(N, 2.0))
+        assert segments() == count  # the freed segment was reused
+        assert ex.submit(T.total, ex.put(np.full(N, 3.0))).result() == 3.0 * N
+    assert dev_shm() == before
+    # The last executor's shutdown unmapped the segments kept for reuse.
+    assert _shm.statistics()["free_segments"] == 0 and T.memfd_maps() == 0
+
+
+def test_actor_arguments_and_results(ex):
+    summer = ex.actor(T.Summer)
+    data = np.arange(N, dtype=np.float64)
+    assert summer.total.remote(data).result() == data.sum()
+    assert summer.make.remote(N).result().sum() == 3.0 * N
+    # From a task, through the driver, to the actor.
+    assert ex.submit(T.call_actor_with, summer, data).result() == data.sum()
+
+
+def test_nested_tasks_move_large_data_through_the_driver(ex):
+    data = np.arange(N, dtype=np.float64)
+    assert ex.submit(T.nested_total, data).result(timeout=30) == data.sum()
+    assert ex.submit(T.nested_make, N).result(timeout=30) == 2.0 * N
+
+
+def test_nothing_is_left_in_dev_shm_after_shutdown():
+    before = dev_shm()
+    with poolx.Executor(2, mp_context="forkserver") as ex:
+        ref = ex.put(np.ones(N))
+        assert ex.submit(T.total, ref).result() == N
+        assert ex.submit(T.filled, N, 1.0).result().sum() == N
+    _shm.release_memory()
+    assert dev_shm() == before
+
+
+def _processes_mapping_poolx_segments() -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                if any("memfd:poolx" in line for line in f):
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_driver_sigkill_leaves_no_worker_and_no_shared_memory(tmp_path):
+    before = dev_shm()
+    script = tmp_path / "driver.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        import numpy as np
+        sys.path.insert(0, {os.path.dirname(T.__file__)!r})
+        import poolx
+        import _shm_tasks as T
+
+
+        def mapped(pid):
+            try:
+                with open(f"/proc/{{pid}}/maps") as f:
+                    return any("memfd:poolx" in line for line in f)
+            except OSError:
+                return False
+
+
+        if __name__ == "__main__":
+            ex = poolx.Executor(2, mp_context="forkserver")
+            ref = ex.put(np.ones({N}))
+            futures = [ex.submit(T.hold_and_sleep, ref, 60) for _ in range(2)]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # until both workers map the segment
+                pids = ex._backend.worker_pids()
+                if len(pids) == 2 and all(mapped(p) for p in pids):
+                    break
+                time.sleep(0.05)
+            print(" ".join(map(str, pids)), flush=True)
+            time.sleep(60)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        workers = [int(p) for p in line.split()]
+        assert workers, "the driver printed no worker pids"
+        mapping = set(_processes_mapping_poolx_segments())
+        assert set(workers) <= mapping and proc.pid in mapping
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            alive = [p for p in workers if os.path.exists(f"/proc/{p}") and
+                     open(f"/proc/{p}/stat").read().split()[2] != "Z"]
+            if not alive:
+                break
+            time.sleep(0.05)
+        assert not alive, f"workers outlived their driver: {alive}"
+        assert not set(_processes_mapping_poolx_segments()) & (set(workers) | {proc.pid})
+        assert dev_shm() == before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
