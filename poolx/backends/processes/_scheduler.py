@@ -201,6 +201,7 @@ class Scheduler(threading.Thread):
         self.actors_stopping = False
         self.next_liveness = time.monotonic() + LIVENESS_POLL
         self.borrowed = 0  # workers started beyond max_workers while tasks wait in get()
+        self.borrowed_back = False  # a loan ended: extra idle workers may retire (retire_extra)
 
     # -- the loop -----------------------------------------------------------
 
@@ -220,7 +221,7 @@ class Scheduler(threading.Thread):
                         self.fail_queue(InitializerError(self.backend.broken))
                     self.start_workers()
                     self.dispatch()
-                    if len(self.workers) > self.max_workers + self.borrowed:
+                    if self.borrowed_back:
                         self.retire_extra()
                     if self.results:
                         self.deliver()
@@ -669,6 +670,7 @@ class Scheduler(threading.Thread):
             if w.blocked:
                 w.blocked = False
                 self.borrowed -= 1
+                self.borrowed_back = True
         elif kind == W.RETIRING:  # over its memory cap: no more tasks; it exits now
             w.retiring = True
             w.state = STOPPING
@@ -696,7 +698,11 @@ class Scheduler(threading.Thread):
 
     def retire_extra(self) -> None:
         """Stop idle workers started while others were blocked, once those are back."""
-        extra = len(self.workers) - self.max_workers - self.borrowed
+        active = sum(1 for w in self.workers.values() if w.state != STOPPING)
+        extra = active - self.max_workers - self.borrowed
+        if extra <= 0:
+            self.borrowed_back = False
+            return
         for w in list(self.workers.values()):
             if extra <= 0:
                 return
@@ -946,6 +952,7 @@ class Scheduler(threading.Thread):
         if w.blocked:
             w.blocked = False
             self.borrowed -= 1
+            self.borrowed_back = True
         if w.retiring:  # tasks sent after its last batch run elsewhere, as if never sent
             self.to_replace += 1
             self.queue.extendleft(reversed(list(w.outstanding.values())))
