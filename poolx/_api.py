@@ -43,6 +43,8 @@ __all__ = [
     "wait",
 ]
 
+# Seconds init() waits for the workers it starts to be ready (it goes on regardless).
+INIT_READY_TIMEOUT = 30.0
 # Ray's default for tasks: run again up to 3 times when the worker dies.
 DEFAULT_MAX_RETRIES = 3
 
@@ -69,6 +71,11 @@ def init(num_workers: int | None = None, backend: str | None = None, *, num_cpus
     ``ignore_reinit_error=True``, as in Ray.
     """
     global _executor
+    if _in_worker():
+        # Ray scripts call init() at their top level, which a poolx worker runs
+        # again when it imports the script (spawn, forkserver): inside a worker
+        # the API already reaches the executor running it.
+        return None
     if num_cpus is not None:
         if num_workers is not None and num_workers != num_cpus:
             raise ValueError(f"init(num_workers={num_workers}, num_cpus={num_cpus}): give one of them "
@@ -99,12 +106,22 @@ def init(num_workers: int | None = None, backend: str | None = None, *, num_cpus
         prestart = getattr(_executor._backend, "prestart", None)
         if prestart is not None:
             prestart()
+            _executor._backend.wait_ready(INIT_READY_TIMEOUT)
         return _executor
 
 
 def is_initialized() -> bool:
     """Whether the executor of the Ray-style API is running (always true inside a task)."""
-    return _executor is not None or _actors.in_child()
+    return _executor is not None or _in_worker()
+
+
+def _in_worker() -> bool:
+    """Whether this is a poolx worker or actor process (also while it imports the main script)."""
+    if _actors.in_child():
+        return True
+    import multiprocessing
+
+    return multiprocessing.current_process().name.startswith(("poolx-worker-", "poolx-actor-"))
 
 
 def shutdown() -> None:

@@ -74,3 +74,46 @@ def test_joblib_cases_without_sklearn_are_skipped(tmp_path):
     assert "sklearn cannot be imported" in status["joblib_gridsearch_first"]["skip_reason"]
     assert status["joblib_tiny"]["status"] == "ok"
     assert "## Skipped" in (tmp_path / "RESULTS.md").read_text()
+
+
+TRANSFER_CASES = "transfer_args,transfer_returns,transfer_put"
+TRANSFER_IMPLS = ("poolx", "joblib", "multiprocessing.Pool[forkserver]")  # not ray: its cluster takes seconds
+
+
+@pytest.mark.timeout(300)
+def test_quick_transfer_cases_write_their_own_results(tmp_path):
+    pytest.importorskip("numpy")
+    have_joblib = importlib.util.find_spec("joblib") is not None
+    out = tmp_path / "RESULTS-transfer.md"
+    proc = run_suite("--quick", "--strict", "--cases", TRANSFER_CASES, "--impls", ",".join(TRANSFER_IMPLS),
+                     "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / "results-transfer.json").read_text())
+    assert {(r["case"], r["impl"]) for r in data["measurements"]} == {
+        (c, i) for c in TRANSFER_CASES.split(",") for i in TRANSFER_IMPLS}
+    for r in data["measurements"]:
+        if r["impl"] == "joblib" and not have_joblib:
+            assert r["status"] == "skipped" and "joblib" in r["skip_reason"], r
+            continue
+        assert r["status"] == "ok" and r["unit"] == "GB/s", r
+        assert r["bytes"] == r["calls"] * r["array_bytes"] and len(r["calls_s"]) == r["calls"], r
+        assert r["value"] >= r["wall_gb_s"] > 0 and r["baseline_s"] > 0 and r["warmup_s"] > 0, r
+        # Only poolx (of these) has a put; the others get the array itself in transfer_put.
+        assert r["put"] == (r["case"] == "transfer_put" and r["impl"] == "poolx"), r
+    text = out.read_text()
+    assert "| **poolx** |" in text and "poolx ÷ this" in text and "wall GB/s" in text
+    assert "transfer: put once, its ref passed to tasks | >= 20 GB/s effective" in text
+    assert "## What poolx reached" not in text
+
+
+def test_transfer_bandwidth_is_clamped_where_the_calls_took_no_longer_than_the_sums():
+    from poolx.harness import bench
+
+    case = bench.load_suite()._case
+    fine = case.transfer_figures(10**9, 0.5, 0.1)
+    assert fine["value"] == pytest.approx(2.5) and fine["wall_gb_s"] == pytest.approx(2.0)
+    assert not fine["clamped"] and fine["moved_s"] == pytest.approx(0.4)
+    for baseline in (0.5, 0.6):  # wall - baseline <= 0: the floor, flagged
+        clamped = case.transfer_figures(10**9, 0.5, baseline)
+        assert clamped["clamped"] and clamped["moved_s"] == case.TRANSFER_FLOOR_S > 0
+        assert clamped["value"] == pytest.approx(10**9 / case.TRANSFER_FLOOR_S / 1e9)

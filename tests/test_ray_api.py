@@ -8,6 +8,7 @@ import random
 import time
 
 import pytest
+from _helpers import run_script
 from _ray_tasks import (
     Counter,
     Log,
@@ -461,3 +462,30 @@ def test_no_worker_is_left_after_shutdown():
     assert len(set(poolx.get([pid_after.remote(0.1) for _ in range(4)]))) >= 1
     poolx.shutdown()
     assert not ex._backend.worker_pids()  # (and the autouse fixture checks no process is left)
+
+
+def test_init_at_the_top_of_a_script_starts_workers_once():
+    # Ray scripts call init() at their top level; poolx workers import the script again
+    # (spawn, forkserver), where init() must do nothing instead of starting workers of its own.
+    result = run_script("""
+        import os
+        import psutil
+        import poolx as ray
+
+        ray.init(num_cpus=2)
+
+        @ray.remote
+        def pid():
+            return os.getpid()
+
+        if __name__ == "__main__":
+            ray.get([pid.remote() for _ in range(4)])
+            me = psutil.Process()
+            helpers = ("forkserver", "resource_tracker")  # the stdlib's, not workers
+            workers = [c for c in me.children(recursive=True)
+                       if c.ppid() != me.pid or not any(h in " ".join(c.cmdline()) for h in helpers)]
+            print(len(workers), ray.is_initialized())
+            ray.shutdown()
+    """, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "True"]

@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -183,6 +184,20 @@ class ProcessBackend(Backend):
         initializers run at once, and a worker that exits is replaced even when idle)."""
         self._incoming.append(("prestart", None))
         self._wake()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until every prestarted worker is ready; True if they are."""
+        deadline = time.monotonic() + timeout
+        scheduler = self._scheduler
+        while time.monotonic() < deadline:
+            if self.broken is not None or not scheduler.is_alive():
+                return False
+            workers = list(scheduler.workers.values())
+            if (scheduler.keep_workers and len(workers) >= scheduler.keep_workers
+                    and all(w.state != "starting" for w in workers)):
+                return True
+            time.sleep(0.005)
+        return False
 
     def stop_tasks(self, tasks: list[Task]) -> None:
         self._incoming.append(("stop_tasks", tasks))
