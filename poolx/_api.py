@@ -64,8 +64,9 @@ def init(num_workers: int | None = None, backend: str | None = None, *, num_cpus
     """Start the executor the Ray-style API runs on; returns it (a ``poolx.Executor``).
 
     ``num_workers`` (or Ray's spelling ``num_cpus``) defaults to the CPUs this
-    process may use, and the workers start now, as Ray's do; ``backend`` to ``"processes"`` (``local_mode=True``, Ray's
-    debugging mode, means ``"serial"``).  Other keyword arguments go to
+    process may use; ``backend`` to ``"processes"`` (``local_mode=True``, Ray's
+    debugging mode, means ``"serial"``).  The workers start now, and init()
+    returns once they are ready, as Ray's does.  Other keyword arguments go to
     ``poolx.Executor`` (``mp_context``, ``initializer``, ``initargs``,
     ``max_tasks_per_child``).  Calling it twice raises, unless
     ``ignore_reinit_error=True``, as in Ray.
