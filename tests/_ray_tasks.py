@@ -88,13 +88,19 @@ def wrong_count():
     return (1, 2, 3)
 
 
-@poolx.remote(max_retries=2)
-def crash_first_times(path, times):
-    """Dies (os._exit) the first `times` runs, counted in a file; then returns the count."""
+def _count_run(path):
+    """How many times this was called before with ``path`` (counted in that file, across processes)."""
     with open(path, "a+") as f:
         f.seek(0)
         runs = len(f.read())
         f.write("x")
+    return runs
+
+
+@poolx.remote(max_retries=2)
+def crash_first_times(path, times):
+    """Dies (os._exit) the first `times` runs; then returns the count."""
+    runs = _count_run(path)
     if runs < times:
         os._exit(3)
     return runs
@@ -102,10 +108,8 @@ def crash_first_times(path, times):
 
 @poolx.remote(retry_exceptions=[KeyError], max_retries=3)
 def flaky(path, times):
-    with open(path, "a+") as f:
-        f.seek(0)
-        runs = len(f.read())
-        f.write("x")
+    """Raises KeyError the first `times` runs; then returns the count."""
+    runs = _count_run(path)
     if runs < times:
         raise KeyError(f"run {runs}")
     return runs
