@@ -59,6 +59,9 @@ FULL = {
     "joblib_digits": 1_797,  # samples of load_digits the grid search fits (all of them)
     "joblib_fits": 5,  # warm grid-search fits timed (after one untimed) in joblib_gridsearch_warm
     "joblib_tiny_items": 100_000,  # items of the joblib_tiny call
+    # The transfer cases (transfer_*): a float64 array of this many elements, 200 MB.
+    "transfer_elements": 25_000_000,
+    "transfer_calls": 5,  # timed calls, each waited for before the next (after one untimed)
 }
 # --quick: a smoke test of every path, about 10x smaller.
 QUICK = {
@@ -81,6 +84,8 @@ QUICK = {
     "joblib_digits": 500,
     "joblib_fits": 2,
     "joblib_tiny_items": 10_000,
+    "transfer_elements": 2_500_000,  # 20 MB: still far above every library's large-buffer threshold (1 MB)
+    "transfer_calls": 5,
 }
 
 # Seconds each warm-up task sleeps: long enough that a pool hands one to each
@@ -88,7 +93,8 @@ QUICK = {
 WARM_SLEEP_S = 0.05
 
 IMPLS = ["poolx", "poolx[fork]", "ProcessPoolExecutor", "multiprocessing.Pool",
-         "multiprocessing.Pool[forkserver]", "loky", "threading", "serial", "bare-fork", "ray", "dask"]
+         "multiprocessing.Pool[forkserver]", "loky", "threading", "serial", "bare-fork", "ray", "dask",
+         "joblib"]
 
 # The actor cases run poolx, Ray and Dask; Ray and Dask run nothing else.
 # Both are optional: where one cannot be imported its measurements are
@@ -124,6 +130,29 @@ JOBLIB_ONLY_IMPLS = ["threading"]
 # The grid search of the grid-search cases: 6 candidates x 3 folds, 18 SVC fits and the refit.
 JOBLIB_GRID = {"C": [1, 10, 100], "gamma": [1e-3, 1e-4]}
 JOBLIB_CV = 3
+
+# The transfer cases: a 200 MB numpy array between the caller and a worker
+# process, poolx (its shared-memory object store) beside Ray (its plasma
+# object store), joblib (the loky backend's automatic memory-mapping of large
+# arrays) and multiprocessing.Pool (pickles through a pipe), 2 workers each.
+# "poolx" is poolx.Executor(2); "ray" a fresh local Ray cluster,
+# ``ray.init(num_cpus=2, ...)``; "joblib" ``joblib.Parallel(n_jobs=2,
+# backend="loky")`` (default max_nbytes="1M": arrays above 1 MB are dumped to
+# a memory-mapped file the workers open), one Parallel call per call;
+# "multiprocessing.Pool[forkserver]" ``get_context("forkserver").Pool(2)``
+# and ``pool.apply``.  joblib and multiprocessing.Pool have no put: in
+# transfer_put they get the array itself, every call.  numpy is needed, joblib
+# and Ray are optional (skipped, with the reason, where they cannot be imported).
+TRANSFER_CASES = ["transfer_args", "transfer_returns", "transfer_put"]
+TRANSFER_IMPLS = ["poolx", "ray", "joblib", "multiprocessing.Pool[forkserver]"]
+# Implementations that run the transfer cases only.
+TRANSFER_ONLY_IMPLS = ["joblib"]
+# The baseline (the same sums in the caller) is the median of this many runs.
+TRANSFER_BASELINE_RUNS = 3
+# Where the calls took less than this longer than the baseline (or no longer
+# at all), the time left for moving the data is clamped to this floor and the
+# measurement flagged "clamped".
+TRANSFER_FLOOR_S = 1e-3
 
 
 # -- a uniform face on every implementation -----------------------------------
@@ -935,6 +964,228 @@ def import_joblib_libraries(case, impl):
         import ray.util.joblib  # noqa: F401
 
 
+# -- transfer: a 200 MB array between processes -----------------------------------
+# The same task functions (``total``, ``cached_array`` in _workloads.py) for
+# every implementation; the timed loops call the library's own call for one
+# task (``call`` below is that call and nothing else), each call waited for
+# before the next.
+
+
+class TransferSystem:
+    """One implementation of the transfer cases behind the same few calls.
+
+    call(fn, *args) -> the task's result, waited for; put(obj) -> a ref to
+    pass as an argument, or None where the library has no put; spread(fn,
+    *args) -> the results of ``2 x workers`` calls made at once, so that every
+    worker runs one; start_method, config and close as for Pool.
+    """
+
+    def __init__(self, *, call, put, spread, close, start_method, config):
+        self.call = call
+        self.put = put
+        self.spread = spread
+        self.close = close
+        self.start_method = start_method
+        self.config = config
+
+
+def open_transfer_system(impl, workers):
+    if impl == "poolx":
+        import poolx
+
+        ex = poolx.Executor(max_workers=workers)
+        try:
+            method = poolx_start_method(ex)
+        except Exception:
+            method = "unknown"
+
+        def call(fn, *args):
+            return ex.submit(fn, *args).result()
+
+        def spread(fn, *args):
+            return results_of([ex.submit(fn, *args) for _ in range(2 * workers)])
+
+        return TransferSystem(call=call, put=ex.put, spread=spread, close=lambda: ex.shutdown(wait=True),
+                              start_method=method, config=f"poolx.Executor(max_workers={workers})")
+    if impl == "ray":
+        import ray
+
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # quiet and offline
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        remote = {}
+
+        def remote_of(fn):  # ray.remote once per function, as a decorator would
+            if fn not in remote:
+                remote[fn] = ray.remote(fn)
+            return remote[fn]
+
+        def call(fn, *args):
+            return ray.get(remote_of(fn).remote(*args))
+
+        def spread(fn, *args):
+            return ray.get([remote_of(fn).remote(*args) for _ in range(2 * workers)])
+
+        return TransferSystem(call=call, put=ray.put, spread=spread, close=ray.shutdown,
+                              start_method="ray (raylet's worker processes)",
+                              config=f"ray.init(num_cpus={workers}, include_dashboard=False, "
+                                     "log_to_driver=False, configure_logging=False)")
+    if impl == "joblib":
+        import joblib
+
+        def call(fn, *args):
+            return joblib.Parallel(n_jobs=workers, backend="loky")([joblib.delayed(fn)(*args)])[0]
+
+        def spread(fn, *args):
+            return joblib.Parallel(n_jobs=workers, backend="loky")(
+                joblib.delayed(fn)(*args) for _ in range(2 * workers))
+
+        def close():
+            from joblib.externals.loky import reusable_executor
+
+            executor = reusable_executor._executor  # joblib's loky workers, warm since the first call
+            if executor is not None:
+                executor.shutdown(wait=True)
+
+        return TransferSystem(call=call, put=None, spread=spread, close=close,
+                              start_method="loky (joblib's reusable executor)",
+                              config=f'joblib.Parallel(n_jobs={workers}, backend="loky"), max_nbytes="1M" '
+                                     "(default): a new Parallel per call, on the same warm workers")
+    if impl == "multiprocessing.Pool[forkserver]":
+        import multiprocessing
+
+        pool = multiprocessing.get_context("forkserver").Pool(workers)
+
+        def spread(fn, *args):
+            return [r.get() for r in [pool.apply_async(fn, args) for _ in range(2 * workers)]]
+
+        def close():
+            pool.close()
+            pool.join()
+
+        return TransferSystem(call=lambda fn, *args: pool.apply(fn, args), put=None, spread=spread,
+                              close=close, start_method="forkserver",
+                              config=f'multiprocessing.get_context("forkserver").Pool({workers}); pool.apply')
+    raise SystemExit(f"{impl!r} does not run the transfer cases; those that do: {', '.join(TRANSFER_IMPLS)}")
+
+
+def driver_sums_s(arr, calls):
+    """The compute baseline: ``calls`` sums of ``arr`` here, in memory; the median of a few runs, in s."""
+    runs = []
+    for _ in range(TRANSFER_BASELINE_RUNS):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            float(arr.sum())
+        runs.append(time.perf_counter() - t0)
+    return statistics.median(runs)
+
+
+def transfer_figures(nbytes, wall_s, baseline_s):
+    """Effective GB/s (``nbytes`` over the wall time less the baseline), and GB/s over the wall time.
+
+    Where the calls took less than TRANSFER_FLOOR_S longer than the baseline
+    (none of the time is left for moving the data), that floor is used
+    instead and ``clamped`` says so.
+    """
+    moved_s = wall_s - baseline_s
+    clamped = moved_s < TRANSFER_FLOOR_S
+    moved_s = max(moved_s, TRANSFER_FLOOR_S)
+    return {"value": nbytes / moved_s / 1e9, "unit": "GB/s", "wall_gb_s": nbytes / wall_s / 1e9,
+            "seconds": wall_s, "baseline_s": baseline_s, "moved_s": moved_s, "clamped": clamped}
+
+
+def run_transfer(impl, sizes, kind):
+    """One transfer case: ``kind`` is "args", "returns" or "put".
+
+    Not timed, in this order: the array, built here (every page written) and
+    summed for the expected result; the pool or cluster (``runtime_start_s``);
+    the warm-up, one call exactly as a timed one (put: a put and one call on
+    its ref), timed by itself as ``warmup_s``: the cold cost, whatever the
+    library starts on its first call; every worker readied (numpy imported,
+    and for returns the worker's cached array built); the baseline, the same
+    sums in this process on the array in memory.  Then ``calls`` timed calls
+    (put: the put and the calls).
+    """
+    n, calls = sizes["transfer_elements"], sizes["transfer_calls"]
+    arr = w.transfer_array(n)
+    expected = float(arr.sum())
+    t0 = time.perf_counter()
+    system = open_transfer_system(impl, WORKERS)
+    start_s = time.perf_counter() - t0
+    call, put = system.call, (system.put if kind == "put" else None)
+    clock = time.perf_counter
+
+    t0 = clock()
+    if kind == "returns":
+        r = call(w.cached_array, n)
+        first = float(r.sum())
+        del r
+    elif put is not None:
+        ref = put(arr)
+        first = call(w.total, ref)
+        del ref
+    else:
+        first = call(w.total, arr)
+    warmup_s = clock() - t0
+    check(first == expected, f"the warm-up call's sum {first} is not {expected}")
+    pids = system.spread(w.warm_transfer, WARM_SLEEP_S, n if kind == "returns" else 0)
+    baseline_s = driver_sums_s(arr, calls)
+
+    sums, call_s, put_s, arg = [], [], None, None
+    with Timer() as t:
+        if kind == "returns":
+            for _ in range(calls):
+                c0 = clock()
+                r = call(w.cached_array, n)
+                sums.append(float(r.sum()))  # the driver consumes it, then drops it
+                del r
+                call_s.append(clock() - c0)
+        else:
+            if put is not None:
+                c0 = clock()
+                arg = put(arr)
+                put_s = clock() - c0
+            else:
+                arg = arr  # no put: the array itself, every call
+            for _ in range(calls):
+                c0 = clock()
+                sums.append(call(w.total, arg))
+                call_s.append(clock() - c0)
+    del arg  # put: the ref, dropped before the shutdown
+    check(sums == [expected] * calls, f"wrong sums: {sums}, expected {expected} each")
+    return system, {**transfer_figures(calls * arr.nbytes, t.seconds, baseline_s),
+                    "warmup_s": warmup_s, "bytes": calls * arr.nbytes, "array_bytes": arr.nbytes,
+                    "calls": calls, "calls_s": call_s, "put_s": put_s, "put": put is not None,
+                    "warmed_workers": len(set(pids)), "runtime_start_s": start_s, "config": system.config,
+                    "caller_cpu_s": t.cpu}
+
+
+def case_transfer_args(impl, sizes):
+    """The array as the argument of ``total`` (returns its sum), ``calls`` times: effective GB/s."""
+    return run_transfer(impl, sizes, "args")
+
+
+def case_transfer_returns(impl, sizes):
+    """``cached_array(n)`` (the worker's cached array) returned ``calls`` times, summed here: GB/s."""
+    return run_transfer(impl, sizes, "returns")
+
+
+def case_transfer_put(impl, sizes):
+    """The array put once, its ref passed to ``total`` ``calls`` times (no put: the array): GB/s."""
+    return run_transfer(impl, sizes, "put")
+
+
+def import_transfer_libraries(impl):
+    """numpy and what ``impl`` needs, before any timer; ImportError names what is missing."""
+    import numpy  # noqa: F401
+
+    if impl == "joblib":
+        import joblib  # noqa: F401
+    elif impl == "ray":
+        import ray  # noqa: F401
+    else:
+        import_libraries(impl)
+
+
 CASES = {
     "startup": case_startup,
     "tasks": case_tasks,
@@ -955,6 +1206,9 @@ CASES = {
     "joblib_gridsearch_warm": case_joblib_gridsearch_warm,
     "joblib_gridsearch_first": case_joblib_gridsearch_first,
     "joblib_tiny": case_joblib_tiny,
+    "transfer_args": case_transfer_args,
+    "transfer_returns": case_transfer_returns,
+    "transfer_put": case_transfer_put,
 }
 
 
@@ -979,19 +1233,31 @@ def main(argv):
         refused = impl not in POOL_IMPLS
     elif case in JOBLIB_CASES:
         refused = impl not in JOBLIB_IMPLS
+    elif case in TRANSFER_CASES:
+        refused = impl not in TRANSFER_IMPLS
     else:
-        refused = impl in OPTIONAL_IMPLS or impl in JOBLIB_ONLY_IMPLS
+        refused = impl in OPTIONAL_IMPLS or impl in JOBLIB_ONLY_IMPLS or impl in TRANSFER_ONLY_IMPLS
     if refused:
         raise SystemExit(f"{impl} does not run {case}: the actor cases ({', '.join(ACTOR_CASES)}) "
                          f"run {', '.join(ACTOR_IMPLS)}; the pool cases ({', '.join(POOL_CASES)}) run "
                          f"{', '.join(POOL_IMPLS)}; the joblib cases ({', '.join(JOBLIB_CASES)}) run "
-                         f"{', '.join(JOBLIB_IMPLS)}; ray and dask run only those, threading only the "
-                         "joblib cases")
+                         f"{', '.join(JOBLIB_IMPLS)}; the transfer cases ({', '.join(TRANSFER_CASES)}) run "
+                         f"{', '.join(TRANSFER_IMPLS)}; ray and dask run only those, threading only the "
+                         "joblib cases, joblib only the transfer cases")
     sizes = QUICK if "--quick" in argv else FULL
     if case in JOBLIB_CASES:
         # joblib, scikit-learn (grid search), Dask and Ray are all optional here.
         try:
             import_joblib_libraries(case, impl)
+        except ImportError as exc:
+            emit({"case": case, "impl": impl,
+                  "skipped": f"{exc.name or 'a module it needs'} cannot be imported "
+                             f"({type(exc).__name__}: {exc})"})
+            return
+    elif case in TRANSFER_CASES:
+        # numpy is needed, and joblib or Ray by their rows; all are optional here.
+        try:
+            import_transfer_libraries(impl)
         except ImportError as exc:
             emit({"case": case, "impl": impl,
                   "skipped": f"{exc.name or 'a module it needs'} cannot be imported "

@@ -132,3 +132,53 @@ def retrieve_tracked_dask(i, tracker):
     time.sleep(i / 10.0)
     tracker.increment()
     return i, DATABASE[i]
+
+
+# -- large data (the transfer_* cases) -------------------------------------------
+# The same functions for every implementation (poolx, Ray, joblib, multiprocessing.Pool).
+# numpy is imported inside them, for the reason given at the top of this module.
+
+# transfer_returns' array in this process, by length: built on the first call
+# of cached_array() here, returned as is afterwards, so the task itself does
+# no work and the timed calls measure the way back alone.
+_TRANSFER_CACHE = {}
+
+
+def transfer_array(n):
+    """``np.arange(n)`` in float64 (8 bytes an element), every page written: what the cases move.
+
+    Its sum, ``n * (n - 1) / 2``, is exact in float64 for the sizes used
+    (every partial sum is an integer below 2**53), so every call's result is checked exactly.
+    """
+    import numpy as np
+
+    return np.arange(n, dtype=np.float64)
+
+
+def total(a):
+    """The task of transfer_args and transfer_put: the array's sum, as a Python float."""
+    return float(a.sum())
+
+
+def cached_array(n):
+    """The task of transfer_returns: this process's ``transfer_array(n)``, built on its first call here."""
+    a = _TRANSFER_CACHE.get(n)
+    if a is None:
+        a = _TRANSFER_CACHE[n] = transfer_array(n)
+    return a
+
+
+def warm_transfer(seconds, n):
+    """Ready a worker for the transfer cases: numpy imported, and with ``n`` the cached array built.
+
+    Sleeps like ``warm`` so the pool hands one to each worker; returns the
+    worker's pid, so the caller can count how many workers it reached.
+    """
+    import os
+
+    import numpy  # noqa: F401
+
+    if n:
+        cached_array(n)
+    time.sleep(seconds)
+    return os.getpid()

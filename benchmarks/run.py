@@ -60,6 +60,14 @@ JOBLIB_WARM_GOAL = 0.9
 JOBLIB_GOALS = {"joblib_gridsearch_warm": ("joblib GridSearchCV fit, warm workers", JOBLIB_WARM_GOAL),
                 "joblib_gridsearch_first": ("joblib GridSearchCV first fit, workers started inside", 1.0)}
 # joblib_tiny has no goal (issue 6 asks for the case, to show auto-batching, not for a ratio).
+# The transfer cases compare poolx (its shared-memory object store) with Ray's
+# object store, joblib's memory-mapping and multiprocessing.Pool's pipes; the
+# goals are absolute: the effective bandwidth (GB/s, the sums' own time
+# excluded) of the default poolx row at least this much.
+TRANSFER_PEERS = ["ray", "joblib", "multiprocessing.Pool[forkserver]"]
+TRANSFER_GOALS = {"transfer_args": ("transfer: a large array as a task argument", 8.0),
+                  "transfer_returns": ("transfer: a large array as a task result", 8.0),
+                  "transfer_put": ("transfer: put once, its ref passed to tasks", 20.0)}
 
 # Which implementations run each case.  serial only where it means something:
 # it has no startup, no round trip, and runs retrieve's sleeps one after another.
@@ -83,6 +91,10 @@ CASE_IMPLS = {
     # threading, Dask's, Ray's); Dask and Ray are optional as above, and so are
     # joblib and scikit-learn for these cases.
     **{case: _case.JOBLIB_IMPLS for case in _case.JOBLIB_CASES},
+    # poolx, Ray, joblib (its loky backend, which memory-maps large arrays) and
+    # multiprocessing.Pool (forkserver) moving a large numpy array; Ray and
+    # joblib are optional as above, and numpy is needed.
+    **{case: _case.TRANSFER_IMPLS for case in _case.TRANSFER_CASES},
 }
 
 # Seconds one measurement subprocess may run before its process tree is
@@ -101,7 +113,10 @@ CASE_TIMEOUT_S = {"startup": 30, "tasks": 60, "map": 90, "roundtrip": 60, "pi": 
                   # Parallel call (about 2 s each here: 6 fits, ~20 s with
                   # Ray's start and stop); threading and Dask run the 100,000
                   # tiny items at about 30,000/s.
-                  "joblib_gridsearch_warm": 120, "joblib_gridsearch_first": 60, "joblib_tiny": 90}
+                  "joblib_gridsearch_warm": 120, "joblib_gridsearch_first": 60, "joblib_tiny": 90,
+                  # Ray's cluster (4 to 5 s, and 1.5 s to stop it); multiprocessing.Pool
+                  # and joblib return a 200 MB array at about 0.2 GB/s: 6 calls take 6 s.
+                  **{case: 90 for case in _case.TRANSFER_CASES}}
 # After a measurement exits, how long its leftover processes (e.g. a
 # forkserver noticing its parent is gone) get to exit before they are
 # recorded as leftovers and killed.
@@ -150,6 +165,17 @@ CASE_INFO = {
                                 "cluster before the timer)", "s", False),
     "joblib_tiny": ("Parallel(n_jobs=2)(delayed(square)(i) for i in range({joblib_tiny_items:,})) after "
                     "one untimed call: joblib's automatic batching", "s", False),
+    "transfer_args": ("a float64 array of {transfer_elements:,} elements as the argument of total(a) -> "
+                      "float(a.sum()), {transfer_calls} calls one after another after one untimed: bytes "
+                      "moved / (wall time - the same sums in the caller)", "GB/s", True),
+    "transfer_returns": ("a task returning a float64 array of {transfer_elements:,} elements (cached in the "
+                         "worker), {transfer_calls} calls one after another after one untimed, each result "
+                         "summed in the caller and dropped: bytes moved / (wall time - the caller's "
+                         "sums)", "GB/s", True),
+    "transfer_put": ("a float64 array of {transfer_elements:,} elements put once, its ref passed to "
+                     "total(a) {transfer_calls} times (joblib, multiprocessing.Pool: no put, the array "
+                     "every time), after one untimed put and call: bytes moved / (wall time, the put "
+                     "included, - the same sums in the caller)", "GB/s", True),
 }
 
 # Reference figures from the issue (Ray and Dask on the machine the suite was
@@ -382,6 +408,10 @@ def summarise(records, cases):
                 if case == "joblib_tiny":
                     row["items_per_s"] = statistics.median(r["items_per_s"] for r in ok)
                     row["batches"] = statistics.median(r["batches"] for r in ok)
+                if case in _case.TRANSFER_CASES:  # the headline without the baseline, the cold call
+                    for key in ("wall_gb_s", "warmup_s", "seconds", "baseline_s"):
+                        row[key] = statistics.median(r[key] for r in ok)
+                    row["clamped"] = sum(1 for r in ok if r.get("clamped"))
                 starts = [r["runtime_start_s"] for r in ok if r.get("runtime_start_s") is not None]
                 if starts:  # actor cases: starting the executor / Ray / the Dask cluster; joblib: Ray, Dask
                     row["runtime_start_s"] = statistics.median(starts)
@@ -400,6 +430,8 @@ def peers_of(case):
         return ACTOR_PEERS
     if case in _case.JOBLIB_CASES:
         return JOBLIB_PEERS
+    if case in _case.TRANSFER_CASES:
+        return TRANSFER_PEERS
     return POOL_PEERS if case in _case.POOL_CASES else PEERS
 
 
@@ -425,7 +457,7 @@ def add_ratios(case, rows):
         if case == "pi" and serial:
             row["speedup_vs_serial"] = serial / row["median"]
     mine = rows.get("poolx", {}).get("median")
-    if case in _case.POOL_CASES and mine:
+    if (case in _case.POOL_CASES or case in _case.TRANSFER_CASES) and mine:
         for row in rows.values():
             if row.get("median"):
                 row["poolx_over_this"] = mine / row["median"]
@@ -528,6 +560,21 @@ def goals(summary, cpus):
         measured = f"{ratio:.2f}x loky ({value:.3f} vs {loky:.3f} s)" if ratio else None
         target = f"<= {most:g}x loky's time" if most != 1 else "<= loky's time"
         add(what, target, measured, ratio and ratio <= most)
+
+    # Transfer: the default poolx row's effective bandwidth, an absolute target;
+    # only where the transfer cases ran.
+    for case, (what, least) in TRANSFER_GOALS.items():
+        if case not in summary:
+            continue
+        row = summary[case].get("poolx", {})
+        value = row.get("median")
+        name, best = peer(case)
+        measured = None
+        if value:
+            measured = (f"{value:.1f} GB/s (wall, sums included: {row['wall_gb_s']:.1f} GB/s"
+                        + (f"; best peer {name} {best:.2f} GB/s, poolx {value / best:.1f}x" if best else "")
+                        + (f"; clamped in {row['clamped']} run(s)" if row.get("clamped") else "") + ")")
+        add(what, f">= {least:g} GB/s effective", measured, value is not None and value >= least)
     return out
 
 
@@ -611,6 +658,8 @@ def fmt(value, unit):
         return "-"
     if unit in ("tasks/s", "items/s", "calls/s"):
         return f"{value:,.0f}"
+    if unit == "GB/s" and value < 10:
+        return f"{value:.2f}"
     if unit == "s":
         return f"{value:.3f}"
     if unit == "ms" and abs(value) < 10:
@@ -629,13 +678,14 @@ def case_table(case, rows, sizes):
     lines = [f"### {case}: {title.format(**sizes)}", "",
              f"Unit: {unit}, {better}.  Ratio: this median / the best peer's median "
              f"(peers: {', '.join(peers_of(case))})"
-             + ("; \"poolx ÷ this\": the poolx row's median / this row's median" if case in _case.POOL_CASES
-                else "")
+             + ("; \"poolx ÷ this\": the poolx row's median / this row's median"
+                if case in _case.POOL_CASES or case in _case.TRANSFER_CASES else "")
              + ("; \"÷ loky\": this row's median / loky's (joblib's default backend)"
                 if case in _case.JOBLIB_CASES else "") + ".", ""]
     actors = case in _case.ACTOR_CASES
     pools = case in _case.POOL_CASES
     joblib = case in _case.JOBLIB_CASES
+    transfer = case in _case.TRANSFER_CASES
     extra = {"roundtrip": ["p99 us (median)"], "pi": ["speedup vs serial"],
              "pool_apply_roundtrip": ["p99 us (median)"],
              "pool_small_tasks": ["ideal s (median)"]}.get(case, [])
@@ -647,6 +697,9 @@ def case_table(case, rows, sizes):
         extra = ["÷ loky", *{"joblib_gridsearch_warm": ["fastest fit s"],
                              "joblib_tiny": ["items/s (median)", "batches (median)"]}.get(case, []),
                  "cluster start s (median, not timed)"]
+    if transfer:
+        extra = ["poolx ÷ this", "wall GB/s (median)", "warm-up call s (median, not in the headline)",
+                 "wall s (median)", "baseline s (median)", "pool start s (median, not timed)"]
     header = ["implementation", "start method", "median", "min", "max", "÷ best peer", *extra,
               "ok runs", "others' CPU"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -661,8 +714,12 @@ def case_table(case, rows, sizes):
             cells = [failed, "-", "-", "-"]
         if actors:
             cells.append(f"{row['runtime_start_s']:.2f}" if "runtime_start_s" in row else "-")
-        if pools:
+        if pools or transfer:
             cells.append(ratio_text(row["poolx_over_this"]) if "poolx_over_this" in row else "-")
+        if transfer:
+            cells.append(fmt(row.get("wall_gb_s"), unit))
+            for key in ("warmup_s", "seconds", "baseline_s", "runtime_start_s"):
+                cells.append(f"{row[key]:.3f}" if key in row else "-")
         if joblib:
             cells.append(ratio_text(row["vs_loky"]) if "vs_loky" in row else "-")
             if case == "joblib_gridsearch_warm":
@@ -678,6 +735,8 @@ def case_table(case, rows, sizes):
         if case == "pi":
             cells.append(f"{row['speedup_vs_serial']:.2f}x" if "speedup_vs_serial" in row else "-")
         failures = f" ({', '.join(row['failures'])})" if row["failures"] else ""
+        if row.get("clamped"):
+            failures += f" ({row['clamped']} clamped: wall <= baseline)"
         cells.append(f"{row['ok']}/{row['runs']}{failures}")
         cells.append(f"{row['others_cores']:.2f}" if "others_cores" in row else "-")
         name = f"**{impl}**" if impl.startswith("poolx") else impl
@@ -692,12 +751,61 @@ JOBLIB_GOALS_TEXT = (
     "(measured: poolx's median / loky's; below 1x poolx is faster); joblib_tiny has no goal")
 
 
+TRANSFER_GOALS_TEXT = (
+    "the transfer goals are absolute, for the default `poolx` row's effective bandwidth (bytes moved / "
+    "(wall time - the same sums in the caller), 1e9 bytes a GB): "
+    + ", ".join(f"{case} >= {least:g} GB/s" for case, (_what, least) in TRANSFER_GOALS.items())
+    + "; the wall figure, sums included, and the best peer are given beside it")
+
+
+def transfer_method_notes(env, sizes):
+    """What the transfer cases run and, exactly, what their timers count."""
+    n = env["workers"]
+    mb = sizes["transfer_elements"] * 8 / 1e6
+    calls = sizes["transfer_calls"]
+    return [
+        f"- Transfer cases (transfer_*): a float64 `np.arange` of {sizes['transfer_elements']:,} elements "
+        f"({mb:,.0f} MB), built in the caller before any timer.  {calls} calls one after another, each "
+        "waited for before the next, with the same task functions for every row (`_workloads.total`: "
+        "`float(a.sum())`; `_workloads.cached_array`: the worker's own array, built on its first call "
+        f"in that process and returned as is afterwards).  Rows, {n} workers each: `poolx` "
+        f"`poolx.Executor({n})` (forkserver), `ex.submit(fn, arr).result()`, put: `ref = ex.put(arr)`, "
+        f"then `ex.submit(total, ref).result()`; `ray` `ray.init(num_cpus={n}, include_dashboard=False, "
+        "log_to_driver=False, configure_logging=False)` (usage stats off), `ray.get(total.remote(arr))`, "
+        "put: `ray.put(arr)`, then `total.remote(ref)`; `joblib` "
+        f"`joblib.Parallel(n_jobs={n}, backend=\"loky\")([delayed(total)(arr)])`, one Parallel per call "
+        "on joblib's warm loky workers, default `max_nbytes=\"1M\"` (the array is dumped to a "
+        "memory-mapped file the workers open); `multiprocessing.Pool[forkserver]` "
+        f"`multiprocessing.get_context(\"forkserver\").Pool({n})`, `pool.apply(total, (arr,))`.  "
+        "joblib and multiprocessing.Pool have no put: in transfer_put they get the array itself every "
+        "call, so their transfer_put is their transfer_args again.",
+        "- Not timed, in this order: the array; the pool or cluster (\"pool start\"); one warm-up call "
+        "exactly as a timed one (transfer_put: a put and one call on its ref, the ref then dropped), "
+        "timed by itself (\"warm-up call\": the cold cost, with whatever the library starts on its first "
+        "call, and for transfer_returns the worker building its array); every worker readied "
+        f"({2 * n} calls at once, each importing numpy, building the cached array for transfer_returns, "
+        "and sleeping 50 ms); the baseline.",
+        f"- The headline is the effective bandwidth: {calls} x the array's bytes / (wall time of the "
+        f"{calls} calls - the baseline), with 1e9 bytes a GB.  The baseline is the median of "
+        f"{_case.TRANSFER_BASELINE_RUNS} runs, just before the timer, of {calls} `float(arr.sum())` in "
+        "the caller on the array in memory: the sums' own time, which the calls also contain (in the "
+        "worker for transfer_args and transfer_put, in the caller for transfer_returns), so the "
+        "headline counts the moving alone.  \"wall GB/s\" is the same bytes over the whole wall time, "
+        "sums included.  Where wall - baseline is under "
+        f"{_case.TRANSFER_FLOOR_S * 1e3:g} ms it is clamped to that and the run counted as clamped.",
+    ]
+
+
 def markdown(env, config, summary, goal_rows, records, json_name="results.json"):
     sizes = config["sizes"]
     only_joblib = bool(summary) and all(c in _case.JOBLIB_CASES for c in summary)
     has_joblib = any(c in summary for c in _case.JOBLIB_CASES)
+    only_transfer = bool(summary) and all(c in _case.TRANSFER_CASES for c in summary)
+    has_transfer = any(c in summary for c in _case.TRANSFER_CASES)
     title = ("# poolx benchmark results: the joblib backend beside joblib's own, Dask's and Ray's"
-             if only_joblib else "# poolx benchmark results")
+             if only_joblib else
+             "# poolx benchmark results: a large numpy array between processes, beside Ray, joblib and "
+             "multiprocessing.Pool" if only_transfer else "# poolx benchmark results")
     lines = [title, "",
              f"Generated by `{config['command']}` in {config['total_s']:.0f} s "
              f"({config['repeats']} repeat(s) of every measurement).  Every number comes from "
@@ -709,6 +817,10 @@ def markdown(env, config, summary, goal_rows, records, json_name="results.json")
         intro = "Computed from the medians below: " + JOBLIB_GOALS_TEXT + "."
         joblib_goals = {what for what, _most in JOBLIB_GOALS.values()}
         goal_rows = [g for g in goal_rows if g["goal"] in joblib_goals]  # the others have no data here
+    elif only_transfer:
+        intro = "Computed from the medians below: " + TRANSFER_GOALS_TEXT + "."
+        transfer_goals = {what for what, _least in TRANSFER_GOALS.values()}
+        goal_rows = [g for g in goal_rows if g["goal"] in transfer_goals]
     else:
         intro = ("Computed from the medians below for the default `poolx` row "
                  "(forkserver); the best peer is the best of " + ", ".join(PEERS) + "; the actor "
@@ -717,7 +829,8 @@ def markdown(env, config, summary, goal_rows, records, json_name="results.json")
                     "(default context, forkserver) of the same run (speed: their median / poolx's for "
                     "times, poolx's / theirs for rates; above 1x poolx.Pool is faster)"
                     if any(c in summary for c in _case.POOL_CASES) else "")
-                 + ("; " + JOBLIB_GOALS_TEXT if has_joblib else "") + ".")
+                 + ("; " + JOBLIB_GOALS_TEXT if has_joblib else "")
+                 + ("; " + TRANSFER_GOALS_TEXT if has_transfer else "") + ".")
     lines += ["", "## Goals", "", intro, "",
               "| goal | target | measured | status |", "|---|---|---|---|"]
     lines += [f"| {g['goal']} | {g['target']} | {g['measured']} | {g['status']} |" for g in goal_rows]
@@ -726,10 +839,14 @@ def markdown(env, config, summary, goal_rows, records, json_name="results.json")
         lines += [*case_table(case, rows, sizes), ""]
     if only_joblib:
         lines += ["## Methodology", "", *common_method_notes(), *joblib_method_notes(env)]
+    elif only_transfer:
+        lines += ["## Methodology", "", *common_method_notes(), *transfer_method_notes(env, sizes)]
     else:
         lines += method_notes(env, pools=any(c in summary for c in _case.POOL_CASES))
         if has_joblib:
             lines += joblib_method_notes(env)
+        if has_transfer:
+            lines += transfer_method_notes(env, sizes)
     skipped = [r for r in records if r["status"] == "skipped"]
     if skipped:
         lines += ["", "## Skipped", ""]
