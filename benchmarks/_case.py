@@ -94,7 +94,7 @@ WARM_SLEEP_S = 0.05
 
 IMPLS = ["poolx", "poolx[fork]", "ProcessPoolExecutor", "multiprocessing.Pool",
          "multiprocessing.Pool[forkserver]", "loky", "threading", "serial", "bare-fork", "ray", "dask",
-         "joblib"]
+         "joblib", "poolx.remote"]
 
 # The actor cases run poolx, Ray and Dask; Ray and Dask run nothing else.
 # Both are optional: where one cannot be imported its measurements are
@@ -144,9 +144,11 @@ JOBLIB_CV = 3
 # transfer_put they get the array itself, every call.  numpy is needed, joblib
 # and Ray are optional (skipped, with the reason, where they cannot be imported).
 TRANSFER_CASES = ["transfer_args", "transfer_returns", "transfer_put"]
-TRANSFER_IMPLS = ["poolx", "ray", "joblib", "multiprocessing.Pool[forkserver]"]
-# Implementations that run the transfer cases only.
-TRANSFER_ONLY_IMPLS = ["joblib"]
+TRANSFER_IMPLS = ["poolx", "poolx.remote", "ray", "joblib", "multiprocessing.Pool[forkserver]"]
+# Implementations that run the transfer cases only.  poolx.remote is poolx's
+# Ray-style API (large arguments arrive read-only, as Ray's do); the poolx row is
+# Executor.submit (arguments arrive as writable copy-on-write copies).
+TRANSFER_ONLY_IMPLS = ["joblib", "poolx.remote"]
 # The baseline (the same sums in the caller) is the median of this many runs.
 TRANSFER_BASELINE_RUNS = 3
 # Where the calls took less than this longer than the baseline (or no longer
@@ -1007,6 +1009,26 @@ def open_transfer_system(impl, workers):
 
         return TransferSystem(call=call, put=ex.put, spread=spread, close=lambda: ex.shutdown(wait=True),
                               start_method=method, config=f"poolx.Executor(max_workers={workers})")
+    if impl == "poolx.remote":
+        import poolx
+
+        ex = poolx.init(num_cpus=workers)
+        remotes = {}
+
+        def remote_fn(fn):  # poolx.remote once per function, as a decorator would
+            if fn not in remotes:
+                remotes[fn] = poolx.remote(fn)
+            return remotes[fn]
+
+        def call(fn, *args):
+            return poolx.get(remote_fn(fn).remote(*args))
+
+        def spread(fn, *args):
+            return poolx.get([remote_fn(fn).remote(*args) for _ in range(2 * workers)])
+
+        return TransferSystem(call=call, put=poolx.put, spread=spread, close=poolx.shutdown,
+                              start_method=poolx_start_method(ex),
+                              config=f"poolx.init(num_cpus={workers}); poolx.remote(fn).remote(...)")
     if impl == "ray":
         import ray
 
@@ -1180,6 +1202,8 @@ def import_transfer_libraries(impl):
 
     if impl == "joblib":
         import joblib  # noqa: F401
+    elif impl == "poolx.remote":
+        import poolx  # noqa: F401
     elif impl == "ray":
         import ray  # noqa: F401
     else:

@@ -277,8 +277,7 @@ def _submit(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any
     if _actors.in_child():
         return _actors._client.submit(fn, args, kwargs, retries)  # type: ignore[no-any-return,unused-ignore]
     executor = _get_executor()
-    task = executor._submit(fn, args, kwargs)
-    task.max_retries = retries
+    task = executor._submit(fn, args, kwargs, retries, readonly_args=True)
     task.future._poolx_task = task.id  # for cancel()
     return task.future
 

@@ -190,7 +190,8 @@ class Executor(cf.Executor):
         """Schedule ``fn(*args, **kwargs)``; returns a Future for its result."""
         return self._submit(fn, args, kwargs).future
 
-    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Task:
+    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                max_retries: int = 0, readonly_args: bool = False) -> Task:
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if _interpreter_exiting:
@@ -198,6 +199,11 @@ class Executor(cf.Executor):
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, got {type(fn).__name__} {fn!r}")
         task = Task(fn, args, kwargs)
+        task.max_retries = max_retries
+        if readonly_args:  # the Ray-style API: large arguments arrive read-only, mapped once per worker
+            from . import _shm
+
+            task.shm = _shm.READONLY
         deps = dependencies(args, kwargs)
         if deps:
             self._telemetry.task_submitted()

@@ -62,6 +62,7 @@ class Task:
         "retries",
         "s_pickle",
         "s_unpickle",
+        "shm",
         "state",
         "t_dispatch",
         "t_done",
@@ -85,6 +86,7 @@ class Task:
         self.retries = 0  # times requeued after its worker died
         self.max_retries = 0  # times it may run again after dying with its worker (-1: no limit)
         self.origin: Any = None  # processes backend: where a task submitted in a child came from
+        self.shm = 0  # how large arguments travel (poolx._shm mode; 0: the backend's default)
         self.state: Any = None  # backend-private
 
     def run_here(self) -> None:

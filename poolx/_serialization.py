@@ -113,7 +113,7 @@ class _Dump:
             if ref is not None:
                 self.buffers.append(ref)
                 return False
-            if self.shm == _shm.SHARED or nbytes >= _shm.MIN_BYTES:
+            if self.shm == _shm.SHARED or nbytes >= _shm.MIN_BYTES:  # (put: every buffer)
                 self.buffers.append(_shm.store(buf, self.shm))
                 return False
         self.buffers.append(buf)

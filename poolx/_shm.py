@@ -55,7 +55,14 @@ from typing import Any
 AVAILABLE = (sys.platform.startswith("linux") and hasattr(os, "memfd_create")
              and os.path.isdir("/proc/self/fd"))
 
-NONE, PRIVATE, SHARED = 0, 1, 2
+# How a receiver maps a buffer (the descriptor's mode):
+#   PRIVATE    copy-on-write, a mapping per message (task and actor arguments: a writable copy)
+#   SHARED     read-only, the mapping cached (put; arguments of Ray-style tasks)
+#   EXCLUSIVE  writable, the mapping cached (results: the segment is this result's alone, and
+#              its creator cannot reuse it while the receiver's views of it live)
+# READONLY is a sender's choice only: SHARED, for buffers above MIN_BYTES.
+NONE, PRIVATE, SHARED, EXCLUSIVE, READONLY = 0, 1, 2, 3, 4
+WIRE_MODE = {PRIVATE: PRIVATE, SHARED: SHARED, EXCLUSIVE: EXCLUSIVE, READONLY: SHARED}
 # Arguments and results at least this large go through shared memory (PRIVATE).
 MIN_BYTES = 1 << 20
 
@@ -202,6 +209,8 @@ class Received:
         """Map it: copy-on-write and writable (PRIVATE), or read-only from the cache (SHARED)."""
         if self.mode == SHARED:
             return _export(_cache.mapping(self), self.nbytes, self)
+        if self.mode == EXCLUSIVE:
+            return _keep(_cache.mapping(self), self.nbytes, self)
         # The mapping keeps the lock for as long as the views of it live, even
         # once the fd (closed with the message) is gone.
         mm = mmap.mmap(self._fd(), self.nbytes, flags=mmap.MAP_PRIVATE,
@@ -214,6 +223,13 @@ def _export(mm: mmap.mmap, nbytes: int, tag: Any) -> memoryview:
     array = (ctypes.c_char * nbytes).from_buffer(mm)
     array._poolx_shm = tag  # type: ignore[attr-defined]
     return memoryview(array).cast("B").toreadonly()
+
+
+def _keep(mm: mmap.mmap, nbytes: int, keep: Any) -> memoryview:
+    """A writable view of ``mm[:nbytes]`` that keeps ``keep`` (the lock) alive; not sent by reference."""
+    array = (ctypes.c_char * nbytes).from_buffer(mm)
+    array._poolx_keep = keep  # type: ignore[attr-defined]
+    return memoryview(array).cast("B")
 
 
 def lookup(buf: Any) -> ShmBuffer | Received | None:
@@ -236,7 +252,7 @@ def store(buf: Any, mode: int) -> ShmBuffer:
     nbytes = raw.nbytes
     seg = _pool.allocate(nbytes)
     seg.mm[:nbytes] = raw
-    return ShmBuffer(seg, nbytes, mode)
+    return ShmBuffer(seg, nbytes, WIRE_MODE[mode])
 
 
 def received(frame: Any, holds: list[FdHold | None]) -> Received | None:

@@ -141,7 +141,7 @@ class ActorWorker(W.Worker):
             self.add(call_id, W.OK, b"", (), t_start, t_end, None, unpickle_s)
             return
         try:
-            data, bufs = ser.dumps(value, _shm.PRIVATE)
+            data, bufs = ser.dumps(value, _shm.EXCLUSIVE)
         except Exception as exc:
             info = (*W._info(exc), ser.describe(type(value)))
             self.add(call_id, W.BAD_RESULT, b"", (), t_start, t_end, info, unpickle_s)

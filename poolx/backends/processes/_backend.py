@@ -124,7 +124,7 @@ class ProcessBackend(Backend):
         obj = (task.args, task.kwargs) if key else (fn, task.args, task.kwargs)
         pins: list[Any] = []
         try:
-            payload, bufs = dumps(obj, _shm.PRIVATE, pins)
+            payload, bufs = dumps(obj, task.shm or _shm.PRIVATE, pins)
         except Exception as exc:
             raise _pickling_error(fn, task.args, task.kwargs, exc) from exc
         task.state = (key, fn_bytes, payload, bufs)

@@ -91,7 +91,8 @@ class ChildClient:
                 max_retries: int) -> None:
         what = ser.describe(fn)
         try:
-            payload, bufs = ser.dumps((fn, args, kwargs), _shm.PRIVATE)
+            # Submitted with the Ray-style API: large arguments read-only, as in Ray.
+            payload, bufs = ser.dumps((fn, args, kwargs), _shm.READONLY)
         except Exception as exc:
             raise SerializationError(
                 f"cannot pickle a task calling {what} submitted in a worker: {type(exc).__name__}: {exc}"

@@ -754,7 +754,7 @@ class Scheduler(threading.Thread):
             if isinstance(future, _objects.PutRef):
                 data, bufs = future._blob  # stored once: sent as it is
             else:
-                data, bufs = dumps(future.result(), _shm.PRIVATE)
+                data, bufs = dumps(future.result(), _shm.EXCLUSIVE)
         except Exception as exc:
             self.reply_error(conn, req_id, SerializationError(
                 f"the value of ref #{req_id} cannot be pickled to send it to the worker: {exc}"))

@@ -376,7 +376,7 @@ class Worker:
             del args, kwargs
         t_end = time.perf_counter()
         try:
-            data, bufs = ser.dumps(result, _shm.PRIVATE)
+            data, bufs = ser.dumps(result, _shm.EXCLUSIVE)
         except Exception as exc:
             info = (*_info(exc), ser.describe(type(result)))
             self.add(task_id, BAD_RESULT, b"", (), t_start, t_end, info)
