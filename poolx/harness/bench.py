@@ -35,9 +35,11 @@ _NEEDS = {
     "ray": ("ray", "pip install 'poolx[ray]'"),
     "dask": ("distributed", "pip install 'poolx[dask]'"),
     "loky": ("loky", "pip install loky"),
+    "joblib": ("joblib", "pip install 'poolx[joblib]'"),
 }
-# The pi case runs numpy in the workers, whatever the implementation.
-_CASE_NEEDS = {"pi": ("numpy", "pip install 'poolx[examples]'")}
+# The pi and transfer cases run numpy, whatever the implementation.
+_CASE_NEEDS = {case: ("numpy", "pip install 'poolx[examples]'")
+               for case in ("pi", "transfer_args", "transfer_returns", "transfer_put")}
 # Shorter spellings accepted by --peers (the names themselves are matched case-insensitively).
 _ALIASES = {
     "poolx-fork": "poolx[fork]",
