@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ BACKEND_NAME = "poolx"
 #: Seconds the backend's own workers stay alive after the last ``Parallel``
 #: call that used them (loky's default too).
 IDLE_WORKER_TIMEOUT = 300.0
+# Seconds abort_everything waits for the stopped batches' callbacks (see _wait_for_callbacks).
+ABORT_WAIT = 5.0
 #: Environment variable that caps what ``joblib.cpu_count()`` (and so
 #: ``n_jobs=-1``) means inside a worker: its share of the CPUs.
 CPU_SHARE_VAR = "LOKY_MAX_CPU_COUNT"
@@ -211,8 +214,12 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
         """
         with self._tasks_lock:
             tasks, self._tasks = list(self._tasks), set()
-        if self._executor is not None and tasks:
-            self._executor._stop_tasks(tasks)
+        executor = self._executor
+        if executor is None or not tasks:
+            return
+        executor._stop_tasks(tasks)
+        if executor._backend.supports_terminate and threading.current_thread().name != "poolx-scheduler":
+            _wait_for_callbacks(tasks, ABORT_WAIT)
 
     def terminate(self) -> None:
         """End of a Parallel call: the workers stay warm for the next one."""
@@ -382,3 +389,22 @@ class _Shared:
 _shared = _Shared()
 
 register()
+
+
+def _wait_for_callbacks(tasks: list[Any], timeout: float) -> None:
+    """Wait until the stopped tasks' futures are done and joblib's callbacks on them have run.
+
+    joblib's ``Parallel.__call__`` resets its abort flag before it takes a new
+    call id, so a callback of the aborted call that runs in between passes
+    the id check and aborts the next call on the same (managed) Parallel: it
+    then returns an empty list.  loky's abort waits for its workers; ours
+    waits for these callbacks (ours, added last, runs after joblib's).
+    """
+    pending = [t.future for t in tasks]
+    done = threading.Semaphore(0)
+    for future in pending:
+        future.add_done_callback(lambda _f: done.release())
+    deadline = time.monotonic() + timeout
+    for _ in pending:
+        if not done.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return
