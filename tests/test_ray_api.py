@@ -491,3 +491,23 @@ def test_init_at_the_top_of_a_script_starts_workers_once():
     """, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["2", "True"]
+
+
+def test_a_waiting_task_stopped_with_force_gives_its_loan_back():
+    ex = poolx.init(num_cpus=1, backend="processes")
+    try:
+        waiting = depth.remote(3)  # each level waits in get() for the next: loans
+        deadline = time.monotonic() + 30
+        while ex._backend._scheduler.borrowed == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        poolx.cancel(waiting, force=True)
+        with pytest.raises(poolx.TaskCancelledError):
+            poolx.get(waiting, timeout=30)
+        # The children it left waiting finish or fail; every loan ends with them.
+        deadline = time.monotonic() + 30
+        while ex._backend._scheduler.borrowed and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ex._backend._scheduler.borrowed == 0
+        assert poolx.get(add.remote(1, 2), timeout=30) == 3
+    finally:
+        poolx.shutdown()

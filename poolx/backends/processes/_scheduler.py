@@ -667,10 +667,7 @@ class Scheduler(threading.Thread):
         elif kind == W.BLOCKED:
             self.on_blocked(w, control[1])
         elif kind == W.UNBLOCKED:
-            if w.blocked:
-                w.blocked = False
-                self.borrowed -= 1
-                self.borrowed_back = True
+            self.end_loan(w)
         elif kind == W.RETIRING:  # over its memory cap: no more tasks; it exits now
             w.retiring = True
             w.state = STOPPING
@@ -695,6 +692,13 @@ class Scheduler(threading.Thread):
         if not w.blocked:
             w.blocked = True
             self.borrowed += 1
+
+    def end_loan(self, w: _Worker) -> None:
+        """``w``'s task no longer waits (or ``w`` is gone): its lent slot comes back."""
+        if w.blocked:
+            w.blocked = False
+            self.borrowed -= 1
+            self.borrowed_back = True
 
     def retire_extra(self) -> None:
         """Stop idle workers started while others were blocked, once those are back."""
@@ -922,6 +926,7 @@ class Scheduler(threading.Thread):
             close_process(w.process)
 
     def after_exit(self, w: _Worker, exitcode: int | None) -> None:
+        self.end_loan(w)  # first: a worker killed however it died (stop_tasks too) lends no more
         if w.init_error is not None:
             type_name, message, tb = w.init_error
             self.break_executor(
@@ -949,10 +954,6 @@ class Scheduler(threading.Thread):
             self.queue.extendleft(reversed(requeue))
             w.outstanding.clear()
             return
-        if w.blocked:
-            w.blocked = False
-            self.borrowed -= 1
-            self.borrowed_back = True
         if w.retiring:  # tasks sent after its last batch run elsewhere, as if never sent
             self.to_replace += 1
             self.queue.extendleft(reversed(list(w.outstanding.values())))
