@@ -283,7 +283,7 @@ class ActorHost:
 
     def on_results(self, proc: ActorProcess, records: list[Any], msg: list[Any]) -> None:
         oob = 1
-        forward: dict[Conn, tuple[list[Any], list[Any], list[int], dict[Any, int]]] = {}
+        forward: dict[Conn, tuple[list[Any], list[Any]]] = {}  # records and buffers per child
         # No lock: a dict pop is atomic, and on_exit (which takes what is left)
         # runs on this same thread.
         pop = proc.inflight.pop
@@ -300,16 +300,16 @@ class ActorHost:
             call.state = None
             if call.origin is not None:
                 conn, child_id = call.origin
-                recs, frames, fds, keys = forward.setdefault(conn, ([], [], [], {}))
+                recs, frames = forward.setdefault(conn, ([], []))
                 recs.append((child_id, status, data, n_oob, t_start, t_end, info, s_unpickle, s_pickle))
-                _channel.out_frames(bufs, frames, fds, keys)
+                frames.extend(bufs)
                 call.t_done = time.perf_counter()
                 self.s.telemetry.task_done(call, status == W.OK)
                 continue
             ok, value = W.outcome(status, data, bufs, info, call.fn)  # type: ignore[arg-type]
             self.s.results.append((call, ok, value))
-        for conn, (recs, frames, fds, _) in forward.items():
-            self.s.send_conn(conn, [pickle.dumps((W.RESULTS, recs, 0), 5), *frames], fds)
+        for conn, (recs, frames) in forward.items():
+            self.s.send_results(conn, recs, frames)
 
     # -- calls from children (scheduler thread) ----------------------------------------
 
@@ -357,8 +357,7 @@ class ActorHost:
 
     def reply_died(self, conn: Conn, child_id: int, error: ActorDiedError) -> None:
         info = (str(error), error.actor, error.exitcode, error.pid)
-        record = (child_id, W.ACTOR_DIED, b"", 0, 0.0, 0.0, info)
-        self.s.send_conn(conn, [pickle.dumps((W.RESULTS, [record], 0), 5)])
+        self.s.send_results(conn, [(child_id, W.ACTOR_DIED, b"", 0, 0.0, 0.0, info)])
 
     def fail(self, call: ActorCall, error: ActorDiedError) -> None:
         """Fail one call: complete its future, or tell the child that made it."""

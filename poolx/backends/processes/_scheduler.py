@@ -455,6 +455,17 @@ class Scheduler(threading.Thread):
         while conn.open and conn.seen < sent and time.monotonic() < deadline:
             self.on_client(conn, selectors.EVENT_READ)
 
+    def send_results(self, conn: Conn, records: list[Any], bufs: Sequence[Any] = ()) -> None:
+        """Send a child RESULTS records (answers to its calls, tasks and refs) and their buffers.
+
+        ``bufs`` are the records' buffers in order; a shared-memory one goes as
+        a descriptor with its fd (one fd per segment in the message).
+        """
+        frames: list[Any] = [pickle.dumps((W.RESULTS, records, 0), 5)]
+        fds: list[int] = []
+        _channel.out_frames(bufs, frames, fds, {})
+        self.send_conn(conn, frames, fds)
+
     def send_conn(self, conn: Conn, frames: list[Any], fds: list[int] | None = None) -> None:
         if not conn.open:
             _channel.Fds(fds or []).close()
@@ -763,11 +774,7 @@ class Scheduler(threading.Thread):
             self.reply_error(conn, req_id, SerializationError(
                 f"the value of ref #{req_id} cannot be pickled to send it to the worker: {exc}"))
             return
-        record = (req_id, W.OK, data, len(bufs), 0.0, 0.0, None, 0.0, 0.0)
-        frames: list[Any] = [pickle.dumps((W.RESULTS, [record], 0), 5)]
-        fds: list[int] = []
-        _channel.out_frames(bufs, frames, fds, {})
-        self.send_conn(conn, frames, fds)
+        self.send_results(conn, [(req_id, W.OK, data, len(bufs), 0.0, 0.0, None, 0.0, 0.0)], bufs)
 
     def reply_error(self, conn: Conn, child_id: int, error: BaseException) -> None:
         """Send a child the error its request (a task it submitted, a ref it asked for) ended with."""
@@ -780,11 +787,7 @@ class Scheduler(threading.Thread):
             status = W.RAISED
         except BaseException:
             data, bufs, status = b"", (), W.UNPICKLABLE_EXCEPTION
-        record = (child_id, status, data, len(bufs), 0.0, 0.0, info, 0.0, 0.0)
-        frames: list[Any] = [pickle.dumps((W.RESULTS, [record], 0), 5)]
-        fds: list[int] = []
-        _channel.out_frames(bufs, frames, fds, {})
-        self.send_conn(conn, frames, fds)
+        self.send_results(conn, [(child_id, status, data, len(bufs), 0.0, 0.0, info, 0.0, 0.0)], bufs)
 
     def reply_origin(self, task: Task) -> None:
         """A task from a child ended without a result to forward: send the child its error."""
@@ -801,7 +804,7 @@ class Scheduler(threading.Thread):
     def on_results(self, w: _Worker, records: list[Any], msg: list[Any]) -> None:
         oob = 1
         est = self.est
-        forward: dict[Conn, tuple[list[Any], list[Any], list[int], dict[Any, int]]] = {}
+        forward: dict[Conn, tuple[list[Any], list[Any]]] = {}  # records and buffers per child
         for record in records:
             task_id, status, data, n_oob, t_start, t_end, info, s_unpickle, s_pickle = record
             bufs = msg[oob : oob + n_oob]
@@ -817,9 +820,9 @@ class Scheduler(threading.Thread):
             if task.origin is not None:  # submitted in a child: the result goes there, unread
                 conn, child_id = task.origin
                 task.origin = None
-                recs, frames, fds, keys = forward.setdefault(conn, ([], [], [], {}))
+                recs, frames = forward.setdefault(conn, ([], []))
                 recs.append((child_id, *record[1:]))
-                _channel.out_frames(bufs, frames, fds, keys)
+                frames.extend(bufs)
                 task.state = None
                 self.results.append((task, status == W.OK, None if status == W.OK else
                                      RemoteError(*info[:3])))
@@ -827,8 +830,8 @@ class Scheduler(threading.Thread):
             self.complete(task, status, data, bufs, info)
         self.est = est
         self.est_samples += len(records)
-        for conn, (recs, frames, fds, _) in forward.items():
-            self.send_conn(conn, [pickle.dumps((W.RESULTS, recs, 0), 5), *frames], fds)
+        for conn, (recs, frames) in forward.items():
+            self.send_results(conn, recs, frames)
 
     def complete(self, task: Task, status: int, data: bytes, bufs: list[Any], info: Any) -> bool:
         """Decode a result record and queue its outcome for deliver(); True if it succeeded."""
