@@ -22,6 +22,7 @@ there), so it never imports the driver's modules at import time.
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections import deque
@@ -173,7 +174,13 @@ class Actor:
 
     def release_held(self) -> None:
         """Send the held calls whose arguments are ready, in the order they were made."""
-        from ._objects import failed_dependency, resolve
+        from ._objects import send_resolved
+
+        def send(call: ActorCall, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            call.args, call.kwargs = args, kwargs
+            if self.status == DEAD:
+                raise self.died_error()
+            self.directory.backend.call_actor(self, call)
 
         with self.hold_lock:
             if self.releasing:
@@ -189,17 +196,8 @@ class Actor:
                     self.releasing = False
                     return
                 call, deps = self.held.popleft()
-            error = failed_dependency(deps, f"{call.fn}()")
-            if error is None:
-                try:
-                    call.args, call.kwargs = resolve(call.args, call.kwargs,
-                                                     self.directory.backend.uses_processes)
-                    if self.status == DEAD:
-                        error = self.died_error()
-                    else:
-                        self.directory.backend.call_actor(self, call)
-                except BaseException as exc:
-                    error = exc
+            error = send_resolved(deps, call.args, call.kwargs, self.directory.backend.uses_processes,
+                                  f"{call.fn}()", functools.partial(send, call))
             if error is not None and not call.future.done():
                 self.fail(call, error)
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import _actors
-from ._actors import ActorHandle, ActorOptions
+from ._actors import ActorHandle
 from ._errors import GetTimeoutError, PoolxError, TaskCancelledError
 from ._futures import Future
 from ._objects import ObjectRef, PutRef, request
@@ -257,8 +257,7 @@ class RemoteClass:
 
         if dependencies(args, kwargs):
             args, kwargs = resolve(args, kwargs, prepickled=False)
-        executor = _get_executor()
-        return executor._start_actor(self._cls, args, kwargs, ActorOptions.build(options))
+        return _get_executor().options(**options).actor(self._cls, *args, **kwargs)
 
     def options(self, **options: Any) -> RemoteClass:
         """The same class with these actor options (``name=``, ``max_restarts=``, ...)."""

@@ -24,7 +24,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 from ._actors import ActorDiedError, ActorDirectory, ActorHandle, ActorOptions
 from ._errors import RemoteTraceback
 from ._futures import Future, Task
-from ._objects import PutRef, dependencies, failed_dependency, resolve, when_done
+from ._objects import PutRef, dependencies, send_resolved, when_done
 from ._telemetry import Statistics, Telemetry
 from .backends import Backend, BackendOptions, get_backend
 
@@ -259,14 +259,14 @@ class Executor(cf.Executor):
             if future.cancelled():
                 self._telemetry.task_cancelled()
                 return
-            error = failed_dependency(deps, describe_callable(task.fn))
+            def submit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                task.args, task.kwargs = args, kwargs
+                self._backend.submit(task)
+
+            error = send_resolved(deps, task.args, task.kwargs, self._backend.uses_processes,
+                                  describe_callable(task.fn), submit)
             if error is None:
-                try:
-                    task.args, task.kwargs = resolve(task.args, task.kwargs, self._backend.uses_processes)
-                    self._backend.submit(task)
-                    return
-                except BaseException as exc:  # e.g. a result that cannot be pickled for the next task
-                    error = exc
+                return
             if future.set_running_or_notify_cancel():
                 future.set_exception(error)
                 self._telemetry.task_done(task, False)

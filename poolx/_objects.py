@@ -124,6 +124,25 @@ def resolve(args: tuple[Any, ...], kwargs: dict[str, Any],
     return tuple(value(a) for a in args), {k: value(v) for k, v in kwargs.items()}
 
 
+def send_resolved(deps: list[cf.Future[Any]], args: tuple[Any, ...], kwargs: dict[str, Any],
+                  prepickled: bool, what: str,
+                  send: Callable[[tuple[Any, ...], dict[str, Any]], None]) -> BaseException | None:
+    """Once ``deps`` are done: ``send(args, kwargs)`` with the futures resolved.
+
+    Returns the error the call must fail with instead: a failed or cancelled
+    dependency's, or what ``send`` raised (a result that cannot be pickled for
+    the next task, say); None when it was sent.
+    """
+    error = failed_dependency(deps, what)
+    if error is not None:
+        return error
+    try:
+        send(*resolve(args, kwargs, prepickled))
+    except BaseException as exc:
+        return exc
+    return None
+
+
 def when_done(deps: list[cf.Future[Any]], callback: Callable[[], None]) -> None:
     """Call ``callback()`` once every future in ``deps`` is done (at once if they are)."""
     remaining = [len(deps)]

@@ -366,10 +366,7 @@ def _in_use(fd: int) -> bool:
 
 
 def _close(fd: int, mm: mmap.mmap) -> None:
-    try:
-        mm.close()
-    except BufferError:  # views of it are alive: the mapping goes with the last of them
-        pass
+    _close_map(mm)
     try:
         os.close(fd)
     except OSError:
@@ -424,7 +421,7 @@ class _Cache:
 def _close_map(mm: mmap.mmap) -> None:
     try:
         mm.close()
-    except BufferError:  # still viewed: unmapped when the last view goes
+    except BufferError:  # views of it are alive: the mapping goes with the last of them
         pass
 
 

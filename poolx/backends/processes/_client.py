@@ -65,7 +65,7 @@ class ChildClient:
         Futures among the arguments (of tasks submitted here) are waited for
         first, without blocking the caller; the result comes back here.
         """
-        from ..._objects import dependencies, failed_dependency, resolve, when_done
+        from ..._objects import dependencies, send_resolved, when_done
 
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
@@ -75,14 +75,10 @@ class ChildClient:
             return future
 
         def release() -> None:
-            error = failed_dependency(deps, ser.describe(fn))
-            if error is None:
-                try:
-                    self._submit(future, fn, *resolve(args, kwargs, prepickled=True), max_retries)
-                    return
-                except BaseException as exc:
-                    error = exc
-            future.set_exception(error)
+            error = send_resolved(deps, args, kwargs, True, ser.describe(fn),
+                                  lambda a, k: self._submit(future, fn, a, k, max_retries))
+            if error is not None:
+                future.set_exception(error)
 
         when_done(deps, release)
         return future
