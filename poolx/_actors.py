@@ -58,7 +58,10 @@ class ActorOptions:
     loop for a class with ``async def`` methods (default 1000).  ``num_cpus``:
     the CPUs one call may keep busy; on the processes backend it caps the
     actor's BLAS/OpenMP thread pools (``OMP_NUM_THREADS`` and friends, unless
-    already set), as Ray does.
+    already set), as Ray does.  ``call_timeout``: seconds one call may run;
+    then the actor's process is killed, that call fails with
+    ``TaskTimeoutError``, and the actor goes through its restart policy like
+    one that crashed (processes backend; actors that run one call at a time).
     """
 
     name: str | None = None
@@ -67,6 +70,7 @@ class ActorOptions:
     max_task_retries: int = 0
     max_concurrency: int | None = None
     num_cpus: float | None = None
+    call_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.name is not None and (not isinstance(self.name, str) or not self.name):
@@ -81,6 +85,12 @@ class ActorOptions:
         nc = self.num_cpus
         if nc is not None and (not isinstance(nc, int | float) or isinstance(nc, bool) or nc < 0):
             raise ValueError(f"num_cpus must be a number >= 0, got {nc!r}")
+        ct = self.call_timeout
+        if ct is not None and (not isinstance(ct, int | float) or isinstance(ct, bool) or ct <= 0):
+            raise ValueError(f"call_timeout must be a positive number of seconds or None, got {ct!r}")
+        if ct is not None and mc is not None and mc > 1:
+            raise ValueError("call_timeout needs an actor that runs one call at a time: with "
+                             f"max_concurrency={mc}, killing the actor would stop the other calls too")
 
     @classmethod
     def build(cls, options: dict[str, Any]) -> ActorOptions:
@@ -121,6 +131,9 @@ class Actor:
         self.label = f"{cls.__qualname__}#{actor_id}" + (f" ({options.name!r})" if options.name else "")
         self.methods = method_names(cls)
         self.is_async = is_async_class(cls)
+        if options.call_timeout is not None and self.is_async:
+            raise ValueError(f"call_timeout needs an actor that runs one call at a time; {cls.__qualname__} "
+                             "has async methods, whose calls interleave (use asyncio.wait_for in them)")
         self.directory = directory
         self.status = ALIVE
         self.restarts = 0

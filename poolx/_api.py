@@ -24,6 +24,7 @@ from typing import Any
 from . import _actors
 from ._actors import ActorHandle
 from ._errors import GetTimeoutError, PoolxError, TaskCancelledError
+from ._executor import retry_exceptions_tuple, retrying
 from ._futures import Future
 from ._objects import ObjectRef, PutRef, request
 
@@ -68,7 +69,8 @@ def init(num_workers: int | None = None, backend: str | None = None, *, num_cpus
     debugging mode, means ``"serial"``).  The workers start now, and init()
     returns once they are ready, as Ray's does.  Other keyword arguments go to
     ``poolx.Executor`` (``mp_context``, ``initializer``, ``initargs``,
-    ``max_tasks_per_child``).  Calling it twice raises, unless
+    ``max_tasks_per_child``, ``task_timeout``, ``max_memory_per_child``);
+    retries are per function, Ray's ``max_retries``/``retry_exceptions``.  Calling it twice raises, unless
     ``ignore_reinit_error=True``, as in Ray.
     """
     global _executor
@@ -86,7 +88,8 @@ def init(num_workers: int | None = None, backend: str | None = None, *, num_cpus
         if backend not in (None, "serial"):
             raise ValueError(f"init(local_mode=True, backend={backend!r}): local mode is the serial backend")
         backend = "serial"
-    allowed = {"mp_context", "initializer", "initargs", "max_tasks_per_child"}
+    allowed = {"mp_context", "initializer", "initargs", "max_tasks_per_child", "task_timeout",
+               "max_memory_per_child"}
     unknown = sorted(set(executor_options) - allowed)
     if unknown:
         hint = (" (poolx runs on this machine: for a cluster, see the Dask and Ray backends)"
@@ -212,9 +215,11 @@ class RemoteFunction:
         options = self._options
         retries = options.get("max_retries", DEFAULT_MAX_RETRIES)
         n_returns = options.get("num_returns", 1)
-        retry_on = _retry_exceptions(options.get("retry_exceptions", False))
+        retry_on = retry_exceptions_tuple(options.get("retry_exceptions", False))
         if retry_on:
-            future = _with_exception_retries(self._function, args, kwargs, retries, retry_on)
+            fn = self._function
+            future = retrying(lambda: _submit(fn, args, kwargs, retries), retries, retry_on,
+                              lambda: not _actors.in_child() and not is_initialized())
         else:
             future = _submit(self._function, args, kwargs, retries)
         return future if n_returns == 1 else _split(future, n_returns, self.__qualname__)
@@ -279,42 +284,6 @@ def _submit(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any
     task = executor._submit(fn, args, kwargs, retries, readonly_args=True)
     task.future._poolx_task = task.id  # for cancel()
     return task.future
-
-
-def _retry_exceptions(value: Any) -> tuple[type[BaseException], ...]:
-    if value is False or value is None:
-        return ()
-    if value is True:
-        return (Exception,)
-    if isinstance(value, list | tuple) and all(isinstance(t, type) and issubclass(t, BaseException)
-                                               for t in value):
-        return tuple(value)
-    raise TypeError(f"retry_exceptions must be True, False or a list of exception classes, got {value!r}")
-
-
-def _with_exception_retries(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                            retries: int, retry_on: tuple[type[BaseException], ...]) -> Future[Any]:
-    """A future for ``fn``'s result that reruns the task when it raises one of ``retry_on``."""
-    outer: Future[Any] = Future()
-    outer.set_running_or_notify_cancel()
-    attempts = [0]
-
-    def on_done(inner: cf.Future[Any]) -> None:
-        error = None if inner.cancelled() else inner.exception()
-        if (error is not None and isinstance(error, retry_on)
-                and (retries == -1 or attempts[0] < retries)):
-            attempts[0] += 1
-            _submit(fn, args, kwargs, retries).add_done_callback(on_done)
-            return
-        if inner.cancelled():
-            outer.set_exception(TaskCancelledError("the task was cancelled"))
-        elif error is not None:
-            outer.set_exception(error)
-        else:
-            outer.set_result(inner.result())
-
-    _submit(fn, args, kwargs, retries).add_done_callback(on_done)
-    return outer
 
 
 def _split(future: Future[Any], n: int, name: str) -> list[Future[Any]]:

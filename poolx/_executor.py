@@ -21,8 +21,10 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, ParamSpec, TypeVar
 
+from . import _chunks as _chunks_mod
 from ._actors import ActorDiedError, ActorDirectory, ActorHandle, ActorOptions
-from ._errors import RemoteTraceback
+from ._chunks import Retry
+from ._errors import RemoteTraceback, TaskCancelledError
 from ._futures import Future, Task
 from ._objects import PutRef, dependencies, send_resolved, when_done
 from ._telemetry import Statistics, Telemetry
@@ -87,6 +89,21 @@ class Executor(cf.Executor):
     worker; ``max_tasks_per_child`` replaces a worker after that many tasks.
     ``backend`` picks where tasks run: ``"processes"`` (default), ``"threads"``,
     ``"serial"``, or any registered backend.
+
+    Beyond the stdlib (keyword-only; see docs/faults.md):
+
+    - ``task_timeout``: seconds a task (a ``map()`` item) may run; its worker
+      is then killed and replaced, the task fails with ``TaskTimeoutError``
+      and the other tasks go on (processes backend);
+    - ``max_retries``: times a task whose worker died (a crash, a kill) is run
+      again before it fails with ``WorkerDiedError``; so a task kills at most
+      ``max_retries + 1`` workers (default 0, as the stdlib: no retry);
+    - ``retry_exceptions``: ``True`` (any ``Exception``) or a tuple of
+      exception classes: a task that raises one of them is run again, up to
+      ``max_retries`` times;
+    - ``max_memory_per_child``: bytes (or "500MB", "2GiB"); a worker whose
+      resident memory is above it after a task retires and is replaced,
+      without losing tasks (processes backend).
     """
 
     def __init__(
@@ -98,11 +115,22 @@ class Executor(cf.Executor):
         *,
         max_tasks_per_child: int | None = None,
         backend: str = "processes",
+        task_timeout: float | None = None,
+        max_retries: int = 0,
+        retry_exceptions: bool | tuple[type[BaseException], ...] | list[type[BaseException]] = False,
+        max_memory_per_child: int | str | None = None,
         _child_hook: Any = None,
         _any_start_method: bool = False,
-        _task_timeout: float | None = None,
-        _max_memory: int | None = None,
     ) -> None:
+        if task_timeout is not None and (isinstance(task_timeout, bool)
+                                         or not isinstance(task_timeout, int | float) or task_timeout <= 0):
+            raise ValueError(f"task_timeout must be a positive number of seconds or None, "
+                             f"got {task_timeout!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0 (the times a task may run again), "
+                             f"got {max_retries!r}")
+        retry_on = retry_exceptions_tuple(retry_exceptions)
+        max_memory = parse_bytes(max_memory_per_child, "max_memory_per_child")
         if max_workers is None:
             max_workers = default_max_workers()
         elif max_workers <= 0:
@@ -130,19 +158,21 @@ class Executor(cf.Executor):
                 f"the {backend!r} backend does not support max_tasks_per_child; "
                 "use backend='processes'"
             )
-        if _task_timeout is not None and not backend_cls.supports_timeouts:
+        if task_timeout is not None and not backend_cls.supports_timeouts:
             raise ValueError(f"the {backend!r} backend cannot stop a running task: task_timeout needs "
                              "backend='processes'")
-        if _max_memory is not None and not backend_cls.supports_worker_restart:
-            raise ValueError(f"the {backend!r} backend cannot replace its workers: a memory cap needs "
-                             "backend='processes'")
+        if max_memory is not None and not backend_cls.supports_worker_restart:
+            raise ValueError(f"the {backend!r} backend cannot replace its workers: max_memory_per_child "
+                             "needs backend='processes'")
         self._max_workers = max_workers
+        self._max_retries = max_retries
+        self._retry_on = retry_on
         self._telemetry = Telemetry()
         self._actors = ActorDirectory(self._telemetry)
         self._backend: Backend = backend_cls(
             BackendOptions(max_workers, mp_context, initializer, tuple(initargs), max_tasks_per_child,
-                           actors=self._actors, child_hook=_child_hook, task_timeout=_task_timeout,
-                           max_memory=_max_memory),
+                           actors=self._actors, child_hook=_child_hook, task_timeout=task_timeout,
+                           max_memory=max_memory),
             self._telemetry,
         )
         self._actors.backend = self._backend
@@ -188,10 +218,19 @@ class Executor(cf.Executor):
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)``; returns a Future for its result."""
-        return self._submit(fn, args, kwargs).future
+        if self._retry_on:
+            return self._retrying(fn, args, kwargs, self._max_retries, self._retry_on)
+        return self._submit(fn, args, kwargs, self._max_retries).future
+
+    def _retrying(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                  max_retries: int, retry_on: tuple[type[BaseException], ...],
+                  readonly_args: bool = False) -> Future[Any]:
+        """A future for ``fn``'s result that reruns the task when it raises one of ``retry_on``."""
+        return retrying(lambda: self._submit(fn, args, kwargs, max_retries, readonly_args).future,
+                        max_retries, retry_on, lambda: self._shutdown)
 
     def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                max_retries: int = 0, readonly_args: bool = False) -> Task:
+                max_retries: int = 0, readonly_args: bool = False, chunk: bool = False) -> Task:
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if _interpreter_exiting:
@@ -200,6 +239,8 @@ class Executor(cf.Executor):
             raise TypeError(f"submit() needs a callable, got {type(fn).__name__} {fn!r}")
         task = Task(fn, args, kwargs)
         task.max_retries = max_retries
+        if chunk:
+            task.skip = {}
         if readonly_args:  # the Ray-style API: large arguments arrive read-only, mapped once per worker
             from . import _shm
 
@@ -332,12 +373,13 @@ class Executor(cf.Executor):
         # The same runner object for the same fn across map() calls: the engine
         # then pickles it (with fn in its closure) once per worker and refers to
         # it by key afterwards, as it does for submit(fn).
+        retry = (self._max_retries, self._retry_on) if self._retry_on else None
         try:
             runner = self._runners.get((fn, star))
         except TypeError:  # fn is not hashable
-            return _chunk_runner(fn, star)
+            return _chunk_runner(fn, star, retry)
         if runner is None:
-            runner = self._runners[(fn, star)] = _chunk_runner(fn, star)
+            runner = self._runners[(fn, star)] = _chunk_runner(fn, star, retry)
             if len(self._runners) > RUNNER_CACHE:
                 self._runners.popitem(last=False)
         return runner
@@ -396,6 +438,9 @@ class Executor(cf.Executor):
             )
         if not self._backend.supports_actors:
             raise ValueError(f"the {self._backend.name!r} backend does not run actors")
+        if options.call_timeout is not None and not self._backend.supports_timeouts:
+            raise ValueError(f"the {self._backend.name!r} backend cannot stop a running call: call_timeout "
+                             "needs backend='processes'")
         if self._shutdown:
             raise RuntimeError("cannot create actors after shutdown")
         actor, new = self._actors.create(cls, args, kwargs, options)
@@ -583,32 +628,15 @@ class _ChunkSizer:
             self.per_item = per_item if prev is None else 0.5 * (prev + per_item)
 
 
-def _chunks(items: Iterator[Any], sizer: _ChunkSizer) -> Iterator[list[Any]]:
+def _chunks(items: Iterator[Any], sizer: _ChunkSizer) -> Iterator[tuple[int, list[Any]]]:
+    """The input in chunks, each with the index of its first item."""
+    start = 0
     while True:
         chunk = list(itertools.islice(items, sizer.next_size()))
         if not chunk:
             return
-        yield chunk
-
-
-def _run_chunk(fn: Callable[..., Any], chunk: list[Any], star: bool) -> list[Any]:
-    """Runs in the worker: apply ``fn`` to each item of a chunk.
-
-    With one iterable the items are the arguments themselves (no 1-tuples to
-    pickle); with several, each item is a tuple of arguments.
-    """
-    results: list[Any] = []
-    append = results.append
-    try:
-        if star:
-            for args in chunk:
-                append(fn(*args))
-        else:
-            for arg in chunk:
-                append(fn(arg))
-    except BaseException as exc:
-        raise _ChunkError(results, exc) from exc
-    return results
+        yield start, chunk
+        start += len(chunk)
 
 
 class _ChunkError(Exception):
@@ -620,22 +648,32 @@ class _ChunkError(Exception):
         self.error = error
 
 
-def _chunk_runner(fn: Callable[..., Any], star: bool) -> Callable[[list[Any]], list[Any]]:
-    """The task function of a map() over ``fn``, named after ``fn`` for traces."""
+def _chunk_runner(fn: Callable[..., Any], star: bool,
+                  retry: Retry | None) -> Callable[[list[Any], int], list[Any]]:
+    """The task function of a map() over ``fn``, named after ``fn`` for traces.
 
-    def run_chunk(chunk: list[Any]) -> list[Any]:
-        return _run_chunk(fn, chunk, star)
+    It runs in the worker (see poolx._chunks).  With one iterable the items are
+    the arguments themselves (no 1-tuples to pickle); with several, each item
+    is a tuple of arguments.
+    """
+
+    def run_chunk(chunk: list[Any], start: int) -> list[Any]:
+        results, error = _chunks_mod.run_chunk(fn, chunk, star, start, retry)
+        if error is not None:
+            raise _ChunkError(results, error) from error
+        return results
 
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     run_chunk.__qualname__ = run_chunk.__name__ = f"{name} [map]"
     return run_chunk
 
 
-def _submit_chunk(ex: Executor, runner: Callable[..., Any], chunk: list[Any],
+def _submit_chunk(ex: Executor, runner: Callable[..., Any], chunk: tuple[int, list[Any]],
                   sizer: _ChunkSizer) -> Task:
-    task = ex._submit(runner, (chunk,), {})
+    start, items = chunk
+    task = ex._submit(runner, (items, start), {}, ex._max_retries, chunk=True)
     # Measured when the chunk finishes, whether or not anyone consumes results yet.
-    task.future.add_done_callback(lambda _f: sizer.observe(task, len(chunk)))
+    task.future.add_done_callback(lambda _f: sizer.observe(task, len(items)))
     return task
 
 
@@ -671,7 +709,7 @@ def _cancel_all(tasks: Iterable[Task]) -> None:
         task.future.cancel()
 
 
-def _results_buffered(ex: Executor, fn: Callable[..., Any], chunks: Iterator[list[Any]],
+def _results_buffered(ex: Executor, fn: Callable[..., Any], chunks: Iterator[tuple[int, list[Any]]],
                       sizer: _ChunkSizer, buffersize: int, end_time: float | None) -> Iterator[Any]:
     """map() with ``buffersize``: the next chunk is submitted as one is consumed."""
     inflight: deque[Task] = deque()
@@ -699,7 +737,7 @@ def _results_buffered(ex: Executor, fn: Callable[..., Any], chunks: Iterator[lis
 class _Feeder:
     """Submits map() chunks from a background thread, a bounded number in flight."""
 
-    def __init__(self, ex: Executor, fn: Callable[..., Any], chunks: Iterator[list[Any]],
+    def __init__(self, ex: Executor, fn: Callable[..., Any], chunks: Iterator[tuple[int, list[Any]]],
                  sizer: _ChunkSizer, inflight: int) -> None:
         self.ex = ex
         self.fn = fn
@@ -803,3 +841,106 @@ def _results_fed(feeder: _Feeder, end_time: float | None) -> Iterator[Any]:
 
     return results()
 
+
+
+def retrying(submit: Callable[[], cf.Future[Any]], max_retries: int,
+             retry_on: tuple[type[BaseException], ...], closed: Callable[[], bool]) -> Future[Any]:
+    """A future for a task's outcome that submits it again when it raises one of ``retry_on``.
+
+    ``submit()`` sends one attempt (a task of its own, sent with the arguments
+    kept by the caller, so a rerun sees them as the first run did); the
+    returned future takes the outcome of the last attempt.  ``max_retries``
+    (-1: no limit) bounds the reruns; none starts once ``closed()``.
+    """
+    outer = _RetryingFuture()
+    attempts = 0
+
+    def launch() -> None:
+        attempt = outer._attempt = submit()
+        attempt.add_done_callback(on_done)
+
+    def on_done(inner: cf.Future[Any]) -> None:
+        nonlocal attempts
+        if outer.done():
+            return
+        if inner.cancelled():
+            outer._finish(None, TaskCancelledError("the task was cancelled"))
+            return
+        error = inner.exception()
+        if (error is not None and isinstance(error, retry_on)
+                and (max_retries == -1 or attempts < max_retries) and not closed()):
+            attempts += 1
+            try:
+                launch()
+                return
+            except BaseException:
+                pass  # shut down meanwhile: the last attempt's error stands
+        outer._finish(None if error is not None else inner.result(), error)
+
+    launch()
+    return outer
+
+
+class _RetryingFuture(Future[Any]):
+    """The future of a task run again on chosen exceptions: it follows the current attempt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._attempt: cf.Future[Any] | None = None
+
+    def cancel(self) -> bool:
+        attempt = self._attempt
+        if attempt is not None and not attempt.cancel():
+            return False
+        return super().cancel()
+
+    def running(self) -> bool:
+        attempt = self._attempt
+        return attempt is not None and attempt.running() and not self.done()
+
+    def _finish(self, result: Any, error: BaseException | None) -> None:
+        if not self.set_running_or_notify_cancel():
+            return
+        if error is not None:
+            self.set_exception(error)
+        else:
+            self.set_result(result)
+
+
+def retry_exceptions_tuple(value: Any) -> tuple[type[BaseException], ...]:
+    """``retry_exceptions`` as a tuple of classes: False/None none, True any ``Exception``."""
+    if value is False or value is None:
+        return ()
+    if value is True:
+        return (Exception,)
+    if isinstance(value, type) and issubclass(value, BaseException):
+        return (value,)
+    if isinstance(value, list | tuple) and all(isinstance(t, type) and issubclass(t, BaseException)
+                                               for t in value):
+        return tuple(value)
+    raise TypeError(f"retry_exceptions must be True, False or a list of exception classes, got {value!r}")
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_bytes(value: int | str | None, name: str) -> int | None:
+    """Bytes from an int or a string such as "500MB" or "2GiB"."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        text = value.strip().upper().replace(" ", "")
+        number = text.rstrip("KMGTIB")
+        unit = text[len(number):]
+        if unit in _UNITS:
+            try:
+                amount = float(number)
+            except ValueError:
+                amount = -1.0
+            if amount > 0:
+                return int(amount * _UNITS[unit])
+    raise ValueError(f"{name} must be a positive number of bytes or a size such as '500MB' or '2GiB', "
+                     f"got {value!r}")

@@ -45,6 +45,7 @@ from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined
 from multiprocessing.pool import RemoteTraceback as MPRemoteTraceback  # type: ignore[attr-defined]
 from typing import Any
 
+from ._chunks import Retry, run_chunk
 from ._errors import RemoteTraceback, SerializationError, TaskTimeoutError
 from ._executor import Executor
 
@@ -58,11 +59,17 @@ _job_counter = itertools.count()
 IMAP_WINDOW_PER_WORKER = 512
 
 
-def _run_chunk(func: Callable[..., Any], chunk: list[Any], star: bool) -> list[Any]:
-    """One map chunk in the worker: the results of ``func`` over the items, in order."""
-    if star:
-        return [func(*args) for args in chunk]
-    return [func(arg) for arg in chunk]
+def _run_chunk(func: Callable[..., Any], chunk: list[Any], star: bool, start: int = 0,
+               retry: Retry | None = None) -> list[Any]:
+    """One map chunk in the worker: the results of ``func`` over the items, in order.
+
+    ``start`` is the index of its first item in the whole map; see poolx._chunks
+    for the quarantine of an item that kills its worker, and ``retry``.
+    """
+    results, error = run_chunk(func, chunk, star, start, retry)
+    if error is not None:
+        raise error
+    return results
 
 
 def _default_processes() -> int:
@@ -75,10 +82,12 @@ class Pool:
 
     Keyword-only extras (the stdlib has none of these):
 
-    - ``task_timeout``: seconds a task (a ``map`` chunk) may run; one that runs
+    - ``task_timeout``: seconds a task (a ``map`` item) may run; one that runs
       over is stopped with its worker, which is replaced; its result raises
       ``poolx.TaskTimeoutError`` (a ``TimeoutError`` and a
       ``multiprocessing.TimeoutError``); the other tasks go on;
+    - ``max_retries`` and ``retry_exceptions``: as ``poolx.Executor``'s (run
+      again a task whose worker died, or that raised one of these classes);
     - ``max_memory_per_child``: bytes (or "500MB", "2GiB") of resident memory;
       a worker above it after a task retires and is replaced, and the tasks it
       had been sent run on others;
@@ -91,7 +100,8 @@ class Pool:
     def __init__(self, processes: int | None = None, initializer: Callable[..., object] | None = None,
                  initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
                  context: Any = None, *, task_timeout: float | None = None,
-                 max_memory_per_child: int | str | None = None) -> None:
+                 max_memory_per_child: int | str | None = None, max_retries: int = 0,
+                 retry_exceptions: Any = False) -> None:
         self._state = INIT  # before anything can raise: __del__ reads it
         if processes is None:
             processes = _default_processes()
@@ -99,10 +109,6 @@ class Pool:
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
             raise ValueError("maxtasksperchild must be a positive int or None")
-        if task_timeout is not None and not (isinstance(task_timeout, (int, float)) and task_timeout > 0):
-            raise ValueError(f"task_timeout must be a positive number of seconds or None, "
-                             f"got {task_timeout!r}")
-        max_memory = _parse_bytes(max_memory_per_child, "max_memory_per_child")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._processes = processes
@@ -117,8 +123,11 @@ class Pool:
             context = multiprocessing.get_context()
         self._executor = Executor(processes, context, initializer, tuple(initargs),
                                   max_tasks_per_child=maxtasksperchild, backend=self._backend_name,
-                                  _any_start_method=True, _task_timeout=task_timeout,
-                                  _max_memory=max_memory)
+                                  _any_start_method=True, task_timeout=task_timeout,
+                                  max_memory_per_child=max_memory_per_child, max_retries=max_retries,
+                                  retry_exceptions=retry_exceptions)
+        ex = self._executor
+        self._retry: Retry | None = (ex._max_retries, ex._retry_on) if ex._retry_on else None
         prestart = getattr(self._executor._backend, "prestart", None)
         if prestart is not None:  # as the stdlib: every worker (and its initializer) starts now
             prestart()
@@ -251,7 +260,7 @@ class Pool:
         callback thread when ``threaded`` (it calls user code: a callback, a
         progress bar), else wherever the task completes (it only stores)."""
         try:
-            future = self._executor.submit(func, *args, **kwargs)
+            future = self._start(func, args, kwargs)
         except SerializationError as exc:
             # As the stdlib: the pickling error becomes the task's outcome.
             self._finished(deliver, threaded, False, exc.__cause__ if exc.__cause__ is not None else exc)
@@ -260,6 +269,12 @@ class Pool:
             self._finished(deliver, threaded, False, exc)
             return
         future.add_done_callback(lambda f: self._on_done(f, deliver, threaded))
+
+    def _start(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if func is _run_chunk:  # a chunk: its items can be quarantined (poolx._chunks)
+            ex = self._executor
+            return ex._submit(func, args, kwargs, ex._max_retries, chunk=True).future
+        return self._executor.submit(func, *args, **kwargs)
 
     def _on_done(self, future: Any, deliver: Callable[[bool, Any], None], threaded: bool) -> None:
         if future.cancelled():
@@ -303,7 +318,7 @@ class Pool:
                             bar.close()
                     result._set(i, (ok, value))
 
-                self._submit(_run_chunk, (func, chunk, star), {}, deliver,
+                self._submit(_run_chunk, (func, chunk, star, start, self._retry), {}, deliver,
                              bar is not None or callback is not None or error_callback is not None)
         elif bar is not None:
             bar.close()
@@ -346,6 +361,7 @@ class Pool:
         runs even if nobody reads the results, as with the stdlib)."""
         window = IMAP_WINDOW_PER_WORKER * self._processes
         inflight: deque[Any] = deque()
+        n = 0  # items read
         try:
             while True:
                 try:
@@ -355,13 +371,14 @@ class Pool:
                     break
                 if not chunk:
                     break
+                start, n = n, n + len(chunk)
                 if len(inflight) >= window:
                     _settle(inflight.popleft())
                 if self._state == TERMINATE:
                     ordered._add(_terminated())
                     break
                 try:
-                    future = self._executor.submit(_run_chunk, func, chunk, False)
+                    future = self._start(_run_chunk, (func, chunk, False, start, self._retry), {})
                 except SerializationError as exc:
                     ordered._add(exc.__cause__ if exc.__cause__ is not None else exc)
                     continue
@@ -378,7 +395,8 @@ class Pool:
               bar: Any = None) -> None:
         """Read the iterable on this thread and submit its chunks, a bounded number in flight."""
         window = threading.BoundedSemaphore(max(64, 8 * self._processes))
-        n = 0
+        n = 0  # chunks read
+        start = 0  # items read
         try:
             while True:
                 try:
@@ -402,8 +420,10 @@ class Pool:
                         bar.update(size)
                     result._set(n, (ok, value if chunksize > 1 or not ok else value[0]))
 
-                self._submit(_run_chunk, (func, chunk, False), {}, deliver, bar is not None)
+                self._submit(_run_chunk, (func, chunk, False, start, self._retry), {}, deliver,
+                             bar is not None)
                 n += 1
+                start += len(chunk)
         finally:
             if bar is not None:
                 result._on_end = bar.close
@@ -419,31 +439,6 @@ class ThreadPool(Pool):
     def __init__(self, processes: int | None = None, initializer: Callable[..., object] | None = None,
                  initargs: Iterable[Any] = ()) -> None:
         super().__init__(processes, initializer, initargs)
-
-
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def _parse_bytes(value: int | str | None, name: str) -> int | None:
-    """Bytes from an int or a string such as "500MB" or "2GiB"."""
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str):
-        text = value.strip().upper().replace(" ", "")
-        number = text.rstrip("KMGTIB")
-        unit = text[len(number):]
-        if unit in _UNITS:
-            try:
-                amount = float(number)
-            except ValueError:
-                amount = -1.0
-            if amount > 0:
-                return int(amount * _UNITS[unit])
-    raise ValueError(f"{name} must be a positive number of bytes or a size such as '500MB' or '2GiB', "
-                     f"got {value!r}")
 
 
 def _progress_bar(progress: bool, total: int | None, func: Callable[..., Any]) -> Any:

@@ -67,7 +67,8 @@ ABORT_WAIT = 5.0
 CPU_SHARE_VAR = "LOKY_MAX_CPU_COUNT"
 #: Keyword arguments the backend takes (``parallel_config(backend="poolx", **these)``).
 BACKEND_KWARGS = ("executor", "idle_worker_timeout", "mp_context", "initializer", "initargs",
-                  "max_tasks_per_child")
+                  "max_tasks_per_child", "task_timeout", "max_retries", "retry_exceptions",
+                  "max_memory_per_child")
 
 
 def register() -> None:
@@ -250,7 +251,12 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
             initargs=tuple(kwargs.get("initargs", ())),
             max_tasks_per_child=kwargs.get("max_tasks_per_child"),
             idle_timeout=kwargs.get("idle_worker_timeout", IDLE_WORKER_TIMEOUT),
+            faults=tuple((name, kwargs[name]) for name in _FAULT_OPTIONS if name in kwargs),
         )
+
+
+# Passed to the executor as they are (docs/faults.md).
+_FAULT_OPTIONS = ("task_timeout", "max_retries", "retry_exceptions", "max_memory_per_child")
 
 
 @dataclass(frozen=True)
@@ -265,10 +271,11 @@ class _Settings:
     initargs: tuple[Any, ...]
     max_tasks_per_child: int | None
     idle_timeout: float | None
+    faults: tuple[tuple[str, Any], ...] = ()
 
     def key(self) -> tuple[Any, ...]:
         return (self.n, self.env, self.threads, _identity(self.mp_context), _identity(self.initializer),
-                _identity(self.initargs), self.max_tasks_per_child)
+                _identity(self.initargs), self.max_tasks_per_child, _identity(self.faults))
 
     def start(self) -> Executor:
         return Executor(
@@ -277,6 +284,7 @@ class _Settings:
             initializer=_worker_setup,
             initargs=(dict(self.env), self.threads, self.initializer, self.initargs),
             max_tasks_per_child=self.max_tasks_per_child,
+            **dict(self.faults),
         )
 
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from ... import _shm
 from ..._actors import DEAD, Actor, ActorCall
-from ..._errors import ActorDiedError, RemoteTraceback, SerializationError, describe_exit
+from ..._errors import ActorDiedError, RemoteTraceback, SerializationError, TaskTimeoutError, describe_exit
 from ..._serialization import dumps, loads, unpicklable_argument
 from . import _channel
 from . import _worker as W
@@ -81,6 +81,7 @@ class ActorProcess:
         self.init_error: tuple[Any, ...] | None = None
         self.killed: str | None = None  # why it was killed (executor.kill, terminate_workers)
         self.restart_after_kill = False
+        self.timed_out = 0  # id of the call it was killed for running over call_timeout
 
 
 class ActorSlot:
@@ -359,7 +360,7 @@ class ActorHost:
         info = (str(error), error.actor, error.exitcode, error.pid)
         self.s.send_results(conn, [(child_id, W.ACTOR_DIED, b"", 0, 0.0, 0.0, info)])
 
-    def fail(self, call: ActorCall, error: ActorDiedError) -> None:
+    def fail(self, call: ActorCall, error: BaseException) -> None:
         """Fail one call: complete its future, or tell the child that made it."""
         call.state = None
         if call.origin is None:
@@ -368,7 +369,10 @@ class ActorHost:
             return
         conn, child_id = call.origin
         if conn.open:
-            self.reply_died(conn, child_id, error)
+            if isinstance(error, ActorDiedError):
+                self.reply_died(conn, child_id, error)
+            else:
+                self.s.reply_error(conn, child_id, error)
         call.t_done = time.perf_counter()
         self.s.telemetry.task_done(call, False)
 
@@ -392,6 +396,29 @@ class ActorHost:
             self.s.signal_process(proc.process, kill=True)
         else:
             self.s.request(("actor_settle", actor))
+
+    def check_timeouts(self) -> None:
+        """Scheduler thread: kill the actors whose running call is over ``call_timeout``.
+
+        The call fails with TaskTimeoutError (on_exit); the actor restarts, or
+        not, as after a kill with ``no_restart=False``.
+        """
+        now = time.perf_counter()
+        for proc in list(self.procs.values()):
+            limit = proc.actor.options.call_timeout
+            if limit is None or proc.timed_out or proc.killed is not None or not proc.inflight:
+                continue
+            running_id, finished = W.PROGRESS.unpack_from(proc.cell, 0)
+            if finished or running_id not in proc.inflight:
+                continue
+            (started,) = W.STARTED.unpack_from(proc.cell, W.STARTED_OFFSET)
+            if now - started > limit:
+                proc.timed_out = running_id
+                self.kill(proc.actor, restart=True, why=f"a call ran longer than call_timeout={limit:g} s")
+
+    def timing(self) -> bool:
+        """Whether an actor with a call_timeout has calls in flight (the loop must poll)."""
+        return any(p.actor.options.call_timeout is not None and p.inflight for p in self.procs.values())
 
     def stop(self, actor: Actor, why: str) -> None:
         """Any thread: stop the actor once the calls sent so far have run."""
@@ -446,6 +473,7 @@ class ActorHost:
         with actor.lock:
             if slot.proc is proc:
                 slot.proc = None
+            late = proc.inflight.pop(proc.timed_out, None) if proc.timed_out else None
             inflight = list(proc.inflight.values())
             proc.inflight.clear()
             again = False
@@ -456,6 +484,12 @@ class ActorHost:
             elif actor.status != DEAD:
                 actor.mark_dead(error)
         failed = [c for c in inflight if c not in retry] if retry else inflight
+        if late is not None:
+            limit = actor.options.call_timeout
+            self.fail(late, TaskTimeoutError(
+                f"{late.fn}() ran longer than call_timeout={limit:g} s; the actor {actor.label} "
+                f"(pid {proc.pid}) was killed" + (" and restarted" if again else ""),
+                timeout=limit, pid=proc.pid))
         for call in failed:
             self.fail(call, _copy(error))
         try:

@@ -215,6 +215,8 @@ class Scheduler(threading.Thread):
                     self.take_incoming()
                     if self.task_timeout is not None:
                         self.check_timeouts()
+                    if self.actors.procs:
+                        self.actors.check_timeouts()
                     if time.monotonic() >= self.next_liveness:
                         self.check_liveness()
                     if self.backend.broken is not None:
@@ -238,6 +240,8 @@ class Scheduler(threading.Thread):
             return 0.05
         if self.task_timeout is not None and any(w.outstanding for w in self.workers.values()):
             return min(TIMEOUT_POLL, self.task_timeout / 4)
+        if self.actors.procs and self.actors.timing():
+            return TIMEOUT_POLL
         if self.workers or self.actors.procs:
             return max(self.next_liveness - time.monotonic(), 0.0)
         return None
@@ -613,7 +617,7 @@ class Scheduler(threading.Thread):
                     known[key] = None
                     if len(known) > WORKER_FN_CACHE:
                         evict.append(known.popitem(last=False)[0])
-            records.append((task.id, key, fn_bytes, payload, len(bufs)))
+            records.append((task.id, key, fn_bytes, payload, len(bufs), task.skip))
             if bufs:
                 _channel.out_frames(bufs, frames, fds, fd_keys)
         control = pickle.dumps((W.TASKS, evict, records), 5)
@@ -987,30 +991,46 @@ class Scheduler(threading.Thread):
         after it had not started: both are run again, on another worker.
         """
         running_id, finished = W.PROGRESS.unpack_from(w.cell, 0)
+        (item,) = W.ITEM.unpack_from(w.cell, W.ITEM_OFFSET)
+        timed_out = bool(w.timed_out) and w.timed_out == running_id
         requeue = []
         for task in w.outstanding.values():
-            if task.id == running_id and not finished and task.id == w.timed_out:
-                self.fail(task, TaskTimeoutError(
-                    f"{describe(task.fn)} ran longer than task_timeout={self.task_timeout:g} s; its worker "
-                    f"(pid {w.pid}) was killed and replaced, and the other tasks go on",
-                    timeout=self.task_timeout, pid=w.pid))
-            elif task.id == running_id and not finished and (
-                    task.max_retries == -1 or task.retries < task.max_retries):
-                task.retries += 1  # max_retries (the Ray-style API's): run it again
+            if task.id != running_id or finished:
+                if task.retries >= MAX_REQUEUE:
+                    self.fail(task, WorkerDiedError(
+                        f"{describe(task.fn)} was on {MAX_REQUEUE + 1} workers that died "
+                        f"(the last: {describe_exit(exitcode)}); giving up on it",
+                        exitcode=exitcode, pid=w.pid))
+                else:
+                    task.retries += 1  # not its fault: run it again, as if never sent
+                    requeue.append(task)
+                continue
+            # The task the worker was running.
+            if not timed_out and (task.max_retries == -1 or task.retries < task.max_retries):
+                task.retries += 1  # max_retries: run it again
                 requeue.append(task)
-            elif task.id == running_id and not finished:
+                continue
+            if timed_out:
+                message = (f"ran longer than task_timeout={self.task_timeout:g} s; its worker (pid {w.pid}) "
+                           "was killed and replaced, and the other tasks go on")
+                why: tuple[Any, ...] = ("timeout", message, self.task_timeout, w.pid)
+            else:
+                message = (f"the worker process (pid {w.pid}) running it died: {describe_exit(exitcode)}. "
+                           f"The worker was replaced; other tasks are unaffected.{crash_dump(w)}")
+                why = ("died", message, exitcode, w.pid)
+            if task.skip is not None and item >= 0 and item not in task.skip:
+                # A map() chunk: only the item it was in fails; the chunk runs
+                # again without it (poolx._chunks).
+                task.skip[item] = why
+                requeue.append(task)
+            elif timed_out:
+                self.fail(task, TaskTimeoutError(f"{describe(task.fn)} {message}",
+                                                 timeout=self.task_timeout, pid=w.pid))
+            else:
                 self.fail(task, WorkerDiedError(
                     f"the worker process (pid {w.pid}) running {describe(task.fn)} died: "
                     f"{describe_exit(exitcode)}. The worker was replaced; other tasks are "
                     f"unaffected.{crash_dump(w)}", exitcode=exitcode, pid=w.pid))
-            elif task.retries >= MAX_REQUEUE:
-                self.fail(task, WorkerDiedError(
-                    f"{describe(task.fn)} was on {MAX_REQUEUE + 1} workers that died "
-                    f"(the last: {describe_exit(exitcode)}); giving up on it",
-                    exitcode=exitcode, pid=w.pid))
-            else:
-                task.retries += 1
-                requeue.append(task)
         self.queue.extendleft(reversed(requeue))
 
     def break_executor(self, message: str) -> None:

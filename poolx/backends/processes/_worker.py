@@ -78,6 +78,11 @@ PROGRESS = struct.Struct("<QQ")
 # written before the id, so a reader that sees a new id sees its start time.
 STARTED = struct.Struct("<d")
 STARTED_OFFSET = PROGRESS.size
+# The item of a map() chunk being run (-1: not a chunk).  With it the driver
+# blames the one item that killed the worker, not the whole chunk (see
+# poolx._chunks), and task_timeout counts per item: STARTED is reset per item.
+ITEM = struct.Struct("<q")
+ITEM_OFFSET = STARTED_OFFSET + STARTED.size
 PROGRESS_BYTES = 4096
 
 
@@ -261,6 +266,9 @@ class Worker:
         self.tasks_left = max_tasks
         self.lock = threading.Lock()  # results/frames and the socket's write side
         self.running = 0  # id of the task being run, 0 between tasks
+        # The items of the running map() chunk not to run again, with why
+        # (index -> (kind, message, exitcode, pid)): see poolx._chunks.
+        self.skip: dict[int, tuple[Any, ...]] | None = None
         self.eager = False  # flush every result at once (results come from other threads)
         self.give_back = False  # the rest of the current batch was handed back (block)
         self.acks_pending = 0  # BLOCKED messages whose ACK_BLOCKED has not been read yet
@@ -312,15 +320,21 @@ class Worker:
         for key in evict:
             self.functions.pop(key, None)
         oob = 1
-        for task_id, key, fn_bytes, payload, n_oob in records:
+        for task_id, key, fn_bytes, payload, n_oob, skip in records:
             buffers = msg[oob : oob + n_oob]
             oob += n_oob
+            self.skip = skip
             self.run_one(task_id, key, fn_bytes, payload, buffers)
             if self.tasks_left is not None:
                 self.tasks_left -= 1
             if self.give_back:  # the task blocked: the driver took the rest of the batch back
                 self.give_back = False
                 return
+
+    def mark_item(self, index: int) -> None:
+        """The running map() chunk starts its item ``index`` (poolx._chunks)."""
+        STARTED.pack_into(self.cell, STARTED_OFFSET, time.perf_counter())
+        ITEM.pack_into(self.cell, ITEM_OFFSET, index)
 
     def block(self) -> Any:
         """A task in this process waits for other tasks: lend this worker's slot.
@@ -349,6 +363,7 @@ class Worker:
                 buffers: list[Any]) -> None:
         t_start = time.perf_counter()
         STARTED.pack_into(self.cell, STARTED_OFFSET, t_start)
+        ITEM.pack_into(self.cell, ITEM_OFFSET, -1)
         PROGRESS.pack_into(self.cell, 0, task_id, 0)
         self.running = task_id
         if self.results and not self.wake.is_set():
