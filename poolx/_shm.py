@@ -284,6 +284,10 @@ class _Pool:
         self.live = 0  # segments referred to in this process
         self.generation = 0
         self.raised_fd_limit = False
+        # Whether freed segments are kept for reuse: while an executor that uses
+        # shared memory runs.  After the last one stops, a segment freed late
+        # (a result the caller held on to) is unmapped at once, not kept for ever.
+        self.keep = False
 
     def allocate(self, nbytes: int) -> Segment:
         with self.lock:
@@ -318,7 +322,7 @@ class _Pool:
             self.live -= 1
             self.free.append((seg.capacity, seg.fd, seg.mm, seg.uid))
             self.free_bytes += seg.capacity
-            self._trim(POOL_BYTES)
+            self._trim(POOL_BYTES if self.keep else 0)
 
     def _trim(self, limit: int) -> None:
         while self.free and self.free_bytes > limit:
@@ -451,7 +455,16 @@ def statistics() -> dict[str, int]:
     return pool
 
 
+def keep_free_segments() -> None:
+    """An executor that uses shared memory starts: keep freed segments for reuse."""
+    _pool.keep = True
+
+
 def release_memory() -> None:
-    """Unmap every free segment and cached mapping of this process (what is in use stays)."""
+    """Unmap every free segment and cached mapping of this process (what is in use stays).
+
+    Segments freed from now on are unmapped at once, until ``keep_free_segments()``.
+    """
+    _pool.keep = False
     _pool.trim(0)
     _cache.clear()
