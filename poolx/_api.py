@@ -25,7 +25,7 @@ from . import _actors
 from ._actors import ActorHandle
 from ._errors import GetTimeoutError, PoolxError, TaskCancelledError
 from ._executor import retry_exceptions_tuple, retrying
-from ._futures import Future
+from ._futures import Future, lent_slot
 from ._objects import ObjectRef, PutRef, request
 
 __all__ = [
@@ -493,18 +493,5 @@ def blocking(refs: Sequence[cf.Future[Any]]) -> Iterator[None]:
     if all(r.done() for r in refs):
         yield
         return
-    release = _lend_slot()
-    try:
+    with lent_slot():
         yield
-    finally:
-        if release is not None:
-            release()
-
-
-def _lend_slot() -> Callable[[], None] | None:
-    if _actors.in_child():
-        client = _actors._client
-        return client.lend_slot() if hasattr(client, "lend_slot") else None
-    executor = _executor
-    lend = getattr(getattr(executor, "_backend", None), "lend_slot", None)
-    return lend() if lend is not None else None  # type: ignore[no-any-return,unused-ignore]

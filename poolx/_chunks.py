@@ -77,10 +77,29 @@ def _call_with_retries(fn: Callable[..., Any], item: Any, star: bool, retry: Ret
     while True:
         try:
             return fn(*item) if star else fn(item)
-        except retry_on:
-            if max_retries != -1 and attempt >= max_retries:
+        except BaseException as exc:
+            if not is_one_of(exc, retry_on) or (max_retries != -1 and attempt >= max_retries):
                 raise
             attempt += 1
+
+
+def is_one_of(exc: BaseException, classes: tuple[type[BaseException], ...]) -> bool:
+    """``isinstance(exc, classes)``, also when a class reached this process twice.
+
+    A class defined in the main script exists in a spawn or forkserver worker
+    as the script's own (module ``__mp_main__``, what the task's function
+    sees) and as the copy cloudpickle sent by value (``__main__``, what
+    ``retry_exceptions`` holds).  They are the same class to the user.
+    """
+    if isinstance(exc, classes):
+        return True
+    wanted = {(_module(c), c.__qualname__) for c in classes}
+    return any((_module(k), k.__qualname__) in wanted for k in type(exc).__mro__)
+
+
+def _module(cls: type) -> str:
+    module = cls.__module__
+    return "__main__" if module == "__mp_main__" else module
 
 
 def describe_item(fn: Callable[..., Any], item: Any, star: bool, index: int) -> str:

@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -24,7 +25,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 from . import _chunks as _chunks_mod
 from ._actors import ActorDiedError, ActorDirectory, ActorHandle, ActorOptions
 from ._chunks import Retry
-from ._errors import RemoteTraceback, TaskCancelledError
+from ._errors import RemoteError, RemoteTraceback, SerializationError, TaskCancelledError
 from ._futures import Future, Task
 from ._objects import PutRef, dependencies, send_resolved, when_done
 from ._telemetry import Statistics, Telemetry
@@ -176,6 +177,10 @@ class Executor(cf.Executor):
             self._telemetry,
         )
         self._actors.backend = self._backend
+        if self._backend.supports_shared_memory:
+            from . import _shm
+
+            _shm.keep_free_segments()
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._feeders: list[_Feeder] = []
@@ -298,6 +303,8 @@ class Executor(cf.Executor):
         try:
             future = task.future
             if future.cancelled():
+                if future._state == "CANCELLED":  # cancelled by its caller while held: notify
+                    future.set_running_or_notify_cancel()
                 self._telemetry.task_cancelled()
                 return
             def submit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -492,7 +499,8 @@ class Executor(cf.Executor):
         with self._held_cond:
             held = list(self._held)
         for task in held:
-            task.future.cancel()
+            if task.future.cancel():
+                task.future.set_running_or_notify_cancel()  # wait() and as_completed() see it done
 
     def terminate_workers(self) -> None:
         """SIGTERM every worker now; pending work is cancelled (Python 3.14 API)."""
@@ -647,6 +655,32 @@ class _ChunkError(Exception):
         self.results = results
         self.error = error
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent from the worker.  Whatever the item's exception is, the driver
+        # must get it (or its description), not a failure of this wrapper.
+        from ._serialization import describe, dumps, loads
+
+        error, results = self.error, self.results
+        try:
+            loads(*dumps(error))  # the round trip the driver will make
+        except BaseException:
+            tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            error = RemoteError(describe(type(error)), _safe_str(error), tb)
+        try:
+            dumps(results)
+        except BaseException as exc:
+            error = SerializationError(f"a result of this map() chunk could not be pickled: "
+                                       f"{type(exc).__name__}: {exc}")
+            results = []
+        return (_ChunkError, (results, error))
+
+
+def _safe_str(error: BaseException) -> str:
+    try:
+        return str(error)
+    except BaseException:
+        return "<str() of the exception failed>"
+
 
 def _chunk_runner(fn: Callable[..., Any], star: bool,
                   retry: Retry | None) -> Callable[[list[Any], int], list[Any]]:
@@ -665,6 +699,8 @@ def _chunk_runner(fn: Callable[..., Any], star: bool,
 
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     run_chunk.__qualname__ = run_chunk.__name__ = f"{name} [map]"
+    run_chunk.__module__ = getattr(fn, "__module__", None) or type(fn).__module__
+    run_chunk._poolx_chunk = True  # type: ignore[attr-defined]
     return run_chunk
 
 
@@ -861,13 +897,13 @@ def retrying(submit: Callable[[], cf.Future[Any]], max_retries: int,
 
     def on_done(inner: cf.Future[Any]) -> None:
         nonlocal attempts
-        if outer.done():
+        if outer.done() or outer._cancelling:
             return
         if inner.cancelled():
             outer._finish(None, TaskCancelledError("the task was cancelled"))
             return
         error = inner.exception()
-        if (error is not None and isinstance(error, retry_on)
+        if (error is not None and _chunks_mod.is_one_of(error, retry_on)
                 and (max_retries == -1 or attempts < max_retries) and not closed()):
             attempts += 1
             try:
@@ -887,12 +923,17 @@ class _RetryingFuture(Future[Any]):
     def __init__(self) -> None:
         super().__init__()
         self._attempt: cf.Future[Any] | None = None
+        self._cancelling = False
 
     def cancel(self) -> bool:
         attempt = self._attempt
-        if attempt is not None and not attempt.cancel():
-            return False
-        return super().cancel()
+        self._cancelling = True  # the attempt's callback must not finish this future meanwhile
+        try:
+            if attempt is not None and not attempt.done() and not attempt.cancel():
+                return False
+            return super().cancel()
+        finally:
+            self._cancelling = False
 
     def running(self) -> bool:
         attempt = self._attempt

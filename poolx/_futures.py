@@ -9,9 +9,12 @@ its arguments, the future it completes, and the timestamps the telemetry reads.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import itertools
+import logging
+import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -19,8 +22,44 @@ T = TypeVar("T")
 _task_ids = itertools.count(1)  # next() on a count is atomic under the GIL
 
 
+_LOGGER = logging.getLogger("concurrent.futures")  # where the stdlib logs a callback's error
+
+#: Per thread: on a thread that runs tasks (a threads-backend thread, a
+#: processes worker's main thread), ``lend`` is the backend's ``lend_slot``.
+worker_thread = threading.local()
+
+
+@contextlib.contextmanager
+def lent_slot() -> Iterator[None]:
+    """Around a wait inside a task: lend the task's worker slot while it waits.
+
+    The backend runs one more worker (thread or process) meanwhile, so a task
+    that waits for tasks of its own executor cannot deadlock it, even when
+    every worker waits.  Nothing happens outside a task, or when this thread
+    already lends its slot.
+    """
+    lend = getattr(worker_thread, "lend", None)
+    if lend is None or getattr(worker_thread, "lending", False):
+        yield
+        return
+    worker_thread.lending = True
+    try:
+        release = lend()
+        try:
+            yield
+        finally:
+            if release is not None:
+                release()
+    finally:
+        worker_thread.lending = False
+
+
 class Future(cf.Future[T]):
-    """A ``concurrent.futures.Future`` that can also be awaited."""
+    """A ``concurrent.futures.Future`` that can also be awaited.
+
+    Waiting for it inside a task lends the task's worker slot (``lent_slot``):
+    a task may wait for a future of its own executor without deadlocking it.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -29,6 +68,28 @@ class Future(cf.Future[T]):
         # Condition uses, on 3.10 to 3.13) in 56.  A task's future is the bulk
         # of its memory in the driver, and 10,000 pending tasks are common.
         self._condition._waiters = []  # type: ignore[attr-defined]
+
+    def result(self, timeout: float | None = None) -> T:
+        if self._state == "FINISHED" or getattr(worker_thread, "lend", None) is None:
+            return super().result(timeout)
+        with lent_slot():
+            return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state == "FINISHED" or getattr(worker_thread, "lend", None) is None:
+            return super().exception(timeout)
+        with lent_slot():
+            return super().exception(timeout)
+
+    def _invoke_callbacks(self) -> None:
+        # The stdlib logs a callback's Exception and lets SystemExit or
+        # KeyboardInterrupt escape into whatever completed the future: in
+        # poolx, a scheduler thread that all the executor's futures depend on.
+        for callback in self._done_callbacks:  # type: ignore[attr-defined]
+            try:
+                callback(self)
+            except BaseException:
+                _LOGGER.exception("exception calling callback for %r", self)
 
     def __await__(self) -> Generator[Any, None, T]:
         import asyncio  # lazily: asyncio costs ~20 ms to import and most users never await

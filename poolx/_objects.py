@@ -164,10 +164,10 @@ def _fresh(error: BaseException) -> BaseException:
     object raised from several threads would mix their tracebacks."""
     try:
         fresh = copy.copy(error)
-    except Exception:
+        fresh.__cause__ = error.__cause__
+        fresh.__traceback__ = None
+    except Exception:  # (an exception that cannot be copied or changed: a frozen dataclass)
         return error
-    fresh.__cause__ = error.__cause__
-    fresh.__traceback__ = None
     return fresh
 
 

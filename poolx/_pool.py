@@ -45,7 +45,8 @@ from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined
 from multiprocessing.pool import RemoteTraceback as MPRemoteTraceback  # type: ignore[attr-defined]
 from typing import Any
 
-from ._chunks import Retry, run_chunk
+from ._chunks import Retry
+from ._chunks import run_chunk as run_chunk_items
 from ._errors import RemoteTraceback, SerializationError, TaskTimeoutError
 from ._executor import Executor
 
@@ -59,17 +60,25 @@ _job_counter = itertools.count()
 IMAP_WINDOW_PER_WORKER = 512
 
 
-def _run_chunk(func: Callable[..., Any], chunk: list[Any], star: bool, start: int = 0,
-               retry: Retry | None = None) -> list[Any]:
-    """One map chunk in the worker: the results of ``func`` over the items, in order.
+def _chunk_runner(func: Callable[..., Any], star: bool, retry: Retry | None) -> Callable[..., list[Any]]:
+    """The task function of a map over ``func``, named after it (for messages and traces).
 
-    ``start`` is the index of its first item in the whole map; see poolx._chunks
-    for the quarantine of an item that kills its worker, and ``retry``.
+    One map chunk in the worker: the results of ``func`` over the items, in
+    order; ``start`` is the index of its first item in the whole map.  See
+    poolx._chunks for the quarantine of an item that kills its worker, and ``retry``.
     """
-    results, error = run_chunk(func, chunk, star, start, retry)
-    if error is not None:
-        raise error
-    return results
+
+    def run_chunk(chunk: list[Any], start: int) -> list[Any]:
+        results, error = run_chunk_items(func, chunk, star, start, retry)
+        if error is not None:
+            raise error
+        return results
+
+    name = getattr(func, "__qualname__", None) or type(func).__qualname__
+    run_chunk.__qualname__ = run_chunk.__name__ = f"{name} [map]"
+    run_chunk.__module__ = getattr(func, "__module__", None) or type(func).__module__
+    run_chunk._poolx_chunk = True  # type: ignore[attr-defined]
+    return run_chunk
 
 
 def _default_processes() -> int:
@@ -128,6 +137,9 @@ class Pool:
                                   retry_exceptions=retry_exceptions)
         ex = self._executor
         self._retry: Retry | None = (ex._max_retries, ex._retry_on) if ex._retry_on else None
+        # The same runner for the same func: the engine pickles it (func in its
+        # closure) once per worker, and refers to it by key afterwards.
+        self._runners: dict[tuple[Any, bool], Callable[..., list[Any]]] = {}
         prestart = getattr(self._executor._backend, "prestart", None)
         if prestart is not None:  # as the stdlib: every worker (and its initializer) starts now
             prestart()
@@ -270,8 +282,19 @@ class Pool:
             return
         future.add_done_callback(lambda f: self._on_done(f, deliver, threaded))
 
+    def _runner(self, func: Callable[..., Any], star: bool) -> Callable[..., list[Any]]:
+        try:
+            runner = self._runners.get((func, star))
+        except TypeError:  # func is not hashable
+            return _chunk_runner(func, star, self._retry)
+        if runner is None:
+            if len(self._runners) >= 64:
+                self._runners.pop(next(iter(self._runners)))
+            runner = self._runners[(func, star)] = _chunk_runner(func, star, self._retry)
+        return runner
+
     def _start(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if func is _run_chunk:  # a chunk: its items can be quarantined (poolx._chunks)
+        if getattr(func, "_poolx_chunk", False):  # a map chunk: its items can be quarantined (poolx._chunks)
             ex = self._executor
             return ex._submit(func, args, kwargs, ex._max_retries, chunk=True).future
         return self._executor.submit(func, *args, **kwargs)
@@ -305,6 +328,7 @@ class Pool:
         self._check_running()
         items = list(iterable)
         size = self._chunksize(items, chunksize) if items else 0  # as the stdlib: empty input, chunksize 0
+        runner = self._runner(func, star)
         bar = _progress_bar(progress, len(items), func)
         result = MapResult(self, size, len(items), callback, error_callback)
         if size > 0:
@@ -318,7 +342,7 @@ class Pool:
                             bar.close()
                     result._set(i, (ok, value))
 
-                self._submit(_run_chunk, (func, chunk, star, start, self._retry), {}, deliver,
+                self._submit(runner, (chunk, start), {}, deliver,
                              bar is not None or callback is not None or error_callback is not None)
         elif bar is not None:
             bar.close()
@@ -361,6 +385,7 @@ class Pool:
         runs even if nobody reads the results, as with the stdlib)."""
         window = IMAP_WINDOW_PER_WORKER * self._processes
         inflight: deque[Any] = deque()
+        runner = self._runner(func, False)
         n = 0  # items read
         try:
             while True:
@@ -378,7 +403,7 @@ class Pool:
                     ordered._add(_terminated())
                     break
                 try:
-                    future = self._start(_run_chunk, (func, chunk, False, start, self._retry), {})
+                    future = self._start(runner, (chunk, start), {})
                 except SerializationError as exc:
                     ordered._add(exc.__cause__ if exc.__cause__ is not None else exc)
                     continue
@@ -395,6 +420,7 @@ class Pool:
               bar: Any = None) -> None:
         """Read the iterable on this thread and submit its chunks, a bounded number in flight."""
         window = threading.BoundedSemaphore(max(64, 8 * self._processes))
+        runner = self._runner(func, False)
         n = 0  # chunks read
         start = 0  # items read
         try:
@@ -420,8 +446,7 @@ class Pool:
                         bar.update(size)
                     result._set(n, (ok, value if chunksize > 1 or not ok else value[0]))
 
-                self._submit(_run_chunk, (func, chunk, False, start, self._retry), {}, deliver,
-                             bar is not None)
+                self._submit(runner, (chunk, start), {}, deliver, bar is not None)
                 n += 1
                 start += len(chunk)
         finally:

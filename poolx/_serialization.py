@@ -184,7 +184,7 @@ def unpicklable_argument(args: Sequence[Any], kwargs: dict[str, Any]) -> str | N
     for name, value in named:
         try:
             dumps(value)
-        except Exception:
+        except (Exception, SystemExit):
             return f"{name} ({describe(type(value))})"
     return None
 

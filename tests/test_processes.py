@@ -17,23 +17,15 @@ from _tasks import (
     FailsToUnpickle,
     ReduceRaisesInDriver,
     add,
-    allocate,
     array_roundtrip,
-    exit_process,
-    failing_init,
     getpid,
-    kill_self,
     mark_worker,
     noop,
-    raise_keyboard_interrupt,
-    raise_system_exit,
     raise_unpicklable_error,
     raise_value_error,
     record_init,
     return_fails_to_unpickle,
     return_lock,
-    segfault,
-    set_memory_limit,
     sleep_and_return,
     square,
 )
@@ -41,7 +33,6 @@ from _tasks import (
 import poolx
 from poolx import (
     DeserializationError,
-    InitializerError,
     RemoteError,
     RemoteTraceback,
     SerializationError,
@@ -229,49 +220,7 @@ def test_a_slow_task_does_not_hold_back_results_of_faster_ones():
         slow.result(timeout=30)
 
 
-# -- crashes: the crash table -----------------------------------------------------------
-
-CRASHES = [
-    pytest.param(segfault, (), WorkerDiedError, "SIGSEGV", id="segfault"),
-    pytest.param(exit_process, (3,), WorkerDiedError, "exited with code 3", id="os._exit"),
-    pytest.param(kill_self, (signal.SIGKILL,), WorkerDiedError, "SIGKILL", id="sigkill"),
-    pytest.param(raise_system_exit, (2,), SystemExit, "", id="sys.exit"),
-    pytest.param(raise_keyboard_interrupt, (), KeyboardInterrupt, "", id="KeyboardInterrupt"),
-    pytest.param(raise_value_error, ("boom",), ValueError, "boom", id="raise"),
-    pytest.param(return_lock, (), SerializationError, "could not be pickled", id="result-unpicklable"),
-    pytest.param(return_fails_to_unpickle, (), DeserializationError, "unpickled in the driver",
-                 id="result-unloadable"),
-    pytest.param(add, (FailsToUnpickle(), 1), DeserializationError, "could not unpickle",
-                 id="task-unloadable"),
-]
-
-
-@pytest.mark.parametrize(("fn", "args", "error", "text"), CRASHES)
-def test_crash_table(start_method, fn, args, error, text):
-    with poolx.Executor(2, mp_context=start_method) as ex:
-        others = [ex.submit(sleep_and_return, 0.05, i) for i in range(10)]
-        culprit = ex.submit(fn, *args)
-        more = [ex.submit(square, i) for i in range(10)]
-        with pytest.raises(error) as info:
-            culprit.result(timeout=30)
-        assert text in str(info.value)
-        assert [f.result(timeout=30) for f in others] == list(range(10))
-        assert [f.result(timeout=30) for f in more] == [i * i for i in range(10)]
-        assert ex.submit(square, 7).result(timeout=30) == 49
-        if error is WorkerDiedError:
-            assert isinstance(info.value, cf.process.BrokenProcessPool)
-            assert info.value.exitcode is not None and info.value.pid
-            assert fn.__name__ in str(info.value)
-            assert ex.statistics().workers_died == 1
-        if fn is segfault:  # a fatal error's Python stack is part of the message
-            assert "(faulthandler)" in str(info.value) and "string_at" in str(info.value)
-
-
-def test_memory_exhaustion_in_a_worker_is_a_memory_error_and_the_worker_lives():
-    with poolx.Executor(1, initializer=set_memory_limit, initargs=(1 << 30,)) as ex:
-        with pytest.raises(MemoryError):
-            ex.submit(allocate, 4 << 30).result(timeout=30)
-        assert ex.submit(allocate, 1 << 20).result(timeout=30) == 1 << 20
+# -- crashes (the fault matrix itself, on every start method, is tests/test_faults.py) ------------
 
 
 def test_a_worker_killed_from_outside_fails_its_task_naming_the_oom_killer():
@@ -301,22 +250,6 @@ def test_initializer_runs_once_in_each_worker(tmp_path):
     inits = {int(pid) for pid in path.read_text().split()}
     assert len(path.read_text().split()) == len(inits) <= 2  # once per worker started
     assert pids <= inits
-
-
-def test_failing_initializer_breaks_the_executor_clearly_without_respawning():
-    ex = poolx.Executor(2, initializer=failing_init)
-    try:
-        fut = ex.submit(square, 2)
-        with pytest.raises(InitializerError, match="initializer exploded") as info:
-            fut.result(timeout=30)
-        assert isinstance(info.value, cf.process.BrokenProcessPool)
-        assert "failing_init" in str(info.value)
-        time.sleep(0.3)
-        with pytest.raises(InitializerError):
-            ex.submit(square, 3)
-        assert ex.statistics().workers_started <= 2
-    finally:
-        ex.shutdown()
 
 
 def test_max_tasks_per_child_replaces_workers():

@@ -117,3 +117,17 @@ def test_shared_memory_has_no_name():
         assert any(link.startswith("/memfd:poolx") for link in links)
     new = {n for n in set(os.listdir("/dev/shm")) - before if not n.startswith(("joblib_", "loky-"))}
     assert not new
+
+
+@pytest.mark.parametrize("how", ["huge frame", "too many frames", "not a pickle"])
+def test_garbage_on_a_workers_channel_kills_that_worker_only(how):
+    # A task can write to the socket its worker talks to the driver through.
+    # The driver checks every header before it allocates anything and drops a
+    # channel that carries something else than poolx messages, never trying to
+    # resynchronise: the worker is killed, its task fails, the executor goes on.
+    from _fault_tasks import corrupt_own_channel
+
+    with poolx.Executor(1) as ex:
+        with pytest.raises(poolx.WorkerDiedError, match="SIGKILL"):
+            ex.submit(corrupt_own_channel, how).result(timeout=30)
+        assert ex.submit(pow, 2, 5).result(timeout=30) == 32

@@ -13,7 +13,7 @@ from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
 from .._errors import InitializerError
-from .._futures import Task
+from .._futures import Task, worker_thread
 from .._serialization import describe
 from .._telemetry import Telemetry
 from . import BackendOptions
@@ -66,6 +66,7 @@ class ThreadBackend(LocalActorBackend):
         index = getattr(self._index, "value", None)
         if index is None:
             index = self._index.value = self._next_index()
+            worker_thread.lend = self.lend_slot  # waits for futures in tasks lend the thread
         task.worker = index
         task.run_here()
 
@@ -118,7 +119,8 @@ class ThreadBackend(LocalActorBackend):
             with self._lock:
                 pending = list(self._pending)
             for task in pending:
-                task.future.cancel()  # only succeeds for tasks not yet running
+                if task.future.cancel():  # only succeeds for tasks not yet running
+                    task.future.set_running_or_notify_cancel()  # (wait() counts it done only then)
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
         # Actors stop once the tasks (which may call them) are done.
         self.stop_actors(wait)

@@ -33,8 +33,8 @@ THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 class ActorSetup:
     """What an actor process needs at start: the pickled (cls, args, kwargs) and its options."""
 
-    def __init__(self, spec: bytes, label: str, max_concurrency: int | None, num_cpus: float | None,
-                 hook: bytes | None = None) -> None:
+    def __init__(self, spec: tuple[bytes, list[bytes]], label: str, max_concurrency: int | None,
+                 num_cpus: float | None, hook: bytes | None = None) -> None:
         self.spec = spec
         self.label = label
         self.max_concurrency = max_concurrency
@@ -52,7 +52,7 @@ def main(sock: socket.socket, client: socket.socket, progress: Any, setup: Actor
     worker = ActorWorker(sock, cell)
     try:
         try:
-            cls, args, kwargs = ser.loads(setup.spec)
+            cls, args, kwargs = ser.loads(*setup.spec)
         except BaseException as exc:
             worker.init_failed(exc)
             return
@@ -92,7 +92,10 @@ class ActorWorker(W.Worker):
 
     def init_failed(self, exc: BaseException) -> None:
         info = W._info(exc)
-        exc.__traceback__ = None
+        try:
+            exc.__traceback__ = None
+        except AttributeError:  # an exception that cannot be changed (a frozen dataclass)
+            pass
         try:
             data: bytes | None = ser.dumps(exc)[0]
         except BaseException:

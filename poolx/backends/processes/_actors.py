@@ -105,8 +105,11 @@ class ActorHost:
 
     def setup(self, actor: Actor) -> ActorSetup:
         try:
-            spec, _ = dumps((actor.cls, actor.args, actor.kwargs))
-        except Exception as exc:
+            # The spec travels among the process's start arguments (again at each
+            # restart): its out-of-band buffers (large arrays) go with it as bytes.
+            data, bufs = dumps((actor.cls, actor.args, actor.kwargs))
+            spec = (data, [bytes(b.raw()) for b in bufs])
+        except (Exception, SystemExit) as exc:
             raise _spec_error(actor, exc) from exc
         return ActorSetup(spec, actor.label, actor.max_concurrency, actor.options.num_cpus,
                           self.s.backend.hook_bytes)
@@ -148,9 +151,11 @@ class ActorHost:
         if args or kwargs:
             try:
                 payload, bufs = dumps((args, kwargs), _shm.PRIVATE)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
+                culprit = unpicklable_argument(args, kwargs)
                 raise SerializationError(
-                    f"cannot pickle the arguments of {call.fn}(): {type(exc).__name__}: {exc}. "
+                    f"cannot pickle {culprit + ' of' if culprit else 'the arguments of'} {call.fn}(): "
+                    f"{type(exc).__name__}: {exc}. "
                     "Actors run in other processes, so arguments must be picklable."
                 ) from exc
             call.bytes_out = len(payload) + sum(b.raw().nbytes for b in bufs)
@@ -256,6 +261,9 @@ class ActorHost:
     def read(self, proc: ActorProcess, limit: int | None) -> None:
         try:
             _channel.drain(proc.reader, self.on_message, proc, limit)
+        except _channel.ChannelCorrupt:  # (see Scheduler.read)
+            self.close_channel(proc)
+            self.s.signal_process(proc.process, kill=True)
         except _channel.ChannelClosed:
             self.close_channel(proc)
 
@@ -267,7 +275,7 @@ class ActorHost:
             self.s.sel.unregister(proc.sock)
 
     def on_message(self, proc: ActorProcess, msg: list[Any]) -> None:
-        control = pickle.loads(msg[0])
+        control = _channel.decode_control(msg[0])
         kind = control[0]
         self.s.telemetry.messages_received += 1
         if kind == W.RESULTS:
@@ -316,7 +324,7 @@ class ActorHost:
 
     def on_client_message(self, conn: Conn, msg: list[Any]) -> None:
         conn.seen += 1
-        control = pickle.loads(msg[0])
+        control = _channel.decode_control(msg[0])
         kind = control[0]
         directory = self.s.backend.options.actors
         if kind == W.C_SUBMIT:
@@ -587,7 +595,7 @@ def _copy(error: ActorDiedError) -> ActorDiedError:
     return fresh
 
 
-def _spec_error(actor: Actor, exc: Exception) -> SerializationError:
+def _spec_error(actor: Actor, exc: BaseException) -> SerializationError:
     """Name what cannot be pickled: the class, or one of the constructor's arguments."""
     culprit = (unpicklable_argument(actor.args, actor.kwargs)
                or f"the class {actor.cls.__module__}.{actor.cls.__qualname__}")

@@ -125,7 +125,7 @@ class ProcessBackend(Backend):
         pins: list[Any] = []
         try:
             payload, bufs = dumps(obj, task.shm or _shm.PRIVATE, pins)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # (a __reduce__ calling sys.exit: loky's ExitAtPickle)
             raise _pickling_error(fn, task.args, task.kwargs, exc) from exc
         task.state = (key, fn_bytes, payload, bufs)
         # The pickle is what travels; let the caller's objects go, but keep the
@@ -252,8 +252,18 @@ class ProcessBackend(Backend):
 
 
 def _pickling_error(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-                    exc: Exception) -> SerializationError:
+                    exc: BaseException) -> SerializationError:
     """Name the argument that cannot be pickled."""
+    if getattr(fn, "_poolx_chunk", False) and len(args) == 2 and isinstance(args[0], list):
+        # A map() chunk: name the item, not "argument 0 (a list)".
+        items, start = args
+        found = unpicklable_argument(items, {})
+        if found is not None:
+            index, _, kind = found.removeprefix("argument ").partition(" ")
+            return SerializationError(
+                f"cannot pickle map item {start + int(index)} {kind} of a map over "
+                f"{describe(fn).removesuffix(' [map]')}: {type(exc).__name__}: {exc}. Tasks run in other "
+                "processes, so the items must be picklable (or use backend='threads').")
     culprit = unpicklable_argument(args, kwargs) or f"the callable {describe(fn)}"
     return SerializationError(
         f"cannot pickle {culprit} of a task calling {describe(fn)}: {type(exc).__name__}: {exc}. "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import array
 import os
+import pickle
 import socket
 import struct
 from collections import deque
@@ -48,6 +49,28 @@ ANC_BYTES = socket.CMSG_SPACE(4 * 253)
 
 class ChannelClosed(ConnectionError):
     """The peer closed the channel (EOF) or it broke."""
+
+
+class ChannelCorrupt(ChannelClosed):
+    """What came through the channel is not a poolx message (a task wrote to the
+    worker's socket, a peer died mid-write): the channel is dropped, never resynchronised."""
+
+
+# Limits checked before anything is allocated for a message.
+MAX_FRAMES = 1 << 24
+MAX_FRAME_BYTES = (os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+                   if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names else 1 << 40)
+
+
+def decode_control(frame: Any) -> tuple[Any, ...]:
+    """A message's first frame: the pickled control tuple, or ChannelCorrupt."""
+    try:
+        control = pickle.loads(frame)
+    except Exception as exc:
+        raise ChannelCorrupt(f"a message that is not poolx's: {type(exc).__name__}: {exc}") from exc
+    if type(control) is not tuple or not control:
+        raise ChannelCorrupt(f"a message that is not poolx's: {type(control).__name__}")
+    return control
 
 
 class Message(list):  # type: ignore[type-arg,unused-ignore]
@@ -286,12 +309,16 @@ class FrameReader:
         if self._available() < _HEAD.size:
             return False
         n, n_fds = _HEAD.unpack_from(self._staging, self._pos)
+        if not 0 < n <= MAX_FRAMES or n_fds > n:
+            raise ChannelCorrupt(f"a message header that is not poolx's ({n} frames, {n_fds} fds)")
         need = _HEAD.size + n * _LEN.size
         if self._available() < need:
             return False
         self._n_fds = n_fds
         start = self._pos + _HEAD.size
         self._lengths = [_LEN.unpack_from(self._staging, start + i * _LEN.size)[0] for i in range(n)]
+        if max(self._lengths) > MAX_FRAME_BYTES:
+            raise ChannelCorrupt(f"a frame of {max(self._lengths)} bytes, more than this machine's memory")
         self._pos += need
         return True
 

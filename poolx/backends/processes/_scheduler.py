@@ -378,7 +378,12 @@ class Scheduler(threading.Thread):
             try:
                 self.start_worker()
             except Exception as exc:  # e.g. EMFILE, or the forkserver died
-                self.break_executor(f"could not start a worker process: {type(exc).__name__}: {exc}")
+                hint = ""
+                if self.backend.options.initargs and isinstance(exc, (TypeError, pickle.PicklingError)):
+                    hint = (f" (the initargs of the initializer {self.backend.initializer_name} travel "
+                            "to each worker as it starts: they must be picklable, or objects "
+                            "multiprocessing shares at start, such as a multiprocessing.Queue)")
+                self.break_executor(f"could not start a worker process: {type(exc).__name__}: {exc}{hint}")
                 return
 
     def start_worker(self) -> None:
@@ -655,6 +660,13 @@ class Scheduler(threading.Thread):
     def read(self, w: _Worker, limit: int | None) -> None:
         try:
             _channel.drain(w.reader, self.on_message, w, limit)
+        except _channel.ChannelCorrupt as exc:
+            # Something wrote to the worker's socket (a task, through the fd it
+            # inherited): nothing it sends can be trusted any more.  Kill it; its
+            # exit blames the task it was running, as for a crash.
+            logger.warning("poolx: worker %s (pid %s) sent %s; killing it", w.index, w.pid, exc)
+            self.close_channel(w)
+            self.signal(w, kill=True)
         except _channel.ChannelClosed:
             self.close_channel(w)
 
@@ -665,7 +677,7 @@ class Scheduler(threading.Thread):
             w.outbox = []
 
     def on_message(self, w: _Worker, msg: list[Any]) -> None:
-        control = pickle.loads(msg[0])
+        control = _channel.decode_control(msg[0])
         kind = control[0]
         self.telemetry.messages_received += 1
         if kind == W.RESULTS:
@@ -785,8 +797,8 @@ class Scheduler(threading.Thread):
         if not conn.open:
             return
         info = (describe(type(error)), str(error), "".join(traceback.format_exception(error)))
-        error.__traceback__ = None
         try:
+            error.__traceback__ = None
             data, bufs = dumps(error)
             status = W.RAISED
         except BaseException:
@@ -1049,6 +1061,9 @@ class Scheduler(threading.Thread):
         keep: deque[Task] = deque()
         for task in self.queue:
             if not task.t_dispatch and task.future.cancel():
+                # Notified too, unlike the stdlib's cancel_futures: wait() and
+                # as_completed() count a cancelled future only once notified.
+                task.future.set_running_or_notify_cancel()
                 self.telemetry.task_cancelled()
             elif not task.future.done():
                 keep.append(task)

@@ -48,6 +48,7 @@ from ..._errors import (
     RemoteTraceback,
     SerializationError,
 )
+from ..._futures import worker_thread
 from . import _channel
 
 # Message kinds (frame 0 is a pickled tuple whose first item is the kind).
@@ -189,7 +190,10 @@ def main(sock: socket.socket, client: socket.socket, progress: Any, index: int, 
     """Entry point of a worker process."""
     cell = boot(sock, client, progress)
     hook = start_hook(setup.hook, f"worker {index}")
-    initializer, initargs, max_tasks = setup.unpack()
+    try:
+        initializer, initargs, max_tasks = setup.unpack()
+    except BaseException as exc:  # reported as an initializer failure: no worker could start
+        initializer, initargs, max_tasks = _fail_unpack, (exc,), None
     if initializer is not None:
         try:
             initializer(*initargs)
@@ -204,12 +208,25 @@ def main(sock: socket.socket, client: socket.socket, progress: Any, index: int, 
         _channel.send_all(sock, _channel.encode([pickle.dumps((READY, os.getpid()))]))
         global current
         current = Worker(sock, cell, max_tasks, getattr(setup, "max_memory", None))
+        # A task waiting for a future (a nested task's, a ref's) lends this worker's slot.
+        worker_thread.lend = _lend_slot
         current.loop()
     except (_channel.ChannelClosed, BrokenPipeError, ConnectionResetError):
         pass  # the driver is gone: nothing to report to, nobody to report it
     finally:
         stop_hook(hook)
     run_exit_hooks()
+
+
+def _fail_unpack(exc: BaseException) -> None:
+    raise RuntimeError(f"the initializer or its initargs could not be unpickled in the worker: "
+                       f"{type(exc).__name__}: {exc}") from exc
+
+
+def _lend_slot() -> Any:
+    from ... import _actors
+
+    return _actors._client.lend_slot()
 
 
 def run_exit_hooks() -> None:
@@ -272,8 +289,32 @@ class Worker:
         self.eager = False  # flush every result at once (results come from other threads)
         self.give_back = False  # the rest of the current batch was handed back (block)
         self.acks_pending = 0  # BLOCKED messages whose ACK_BLOCKED has not been read yet
+        # The arguments of tasks whose results are not sent yet: dropped only
+        # after the send, so that an argument whose __del__ kills the process
+        # cannot take a finished task's result with it (loky's CrashAtGCInWorker).
+        self.spent: list[Any] = []
+        # Set in a child that a task forked: it must never act as this worker.
+        self.forked = False
+        os.register_at_fork(after_in_child=self._forked)
         self.wake = threading.Event()
         threading.Thread(target=self._flusher, name="poolx-flusher", daemon=True).start()
+
+    def _forked(self) -> None:
+        self.forked = True
+
+    def _leave_forked_child(self, exc: BaseException | None) -> None:
+        """A child forked by the task returned or raised into poolx's loop: end it there.
+
+        Otherwise it would send the task's outcome as its own and go on taking
+        tasks, while its parent (the real worker) waits for it.
+        """
+        if isinstance(exc, SystemExit):
+            code = exc.code
+            os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+        if exc is not None:
+            traceback.print_exception(exc)
+            sys.stderr.flush()
+        os._exit(0 if exc is None else 1)
 
     def _flusher(self) -> None:
         while True:
@@ -383,17 +424,34 @@ class Worker:
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
+            if self.forked:
+                self._leave_forked_child(exc)
             t_end = time.perf_counter()
             self.add_exception(task_id, exc, t_start, t_end, t_call - t_start)
             return
         finally:
             self.running = 0
+            if args or kwargs:
+                self.spent.append((args, kwargs))
             del args, kwargs
+        if self.forked:
+            self._leave_forked_child(None)
         t_end = time.perf_counter()
         try:
             data, bufs = ser.dumps(result, _shm.EXCLUSIVE)
         except Exception as exc:
-            info = (*_info(exc), ser.describe(type(result)))
+            coroutines = [r for r in (result if isinstance(result, list) else [result])
+                          if type(r).__name__ == "coroutine" and hasattr(r, "close")]
+            if coroutines:  # (a map() chunk's result is a list)
+                for coroutine in coroutines:
+                    coroutine.close()  # (no "never awaited" warning)
+                self.add_exception(task_id, TypeError(
+                    f"{ser.describe(fn).removesuffix(' [map]')} is an async function: a task runs a plain "
+                    "function. Run the "
+                    "coroutine in it (def task(x): return asyncio.run(fetch(x))), or make it a method "
+                    "of an actor, whose async methods run on its event loop"), t_start, t_end)
+                return
+            info = (*_info(exc), _culprit(result))
             self.add(task_id, BAD_RESULT, b"", (), t_start, t_end, info)
             return
         except BaseException as exc:  # SystemExit in __reduce__: the stdlib re-raises it as is
@@ -405,7 +463,10 @@ class Worker:
     def add_exception(self, task_id: int, exc: BaseException, t_start: float, t_end: float,
                       unpickle_s: float = 0.0) -> None:
         info = _info(exc)
-        exc.__traceback__ = None  # the text is in info; frames do not pickle
+        try:
+            exc.__traceback__ = None  # the text is in info; let the frames go
+        except AttributeError:  # an exception that cannot be changed (a frozen dataclass)
+            pass
         try:
             data, bufs = ser.dumps(exc)
         except BaseException:
@@ -445,6 +506,8 @@ class Worker:
             frames, self.results, self.frames = [control, *self.frames], [], []
             fds, self.fds, self.fd_keys = self.fds, [], {}
             _channel.send_all(self.sock, _channel.encode(frames, len(fds)), fds)
+            spent, self.spent = self.spent, []
+        del spent  # the arguments of the tasks just reported (see __init__)
 
 
 def resident_bytes() -> int:
@@ -468,9 +531,28 @@ def _client_calls() -> int:
     return _client.sent if _client is not None else 0
 
 
+def _culprit(result: Any) -> str:
+    """What in a result cannot be pickled: its type, or the type of the first such item of a list."""
+    if isinstance(result, list | tuple) and len(result) <= 100_000:
+        for i, item in enumerate(result):
+            try:
+                ser.dumps(item)
+            except BaseException:
+                return f"{ser.describe(type(item))}, item {i} of a {type(result).__name__}"
+    return ser.describe(type(result))
+
+
+# A worker's traceback text is cut to this many characters (its start and its
+# end, where the exception is): a 10 MB message must not travel twice.
+MAX_TRACEBACK = 64 * 1024
+
+
 def _info(exc: BaseException) -> tuple[str, str, str]:
     """(type name, message, formatted traceback) of an exception being handled."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if len(tb) > MAX_TRACEBACK:
+        half = MAX_TRACEBACK // 2
+        tb = f"{tb[:half]}\n[... {len(tb) - 2 * half} characters of the traceback left out ...]\n{tb[-half:]}"
     try:
         message = str(exc)
     except BaseException:

@@ -1,0 +1,167 @@
+"""Task functions and payloads for the fault matrix (tests/test_faults.py)."""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import os
+import signal
+import time
+from pathlib import Path
+
+
+class CrashesWhenUnpickled:
+    """Pickles fine; its reconstructor segfaults (in the worker, where it is unpickled)."""
+
+    def __reduce__(self):
+        return (_segfault_now, ())
+
+
+def _segfault_now():
+    faulthandler.disable()  # keep the test's output quiet; the driver still sees SIGSEGV
+    ctypes.string_at(0)
+
+
+class ExitsWhenUnpickled:
+    """Pickles fine; its reconstructor calls os._exit(0)."""
+
+    def __reduce__(self):
+        return (os._exit, (0,))
+
+
+class SystemExitWhenUnpickled:
+    """Pickles fine; its reconstructor raises SystemExit (loky's ExitAtUnpickle)."""
+
+    def __reduce__(self):
+        return (_raise_system_exit, ())
+
+
+def _raise_system_exit():
+    raise SystemExit("from a reconstructor")
+
+
+class SystemExitWhenPickled:
+    """Cannot be pickled: __reduce__ raises SystemExit (loky's ExitAtPickle)."""
+
+    def __reduce__(self):
+        raise SystemExit("from __reduce__")
+
+
+def takes(*_args):
+    return "ran"
+
+
+def ignore_sigterm_and_sleep(seconds):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(seconds)
+    return seconds
+
+
+def crash_once(marker, value):
+    """os._exit(3) the first time (per marker file), return ``value`` after."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("crashed")
+        os._exit(3)
+    return value
+
+
+def always_crash(marker):
+    """Crash every time; count the attempts in ``marker``."""
+    with open(marker, "a") as f:
+        f.write("x")
+    os._exit(3)
+
+
+class Flaky(Exception):
+    pass
+
+
+def flaky(marker, fails, value):
+    """Raise Flaky the first ``fails`` times (counted in ``marker``), then return ``value``."""
+    path = Path(marker)
+    runs = len(path.read_text()) if path.exists() else 0
+    with open(path, "a") as f:
+        f.write("x")
+    if runs < fails:
+        raise Flaky(f"attempt {runs + 1}")
+    return value
+
+
+def item_crashes_at(x, bad=5):
+    if x == bad:
+        os._exit(7)
+    return x * 10
+
+
+def item_sleeps_at(x, slow, seconds):
+    if x == slow:
+        time.sleep(seconds)
+    return x * 10
+
+
+def log_and_crash_at(x, bad, log):
+    """Append ``x`` to ``log`` (each run of each item), crash on ``bad``."""
+    with open(log, "a") as f:
+        f.write(f"{x}\n")
+    if x == bad:
+        os._exit(7)
+    return x
+
+
+def grow(nbytes, keep=[]):  # noqa: B006 - the leak is the point: memory held across tasks
+    keep.append(bytearray(nbytes))
+    return os.getpid()
+
+
+def wait_for_refs(refs):
+    """A task that waits for futures of its own executor (received in a container)."""
+    return [ref.result(timeout=30) for ref in refs]
+
+
+def crash_in_actor_call():
+    os._exit(5)
+
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def incr(self):
+        self.n += 1
+        return self.n
+
+    def crash(self):
+        os._exit(5)
+
+    def nap(self, seconds):
+        time.sleep(seconds)
+        return seconds
+
+
+def corrupt_own_channel(how):
+    """Write something that is not a poolx message to this worker's socket to the driver."""
+    import struct
+
+    from poolx.backends.processes import _worker
+
+    sock = _worker.current.sock
+    if how == "huge frame":
+        data = struct.pack("<II", 1, 0) + struct.pack("<Q", 1 << 63)
+    elif how == "too many frames":
+        data = struct.pack("<II", 1 << 31, 0)
+    else:  # "not a pickle": a well-framed message whose control frame is garbage
+        payload = b"\x80\x05garbage that is not a pickle"
+        data = struct.pack("<II", 1, 0) + struct.pack("<Q", len(payload)) + payload
+    sock.sendall(data)
+    time.sleep(60)  # killed by the driver long before
+
+
+def exit_holding(data):
+    """Die while holding a large argument (its shared memory must be freed with the process)."""
+    assert len(data) > 0
+    os._exit(3)
+
+
+def big_result(nbytes):
+    return bytearray(nbytes)
