@@ -3,14 +3,15 @@
 ``Executor.map`` and ``Pool.map``/``imap`` send their items in chunks, one task
 each.  Three things happen per item rather than per chunk:
 
-- **Quarantine** (processes backend).  Before each item the worker marks its
-  index in the progress cell (``Worker.mark_item``).  If the worker dies, or is
+- **Quarantine** (processes backend).  Before each item the worker stores its
+  index in the progress cell (``Worker.item_mark``).  If the worker dies, or is
   killed for running over ``task_timeout``, the driver knows which item it was
   in: it sends the chunk again with that item taken out (``Task.skip``).  The
   other items run again and complete; only the culprit fails, with the
   ``WorkerDiedError`` or ``TaskTimeoutError`` naming it.  Without it, every item
   of the chunk would fail with an error naming none of them.
-- **Per-item timeouts**: the mark also resets the running task's start time, so
+- **Per-item timeouts**: the driver's scheduler sees the index change (it
+  polls the cell while a timeout is set) and restarts the clock, so
   ``task_timeout`` limits each item, not the whole chunk.
 - **Exception retries**: an item that raises one of the executor's
   ``retry_exceptions`` is called again, up to ``max_retries`` times, in the
@@ -43,15 +44,57 @@ def run_chunk(fn: Callable[..., Any], chunk: list[Any], star: bool, start: int,
     with ``star`` each item is a tuple of arguments.
     """
     worker = getattr(sys.modules.get(_WORKER_MODULE), "current", None)
-    mark = worker.mark_item if worker is not None else None
-    skip = worker.skip if worker is not None else None
+    if worker is None:  # threads, serial: nothing to mark
+        return _run(fn, chunk, star, retry, None)
+    mark = worker.item_mark  # the cell's item index (an int64 view): one store per item
+    skip = worker.skip
+    if skip:
+        results, error = _run_skipping(fn, chunk, star, start, retry, mark, skip)
+    else:
+        results, error = _run(fn, chunk, star, retry, mark)
+    mark[0] = -1  # pickling the results: a crash there is the chunk's, not its last item's
+    return results, error
+
+
+def _run(fn: Callable[..., Any], chunk: list[Any], star: bool, retry: Retry | None,
+         mark: Any) -> tuple[list[Any], BaseException | None]:
+    """The loop of a chunk: the hot path of a map of tiny items, kept as lean as it can be."""
     results: list[Any] = []
     append = results.append
+    try:
+        if retry is not None:
+            for i, item in enumerate(chunk):
+                if mark is not None:
+                    mark[0] = i
+                append(_call_with_retries(fn, item, star, retry))
+        elif mark is None:
+            if star:
+                for args in chunk:
+                    append(fn(*args))
+            else:
+                for arg in chunk:
+                    append(fn(arg))
+        elif star:
+            for i, args in enumerate(chunk):
+                mark[0] = i
+                append(fn(*args))
+        else:
+            for i, arg in enumerate(chunk):
+                mark[0] = i
+                append(fn(arg))
+    except BaseException as exc:
+        return results, exc
+    return results, None
+
+
+def _run_skipping(fn: Callable[..., Any], chunk: list[Any], star: bool, start: int, retry: Retry | None,
+                  mark: Any, skip: dict[int, tuple[Any, ...]]) -> tuple[list[Any], BaseException | None]:
+    """A chunk sent again after one of its items killed its worker: every item but those."""
+    results: list[Any] = []
     error: BaseException | None = None
     for i, item in enumerate(chunk):
-        if mark is not None:
-            mark(i)
-        if skip and i in skip:
+        mark[0] = i
+        if i in skip:
             if error is None:
                 error = _quarantined(skip[i], fn, item, star, start + i)
             continue
@@ -65,9 +108,7 @@ def run_chunk(fn: Callable[..., Any], chunk: list[Any], star: bool, start: int,
                 error = exc
             break
         if error is None:
-            append(value)
-    if mark is not None:
-        mark(-1)  # pickling the results: a crash there is the chunk's, not its last item's
+            results.append(value)
     return results, error
 
 

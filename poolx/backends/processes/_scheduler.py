@@ -150,6 +150,8 @@ class _Worker:
         self.channel_open = True
         self.stop_deadline = 0.0
         self.timed_out = 0  # id of the task it was killed for running over task_timeout
+        # (task id, map item index, since when): the running task's clock for task_timeout
+        self.clock: tuple[int, int, float] = (0, -1, 0.0)
         self.retiring = False  # said RETIRING (over its memory cap): exits by itself
         self.cancelled: set[int] = set()  # ids of its tasks it was killed to stop (stop_tasks)
         self.blocked = False  # its task waits in get(): its slot is lent (see on_blocked)
@@ -279,8 +281,13 @@ class Scheduler(threading.Thread):
             running_id, finished = W.PROGRESS.unpack_from(w.cell, 0)
             if finished or running_id not in w.outstanding:
                 continue
-            (started,) = W.STARTED.unpack_from(w.cell, W.STARTED_OFFSET)
-            if now - started > limit:
+            (item,) = W.ITEM.unpack_from(w.cell, W.ITEM_OFFSET)
+            if w.clock[0] != running_id:  # a new task: its clock started when it did
+                (started,) = W.STARTED.unpack_from(w.cell, W.STARTED_OFFSET)
+                w.clock = (running_id, item, started)
+            elif w.clock[1] != item:  # the next item of a map chunk: a new clock, from now
+                w.clock = (running_id, item, now)
+            if now - w.clock[2] > limit:
                 w.timed_out = running_id
                 self.signal(w, kill=True)
 

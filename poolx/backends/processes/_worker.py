@@ -81,7 +81,8 @@ STARTED = struct.Struct("<d")
 STARTED_OFFSET = PROGRESS.size
 # The item of a map() chunk being run (-1: not a chunk).  With it the driver
 # blames the one item that killed the worker, not the whole chunk (see
-# poolx._chunks), and task_timeout counts per item: STARTED is reset per item.
+# poolx._chunks), and task_timeout counts per item (the scheduler restarts the
+# clock when it sees the index change).
 ITEM = struct.Struct("<q")
 ITEM_OFFSET = STARTED_OFFSET + STARTED.size
 PROGRESS_BYTES = 4096
@@ -286,6 +287,8 @@ class Worker:
         # The items of the running map() chunk not to run again, with why
         # (index -> (kind, message, exitcode, pid)): see poolx._chunks.
         self.skip: dict[int, tuple[Any, ...]] | None = None
+        # Where a map() chunk stores the index of the item it runs (poolx._chunks).
+        self.item_mark = memoryview(cell)[ITEM_OFFSET:ITEM_OFFSET + ITEM.size].cast("q")
         self.eager = False  # flush every result at once (results come from other threads)
         self.give_back = False  # the rest of the current batch was handed back (block)
         self.acks_pending = 0  # BLOCKED messages whose ACK_BLOCKED has not been read yet
@@ -371,11 +374,6 @@ class Worker:
             if self.give_back:  # the task blocked: the driver took the rest of the batch back
                 self.give_back = False
                 return
-
-    def mark_item(self, index: int) -> None:
-        """The running map() chunk starts its item ``index`` (poolx._chunks)."""
-        STARTED.pack_into(self.cell, STARTED_OFFSET, time.perf_counter())
-        ITEM.pack_into(self.cell, ITEM_OFFSET, index)
 
     def block(self) -> Any:
         """A task in this process waits for other tasks: lend this worker's slot.
