@@ -68,11 +68,16 @@ def _rebuild_worker_died(message: str, exitcode: int | None, pid: int | None) ->
     return WorkerDiedError(message, exitcode=exitcode, pid=pid)
 
 
-class TaskTimeoutError(PoolxError, TimeoutError, multiprocessing.TimeoutError):
+# concurrent.futures.TimeoutError is the builtin TimeoutError from Python 3.11 on.
+_TIMEOUTS = (TimeoutError,) if cf.TimeoutError is TimeoutError else (TimeoutError, cf.TimeoutError)
+
+
+class TaskTimeoutError(PoolxError, *_TIMEOUTS, multiprocessing.TimeoutError):  # type: ignore[misc]
     """The task ran longer than its executor's or pool's ``task_timeout``.
 
-    Its worker was killed and replaced; the other tasks go on.  It is both a
-    ``TimeoutError`` and a ``multiprocessing.TimeoutError``.
+    Its worker was killed and replaced; the other tasks go on.  It is a
+    ``TimeoutError`` (and ``concurrent.futures.TimeoutError`` on 3.10, where
+    that is another class) and a ``multiprocessing.TimeoutError``.
     """
 
     def __init__(self, message: str, *, timeout: float | None = None, pid: int | None = None) -> None:
@@ -106,10 +111,6 @@ class TaskCancelledError(PoolxError, cf.CancelledError):
 
 def _rebuild_task_cancelled(message: str, pid: int | None) -> TaskCancelledError:
     return TaskCancelledError(message, pid=pid)
-
-
-# concurrent.futures.TimeoutError is the builtin TimeoutError from Python 3.11 on.
-_TIMEOUTS = (TimeoutError,) if cf.TimeoutError is TimeoutError else (TimeoutError, cf.TimeoutError)
 
 
 class GetTimeoutError(PoolxError, *_TIMEOUTS):  # type: ignore[misc]

@@ -120,6 +120,7 @@ class Task:
         "kwargs",
         "max_retries",
         "origin",
+        "requeues",
         "retries",
         "s_pickle",
         "s_unpickle",
@@ -145,7 +146,8 @@ class Task:
         self.s_unpickle = self.s_pickle = 0.0
         self.worker = -1
         self.bytes_out = self.bytes_in = 0
-        self.retries = 0  # times requeued after its worker died
+        self.retries = 0  # times run again after it killed its worker (max_retries)
+        self.requeues = 0  # times sent again because a worker died holding it, not running it
         self.max_retries = 0  # times it may run again after dying with its worker (-1: no limit)
         self.origin: Any = None  # processes backend: where a task submitted in a child came from
         self.shm = 0  # how large arguments travel (poolx._shm mode; 0: the backend's default)

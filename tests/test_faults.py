@@ -596,3 +596,29 @@ def test_the_errors_subclass_what_stdlib_handlers_catch():
     assert issubclass(InitializerError, BrokenProcessPool)
     assert issubclass(poolx.TaskCancelledError, cf.CancelledError)
     assert os  # (imported for the fault tasks' sake)
+
+
+def test_a_timeout_kill_that_lands_late_blames_only_the_task_over_time(monkeypatch):
+    """The scheduler sees a task over task_timeout, then kills its worker.  If the
+    task finishes in between (a GIL switch, a VM pause), the kill lands while the
+    worker runs the next task: that one is innocent and runs again; only the task
+    seen over time fails.  Here the gap is widened to 30 ms to make it happen."""
+    from poolx.backends.processes import _scheduler
+
+    signal_worker = _scheduler.Scheduler.signal
+
+    def late_signal(self, w, kill):
+        if kill and w.timed_out:
+            time.sleep(0.03)
+        return signal_worker(self, w, kill)
+
+    monkeypatch.setattr(_scheduler.Scheduler, "signal", late_signal)
+    with poolx.Executor(1, task_timeout=0.1) as ex:
+        for i in range(10):
+            slow = ex.submit(sleep_and_return, 0.11 + 0.005 * i, "slow")
+            after = [ex.submit(sleep_and_return, 0.001, j) for j in range(20)]
+            assert [f.result(timeout=30) for f in after] == list(range(20))
+            try:
+                assert slow.result(timeout=30) == "slow"  # (finished and sent before the kill)
+            except TaskTimeoutError:
+                pass

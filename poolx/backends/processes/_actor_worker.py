@@ -125,8 +125,9 @@ class ActorWorker(W.Worker):
             runner.submit(call_id, method, args, kwargs)
 
     def started(self, call_id: int) -> None:
-        W.STARTED.pack_into(self.cell, W.STARTED_OFFSET, time.perf_counter())  # (call_timeout)
-        W.PROGRESS.pack_into(self.cell, 0, call_id, 0)
+        self.views.times[W.STARTED] = time.perf_counter()  # (call_timeout)
+        self.views.words[W.RUNNING] = call_id
+        self.views.words[W.FINISHED] = 0
         self.running = call_id
         if self.results and not self.wake.is_set():
             self.wake.set()

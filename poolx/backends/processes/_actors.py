@@ -416,10 +416,9 @@ class ActorHost:
             limit = proc.actor.options.call_timeout
             if limit is None or proc.timed_out or proc.killed is not None or not proc.inflight:
                 continue
-            running_id, finished = W.PROGRESS.unpack_from(proc.cell, 0)
+            running_id, finished, started, _ = W.read_cell(proc.cell)
             if finished or running_id not in proc.inflight:
                 continue
-            (started,) = W.STARTED.unpack_from(proc.cell, W.STARTED_OFFSET)
             if now - started > limit:
                 proc.timed_out = running_id
                 self.kill(proc.actor, restart=True, why=f"a call ran longer than call_timeout={limit:g} s")
@@ -563,7 +562,7 @@ class ActorHost:
             death = actor.death
             return ActorDiedError(str(death) if death else f"the actor {actor.label} was stopped",
                                   actor=actor.label, exitcode=exitcode, pid=proc.pid)
-        running_id, finished = W.PROGRESS.unpack_from(proc.cell, 0)
+        running_id, finished, _, _ = W.read_cell(proc.cell)
         call = proc.inflight.get(running_id)
         where = f" while running {call.fn}()" if call is not None and not finished else ""
         from ._scheduler import crash_dump_fd

@@ -93,8 +93,10 @@ EST_ALPHA = 0.2
 EST_MIN_SAMPLES = 8
 # Functions a worker keeps unpickled; the driver evicts the oldest beyond this.
 WORKER_FN_CACHE = 1024
-# A task whose worker died this many times without it being the culprit fails.
-MAX_REQUEUE = 3
+# A task whose worker died this many times without it being the culprit fails:
+# a guard against a blame that goes wrong, never reached otherwise (a task sits
+# in the prefetch window of at most a few workers that die, even when many do).
+MAX_REQUEUE = 16
 # Workers dying before they are ready this many times in a row break the executor.
 MAX_START_FAILURES = 3
 # How much of a dead worker's faulthandler dump goes into the error message.
@@ -152,6 +154,7 @@ class _Worker:
         self.timed_out = 0  # id of the task it was killed for running over task_timeout
         # (task id, map item index, since when): the running task's clock for task_timeout
         self.clock: tuple[int, int, float] = (0, -1, 0.0)
+        self.timed_out_item = -1  # the map item it was killed for (with timed_out)
         self.retiring = False  # said RETIRING (over its memory cap): exits by itself
         self.cancelled: set[int] = set()  # ids of its tasks it was killed to stop (stop_tasks)
         self.blocked = False  # its task waits in get(): its slot is lent (see on_blocked)
@@ -278,17 +281,16 @@ class Scheduler(threading.Thread):
         for w in self.workers.values():
             if w.state != READY or not w.outstanding or w.timed_out:
                 continue
-            running_id, finished = W.PROGRESS.unpack_from(w.cell, 0)
+            running_id, finished, started, item = W.read_cell(w.cell)
             if finished or running_id not in w.outstanding:
                 continue
-            (item,) = W.ITEM.unpack_from(w.cell, W.ITEM_OFFSET)
             if w.clock[0] != running_id:  # a new task: its clock started when it did
-                (started,) = W.STARTED.unpack_from(w.cell, W.STARTED_OFFSET)
                 w.clock = (running_id, item, started)
             elif w.clock[1] != item:  # the next item of a map chunk: a new clock, from now
                 w.clock = (running_id, item, now)
             if now - w.clock[2] > limit:
                 w.timed_out = running_id
+                w.timed_out_item = w.clock[1]
                 self.signal(w, kill=True)
 
     def on_wake(self, key: Any, mask: int) -> None:
@@ -1009,19 +1011,26 @@ class Scheduler(threading.Thread):
         before it had finished (their results died with the process) and tasks
         after it had not started: both are run again, on another worker.
         """
-        running_id, finished = W.PROGRESS.unpack_from(w.cell, 0)
-        (item,) = W.ITEM.unpack_from(w.cell, W.ITEM_OFFSET)
-        timed_out = bool(w.timed_out) and w.timed_out == running_id
+        running_id, finished, _, item = W.read_cell(w.cell)
+        timed_out = bool(w.timed_out)
+        if timed_out:
+            # Killed for the task (and map item) seen over task_timeout.  That
+            # one fails, even if it finished between the check and the kill (it
+            # did run over, and its result died unsent); whatever the worker
+            # had moved on to is innocent.
+            culprit, item = w.timed_out, w.timed_out_item
+        else:
+            culprit = 0 if finished else running_id
         requeue = []
         for task in w.outstanding.values():
-            if task.id != running_id or finished:
-                if task.retries >= MAX_REQUEUE:
+            if task.id != culprit:
+                if task.requeues >= MAX_REQUEUE:
                     self.fail(task, WorkerDiedError(
                         f"{describe(task.fn)} was on {MAX_REQUEUE + 1} workers that died "
                         f"(the last: {describe_exit(exitcode)}); giving up on it",
                         exitcode=exitcode, pid=w.pid))
                 else:
-                    task.retries += 1  # not its fault: run it again, as if never sent
+                    task.requeues += 1  # not its fault: run it again, as if never sent
                     requeue.append(task)
                 continue
             # The task the worker was running.

@@ -32,7 +32,6 @@ import pickle
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
@@ -71,21 +70,39 @@ FLUSH_MAX = 512
 # its batch, large enough that tiny tasks still travel hundreds per message.
 FLUSH_SECONDS = 0.002
 
-# The progress cell: u64 id of the task being run, and u64 1 when it finished.
-# It fills the first page of a per-worker unlinked temporary file; a fatal
-# error's stack dump (faulthandler) is written after it.
-PROGRESS = struct.Struct("<QQ")
-# When the running task started (time.perf_counter()), after the cell's id:
-# written before the id, so a reader that sees a new id sees its start time.
-STARTED = struct.Struct("<d")
-STARTED_OFFSET = PROGRESS.size
-# The item of a map() chunk being run (-1: not a chunk).  With it the driver
-# blames the one item that killed the worker, not the whole chunk (see
-# poolx._chunks), and task_timeout counts per item (the scheduler restarts the
-# clock when it sees the index change).
-ITEM = struct.Struct("<q")
-ITEM_OFFSET = STARTED_OFFSET + STARTED.size
+# The progress cell: four 8-byte words at the start of the first page of a
+# per-worker unlinked temporary file (a fatal error's stack dump, from
+# faulthandler, is written after them):
+#   [0] the id of the task being run      [1] 1 once its outcome is recorded
+#   [2] when it started (perf_counter, a double)
+#   [3] the item of a map() chunk being run (-1: none): with it the driver
+#       blames the one item that killed the worker, not the whole chunk (see
+#       poolx._chunks), and task_timeout counts per item (the scheduler
+#       restarts the clock when it sees the index change).
+# Each word is stored and loaded whole, through memoryviews (one 8-byte move:
+# never torn, unlike struct.pack_into, which writes a double piecewise), and
+# in an order that is safe to read at any moment: the start time before the
+# id, and the id before "not finished", so a reader may see a new task as
+# finished (it is then only run again, if its worker died) but never an old
+# one as unfinished.
+RUNNING, FINISHED, STARTED, ITEM = 0, 1, 2, 3
 PROGRESS_BYTES = 4096
+
+
+class CellViews:
+    """The progress cell's words as views: ``words`` (int64) and ``times`` (double)."""
+
+    def __init__(self, cell: mmap.mmap) -> None:
+        self.words = memoryview(cell)[:32].cast("q")
+        self.times = memoryview(cell)[:32].cast("d")
+
+
+def read_cell(cell: mmap.mmap) -> tuple[int, bool, float, int]:
+    """(running task id, finished, started, map item) from a progress cell (the driver's side)."""
+    with memoryview(cell) as whole, whole[:32] as part, part.cast("q") as words, part.cast("d") as times:
+        running, finished, item = words[RUNNING], words[FINISHED], words[ITEM]
+        started = times[STARTED]
+    return running, bool(finished), started, item
 
 
 class FdForChild:
@@ -288,7 +305,8 @@ class Worker:
         # (index -> (kind, message, exitcode, pid)): see poolx._chunks.
         self.skip: dict[int, tuple[Any, ...]] | None = None
         # Where a map() chunk stores the index of the item it runs (poolx._chunks).
-        self.item_mark = memoryview(cell)[ITEM_OFFSET:ITEM_OFFSET + ITEM.size].cast("q")
+        self.views = CellViews(cell)
+        self.item_mark = memoryview(cell)[ITEM * 8:ITEM * 8 + 8].cast("q")
         self.eager = False  # flush every result at once (results come from other threads)
         self.give_back = False  # the rest of the current batch was handed back (block)
         self.acks_pending = 0  # BLOCKED messages whose ACK_BLOCKED has not been read yet
@@ -401,9 +419,11 @@ class Worker:
     def run_one(self, task_id: int, key: int, fn_bytes: bytes | None, payload: bytes,
                 buffers: list[Any]) -> None:
         t_start = time.perf_counter()
-        STARTED.pack_into(self.cell, STARTED_OFFSET, t_start)
-        ITEM.pack_into(self.cell, ITEM_OFFSET, -1)
-        PROGRESS.pack_into(self.cell, 0, task_id, 0)
+        words = self.views.words
+        self.views.times[STARTED] = t_start
+        words[ITEM] = -1
+        words[RUNNING] = task_id
+        words[FINISHED] = 0
         self.running = task_id
         if self.results and not self.wake.is_set():
             self.wake.set()
@@ -481,7 +501,7 @@ class Worker:
         # Finished only now that its outcome is pickled: a crash while pickling
         # the result (a __reduce__ that segfaults) must blame this task, not
         # requeue it as "finished, result lost".
-        PROGRESS.pack_into(self.cell, 0, task_id, 1)
+        self.views.words[FINISHED] = 1
         with self.lock:
             if not self.results:
                 self.first_pending = t_end
