@@ -112,6 +112,15 @@ def _run_skipping(fn: Callable[..., Any], chunk: list[Any], star: bool, start: i
     return results, error
 
 
+def named_after(runner: Callable[..., Any], fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Name a map() chunk's task function after ``fn`` (for messages and traces), marked a chunk."""
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    runner.__qualname__ = runner.__name__ = f"{name} [map]"
+    runner.__module__ = getattr(fn, "__module__", None) or type(fn).__module__
+    runner._poolx_chunk = True  # type: ignore[attr-defined]  # (its items can be quarantined)
+    return runner
+
+
 def _call_with_retries(fn: Callable[..., Any], item: Any, star: bool, retry: Retry) -> Any:
     max_retries, retry_on = retry
     attempt = 0

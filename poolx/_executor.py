@@ -697,11 +697,7 @@ def _chunk_runner(fn: Callable[..., Any], star: bool,
             raise _ChunkError(results, error) from error
         return results
 
-    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    run_chunk.__qualname__ = run_chunk.__name__ = f"{name} [map]"
-    run_chunk.__module__ = getattr(fn, "__module__", None) or type(fn).__module__
-    run_chunk._poolx_chunk = True  # type: ignore[attr-defined]
-    return run_chunk
+    return _chunks_mod.named_after(run_chunk, fn)
 
 
 def _submit_chunk(ex: Executor, runner: Callable[..., Any], chunk: tuple[int, list[Any]],

@@ -45,7 +45,7 @@ from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined
 from multiprocessing.pool import RemoteTraceback as MPRemoteTraceback  # type: ignore[attr-defined]
 from typing import Any
 
-from ._chunks import Retry
+from ._chunks import Retry, named_after
 from ._chunks import run_chunk as run_chunk_items
 from ._errors import RemoteTraceback, SerializationError, TaskTimeoutError
 from ._executor import Executor
@@ -74,11 +74,7 @@ def _chunk_runner(func: Callable[..., Any], star: bool, retry: Retry | None) -> 
             raise error
         return results
 
-    name = getattr(func, "__qualname__", None) or type(func).__qualname__
-    run_chunk.__qualname__ = run_chunk.__name__ = f"{name} [map]"
-    run_chunk.__module__ = getattr(func, "__module__", None) or type(func).__module__
-    run_chunk._poolx_chunk = True  # type: ignore[attr-defined]
-    return run_chunk
+    return named_after(run_chunk, func)
 
 
 def _default_processes() -> int:
