@@ -69,7 +69,7 @@ def init(num_workers: int | None = None, backend: str | None = None, *, num_cpus
     debugging mode, means ``"serial"``).  The workers start now, and init()
     returns once they are ready, as Ray's does.  Other keyword arguments go to
     ``poolx.Executor`` (``mp_context``, ``initializer``, ``initargs``,
-    ``max_tasks_per_child``, ``task_timeout``, ``max_memory_per_child``);
+    ``max_tasks_per_child``, ``task_timeout``, ``max_memory_per_child``, ``init_timeout``);
     retries are per function, Ray's ``max_retries``/``retry_exceptions``.  Calling it twice raises, unless
     ``ignore_reinit_error=True``, as in Ray.
     """
@@ -89,7 +89,7 @@ def init(num_workers: int | None = None, backend: str | None = None, *, num_cpus
             raise ValueError(f"init(local_mode=True, backend={backend!r}): local mode is the serial backend")
         backend = "serial"
     allowed = {"mp_context", "initializer", "initargs", "max_tasks_per_child", "task_timeout",
-               "max_memory_per_child"}
+               "max_memory_per_child", "init_timeout"}
     unknown = sorted(set(executor_options) - allowed)
     if unknown:
         hint = (" (poolx runs on this machine: for a cluster, see the Dask and Ray backends)"

@@ -104,7 +104,10 @@ class Executor(cf.Executor):
       ``max_retries`` times;
     - ``max_memory_per_child``: bytes (or "500MB", "2GiB"); a worker whose
       resident memory is above it after a task retires and is replaced,
-      without losing tasks (processes backend).
+      without losing tasks (processes backend);
+    - ``init_timeout``: seconds a worker may take to start, its initializer
+      included; a worker still starting then is killed and the executor breaks
+      with ``InitializerError`` (processes backend).
     """
 
     def __init__(
@@ -120,16 +123,17 @@ class Executor(cf.Executor):
         max_retries: int = 0,
         retry_exceptions: bool | tuple[type[BaseException], ...] | list[type[BaseException]] = False,
         max_memory_per_child: int | str | None = None,
+        init_timeout: float | None = None,
         _child_hook: Any = None,
         _any_start_method: bool = False,
     ) -> None:
-        if task_timeout is not None and (isinstance(task_timeout, bool)
-                                         or not isinstance(task_timeout, int | float) or task_timeout <= 0):
-            raise ValueError(f"task_timeout must be a positive number of seconds or None, "
-                             f"got {task_timeout!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0 (the times a task may run again), "
                              f"got {max_retries!r}")
+        for name, value in (("task_timeout", task_timeout), ("init_timeout", init_timeout)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or value <= 0):
+                raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
         retry_on = retry_exceptions_tuple(retry_exceptions)
         max_memory = parse_bytes(max_memory_per_child, "max_memory_per_child")
         if max_workers is None:
@@ -162,6 +166,9 @@ class Executor(cf.Executor):
         if task_timeout is not None and not backend_cls.supports_timeouts:
             raise ValueError(f"the {backend!r} backend cannot stop a running task: task_timeout needs "
                              "backend='processes'")
+        if init_timeout is not None and not backend_cls.supports_timeouts:
+            raise ValueError(f"the {backend!r} backend cannot stop an initializer: init_timeout needs "
+                             "backend='processes'")
         if max_memory is not None and not backend_cls.supports_worker_restart:
             raise ValueError(f"the {backend!r} backend cannot replace its workers: max_memory_per_child "
                              "needs backend='processes'")
@@ -173,7 +180,7 @@ class Executor(cf.Executor):
         self._backend: Backend = backend_cls(
             BackendOptions(max_workers, mp_context, initializer, tuple(initargs), max_tasks_per_child,
                            actors=self._actors, child_hook=_child_hook, task_timeout=task_timeout,
-                           max_memory=max_memory),
+                           max_memory=max_memory, init_timeout=init_timeout),
             self._telemetry,
         )
         self._actors.backend = self._backend

@@ -106,7 +106,7 @@ class Pool:
                  initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
                  context: Any = None, *, task_timeout: float | None = None,
                  max_memory_per_child: int | str | None = None, max_retries: int = 0,
-                 retry_exceptions: Any = False) -> None:
+                 retry_exceptions: Any = False, init_timeout: float | None = None) -> None:
         self._state = INIT  # before anything can raise: __del__ reads it
         if processes is None:
             processes = _default_processes()
@@ -130,7 +130,7 @@ class Pool:
                                   max_tasks_per_child=maxtasksperchild, backend=self._backend_name,
                                   _any_start_method=True, task_timeout=task_timeout,
                                   max_memory_per_child=max_memory_per_child, max_retries=max_retries,
-                                  retry_exceptions=retry_exceptions)
+                                  retry_exceptions=retry_exceptions, init_timeout=init_timeout)
         ex = self._executor
         self._retry: Retry | None = (ex._max_retries, ex._retry_on) if ex._retry_on else None
         # The same runner for the same func: the engine pickles it (func in its

@@ -68,7 +68,7 @@ CPU_SHARE_VAR = "LOKY_MAX_CPU_COUNT"
 #: Keyword arguments the backend takes (``parallel_config(backend="poolx", **these)``).
 BACKEND_KWARGS = ("executor", "idle_worker_timeout", "mp_context", "initializer", "initargs",
                   "max_tasks_per_child", "task_timeout", "max_retries", "retry_exceptions",
-                  "max_memory_per_child")
+                  "max_memory_per_child", "init_timeout")
 
 
 def register() -> None:
@@ -256,7 +256,7 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
 
 
 # Passed to the executor as they are (docs/faults.md).
-_FAULT_OPTIONS = ("task_timeout", "max_retries", "retry_exceptions", "max_memory_per_child")
+_FAULT_OPTIONS = ("task_timeout", "max_retries", "retry_exceptions", "max_memory_per_child", "init_timeout")
 
 
 @dataclass(frozen=True)

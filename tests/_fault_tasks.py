@@ -165,3 +165,7 @@ def exit_holding(data):
 
 def big_result(nbytes):
     return bytearray(nbytes)
+
+
+def hang_in_initializer():
+    time.sleep(120)

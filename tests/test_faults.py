@@ -38,6 +38,7 @@ from _fault_tasks import (
     exit_holding,
     flaky,
     grow,
+    hang_in_initializer,
     ignore_sigterm_and_sleep,
     item_crashes_at,
     item_sleeps_at,
@@ -340,6 +341,25 @@ def test_a_failing_initializer_breaks_the_executor_clearly_without_respawning(st
         assert ex.statistics().workers_started <= 2
     finally:
         ex.shutdown()
+
+
+def test_an_initializer_that_hangs_breaks_the_executor_after_init_timeout(start_method):
+    started = time.monotonic()
+    ex = poolx.Executor(2, mp_context=start_method, initializer=hang_in_initializer, init_timeout=1.0)
+    try:
+        futures = [ex.submit(square, i) for i in range(4)]
+        for f in futures:
+            with pytest.raises(InitializerError, match=r"hang_in_initializer did not finish within "
+                                                       r"init_timeout=1 s"):
+                f.result(timeout=30)
+        assert time.monotonic() - started < 10
+        with pytest.raises(InitializerError):
+            ex.submit(square, 1)
+        assert ex.statistics().workers_started <= 2  # no respawn loop
+    finally:
+        ex.shutdown()
+    with pytest.raises(ValueError, match="init_timeout"):
+        poolx.Executor(1, backend="threads", init_timeout=1)
 
 
 # -- F3: what cannot be pickled ---------------------------------------------------------

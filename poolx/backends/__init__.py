@@ -57,6 +57,9 @@ class BackendOptions:
     #: resident bytes above which a worker retires after its current batch
     #: (backends with supports_worker_restart)
     max_memory: int | None = None
+    #: seconds a worker may take to start, its initializer included; then it is
+    #: killed and the executor breaks with InitializerError (supports_timeouts)
+    init_timeout: float | None = None
 
 
 class Backend(ABC):

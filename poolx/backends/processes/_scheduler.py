@@ -152,6 +152,8 @@ class _Worker:
         self.channel_open = True
         self.stop_deadline = 0.0
         self.timed_out = 0  # id of the task it was killed for running over task_timeout
+        self.spawned = time.monotonic()  # (init_timeout)
+        self.init_timed_out = False  # killed for taking longer than init_timeout to start
         # (task id, map item index, since when): the running task's clock for task_timeout
         self.clock: tuple[int, int, float] = (0, -1, 0.0)
         self.timed_out_item = -1  # the map item it was killed for (with timed_out)
@@ -175,6 +177,7 @@ class Scheduler(threading.Thread):
         self.setup = setup
         self.max_tasks = max_tasks
         self.task_timeout: float | None = backend.options.task_timeout
+        self.init_timeout: float | None = backend.options.init_timeout
         self.keep_workers = 0  # workers kept alive even when idle (prestart)
         self.telemetry = telemetry
         self.incoming = incoming
@@ -222,6 +225,8 @@ class Scheduler(threading.Thread):
                         self.check_timeouts()
                     if self.actors.procs:
                         self.actors.check_timeouts()
+                    if self.init_timeout is not None:
+                        self.check_starting()
                     if time.monotonic() >= self.next_liveness:
                         self.check_liveness()
                     if self.backend.broken is not None:
@@ -247,6 +252,8 @@ class Scheduler(threading.Thread):
             return min(TIMEOUT_POLL, self.task_timeout / 4)
         if self.actors.procs and self.actors.timing():
             return TIMEOUT_POLL
+        if self.init_timeout is not None and any(w.state == STARTING for w in self.workers.values()):
+            return TIMEOUT_POLL
         if self.workers or self.actors.procs:
             return max(self.next_liveness - time.monotonic(), 0.0)
         return None
@@ -267,6 +274,16 @@ class Scheduler(threading.Thread):
         for proc in list(self.actors.procs.values()):
             if not proc.process.is_alive():
                 self.actors.on_exit(proc)
+
+    def check_starting(self) -> None:
+        """Kill the workers still starting (initializer included) after ``init_timeout``."""
+        limit = self.init_timeout
+        assert limit is not None
+        now = time.monotonic()
+        for w in self.workers.values():
+            if w.state == STARTING and not w.init_timed_out and now - w.spawned > limit:
+                w.init_timed_out = True
+                self.signal(w, kill=True)
 
     def check_timeouts(self) -> None:
         """Kill the workers whose running task is over ``task_timeout``.
@@ -955,6 +972,14 @@ class Scheduler(threading.Thread):
 
     def after_exit(self, w: _Worker, exitcode: int | None) -> None:
         self.end_loan(w)  # first: a worker killed however it died (stop_tasks too) lends no more
+        if w.init_timed_out:
+            what = (f"the worker initializer {self.backend.initializer_name}"
+                    if self.backend.initializer_name else "starting a worker")
+            self.break_executor(
+                f"{what} did not finish within init_timeout={self.init_timeout:g} s; the worker (pid "
+                f"{w.process.pid}) was killed, and no more are started: a hanging initializer would hang "
+                f"every worker the same way.{crash_dump(w)}")
+            return
         if w.init_error is not None:
             type_name, message, tb = w.init_error
             self.break_executor(
