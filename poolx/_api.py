@@ -25,7 +25,7 @@ from . import _actors
 from ._actors import ActorHandle
 from ._errors import GetTimeoutError, PoolxError, TaskCancelledError
 from ._executor import retry_exceptions_tuple, retrying
-from ._futures import Future, lent_slot
+from ._futures import Future, Task, lent_slot
 from ._objects import ObjectRef, PutRef, request
 
 __all__ = [
@@ -218,7 +218,7 @@ class RemoteFunction:
         retry_on = retry_exceptions_tuple(options.get("retry_exceptions", False))
         if retry_on:
             fn = self._function
-            future = retrying(lambda: _submit(fn, args, kwargs, retries), retries, retry_on,
+            future = retrying(lambda budget: _attempt(fn, args, kwargs, budget), retries, retry_on,
                               lambda: not _actors.in_child() and not is_initialized())
         else:
             future = _submit(self._function, args, kwargs, retries)
@@ -278,12 +278,18 @@ class RemoteClass:
 
 def _submit(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
             retries: int) -> Future[Any]:
+    return _attempt(fn, args, kwargs, retries)[0]
+
+
+def _attempt(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+             retries: int) -> tuple[Future[Any], Task | None]:
+    """Submit one task; its future, and its Task where it is this process's (in the driver)."""
     if _actors.in_child():
-        return _actors._client.submit(fn, args, kwargs, retries)  # type: ignore[no-any-return,unused-ignore]
+        return _actors._client.submit(fn, args, kwargs, retries), None  # type: ignore[no-any-return,unused-ignore]
     executor = _get_executor()
     task = executor._submit(fn, args, kwargs, retries, readonly_args=True)
     task.future._poolx_task = task.id  # for cancel()
-    return task.future
+    return task.future, task
 
 
 def _split(future: Future[Any], n: int, name: str) -> list[Future[Any]]:

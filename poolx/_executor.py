@@ -238,8 +238,11 @@ class Executor(cf.Executor):
                   max_retries: int, retry_on: tuple[type[BaseException], ...],
                   readonly_args: bool = False) -> Future[Any]:
         """A future for ``fn``'s result that reruns the task when it raises one of ``retry_on``."""
-        return retrying(lambda: self._submit(fn, args, kwargs, max_retries, readonly_args).future,
-                        max_retries, retry_on, lambda: self._shutdown)
+        def submit(budget: int) -> tuple[cf.Future[Any], Task]:
+            task = self._submit(fn, args, kwargs, budget, readonly_args)
+            return task.future, task
+
+        return retrying(submit, max_retries, retry_on, lambda: self._shutdown)
 
     def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                 max_retries: int = 0, readonly_args: bool = False, chunk: bool = False) -> Task:
@@ -882,20 +885,26 @@ def _results_fed(feeder: _Feeder, end_time: float | None) -> Iterator[Any]:
 
 
 
-def retrying(submit: Callable[[], cf.Future[Any]], max_retries: int,
+def retrying(submit: Callable[[int], tuple[cf.Future[Any], Task | None]], max_retries: int,
              retry_on: tuple[type[BaseException], ...], closed: Callable[[], bool]) -> Future[Any]:
     """A future for a task's outcome that submits it again when it raises one of ``retry_on``.
 
-    ``submit()`` sends one attempt (a task of its own, sent with the arguments
-    kept by the caller, so a rerun sees them as the first run did); the
-    returned future takes the outcome of the last attempt.  ``max_retries``
-    (-1: no limit) bounds the reruns; none starts once ``closed()``.
+    ``submit(budget)`` sends one attempt (a task of its own, sent with the
+    arguments kept by the caller, so a rerun sees them as the first run did)
+    that may itself be run again ``budget`` times if its worker dies; it
+    returns the attempt's future and, where known, its Task.  The returned
+    future takes the outcome of the last attempt.  ``max_retries`` (-1: no
+    limit) bounds the reruns of both kinds together, as Ray's does; none
+    starts once ``closed()``.
     """
     outer = _RetryingFuture()
-    attempts = 0
+    attempts = 0  # reruns so far: for exceptions, and for deaths of finished attempts' workers
+    current: list[Task | None] = [None]
 
     def launch() -> None:
-        attempt = outer._attempt = submit()
+        budget = -1 if max_retries == -1 else max_retries - attempts
+        attempt, current[0] = submit(budget)
+        outer._attempt = attempt
         attempt.add_done_callback(on_done)
 
     def on_done(inner: cf.Future[Any]) -> None:
@@ -906,6 +915,9 @@ def retrying(submit: Callable[[], cf.Future[Any]], max_retries: int,
             outer._finish(None, TaskCancelledError("the task was cancelled"))
             return
         error = inner.exception()
+        task = current[0]
+        if task is not None:
+            attempts += task.retries  # its worker died under it and it ran again
         if (error is not None and _chunks_mod.is_one_of(error, retry_on)
                 and (max_retries == -1 or attempts < max_retries) and not closed()):
             attempts += 1

@@ -169,3 +169,17 @@ def big_result(nbytes):
 
 def hang_in_initializer():
     time.sleep(120)
+
+
+def scripted(marker, script):
+    """Run number n (counted in ``marker``) does ``script[n]``: "crash", "flaky" or "ok"."""
+    path = Path(marker)
+    n = len(path.read_text()) if path.exists() else 0
+    with open(path, "a") as f:
+        f.write("x")
+    action = script[n]
+    if action == "crash":
+        os._exit(3)
+    if action == "flaky":
+        raise Flaky(f"run {n + 1}")
+    return n + 1

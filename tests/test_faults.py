@@ -43,6 +43,7 @@ from _fault_tasks import (
     item_crashes_at,
     item_sleeps_at,
     log_and_crash_at,
+    scripted,
     takes,
     wait_for_refs,
 )
@@ -279,6 +280,16 @@ def test_retry_exceptions_reruns_chosen_exceptions_only(tmp_path):
         poolx.Executor(1, retry_exceptions=[ValueError, "KeyError"])
     with pytest.raises(ValueError, match="max_retries"):
         poolx.Executor(1, max_retries=-1)
+
+
+def test_max_retries_bounds_worker_deaths_and_exceptions_together(tmp_path):
+    # As Ray's max_retries: one budget for both kinds of rerun.
+    with poolx.Executor(1, max_retries=2, retry_exceptions=[Flaky]) as ex:
+        marker = tmp_path / "a"
+        with pytest.raises(Flaky, match="run 3"):
+            ex.submit(scripted, str(marker), ["crash", "crash", "flaky", "ok"]).result(timeout=60)
+        assert marker.read_text() == "xxx"  # 1 run + 2 reruns, whatever made them
+        assert ex.submit(scripted, str(tmp_path / "b"), ["flaky", "crash", "ok"]).result(timeout=60) == 3
 
 
 def test_a_retried_future_can_be_cancelled_while_it_waits(tmp_path):
