@@ -24,7 +24,7 @@ import pickle
 import sys
 import threading
 import types
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import cloudpickle
@@ -177,16 +177,25 @@ def cacheable(fn: Any) -> bool:
     return isinstance(fn, types.FunctionType | types.BuiltinFunctionType)
 
 
+def first_unpicklable(values: Iterable[Any]) -> tuple[int, Any] | None:
+    """The position and value of the first of ``values`` that cannot be pickled, if any."""
+    for i, value in enumerate(values):
+        try:
+            dumps(value)
+        except (Exception, SystemExit):
+            return i, value
+    return None
+
+
 def unpicklable_argument(args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
     """Name the first argument that cannot be pickled ("argument 0 (module.Type)"), if any."""
     named = [(f"argument {i}", a) for i, a in enumerate(args)]
     named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
-    for name, value in named:
-        try:
-            dumps(value)
-        except (Exception, SystemExit):
-            return f"{name} ({describe(type(value))})"
-    return None
+    found = first_unpicklable(value for _, value in named)
+    if found is None:
+        return None
+    i, value = found
+    return f"{named[i][0]} ({describe(type(value))})"
 
 
 def describe(obj: Any) -> str:

@@ -92,10 +92,7 @@ class ActorWorker(W.Worker):
 
     def init_failed(self, exc: BaseException) -> None:
         info = W._info(exc)
-        try:
-            exc.__traceback__ = None
-        except AttributeError:  # an exception that cannot be changed (a frozen dataclass)
-            pass
+        W.forget_traceback(exc)
         try:
             data: bytes | None = ser.dumps(exc)[0]
         except BaseException:

@@ -19,7 +19,7 @@ from ... import _shm
 from ..._actors import Actor, ActorCall
 from ..._errors import InitializerError, PoolxError, SerializationError
 from ..._futures import Task
-from ..._serialization import cacheable, describe, dumps, unpicklable_argument
+from ..._serialization import cacheable, describe, dumps, first_unpicklable, unpicklable_argument
 from ..._telemetry import Telemetry
 from .. import Backend, BackendOptions
 from ._scheduler import Scheduler
@@ -257,11 +257,11 @@ def _pickling_error(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
     if getattr(fn, "_poolx_chunk", False) and len(args) == 2 and isinstance(args[0], list):
         # A map() chunk: name the item, not "argument 0 (a list)".
         items, start = args
-        found = unpicklable_argument(items, {})
+        found = first_unpicklable(items)
         if found is not None:
-            index, _, kind = found.removeprefix("argument ").partition(" ")
+            index, item = found
             return SerializationError(
-                f"cannot pickle map item {start + int(index)} {kind} of a map over "
+                f"cannot pickle map item {start + index} ({describe(type(item))}) of a map over "
                 f"{describe(fn).removesuffix(' [map]')}: {type(exc).__name__}: {exc}. Tasks run in other "
                 "processes, so the items must be picklable (or use backend='threads').")
     culprit = unpicklable_argument(args, kwargs) or f"the callable {describe(fn)}"

@@ -465,9 +465,9 @@ class Worker:
                     coroutine.close()  # (no "never awaited" warning)
                 self.add_exception(task_id, TypeError(
                     f"{ser.describe(fn).removesuffix(' [map]')} is an async function: a task runs a plain "
-                    "function. Run the "
-                    "coroutine in it (def task(x): return asyncio.run(fetch(x))), or make it a method "
-                    "of an actor, whose async methods run on its event loop"), t_start, t_end)
+                    "function. Run the coroutine in it (def task(x): return asyncio.run(fetch(x))), or "
+                    "make it a method of an actor, whose async methods run on its event loop"),
+                    t_start, t_end)
                 return
             info = (*_info(exc), _culprit(result))
             self.add(task_id, BAD_RESULT, b"", (), t_start, t_end, info)
@@ -481,10 +481,7 @@ class Worker:
     def add_exception(self, task_id: int, exc: BaseException, t_start: float, t_end: float,
                       unpickle_s: float = 0.0) -> None:
         info = _info(exc)
-        try:
-            exc.__traceback__ = None  # the text is in info; let the frames go
-        except AttributeError:  # an exception that cannot be changed (a frozen dataclass)
-            pass
+        forget_traceback(exc)  # the text is in info
         try:
             data, bufs = ser.dumps(exc)
         except BaseException:
@@ -549,14 +546,21 @@ def _client_calls() -> int:
     return _client.sent if _client is not None else 0
 
 
+def forget_traceback(exc: BaseException) -> None:
+    """Let an exception's frames go (its text was formatted already), if it can be changed."""
+    try:
+        exc.__traceback__ = None
+    except AttributeError:  # an exception that cannot be changed (a frozen dataclass)
+        pass
+
+
 def _culprit(result: Any) -> str:
     """What in a result cannot be pickled: its type, or the type of the first such item of a list."""
     if isinstance(result, list | tuple) and len(result) <= 100_000:
-        for i, item in enumerate(result):
-            try:
-                ser.dumps(item)
-            except BaseException:
-                return f"{ser.describe(type(item))}, item {i} of a {type(result).__name__}"
+        found = ser.first_unpicklable(result)
+        if found is not None:
+            i, item = found
+            return f"{ser.describe(type(item))}, item {i} of a {type(result).__name__}"
     return ser.describe(type(result))
 
 
