@@ -183,3 +183,16 @@ def scripted(marker, script):
     if action == "flaky":
         raise Flaky(f"run {n + 1}")
     return n + 1
+
+
+def limit_memory_growth(extra):
+    """RLIMIT_AS at this process's current address space plus ``extra`` bytes.
+
+    Relative, not absolute: a forked worker inherits the driver's address
+    space, which a long test session can grow past any fixed limit.
+    """
+    import resource
+
+    with open("/proc/self/status") as f:
+        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (vm + extra, vm + extra))

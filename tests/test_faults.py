@@ -42,6 +42,7 @@ from _fault_tasks import (
     ignore_sigterm_and_sleep,
     item_crashes_at,
     item_sleeps_at,
+    limit_memory_growth,
     log_and_crash_at,
     scripted,
     takes,
@@ -63,7 +64,6 @@ from _tasks import (
     return_fails_to_unpickle,
     return_lock,
     segfault,
-    set_memory_limit,
     sleep_and_return,
     square,
 )
@@ -306,7 +306,7 @@ def test_a_retried_future_can_be_cancelled_while_it_waits(tmp_path):
 
 
 def test_memory_exhaustion_in_a_worker_is_a_memory_error_and_the_worker_lives(start_method):
-    with poolx.Executor(1, mp_context=start_method, initializer=set_memory_limit,
+    with poolx.Executor(1, mp_context=start_method, initializer=limit_memory_growth,
                         initargs=(1 << 30,)) as ex:
         pid = ex.submit(getpid).result(timeout=30)
         with pytest.raises(MemoryError):
