@@ -118,7 +118,8 @@ class Executor(cf.Executor):
         initargs: tuple[Any, ...] = (),
         *,
         max_tasks_per_child: int | None = None,
-        backend: str = "processes",
+        backend: str | None = None,
+        address: str | None = None,
         task_timeout: float | None = None,
         max_retries: int = 0,
         retry_exceptions: bool | tuple[type[BaseException], ...] | list[type[BaseException]] = False,
@@ -157,7 +158,13 @@ class Executor(cf.Executor):
                     "max_tasks_per_child is incompatible with the 'fork' multiprocessing "
                     "start method; supply a different mp_context."
                 )
+        if backend is None:
+            # POOLX_BACKEND moves an unchanged program (POOLX_BACKEND=dask).
+            backend = os.environ.get("POOLX_BACKEND") or "processes"
         backend_cls = get_backend(backend)
+        if address is not None and backend not in ("dask", "ray"):
+            raise ValueError(f"address= is the cluster to run on, for backend='dask' or 'ray'; the "
+                             f"{backend!r} backend runs on this machine")
         if max_tasks_per_child is not None and not backend_cls.supports_max_tasks_per_child:
             raise ValueError(
                 f"the {backend!r} backend does not support max_tasks_per_child; "
@@ -180,7 +187,8 @@ class Executor(cf.Executor):
         self._backend: Backend = backend_cls(
             BackendOptions(max_workers, mp_context, initializer, tuple(initargs), max_tasks_per_child,
                            actors=self._actors, child_hook=_child_hook, task_timeout=task_timeout,
-                           max_memory=max_memory, init_timeout=init_timeout),
+                           max_memory=max_memory, init_timeout=init_timeout,
+                           extra={"address": address} if address is not None else {}),
             self._telemetry,
         )
         self._actors.backend = self._backend

@@ -49,8 +49,15 @@ def _children() -> dict[int, str]:
     return out
 
 
+# Threads a library keeps for the whole process once started: not leaks.
+_PROCESS_THREADS = (
+    "Dask-Callback-Thread",  # distributed runs every future's done-callbacks on one global pool
+)
+
+
 def _threads() -> dict[int, str]:
-    return {t.ident or 0: t.name for t in threading.enumerate() if t.is_alive()}
+    return {t.ident or 0: t.name for t in threading.enumerate()
+            if t.is_alive() and not t.name.startswith(_PROCESS_THREADS)}
 
 
 def _fds() -> dict[int, str]:

@@ -142,6 +142,7 @@ _BUILTIN = {
     "serial": "poolx.backends.serial:SerialBackend",
     "threads": "poolx.backends.threads:ThreadBackend",
     "processes": "poolx.backends.processes._backend:ProcessBackend",
+    "dask": "poolx.backends.dask:DaskBackend",
 }
 _registry: dict[str, type[Backend]] = {}
 
