@@ -143,6 +143,7 @@ _BUILTIN = {
     "threads": "poolx.backends.threads:ThreadBackend",
     "processes": "poolx.backends.processes._backend:ProcessBackend",
     "dask": "poolx.backends.dask:DaskBackend",
+    "ray": "poolx.backends.ray:RayBackend",
 }
 _registry: dict[str, type[Backend]] = {}
 

@@ -22,11 +22,12 @@ import traceback
 import uuid
 from typing import Any
 
-from .. import _serialization as ser
 from .._errors import RemoteTraceback
 from .._futures import Task
+from .._serialization import describe
 from .._telemetry import Telemetry
 from . import Backend, BackendOptions
+from ._cluster import pickle_call, unpickle_call
 
 ADDRESS_VARIABLE = "POOLX_DASK_ADDRESS"
 
@@ -40,7 +41,7 @@ def _run(data: bytes, buffers: list[bytes]) -> tuple[Any, float, float, str]:
     from distributed import get_worker
 
     t_start = time.perf_counter()
-    fn, args, kwargs = ser.loads(data, buffers)
+    fn, args, kwargs = unpickle_call(data, buffers)
     result = fn(*args, **kwargs)
     return result, t_start, time.perf_counter(), get_worker().address
 
@@ -76,8 +77,7 @@ class DaskBackend(Backend):
     def submit(self, task: Task) -> None:
         if self._closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        data, bufs = ser.dumps((task.fn, task.args, task.kwargs))
-        buffers = [bytes(b.raw()) for b in bufs]
+        data, buffers = pickle_call(task)
         task.bytes_out = len(data) + sum(len(b) for b in buffers)
         if not task.future.set_running_or_notify_cancel():
             self.telemetry.task_cancelled()
@@ -147,4 +147,4 @@ class DaskBackend(Backend):
 def ser_cancelled(task: Task) -> BaseException:
     from .._errors import TaskCancelledError
 
-    return TaskCancelledError(f"{ser.describe(task.fn)} was cancelled on the Dask cluster")
+    return TaskCancelledError(f"{describe(task.fn)} was cancelled on the Dask cluster")
