@@ -79,14 +79,14 @@ class DaskBackend(Backend):
             raise RuntimeError("cannot schedule new futures after shutdown")
         data, buffers = pickle_call(task)
         task.bytes_out = len(data) + sum(len(b) for b in buffers)
-        if not task.future.set_running_or_notify_cancel():
-            self.telemetry.task_cancelled()
-            return
         key = f"poolx-{task.id}-{uuid.uuid4().hex[:8]}"
         with self._lock:
             future = self._client.submit(_run, data, buffers, key=key, pure=False)
             self._pending[key] = (task, future)
         future.add_done_callback(self._done)
+        # Dask does not say when a task starts: the future stays pending (and
+        # cancellable: the cluster's task is cancelled with it) until it is done.
+        task.future.add_done_callback(lambda f: f.cancelled() and future.cancel())
 
     def _done(self, future: Any) -> None:
         with self._lock:
@@ -115,6 +115,9 @@ class DaskBackend(Backend):
         task.t_done = time.perf_counter()
         if task.worker < 0:
             task.worker = 0  # (not an actor call; where it failed is unknown here)
+        if not task.future.set_running_or_notify_cancel():
+            self.telemetry.task_cancelled()
+            return
         if error is not None:
             task.future.set_exception(error)
             self.telemetry.task_done(task, False)

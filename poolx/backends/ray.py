@@ -69,14 +69,21 @@ class RayBackend(Backend):
             raise RuntimeError("cannot schedule new futures after shutdown")
         data, buffers = pickle_call(task)
         task.bytes_out = len(data) + sum(len(b) for b in buffers)
-        if not task.future.set_running_or_notify_cancel():
-            self.telemetry.task_cancelled()
-            return
         ref = self._remote.remote(data, buffers)
         future = ref.future()
         with self._lock:
             self._pending[task.id] = (task, ref)
         future.add_done_callback(functools.partial(self._done, task))
+        # Ray does not say when a task starts: the future stays pending (and
+        # cancellable: Ray's task is cancelled with it) until it is done.
+        task.future.add_done_callback(functools.partial(self._cancel_remote, ref))
+
+    def _cancel_remote(self, ref: Any, future: Any) -> None:
+        if future.cancelled():
+            try:
+                self._ray.cancel(ref)
+            except Exception:
+                pass
 
     def _done(self, task: Task, future: Any) -> None:
         with self._lock:
@@ -92,6 +99,9 @@ class RayBackend(Backend):
         task.t_done = time.perf_counter()
         if task.worker < 0:
             task.worker = 0
+        if not task.future.set_running_or_notify_cancel():
+            self.telemetry.task_cancelled()
+            return
         if error is not None:
             task.future.set_exception(error)
             self.telemetry.task_done(task, False)
