@@ -14,6 +14,7 @@ refuses those options with a clear error.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -86,7 +87,16 @@ class DaskBackend(Backend):
         future.add_done_callback(self._done)
         # Dask does not say when a task starts: the future stays pending (and
         # cancellable: the cluster's task is cancelled with it) until it is done.
-        task.future.add_done_callback(lambda f: f.cancelled() and future.cancel())
+        task.future.add_done_callback(functools.partial(self._cancel_remote, key, future))
+
+    def _cancel_remote(self, key: str, future: Any, poolx_future: Any) -> None:
+        if not poolx_future.cancelled():
+            return
+        with self._lock:  # done as far as poolx is concerned, whatever Dask does with it now
+            self._pending.pop(key, None)
+            if not self._pending:
+                self._idle.notify_all()
+        future.cancel()
 
     def _done(self, future: Any) -> None:
         with self._lock:

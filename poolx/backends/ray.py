@@ -76,14 +76,19 @@ class RayBackend(Backend):
         future.add_done_callback(functools.partial(self._done, task))
         # Ray does not say when a task starts: the future stays pending (and
         # cancellable: Ray's task is cancelled with it) until it is done.
-        task.future.add_done_callback(functools.partial(self._cancel_remote, ref))
+        task.future.add_done_callback(functools.partial(self._cancel_remote, task.id, ref))
 
-    def _cancel_remote(self, ref: Any, future: Any) -> None:
-        if future.cancelled():
-            try:
-                self._ray.cancel(ref)
-            except Exception:
-                pass
+    def _cancel_remote(self, task_id: int, ref: Any, future: Any) -> None:
+        if not future.cancelled():
+            return
+        with self._lock:  # done as far as poolx is concerned, whatever Ray does with it now
+            self._pending.pop(task_id, None)
+            if not self._pending:
+                self._idle.notify_all()
+        try:
+            self._ray.cancel(ref)
+        except Exception:
+            pass
 
     def _done(self, task: Task, future: Any) -> None:
         with self._lock:
