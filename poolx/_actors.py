@@ -373,12 +373,14 @@ class ActorHandle(Generic[T]):
     """
 
     def __init__(self, actor_id: int, label: str, name: str | None, methods: frozenset[str],
-                 actor: Actor | None = None) -> None:
+                 actor: Actor | None = None, caller: Any = None) -> None:
         self._id = actor_id
         self._label = label
         self._name = name
         self._methods = methods
         self._actor = actor
+        # On a cluster's worker: the engine's way to the actor (Backend.portable_handle)
+        self._caller = caller
 
     @classmethod
     def _of(cls, actor: Actor) -> ActorHandle[Any]:
@@ -404,6 +406,8 @@ class ActorHandle(Generic[T]):
                 self._actor = actor
         if actor is not None:
             return actor.call(method, args, kwargs)
+        if self._caller is not None:
+            return self._caller.call(self._label, method, args, kwargs)
         if _client is not None:
             return _client.call(self._id, self._label, method, args, kwargs)  # type: ignore[no-any-return,unused-ignore]
         raise PoolxError(
@@ -413,6 +417,12 @@ class ActorHandle(Generic[T]):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
+        caller = self._caller
+        actor = self._actor or _local.get(self._id)
+        if actor is not None and caller is None:
+            caller = actor.directory.backend.portable_handle(actor)
+        if caller is not None:
+            return (ActorHandle, (self._id, self._label, self._name, self._methods, None, caller))
         return (ActorHandle, (self._id, self._label, self._name, self._methods))
 
     def __repr__(self) -> str:

@@ -89,11 +89,10 @@ def init(num_workers: int | None = None, backend: str | None = None, *, num_cpus
             raise ValueError(f"init(local_mode=True, backend={backend!r}): local mode is the serial backend")
         backend = "serial"
     allowed = {"mp_context", "initializer", "initargs", "max_tasks_per_child", "task_timeout",
-               "max_memory_per_child", "init_timeout"}
+               "max_memory_per_child", "init_timeout", "address"}
     unknown = sorted(set(executor_options) - allowed)
     if unknown:
-        hint = (" (poolx runs on this machine: for a cluster, see the Dask and Ray backends)"
-                if "address" in unknown else "")
+        hint = ""
         raise TypeError(f"init() got unexpected keyword argument{'s' if len(unknown) > 1 else ''} "
                         f"{', '.join(map(repr, unknown))}{hint}; it accepts num_workers (or num_cpus), "
                         f"backend, ignore_reinit_error, local_mode, {', '.join(sorted(allowed))}")
@@ -105,7 +104,7 @@ def init(num_workers: int | None = None, backend: str | None = None, *, num_cpus
                                "call poolx.shutdown() first, or pass ignore_reinit_error=True")
         from ._executor import Executor
 
-        _executor = Executor(num_workers, backend=backend or "processes", **executor_options)
+        _executor = Executor(num_workers, backend=backend, **executor_options)
         # Workers start now, as Ray's do at init(): the first tasks do not wait for them.
         prestart = getattr(_executor._backend, "prestart", None)
         if prestart is not None:

@@ -176,6 +176,10 @@ class Executor(cf.Executor):
         if init_timeout is not None and not backend_cls.supports_timeouts:
             raise ValueError(f"the {backend!r} backend cannot stop an initializer: init_timeout needs "
                              "backend='processes'")
+        if max_retries and not backend_cls.supports_retries:
+            raise ValueError(f"the {backend!r} backend does not take max_retries: its engine reruns a task "
+                             "whose worker died by its own rule (Dask: the scheduler's allowed-failures "
+                             "setting)")
         if max_memory is not None and not backend_cls.supports_worker_restart:
             raise ValueError(f"the {backend!r} backend cannot replace its workers: max_memory_per_child "
                              "needs backend='processes'")
@@ -463,6 +467,9 @@ class Executor(cf.Executor):
             )
         if not self._backend.supports_actors:
             raise ValueError(f"the {self._backend.name!r} backend does not run actors")
+        if (options.max_restarts or options.max_task_retries) and not self._backend.supports_actor_restarts:
+            raise ValueError(f"the {self._backend.name!r} backend cannot restart an actor: max_restarts and "
+                             "max_task_retries need backend='processes' or 'ray'")
         if options.call_timeout is not None and not self._backend.supports_timeouts:
             raise ValueError(f"the {self._backend.name!r} backend cannot stop a running call: call_timeout "
                              "needs backend='processes'")

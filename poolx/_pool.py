@@ -106,8 +106,12 @@ class Pool:
                  initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
                  context: Any = None, *, task_timeout: float | None = None,
                  max_memory_per_child: int | str | None = None, max_retries: int = 0,
-                 retry_exceptions: Any = False, init_timeout: float | None = None) -> None:
+                 retry_exceptions: Any = False, init_timeout: float | None = None,
+                 backend: str | None = None, address: str | None = None) -> None:
         self._state = INIT  # before anything can raise: __del__ reads it
+        if backend is None:  # (POOLX_BACKEND=dask moves an unchanged program, as for Executor)
+            backend = self._backend_name if type(self)._backend_name != "processes" else (
+                os.environ.get("POOLX_BACKEND") or "processes")
         if processes is None:
             processes = _default_processes()
         if processes < 1:
@@ -121,13 +125,13 @@ class Pool:
         self._cache: dict[int, Any] = {}
         self._feeders: list[threading.Thread] = []
         self._callbacks: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        if context is None and self._backend_name == "processes":
+        if context is None and backend == "processes":
             # As multiprocessing.Pool: the default context, fork on Linux up to
             # Python 3.13 (workers inherit the program's state), forkserver from
             # 3.14, and whatever set_start_method() chose.
             context = multiprocessing.get_context()
         self._executor = Executor(processes, context, initializer, tuple(initargs),
-                                  max_tasks_per_child=maxtasksperchild, backend=self._backend_name,
+                                  max_tasks_per_child=maxtasksperchild, backend=backend, address=address,
                                   _any_start_method=True, task_timeout=task_timeout,
                                   max_memory_per_child=max_memory_per_child, max_retries=max_retries,
                                   retry_exceptions=retry_exceptions, init_timeout=init_timeout)

@@ -16,10 +16,20 @@ import time
 from collections.abc import Sequence
 
 
-def demo(workers: int | None, samples: int, backend: str) -> int:
+def demo(workers: int | None, samples: int, backend: str, address: str | None = None) -> int:
     from poolx import Executor
     from poolx._scenarios import load
 
+    from .backends import get_backend
+    from .harness.profile import CLUSTER_BACKENDS, require_engine
+
+    try:  # an unknown backend, a missing extra: said before any work
+        get_backend(backend)
+        if backend in CLUSTER_BACKENDS:
+            require_engine(backend)
+    except (ImportError, ValueError) as exc:
+        print(f"poolx demo: error: {exc}", file=sys.stderr)
+        return 2
     pi = load("pi")
 
     print(f"pi: {samples:,} random points in {pi.CHUNKS} chunks")
@@ -28,7 +38,12 @@ def demo(workers: int | None, samples: int, backend: str) -> int:
     estimate = pi.serial(samples)
     serial_s = time.perf_counter() - started
     print(f"  serial                        {serial_s:7.3f} s   pi ~ {estimate:.6f}")
-    with Executor(workers, backend=backend) as ex:
+    try:
+        ex = Executor(workers, backend=backend, address=address)
+    except Exception as exc:  # an option the backend refuses, a cluster out of reach
+        print(f"poolx demo: error: cannot start the {backend!r} backend: {exc}", file=sys.stderr)
+        return 2
+    with ex:
         # Start every worker and import numpy in it: the demo times the work, not start-up.
         list(ex.map(pi.count_inside, [1] * ex.max_workers, range(ex.max_workers), chunksize=1))
         started = time.perf_counter()
@@ -87,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the pi example serially and on an Executor")
     d.add_argument("--workers", type=int, default=None, help="default: the usable CPUs")
     d.add_argument("--samples", type=int, default=None, help="random points (default: ~2 s of work)")
-    d.add_argument("--backend", default="processes", help="processes (default), threads, serial")
+    d.add_argument("--backend", default="processes", help="processes (default), threads, serial, dask, ray")
+    d.add_argument("--address", default=None, help="dask or ray: the cluster (default: a local one)")
     return parser
 
 
@@ -126,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("the demo needs numpy: pip install 'poolx[examples]'")
         from poolx._scenarios import load
 
-        return demo(args.workers, args.samples or load("pi").SIZE, args.backend)
+        return demo(args.workers, args.samples or load("pi").SIZE, args.backend, args.address)
     return 2
 
 

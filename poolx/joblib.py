@@ -68,7 +68,7 @@ CPU_SHARE_VAR = "LOKY_MAX_CPU_COUNT"
 #: Keyword arguments the backend takes (``parallel_config(backend="poolx", **these)``).
 BACKEND_KWARGS = ("executor", "idle_worker_timeout", "mp_context", "initializer", "initargs",
                   "max_tasks_per_child", "task_timeout", "max_retries", "retry_exceptions",
-                  "max_memory_per_child", "init_timeout")
+                  "max_memory_per_child", "init_timeout", "engine", "address")
 
 
 def register() -> None:
@@ -251,12 +251,15 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
             initargs=tuple(kwargs.get("initargs", ())),
             max_tasks_per_child=kwargs.get("max_tasks_per_child"),
             idle_timeout=kwargs.get("idle_worker_timeout", IDLE_WORKER_TIMEOUT),
-            faults=tuple((name, kwargs[name]) for name in _FAULT_OPTIONS if name in kwargs),
+            faults=tuple((name, kwargs[name]) for name in _FAULT_OPTIONS if name in kwargs)
+            # engine="dask"/"ray": the executor's backend (joblib's own "backend" names poolx)
+            + ((("backend", kwargs["engine"]),) if "engine" in kwargs else ()),
         )
 
 
 # Passed to the executor as they are (docs/faults.md).
-_FAULT_OPTIONS = ("task_timeout", "max_retries", "retry_exceptions", "max_memory_per_child", "init_timeout")
+_FAULT_OPTIONS = ("task_timeout", "max_retries", "retry_exceptions", "max_memory_per_child", "init_timeout",
+                  "address")
 
 
 @dataclass(frozen=True)

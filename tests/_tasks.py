@@ -150,3 +150,11 @@ def start_inner_process_pool():
     _inner_pools.append(pool)
     pool.submit(abs, 1).result(timeout=30)
     return [p.pid for p in pool._processes.values()]
+
+
+def fan_out(n):
+    """A task that starts ``n`` tasks of its own through the Ray-style API and waits for them."""
+    import poolx
+
+    remote_square = poolx.remote(square)
+    return poolx.get([remote_square.remote(i) for i in range(n)])

@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import gc
 import importlib
+import importlib.util
+import json
 import multiprocessing
 import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -24,10 +29,18 @@ import pytest
 
 import poolx
 
-# POOLX_TEST_BACKENDS=dask,ray adds cluster backends to every backend-parametrized
-# test (issue 9: the conformance of those backends; needs dask / ray installed).
-BACKENDS = ["serial", "threads", "processes",
-            *filter(None, os.environ.get("POOLX_TEST_BACKENDS", "").split(","))]
+
+def _cluster_backends() -> list[str]:
+    """The cluster backends every backend-parametrized test also runs on (issue 9):
+    those whose engine is installed, or POOLX_TEST_BACKENDS (e.g. "dask", or "" for none)."""
+    chosen = os.environ.get("POOLX_TEST_BACKENDS")
+    if chosen is not None:
+        return [b for b in chosen.split(",") if b]
+    return [b for b, module in (("dask", "distributed"), ("ray", "ray")) if importlib.util.find_spec(module)]
+
+
+CLUSTER_BACKENDS = _cluster_backends()
+BACKENDS = ["serial", "threads", "processes", *CLUSTER_BACKENDS]
 START_METHODS = [m for m in ("fork", "forkserver", "spawn") if m in multiprocessing.get_all_start_methods()]
 
 # Helper processes the stdlib keeps for the life of the interpreter: the
@@ -35,14 +48,23 @@ START_METHODS = [m for m in ("fork", "forkserver", "spawn") if m in multiprocess
 _STDLIB_HELPERS = ("forkserver", "resource_tracker")
 
 
+# The test clusters' processes (a Dask scheduler and workers, a Ray instance):
+# they live for the whole session, and whatever they start is theirs.
+_CLUSTER_ROOTS: set[int] = set()
+
+
 def _children() -> dict[int, str]:
     me = psutil.Process()
     out = {}
-    for child in me.children(recursive=True):
+    theirs: set[int] = set(_CLUSTER_ROOTS)
+    for child in me.children(recursive=True):  # (parents are listed before their children)
         try:
             cmd = " ".join(child.cmdline())
             parent = child.ppid()
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+        if child.pid in theirs or parent in theirs:
+            theirs.add(child.pid)
             continue
         # The helpers themselves are ours; a forkserver's children are workers
         # (they share its command line) and count.
@@ -56,6 +78,7 @@ def _children() -> dict[int, str]:
 _PROCESS_THREADS = (
     "Dask-Callback-Thread",  # distributed runs every future's done-callbacks on one global pool
     "Dask-Offload",  # and (de)serializes large messages on another
+    "Dummy-",  # threads Ray's core worker starts outside Python's threading (its callbacks)
 )
 
 
@@ -141,12 +164,20 @@ _FOREIGN_LEAKS = {
 }
 
 
+# The cluster engines the collected tests need (started once, for the session).
+_ENGINES_NEEDED: set[str] = set()
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if params.get("backend") == "ray":
-            # ray.shutdown() leaves its core worker's event loops, socket and log files
-            # open in the driver (Ray 2.60): Ray's, not poolx's.
+        fixtures = getattr(item, "fixturenames", ())
+        if params.get("backend") == "dask" or "dask_address" in fixtures:
+            _ENGINES_NEEDED.add("dask")
+        if params.get("backend") == "ray" or "ray_cluster" in fixtures:
+            _ENGINES_NEEDED.add("ray")
+            # Ray's core worker opens sockets and log files in the driver as it
+            # goes (Ray 2.60): Ray's, not poolx's.
             item.add_marker(pytest.mark.leaks("fds"))
         for fragment, (kinds, _why) in _FOREIGN_LEAKS.items():
             if fragment in item.nodeid:
@@ -193,6 +224,102 @@ def no_leaks(request):
         assert "shm" in allowed or not (_shm_names() - before_shm), (
             f"/dev/shm entries left behind: {_shm_names() - before_shm}")
         assert _poolx_mappings() == 0, "poolx shared-memory segments still mapped in the driver"
+
+
+def _tests_path_env() -> dict[str, str]:
+    """The environment a cluster's workers start with: they import the tests'
+    task modules, as a real cluster's workers import the user's code."""
+    # (and this poolx, even where another checkout is the installed one)
+    path = [os.path.dirname(__file__), os.path.dirname(os.path.dirname(poolx.__file__)),
+            *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
+def _start_dask() -> list[subprocess.Popen]:
+    """A scheduler and two single-threaded workers, as separate processes on
+    loopback, started with the ``dask`` command (a two-node cluster in small)."""
+    import tempfile
+
+    dask = shutil.which("dask") or os.path.join(os.path.dirname(sys.executable), "dask")
+    folder = tempfile.mkdtemp(prefix="poolx-dask-")
+    scheduler_file = os.path.join(folder, "scheduler.json")
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", scheduler_file], env=_tests_path_env(), **quiet)]
+    _CLUSTER_ROOTS.add(procs[0].pid)
+    for _ in range(2):
+        procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", scheduler_file, "--nthreads", "1",
+                                       "--host", "127.0.0.1", "--no-dashboard"],
+                                      env=_tests_path_env(), **quiet))
+        _CLUSTER_ROOTS.add(procs[-1].pid)
+    from distributed import Client
+
+    if not _wait_until(lambda: os.path.exists(scheduler_file), 60):
+        raise RuntimeError("the test Dask scheduler did not start within 60 s")
+    with Client(scheduler_file=scheduler_file, set_as_default=False) as client:
+        client.wait_for_workers(2, timeout=60)
+    with open(scheduler_file) as f:
+        os.environ["POOLX_DASK_ADDRESS"] = json.load(f)["address"]
+    shutil.rmtree(folder, ignore_errors=True)
+    return procs
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_clusters(_stdlib_helpers_started):
+    """The cluster engines the collected tests need, started once before the first
+    test: the dask backend connects to them through POOLX_DASK_ADDRESS, the ray
+    backend finds Ray initialized (and leaves it running)."""
+    procs: list[subprocess.Popen] = []
+    ray = None
+    try:
+        if "dask" in _ENGINES_NEEDED:
+            procs = _start_dask()
+        if "ray" in _ENGINES_NEEDED:
+            import ray
+
+            before = set(psutil.Process().children())
+            saved = os.environ.get("PYTHONPATH")
+            os.environ["PYTHONPATH"] = _tests_path_env()["PYTHONPATH"]
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # (a loopback test instance)
+            try:
+                ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+            finally:
+                if saved is None:
+                    del os.environ["PYTHONPATH"]
+                else:
+                    os.environ["PYTHONPATH"] = saved
+            _CLUSTER_ROOTS.update(p.pid for p in set(psutil.Process().children()) - before)
+        yield
+    finally:
+        if ray is not None:
+            ray.shutdown()
+        _stop(procs)
+        os.environ.pop("POOLX_DASK_ADDRESS", None)
+
+
+@pytest.fixture
+def dask_address() -> str:
+    return os.environ["POOLX_DASK_ADDRESS"]
+
+
+@pytest.fixture
+def ray_cluster():
+    import ray
+
+    assert ray.is_initialized()
+    return ray
 
 
 @pytest.fixture(params=BACKENDS)

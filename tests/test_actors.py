@@ -56,7 +56,8 @@ def test_processes_actor_is_its_own_process_outside_the_task_workers():
 
 
 def test_options_never_clash_with_the_constructors_keyword_arguments(executor):
-    handle = executor.options(name="clash", max_restarts=1).actor(
+    restarts = 1 if executor._backend.supports_actor_restarts else 0
+    handle = executor.options(name="clash", max_restarts=restarts).actor(
         Clashing, name="inner", max_restarts=7, num_cpus=3)
     assert handle.get.remote().result(timeout=30) == ("inner", 7, 3)
     assert executor.get_actor("clash") == handle
@@ -161,6 +162,10 @@ def test_kill_fails_pending_and_later_calls(executor):
 
 
 def test_kill_with_restart_starts_a_fresh_instance(executor):
+    if not executor._backend.supports_actor_restarts:
+        with pytest.raises(ValueError, match="cannot restart an actor: max_restarts"):
+            executor.options(max_restarts=1).actor(Counter, 100)
+        return
     counter = executor.options(max_restarts=1).actor(Counter, 100)
     assert counter.increment.remote().result(timeout=30) == 101
     executor.kill(counter, no_restart=False)

@@ -3,56 +3,12 @@ as separate processes with the ``dask`` command, on loopback (issue 9)."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-import time
-
 import pytest
 from _tasks import raise_value_error, square
 
 import poolx
 
 pytest.importorskip("distributed")
-
-
-@pytest.fixture(scope="module")
-def dask_address(tmp_path_factory):
-    dask = shutil.which("dask") or os.path.join(os.path.dirname(sys.executable), "dask")
-    scheduler_file = tmp_path_factory.mktemp("dask") / "scheduler.json"
-    common = ["--no-dashboard"]
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--scheduler-file", str(scheduler_file), *common],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.monotonic() + 60
-        while not scheduler_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        # The workers import the tests' task modules, as a cluster's workers import
-        # the user's code (installed there, or on their PYTHONPATH).
-        path = [os.path.dirname(__file__), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-        for _ in range(2):
-            procs.append(subprocess.Popen(
-                [dask, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
-                 "--host", "127.0.0.1", *common], env=env,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        from distributed import Client
-
-        with Client(scheduler_file=str(scheduler_file), set_as_default=False) as client:
-            client.wait_for_workers(2, timeout=60)
-        yield json.loads(scheduler_file.read_text())["address"]
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def test_tasks_map_and_futures_as_arguments_run_on_the_cluster(dask_address):
@@ -81,7 +37,37 @@ def test_what_the_dask_backend_cannot_do_is_refused_clearly(dask_address):
     with pytest.raises(ValueError, match="task_timeout needs backend='processes'"):
         poolx.Executor(backend="dask", address=dask_address, task_timeout=1)
     with poolx.Executor(backend="dask", address=dask_address) as ex:
-        with pytest.raises(ValueError, match="does not run actors"):
-            ex.actor(dict)
+        with pytest.raises(ValueError, match="cannot restart an actor"):
+            ex.options(max_restarts=1).actor(dict)
     with pytest.raises(ValueError, match="address= is the cluster"):
         poolx.Executor(backend="threads", address=dask_address)
+
+
+def test_pool_joblib_and_the_ray_style_api_run_on_the_cluster(dask_address):
+    import joblib
+
+    import poolx.joblib  # (registers "poolx")
+
+    with poolx.Pool(2, backend="dask", address=dask_address) as pool:
+        assert pool.map(square, range(20)) == [i * i for i in range(20)]
+        assert pool.apply_async(square, (6,)).get(timeout=60) == 36
+    with joblib.parallel_config(backend="poolx", n_jobs=2, engine="dask", address=dask_address):
+        assert joblib.Parallel()(joblib.delayed(square)(i) for i in range(10)) == [i * i for i in range(10)]
+    poolx.joblib.shutdown_workers()
+    poolx.init(2, backend="dask", address=dask_address)
+    try:
+        remote_square = poolx.remote(square)
+        assert poolx.get([remote_square.remote(i) for i in range(5)]) == [0, 1, 4, 9, 16]
+        ref = poolx.put(list(range(1000)))
+        assert poolx.get(poolx.remote(sum).remote(ref)) == sum(range(1000))
+        ready, pending = poolx.wait([remote_square.remote(3)], num_returns=1, timeout=60)
+        assert poolx.get(ready) == [9] and not pending
+    finally:
+        poolx.shutdown()
+
+
+def test_nested_tasks_from_a_task_run_on_the_cluster(dask_address):
+    from _tasks import fan_out
+
+    with poolx.Executor(2, backend="dask", address=dask_address) as ex:
+        assert ex.submit(fan_out, 4).result(timeout=60) == [0, 1, 4, 9]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from _tasks import raise_value_error, square
 
@@ -12,13 +10,7 @@ import poolx
 pytest.importorskip("ray")
 
 
-# ray.shutdown() leaves its core worker's event loops, socket and log files open
-# in the driver (Ray 2.60): Ray's, not poolx's.
-@pytest.mark.leaks("fds")
-def test_tasks_map_and_futures_as_arguments_run_on_ray(monkeypatch):
-    # Ray's workers import the tests' task modules, as a cluster's import the user's code.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [os.path.dirname(__file__),
-                                                                   os.environ.get("PYTHONPATH")])))
+def test_tasks_map_and_futures_as_arguments_run_on_ray(ray_cluster):
     with poolx.Executor(2, backend="ray") as ex:
         assert ex.submit(square, 7).result(timeout=120) == 49
         assert list(ex.map(square, range(100))) == [i * i for i in range(100)]
@@ -27,5 +19,26 @@ def test_tasks_map_and_futures_as_arguments_run_on_ray(monkeypatch):
         with pytest.raises(ValueError, match="boom") as info:
             ex.submit(raise_value_error, "boom").result(timeout=60)
         assert "raise_value_error" in str(info.value.__cause__)
-        with pytest.raises(ValueError, match="does not run actors"):
-            ex.actor(dict)
+
+
+def test_pool_joblib_and_nested_tasks_run_on_ray(ray_cluster):
+    import joblib
+    from _tasks import fan_out
+
+    import poolx.joblib  # (registers "poolx")
+
+    with poolx.Pool(2, backend="ray") as pool:
+        assert pool.map(square, range(20)) == [i * i for i in range(20)]
+    with joblib.parallel_config(backend="poolx", n_jobs=2, engine="ray"):
+        assert joblib.Parallel()(joblib.delayed(square)(i) for i in range(10)) == [i * i for i in range(10)]
+    poolx.joblib.shutdown_workers()
+    with poolx.Executor(2, backend="ray") as ex:
+        assert ex.submit(fan_out, 4).result(timeout=60) == [0, 1, 4, 9]
+
+
+def test_actor_restarts_and_what_ray_cannot_do(ray_cluster):
+    with pytest.raises(ValueError, match="task_timeout needs backend='processes'"):
+        poolx.Executor(backend="ray", task_timeout=1)
+    with poolx.Executor(2, backend="ray") as ex:
+        with pytest.raises(ValueError, match="call_timeout needs backend='processes'"):
+            ex.options(call_timeout=1).actor(dict)

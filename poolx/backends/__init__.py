@@ -82,6 +82,10 @@ class Backend(ABC):
     runs_in_caller: ClassVar[bool] = False
     #: runs actors (Executor.actor)
     supports_actors: ClassVar[bool] = False
+    #: actors' max_restarts / max_task_retries are honoured
+    supports_actor_restarts: ClassVar[bool] = True
+    #: max_retries (rerunning a task whose worker died) is honoured
+    supports_retries: ClassVar[bool] = True
 
     def __init__(self, options: BackendOptions, telemetry: Telemetry) -> None:
         self.options = options
@@ -124,6 +128,12 @@ class Backend(ABC):
 
     def wait_actor(self, actor: Actor, timeout: float | None) -> None:  # noqa: B027 (optional)
         """Wait (at most ``timeout`` seconds) for a stopped actor to be gone."""
+
+    def portable_handle(self, actor: Actor) -> Any:
+        """What a handle to ``actor`` carries into a task, for backends whose
+        workers cannot reach the driver (the cluster engines): an object with
+        ``call(label, method, args, kwargs) -> Future``; None otherwise."""
+        return None
 
     def actor_pid(self, actor: Actor) -> int | None:
         """The process id of ``actor``'s current process (None when in-process)."""

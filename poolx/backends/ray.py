@@ -1,152 +1,340 @@
-"""The ``ray`` backend: tasks run on a Ray cluster.
+"""The ``ray`` backend: tasks and actors run on a Ray cluster.
 
 ``Executor(backend="ray", address="ray://host:10001")`` (or ``"auto"``, or
 ``POOLX_RAY_ADDRESS``) connects to a running cluster; without an address it
 starts a local Ray instance with ``max_workers`` CPUs, and stops it at shutdown
 (a Ray instance the program had already started is used as it is, and left
 running).  As on the dask backend, everything above the backend protocol runs
-unchanged.
+unchanged.  Ray reruns a task whose worker died (``max_retries``) and
+restarts actors (``max_restarts``, ``max_task_retries``) itself; timeouts,
+``max_tasks_per_child``, ``max_memory_per_child`` and terminating running
+tasks are refused by the capability flags.
 
-Work in progress (issue 9): actors, timeouts and shared memory are not
-provided here; the capability flags say so.
+An actor is a Ray actor holding poolx's ``ActorHost``; Ray keeps one caller's
+calls in order.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
-import time
 from typing import Any
 
-from .._futures import Task
+from .._errors import ActorDiedError, RemoteTraceback, TaskCancelledError, WorkerDiedError
+from .._futures import Future, Task
 from .._telemetry import Telemetry
-from . import Backend, BackendOptions
-from ._cluster import pickle_call, unpickle_call
+from . import BackendOptions
+from ._cluster import (
+    ActorHost,
+    AsyncActorHost,
+    ClusterBackend,
+    local_future,
+    pickle_call,
+    run_task,
+    track_call,
+)
 
 ADDRESS_VARIABLE = "POOLX_RAY_ADDRESS"
 
-
-def _run(data: bytes, buffers: list[bytes]) -> tuple[Any, float, float, int]:
-    """On a Ray worker: rebuild the call poolx pickled, and make it."""
-    t_start = time.perf_counter()
-    fn, args, kwargs = unpickle_call(data, buffers)
-    result = fn(*args, **kwargs)
-    return result, t_start, time.perf_counter(), os.getpid()
+# Ray's remote versions of run_task and the hosts, made once per process (each
+# ray.remote() exports a definition to the cluster).
+_remote: dict[Any, Any] = {}
+_remote_lock = threading.Lock()
 
 
-class RayBackend(Backend):
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError("backend='ray' needs Ray: pip install 'poolx[ray]' (or ray)") from exc
+    return ray
+
+
+def _remote_of(target: Any) -> Any:
+    with _remote_lock:
+        remote = _remote.get(target)
+        if remote is None:
+            remote = _remote[target] = _import_ray().remote(target)
+        return remote
+
+
+def _translate(exc: BaseException, what: str) -> tuple[BaseException, bool]:
+    """Ray's error for a task or call as poolx gives it, and whether an actor is gone for good.
+
+    A task's own exception arrives as a ``RayTaskError`` that is also of the
+    task's exception type: its ``cause`` is the exception itself, and Ray's
+    formatted traceback becomes the ``RemoteTraceback`` cause, as on poolx's
+    own backends.
+    """
+    from ray import exceptions as rx
+
+    if isinstance(exc, rx.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            if cause.__cause__ is None:
+                cause.__cause__ = RemoteTraceback(getattr(exc, "traceback_str", None) or str(exc))
+            return cause, False
+        return exc, False
+    if isinstance(exc, rx.ActorDiedError):
+        died = ActorDiedError(f"{what}: the actor died ({_first_line(exc)})", actor=what)
+        died.__cause__ = exc
+        return died, True
+    if isinstance(exc, rx.ActorUnavailableError | rx.RayActorError):
+        died = ActorDiedError(f"{what}: the actor is unavailable ({_first_line(exc)})", actor=what)
+        died.__cause__ = exc
+        return died, False
+    if isinstance(exc, rx.WorkerCrashedError | rx.NodeDiedError | rx.OutOfMemoryError):
+        crashed = WorkerDiedError(f"{what}: the Ray worker running it died ({_first_line(exc)})")
+        crashed.__cause__ = exc
+        return crashed, False
+    if isinstance(exc, rx.TaskCancelledError):
+        return TaskCancelledError(f"{what} was cancelled on the Ray cluster"), False
+    return exc, False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class RayBackend(ClusterBackend):
     name = "ray"
-    uses_processes = True
 
     def __init__(self, options: BackendOptions, telemetry: Telemetry) -> None:
+        ray = _import_ray()
         super().__init__(options, telemetry)
-        try:
-            import ray
-        except ImportError as exc:
-            raise ImportError("backend='ray' needs Ray: pip install 'poolx[ray]' (or ray)") from exc
-        if options.initializer is not None:
-            raise ValueError("backend='ray' does not run initializers: set up workers in the task, or "
-                             "use Ray's runtime_env / worker_process_setup_hook")
         self._ray = ray
         address = options.extra.get("address") or os.environ.get(ADDRESS_VARIABLE)
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             if address is None:
-                ray.init(num_cpus=options.max_workers, include_dashboard=False, log_to_driver=False,
+                ray.init(address="local", num_cpus=options.max_workers, include_dashboard=False,
+                         log_to_driver=False,
                          configure_logging=False)
             else:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
-        self._remote = ray.remote(num_cpus=1, max_retries=0)(_run)
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._pending: dict[int, tuple[Task, Any]] = {}
-        self._closed = False
-        self._workers: dict[int, int] = {}  # worker pid -> lane in the telemetry
+        self.window = 2 * max(1, int(ray.cluster_resources().get("CPU", options.max_workers)))
+        self._task_options: dict[int, Any] = {}  # max_retries -> run_task with those options
 
-    def submit(self, task: Task) -> None:
-        if self._closed:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        data, buffers = pickle_call(task)
-        task.bytes_out = len(data) + sum(len(b) for b in buffers)
-        ref = self._remote.remote(data, buffers)
-        future = ref.future()
-        with self._lock:
-            self._pending[task.id] = (task, ref)
-        future.add_done_callback(functools.partial(self._done, task))
-        # Ray does not say when a task starts: the future stays pending (and
-        # cancellable: Ray's task is cancelled with it) until it is done.
-        task.future.add_done_callback(functools.partial(self._cancel_remote, task.id, ref))
+    # -- tasks ---------------------------------------------------------------------
 
-    def _cancel_remote(self, task_id: int, ref: Any, future: Any) -> None:
-        if not future.cancelled():
-            return
-        with self._lock:  # done as far as poolx is concerned, whatever Ray does with it now
-            self._pending.pop(task_id, None)
-            if not self._pending:
-                self._idle.notify_all()
+    def send(self, data: bytes, buffers: list[bytes], setup: tuple[str, bytes] | None, task: Task) -> Any:
+        remote = self._task_options.get(task.max_retries)
+        if remote is None:
+            remote = self._task_options[task.max_retries] = _remote_of(run_task).options(
+                num_cpus=1, max_retries=task.max_retries, retry_exceptions=False)
+        ref = remote.remote("ray", data, buffers, setup)
+        return ref, ref.future()
+
+    def when_done(self, handle: Any, callback: Any) -> None:
+        handle[1].add_done_callback(lambda _f: callback())
+
+    def outcome(self, handle: Any) -> Any:
         try:
-            self._ray.cancel(ref)
+            return handle[1].result()
+        except BaseException as exc:
+            error = _translate(exc, "the task")[0]
+        raise error
+
+    def cancel(self, handle: Any) -> None:
+        try:
+            self._ray.cancel(handle[0])
         except Exception:
             pass
 
-    def _done(self, task: Task, future: Any) -> None:
-        with self._lock:
-            self._pending.pop(task.id, None)
-            if not self._pending:
-                self._idle.notify_all()
-        try:
-            value, task.t_start, task.t_end, pid = future.result()
-            task.worker = self._workers.setdefault(pid, len(self._workers))
-            error: BaseException | None = None
-        except BaseException as exc:
-            error, value = _unwrap(exc), None
-        task.t_done = time.perf_counter()
-        if task.worker < 0:
-            task.worker = 0
-        if not task.future.set_running_or_notify_cancel():
-            self.telemetry.task_cancelled()
-            return
-        if error is not None:
-            task.future.set_exception(error)
-            self.telemetry.task_done(task, False)
-        else:
-            task.future.set_result(value)
-            self.telemetry.task_done(task, True)
-
-    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
-        with self._lock:
-            self._closed = True
-            pending = list(self._pending.values())
-        if cancel_futures:
-            for _task, ref in pending:
-                try:
-                    self._ray.cancel(ref)
-                except Exception:
-                    pass
-        if wait:
-            with self._lock:
-                self._idle.wait_for(lambda: not self._pending)
+    def close(self) -> None:
         if self._owns_ray:
             self._ray.shutdown()
 
-    def worker_counts(self) -> dict[str, int]:
-        n = len(self._workers)
-        return {"workers_alive": n, "workers_started": n, "workers_restarted": 0, "workers_died": 0}
+    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        try:
+            super().shutdown(wait, cancel_futures)
+        finally:
+            if self._owns_ray and not self._close_when_idle:
+                self._ray.shutdown()  # (ray.shutdown() twice is harmless)
+
+    # -- actors ----------------------------------------------------------------------
+
+    def start_actor(self, actor: Any) -> None:
+        self.check_actor(actor)
+        actor.impl = RayActor(self, actor)
+
+    def wait_actor(self, actor: Any, timeout: float | None) -> None:
+        impl: RayActor | None = actor.impl
+        if impl is not None and impl.last is not None:  # (its last call done: what it had to do is)
+            try:
+                self._ray.wait([impl.last], timeout=timeout)
+            except Exception:
+                pass
+
+    def portable_handle(self, actor: Any) -> Any:
+        impl: RayActor | None = actor.impl
+        return RayCaller(impl.handle) if impl is not None else None
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    """Ray raises a RayTaskError that is also the task's exception type: give the task's own.
+def _ray_name(name: str) -> str:
+    """Ray's name of a poolx actor named ``name``, less its id: a new actor of that
+    name may start before Ray has freed the old one's."""
+    return f"poolx-actor:{len(name)}:{name}:"
 
-    Its ``cause`` is the exception the task raised; the traceback text Ray
-    formatted becomes the RemoteTraceback cause, as on poolx's own backends.
-    """
+
+class RayActor:
+    """The driver's side of one actor on Ray."""
+
+    def __init__(self, backend: RayBackend, actor: Any) -> None:
+        self.backend = backend
+        self.actor = actor
+        self.ending: Any = None  # __ray_terminate__'s ref once released
+        self.last: Any = None  # the ref of the last call made
+        self.handle = self._start()
+
+    def _start(self) -> Any:
+        actor = self.actor
+        opts = actor.options
+        ray_options: dict[str, Any] = {
+            "max_restarts": opts.max_restarts,
+            "max_task_retries": opts.max_task_retries,
+            "max_concurrency": opts.max_concurrency or (1000 if actor.is_async else 1),
+        }
+        if opts.num_cpus is not None:
+            ray_options["num_cpus"] = opts.num_cpus
+        if actor.name is not None:  # (tasks find it by name: find_actor)
+            ray_options["name"] = f"{_ray_name(actor.name)}{actor.id}"
+        identity, spec, buffers = self.backend.actor_spec(actor)
+        host = _remote_of(AsyncActorHost if actor.is_async else ActorHost)
+        return host.options(**ray_options).remote("ray", identity, spec, buffers, self.backend._setup_payload)
+
+    def call(self, call: Any, data: bytes, buffers: list[bytes]) -> None:
+        ref = self.last = self.handle.call.remote(call.method, data, buffers)
+        ref.future().add_done_callback(lambda f: self._done(call, f))
+
+    def _done(self, call: Any, future: Any) -> None:
+        try:
+            outcome, gone = future.result(), False
+            if self.actor.id not in self.backend.telemetry.actor_pids:
+                self.backend.telemetry.actor_ready(self.actor.id, outcome[3][1])
+        except BaseException as exc:
+            outcome, gone = _translate(exc, f"the actor {self.actor.label}")
+            if isinstance(outcome, ActorDiedError):
+                if self.actor.status == "dead" and self.actor.death is not None:
+                    death = self.actor.died_error()  # killed or released: say so
+                    death.__cause__ = outcome
+                    outcome = death
+                elif "creation task" in str(exc):
+                    outcome = ActorDiedError(f"the actor {self.actor.label} could not be created: "
+                                             f"{_creation_error(exc)}", actor=self.actor.label)
+                    outcome.__cause__ = getattr(exc, "cause", None) or exc
+                    gone = True
+        self.backend.complete_call(self.actor, call, outcome, gone)
+
+    def stop(self, kill: bool, restart: bool, why: str) -> None:
+        actor = self.actor
+        ray = self.backend._ray
+        if kill:
+            with actor.lock:
+                again = restart and actor.status != "dead" and actor.may_restart()
+                if not again:
+                    actor.mark_dead(ActorDiedError(f"the actor {actor.label} was killed (executor.kill)",
+                                                   actor=actor.label))
+            old = self.handle
+            if again:  # a fresh actor now, so that the calls made after kill() reach it
+                self.handle = self._start()
+            try:
+                ray.kill(old, no_restart=True)
+            except Exception:
+                pass  # (gone already)
+            return
+        with actor.lock:
+            actor.mark_dead(ActorDiedError(f"the actor {actor.label} {why}", actor=actor.label))
+        if self.ending is None:
+            try:
+                self.ending = self.handle.__ray_terminate__.remote()  # after the calls made so far
+            except Exception:
+                self.ending = False  # (gone already)
+
+
+def _creation_error(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
-        from .._errors import RemoteTraceback
+        return f"its constructor raised {type(cause).__name__}: {cause}"
+    return _first_line(exc)
 
-        text = getattr(exc, "traceback_str", None) or str(exc)
-        if cause.__cause__ is None:
-            cause.__cause__ = RemoteTraceback(text)
-        return cause
-    return exc
+
+class RayCaller:
+    """An actor handle's way to its actor from inside a task on a Ray worker."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RayCaller, (self._handle,))
+
+    def call(self, label: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        data, buffers = pickle_call(None, args, kwargs, f"a call of {label}.{method}")
+        future = local_future()
+        track_call(future)
+
+        def done(f: Any) -> None:
+            try:
+                value = f.result()[0]
+            except BaseException as exc:
+                future.set_exception(_translate(exc, f"the actor {label}")[0])
+            else:
+                future.set_result(value)
+
+        self._handle.call.remote(method, data, buffers).future().add_done_callback(done)
+        return future
+
+
+def find_actor(name: str) -> tuple[RayCaller, tuple[int, str, frozenset[str]]]:
+    """On a worker: the actor the driver started under ``name``."""
+    ray = _import_ray()
+    prefix = _ray_name(name)
+    ids = [int(n[len(prefix):]) for n in ray.util.list_named_actors() if n.startswith(prefix)]
+    for actor_id in sorted(ids, reverse=True):  # (the newest first)
+        try:
+            handle = ray.get_actor(f"{prefix}{actor_id}")
+            return RayCaller(handle), ray.get(handle.poolx_identity.remote())
+        except Exception:
+            continue  # (gone meanwhile)
+    raise ValueError(f"no live actor named {name!r} on this Ray cluster")
+
+
+class _NestedFuture(Future[Any]):
+    """A task's future for a task it submitted on Ray: waiting for it goes through
+    ``ray.wait``, which tells Ray that this worker is blocked (its CPU is lent)."""
+
+    def __init__(self, ref: Any) -> None:
+        super().__init__()
+        self._ref = ref
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._wait(timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        return super().exception(timeout)
+
+    def _wait(self, timeout: float | None) -> None:
+        if not self.done():
+            _import_ray().wait([self._ref], timeout=timeout)
+
+
+def nested_submit(data: bytes, buffers: list[bytes], setup: tuple[str, bytes] | None,
+                  retries: int) -> Future[Any]:
+    """A task submitted by a task on a Ray worker (the Ray-style API's nested tasks)."""
+    ref = _remote_of(run_task).options(num_cpus=1, max_retries=retries).remote("ray", data, buffers, setup)
+    future = _NestedFuture(ref)
+    future.set_running_or_notify_cancel()
+
+    def done(f: Any) -> None:
+        try:
+            value = f.result()[0]
+        except BaseException as exc:
+            future.set_exception(_translate(exc, "the task")[0])
+        else:
+            future.set_result(value)
+
+    ref.future().add_done_callback(done)
+    return future

@@ -1,30 +1,63 @@
 """The profilers that run inside each worker and actor process.
 
-``ProfilerHook`` is the ``Executor(_child_hook=...)`` object of a profiled run:
-the processes backend unpickles it in every child, calls ``start(label)``
-before any user code and ``stop()`` when the child ends normally.  For the
-other ways a child ends:
+``ProfilerHook`` is the ``Executor(_child_hook=...)`` object of a profiled run.
+A backend calls ``start(label)`` before user code and ``stop()`` after it, in
+the process (and the thread) that runs that code.  Two ways of using it:
 
-- SIGTERM (``terminate_workers()``): a handler turns it into ``SystemExit``,
-  so the child unwinds and ``stop()`` runs;
+- **once per process** (the processes backend): the backend unpickles the
+  hook in every worker and actor process it starts, calls ``start("worker
+  0")`` or ``start("actor Sampler#3")`` before any user code, and ``stop()``
+  when the child ends normally;
+- **once per call** (the cluster backends, dask and ray): a cluster's worker
+  processes are not poolx's and outlive the executor, so the backend calls
+  ``start("task")`` (or the actor's label) before each task, actor method
+  call and actor constructor, and ``stop()`` in a ``finally`` after it.
+
+Every ``start`` writes a file of its own in ``directory``:
+``<label>-p<pid>.<ext>`` for a process's first capture there, then
+``<label>-p<pid>-1.<ext>``, ``-2`` and so on; ``profiles.py`` combines the
+files of one process.  Captures are kept per thread (a Dask worker runs tasks
+in threads); a ``start`` inside a running capture of the same thread only
+nests (the outer capture covers it).
+
+For the other ways a child ends, while a capture runs:
+
+- SIGTERM (``terminate_workers()``): in a process whose main thread starts a
+  capture with no SIGTERM handler of its own (a poolx child does not install
+  one), a handler turns SIGTERM into ``SystemExit``, so the child unwinds and
+  ``stop()`` runs; ``stop()`` puts the previous handler back.  A process with
+  a handler of its own (a Ray worker) keeps it;
 - a hard exit that skips ``finally`` blocks but not multiprocessing's exit
-  handlers: a ``multiprocessing.util.Finalize`` calls ``stop()`` too;
+  handlers: a ``multiprocessing.util.Finalize`` calls ``stop()`` too (and
+  ``stop()`` cancels it, so a long-lived worker collects none);
 - SIGKILL, a segfault, ``os._exit``: nothing can run.  The CPU profile of that
   process is lost (the report says so); memray's capture file is written as
   the process goes (``FileFormat.ALL_ALLOCATIONS``), so it stays readable.
 
 CPU and memory profilers never run in the same process at once: pyinstrument's
-hook makes memray lose Python stacks (../shared/research/profiling.md).
+hook makes memray lose Python stacks (../shared/research/profiling.md).  memray
+tracks one capture per process at a time: a call that starts while another
+thread of the process is captured is not captured itself (its allocations are
+in the running capture, which tracks every thread).
 
-Child-safe: imports only the profiler it needs, when it starts.
+A process where ``directory`` does not exist (a cluster worker on another
+machine) captures nothing: the driver reads the profiles from that folder.
+
+Child-safe: imports only the profiler it needs, when it starts.  A profiler
+that fails to start or to write is reported on stderr, never raised: profiling
+must not break the user's call.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import re
 import signal
 import sys
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +70,35 @@ def slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-")
 
 
+# Captures started in this process, per folder (per pid: a forked child starts again at 0).
+_seq_lock = threading.Lock()
+_seq_pid = 0
+_seqs: dict[str, Any] = {}
+# memray allows one active Tracker per process.
+_memray_busy = threading.Lock()
+
+
+def _next_seq(directory: str) -> int:
+    global _seq_pid
+    with _seq_lock:
+        if _seq_pid != os.getpid():
+            _seq_pid = os.getpid()
+            _seqs.clear()
+        return int(next(_seqs.setdefault(directory, itertools.count())))
+
+
+@dataclass
+class _Capture:
+    path: str
+    depth: int = 1
+    profiler: Any = None
+    tracker: Any = None
+    finalizer: Any = None
+    old_sigterm: Any = None  # the handler to put back (None: not replaced)
+
+
 class ProfilerHook:
-    """Start a CPU (pyinstrument) or memory (memray) profiler in a child process."""
+    """Start a CPU (pyinstrument) or memory (memray) profiler in a worker process."""
 
     def __init__(self, kind: str, directory: str) -> None:
         if kind not in ("cpu", "mem"):
@@ -46,42 +106,114 @@ class ProfilerHook:
         self.kind = kind
         self.directory = directory
         self.driver_pid = os.getpid()
-        self._profiler: Any = None
-        self._tracker: Any = None
-        self._path = ""
+        self._init_state()
 
-    def path_for(self, label: str, pid: int) -> str:
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[int, _Capture] = {}  # by thread ident
+
+    # The hook is pickled to the workers (poolx's pickler, or cloudpickle on a
+    # cluster): only its settings travel.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"kind": self.kind, "directory": self.directory, "driver_pid": self.driver_pid}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_state()
+
+    def path_for(self, label: str, pid: int, seq: int = 0) -> str:
         ext = "pyisession" if self.kind == "cpu" else "bin"
-        return str(Path(self.directory) / f"{slug(label)}-p{pid}.{ext}")
+        suffix = f"-{seq}" if seq else ""
+        return str(Path(self.directory) / f"{slug(label)}-p{pid}{suffix}.{ext}")
 
     def start(self, label: str) -> None:
-        from multiprocessing import util
+        """Start capturing this thread's work (a new file); never raises."""
+        key = threading.get_ident()
+        with self._lock:
+            running = self._active.get(key)
+            if running is not None:  # nested in a capture of this thread: it covers this call
+                running.depth += 1
+                return
+        try:
+            capture = self._start(label)
+        except Exception as exc:
+            print(f"poolx profile: cannot start the {self.kind} profiler in pid {os.getpid()}: "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            capture = None
+        with self._lock:
+            # (a failed start still counts its nesting, so that stop() pairs up)
+            self._active[key] = capture if capture is not None else _Capture("")
+        if capture is not None:
+            from multiprocessing import util
 
-        self._path = self.path_for(label, os.getpid())
+            capture.finalizer = util.Finalize(self, functools.partial(self._finish, key),
+                                              exitpriority=10)
+
+    def _start(self, label: str) -> _Capture | None:
+        if not os.path.isdir(self.directory):
+            # A worker on another machine: the driver's folder is not here, and nothing
+            # written here would reach the report (the report names the worker).
+            return None
+        capture = _Capture(self.path_for(label, os.getpid(), _next_seq(self.directory)))
         if self.kind == "cpu":
             from pyinstrument import Profiler
 
-            self._profiler = Profiler(interval=CPU_INTERVAL, async_mode="disabled")
-            self._profiler.start(target_description=label)
+            capture.profiler = Profiler(interval=CPU_INTERVAL, async_mode="disabled")
+            capture.profiler.start(target_description=label)
         else:
             import memray
 
-            self._tracker = memray.Tracker(self._path, file_format=memray.FileFormat.ALL_ALLOCATIONS)
-            self._tracker.__enter__()
-        if os.getpid() != self.driver_pid:  # a child: SIGTERM unwinds, so stop() runs
-            signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        util.Finalize(self, self.stop, exitpriority=10)
+            if not _memray_busy.acquire(blocking=False):
+                return None  # another thread's capture is running (and tracks this one too)
+            try:
+                capture.tracker = memray.Tracker(capture.path,
+                                                 file_format=memray.FileFormat.ALL_ALLOCATIONS)
+                capture.tracker.__enter__()
+            except BaseException:
+                _memray_busy.release()
+                raise
+        if (os.getpid() != self.driver_pid and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
+            # a child with no SIGTERM handler: SIGTERM unwinds, so stop() runs
+            capture.old_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        return capture
 
     def stop(self) -> None:
-        """Write what was captured (once; later calls do nothing)."""
-        profiler, self._profiler = self._profiler, None
-        tracker, self._tracker = self._tracker, None
-        if profiler is not None:
-            session = profiler.stop()
-            session.save(self._path)
-        if tracker is not None:
-            tracker.__exit__(None, None, None)
+        """Write what this thread captured (once; an unmatched call does nothing)."""
+        key = threading.get_ident()
+        with self._lock:
+            capture = self._active.get(key)
+            if capture is None:
+                return
+            capture.depth -= 1
+            if capture.depth > 0:
+                return
+        self._finish(key)
 
+    def _finish(self, key: int) -> None:
+        with self._lock:
+            capture = self._active.pop(key, None)
+        if capture is None:
+            return
+        finalizer, capture.finalizer = capture.finalizer, None
+        if finalizer is not None:
+            finalizer.cancel()  # (when called by it, it is already out of the registry)
+        if capture.old_sigterm is not None:
+            try:
+                signal.signal(signal.SIGTERM, capture.old_sigterm)
+            except ValueError:  # not in the main thread (the finalizer at exit)
+                pass
+        try:
+            if capture.profiler is not None:
+                session = capture.profiler.stop()
+                session.save(capture.path)
+            if capture.tracker is not None:
+                try:
+                    capture.tracker.__exit__(None, None, None)
+                finally:
+                    _memray_busy.release()
+        except Exception as exc:  # (never the user's call's error)
+            print(f"poolx profile: cannot write {capture.path}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

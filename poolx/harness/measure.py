@@ -8,7 +8,9 @@ on; nothing here slows the run down):
 - per task or actor call: submit, dispatch, start, end and done times, the
   time spent unpickling the arguments and pickling the result, bytes each way;
 - per worker or actor process (a *lane*): when it was ready, its CPU time and
-  its peak resident memory, read from the live process at the end of the run.
+  its peak resident memory, read from the live process at the end of the run
+  (on a cluster backend only for worker processes that descend from this one:
+  a local cluster's, not a remote one's).
 
 ``account()`` splits each lane's share of the run (the wall time) into
 start-up, unpickling, compute, pickling, transfer and idle; the six add up to
@@ -75,10 +77,18 @@ class Run:
     driver_peak_rss: int = 0
 
 
+class ExecutorError(Exception):
+    """The ``Executor`` of a run could not be created (a missing extra, a
+    cluster that cannot be reached, an option the backend refuses)."""
+
+
 def run_once(scenario: Scenario, mode: str, workers: int, size: int, *, backend: str,
              mp_context: Any, repeat: int, expected: Any = None, hook: Any = None,
-             profile: str = "none") -> tuple[Run, Any]:
-    """Run ``scenario`` once in ``mode``; returns the run and the result (None on error)."""
+             profile: str = "none", address: str | None = None) -> tuple[Run, Any]:
+    """Run ``scenario`` once in ``mode``; returns the run and the result (None on error).
+
+    Raises ``ExecutorError`` when the run's ``Executor`` cannot be created.
+    """
     from .. import Executor
 
     run = Run(mode, workers if mode != "serial" else 1, repeat, profile)
@@ -98,7 +108,10 @@ def run_once(scenario: Scenario, mode: str, workers: int, size: int, *, backend:
         run.lanes = [lane]
     else:
         t0 = time.perf_counter()
-        ex = Executor(workers, mp_context, backend=backend, _child_hook=hook)
+        try:
+            ex = Executor(workers, mp_context, backend=backend, address=address, _child_hook=hook)
+        except Exception as exc:
+            raise ExecutorError(f"cannot start the {backend!r} backend: {_error(exc)}") from exc
         try:
             try:
                 result = scenario.run(mode, ex, size)
@@ -107,7 +120,11 @@ def run_once(scenario: Scenario, mode: str, workers: int, size: int, *, backend:
             run.wall = time.perf_counter() - t0
             run.lanes, run.tasks = _lanes_and_tasks(ex, t0, run.wall)
         finally:
-            ex.shutdown(wait=True, cancel_futures=True)
+            try:
+                ex.shutdown(wait=True, cancel_futures=True)
+            except Exception as exc:  # the run fails; the next ones still run
+                if run.ok:
+                    run.ok, run.error = False, f"shutting down the executor failed: {_error(exc)}"
         run.driver_cpu = time.process_time() - cpu0
         run.driver_peak_rss = _own_peak_rss()
         account(run)
@@ -127,6 +144,9 @@ def _lanes_and_tasks(ex: Any, t0: float, wall: float) -> tuple[list[Lane], list[
         in records if t_start
     ]
     keys = set(tel.ready_at) | {t[1] for t in tasks}
+    # The processes backend's workers are this machine's; a cluster's only when they descend
+    # from this process (a local cluster), not when they run on a cluster it connected to.
+    local: set[int] | None = None if ex.backend == "processes" else _descendants()
     lanes = []
     for key in sorted(keys, key=lambda k: (k < 0, abs(k))):
         if key >= 0:
@@ -136,11 +156,25 @@ def _lanes_and_tasks(ex: Any, t0: float, wall: float) -> tuple[list[Lane], list[
             pid = tel.actor_pids.get(-key)
             label = f"actor {tel.actor_labels.get(-key, -key)}"
         ready = tel.ready_at.get(key)
-        lane = Lane(key, label, pid, min(wall, ready - t0) if ready else 0.0)
-        if pid and ex.backend == "processes":
+        ready_s = min(wall, ready - t0) if ready else 0.0
+        # A cluster backend learns of a worker when its first task comes back: the
+        # worker was ready by the time that task started.
+        ready_s = min([ready_s, *(t[4] for t in tasks if t[1] == key)])
+        lane = Lane(key, label, pid, max(0.0, ready_s))
+        if pid and (local is None or pid in local):
             lane.cpu, lane.peak_rss = process_facts(pid)
         lanes.append(lane)
     return lanes, tasks
+
+
+def _descendants() -> set[int]:
+    """The pids of this process's descendants (a local cluster's workers are among them)."""
+    try:
+        import psutil
+
+        return {p.pid for p in psutil.Process().children(recursive=True)}
+    except Exception:
+        return set()
 
 
 def account(run: Run) -> None:

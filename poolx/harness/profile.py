@@ -12,6 +12,13 @@ The plan of a run:
    and actor process; its slowdown against the timing median is reported.
 
 Then the terminal summary, and the files in ``--out``.
+
+On a cluster backend (``--backend dask`` or ``ray``) each task or actor run
+starts a fresh ``Executor`` too: a local cluster, or a connection to the one
+at ``--address``.  The profilers then run around every task and actor call on
+the cluster's workers (``_hook.ProfilerHook``); their files are read from the
+``--out`` folder, so only workers that share this machine's filesystem leave
+profiles, and the report names the workers that left none.
 """
 
 from __future__ import annotations
@@ -54,7 +61,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="cpu: pyinstrument; mem: memray; trace: the timeline of every run; "
         "none: timings only (the timeline of each median run is always written)",
     )
-    p.add_argument("--backend", default="processes", help="processes (default), threads, serial, ...")
+    p.add_argument(
+        "--backend",
+        default="processes",
+        help="processes (default), threads, serial, dask, ray (the last two need poolx[dask] / poolx[ray])",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="dask or ray: the cluster to run on (a scheduler's tcp://host:8786, ray://host:10001 or "
+        "'auto'); default: a local cluster started for each run",
+    )
     p.add_argument(
         "--start-method",
         default=None,
@@ -87,7 +104,11 @@ def run(args: argparse.Namespace) -> int:
     out: Path = config["out"]
     environment = env.collect()
     print(report.env_header(scenario, config, environment))
-    runs, profiled, profiles = _execute(scenario, config)
+    try:
+        runs, profiled, profiles = _execute(scenario, config)
+    except measure.ExecutorError as exc:
+        print(f"poolx profile: error: {exc}", file=sys.stderr)
+        return 2
     rows = analyze.summarize(runs)
     findings = analyze.verdicts(rows, profiled)
     results = {
@@ -99,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         "env": environment,
         "scenario": {"name": scenario.name, "doc": scenario.doc, "size": config["size"]},
         "config": {
-            k: config[k] for k in ("modes", "workers", "repeat", "profile", "backend", "start_method")
+            k: config[k]
+            for k in ("modes", "workers", "repeat", "profile", "backend", "address", "start_method")
         },
         "rows": [report.row_dict(r) for r in rows],
         "verdicts": findings,
@@ -149,9 +171,25 @@ def _configure(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--size must be positive, got {size}")
     from ..backends import get_backend
 
+    address = getattr(args, "address", None)
+    if args.backend in CLUSTER_BACKENDS:
+        require_engine(args.backend)  # (before the backend's module is imported)
     backend_cls = get_backend(args.backend)  # ValueError names the known ones
+    if args.backend in CLUSTER_BACKENDS:
+        if args.start_method is not None:
+            raise ValueError(f"--start-method is for the processes backend; the {args.backend} "
+                             "cluster starts its own worker processes")
+    elif address is not None:
+        raise ValueError(f"--address is the cluster to run on, for --backend dask or ray; the "
+                         f"{args.backend!r} backend runs on this machine")
     if args.profile in ("cpu", "mem"):
         _require_profiler(args.profile)
+        if address is not None:
+            print(
+                f"note: the {args.profile} profiles come only from the cluster's workers that share this "
+                "machine's filesystem (the report names those that left none)",
+                file=sys.stderr,
+            )
         if not backend_cls.uses_processes:
             print(
                 f"note: the {args.backend!r} backend runs tasks in this process: the "
@@ -176,11 +214,32 @@ def _configure(args: argparse.Namespace) -> dict[str, Any]:
         "repeat": args.repeat,
         "profile": args.profile,
         "backend": args.backend,
+        "address": address,
         "start_method": args.start_method,
         "size": size,
         "out": out,
         "progress": not args.no_progress,
     }
+
+
+#: The cluster backends: the module each needs, and the message when it is missing
+#: (as the backends say it, before any run starts).
+CLUSTER_BACKENDS = {
+    "dask": ("distributed", "--backend dask needs Dask's distributed scheduler: pip install 'poolx[dask]'"),
+    "ray": ("ray", "--backend ray needs Ray: pip install 'poolx[ray]'"),
+}
+
+
+def require_engine(backend: str) -> None:
+    import importlib.util
+
+    module, message = CLUSTER_BACKENDS[backend]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ImportError(message)
 
 
 def _require_profiler(kind: str) -> None:
@@ -224,6 +283,7 @@ def _execute(
                 mp_context=ctx,
                 repeat=repeat,
                 expected=expected,
+                address=config.get("address"),
             )
             if mode == "serial" and expected is None and run.ok:
                 expected = result
@@ -252,13 +312,13 @@ def _execute(
 def _profiled_run(
     scenario: Scenario, mode: str, workers: int, config: dict[str, Any], expected: Any
 ) -> tuple[measure.Run, dict[str, Any]]:
-    from . import profiles
     from ._hook import ProfilerHook
 
     kind = config["profile"]
     directory = config["out"] / kind / mode
     directory.mkdir(parents=True, exist_ok=True)
-    hook = ProfilerHook(kind, str(directory))
+    # (absolute: a cluster's worker processes need not share this working directory)
+    hook = ProfilerHook(kind, str(directory.resolve()))
     driver = ProfilerHook(kind, str(directory))
     uses_processes = _uses_processes(config["backend"])
     driver.start("driver")
@@ -274,6 +334,7 @@ def _profiled_run(
             expected=expected,
             hook=hook if uses_processes else None,
             profile=kind,
+            address=config.get("address"),
         )
     finally:
         driver.stop()
@@ -284,17 +345,38 @@ def _profiled_run(
         "wall": run.wall,
         "folder": str(directory.relative_to(config["out"])),
     }
-    expected_labels = {lane.label for lane in run.lanes} if mode != "serial" else set()
+    title = f"poolx profile {scenario.name}: {mode} x{workers}"
+    lanes = run.lanes if mode != "serial" and uses_processes else []  # (in-process backends: none)
+    info.update(collect_profiles(kind, directory, title, lanes, config["backend"] in CLUSTER_BACKENDS))
+    return run, info
+
+
+def collect_profiles(kind: str, directory: Path, title: str, lanes: list[measure.Lane],
+                     cluster: bool) -> dict[str, Any]:
+    """Read the profiles in ``directory`` of a run whose processes were ``lanes``;
+    name the processes that left none (``missing``)."""
+    from . import profiles
+
+    info: dict[str, Any] = {}
+    expected_labels = {lane.label for lane in lanes}
+    # A cluster worker's task captures are labelled "task": its pid names its lane.
+    pids = {lane.pid: lane.label for lane in lanes if lane.key >= 0 and lane.pid}
     if kind == "cpu":
-        title = f"poolx profile {scenario.name}: {mode} x{workers}"
-        info.update(profiles.cpu_reports(directory, title, expected_labels))
+        info.update(profiles.cpu_reports(directory, title, expected_labels, pids))
         got = {p["label"].rsplit(" (pid", 1)[0] for p in info["processes"]}
     else:
-        info["processes"] = profiles.mem_reports(directory, expected_labels)
+        info["processes"] = profiles.mem_reports(directory, expected_labels, pids=pids)
         got = {p["label"] for p in info["processes"]}
-    # A process that died (SIGKILL, crash) before writing its profile.
+    # Processes that left no profile: on the processes backend, one that died (SIGKILL,
+    # crash) before writing it; on a cluster, also a worker on another machine.
     info["missing"] = sorted(expected_labels - got)
-    return run, info
+    if cluster:
+        info["missing_note"] = (
+            "left no profile file: its worker may run on another machine (profiles are collected "
+            "only from workers that share this machine's filesystem), have died, or the backend "
+            "did not run the profiler"
+        )
+    return info
 
 
 def _uses_processes(backend: str) -> bool:

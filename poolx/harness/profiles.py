@@ -1,15 +1,24 @@
 """Turning the per-process profiler outputs of a profiled run into reports.
 
-CPU (pyinstrument): each process saved a session (``<label>-p<pid>.pyisession``).
-Their stacks are relabelled so that each starts with its process ("worker 0
-(pid 4711)") and combined into one call tree per mode (HTML), and each session
-becomes one profile of a speedscope file.  Combined sessions add durations up:
-the tree shows where worker time went, not a timeline (the timeline is
-trace.json).
+A process leaves one file per capture (``_hook.ProfilerHook``):
+``<label>-p<pid>.<ext>``, then ``<label>-p<pid>-1.<ext>``, ``-2``, ...  On the
+processes backend that is one file per process; on a cluster backend (dask,
+ray) one per task or actor call, labelled ``task`` or with the actor's label.
+The files of one label and pid are one process's profile: ``task`` files are
+attributed to the worker lane of the run with that pid (``pids``), or shown as
+"cluster worker" when the run does not know the pid.
 
-Memory (memray): each process wrote a capture (``<label>-p<pid>.bin``).  Each
-gets a flamegraph (``memray flamegraph --no-web``: opens offline) and a row in
-the peak-memory table.
+CPU (pyinstrument): each process's sessions (``.pyisession``) are combined
+(``Session.combine``), their stacks relabelled so that each starts with its
+process ("worker 0 (pid 4711)"), and combined into one call tree per mode
+(HTML); each process becomes one profile of a speedscope file.  Combined
+sessions add durations up: the tree shows where worker time went, not a
+timeline (the timeline is trace.json).
+
+Memory (memray): each capture (``.bin``) is read; a process's row gives the
+largest peak of its captures (on a cluster: of one call, counting only what
+that call allocated), the allocations of all of them, and a flamegraph
+(``memray flamegraph --no-web``: opens offline) of the capture with that peak.
 """
 
 from __future__ import annotations
@@ -19,34 +28,58 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_FILE = re.compile(r"^(?P<label>.+)-p(?P<pid>\d+)\.(pyisession|bin)$")
+_FILE = re.compile(r"^(?P<label>.+)-p(?P<pid>\d+)(?:-(?P<seq>\d+))?\.(pyisession|bin)$")
+
+#: The label a cluster backend starts the profiler with around a task.
+TASK_LABEL = "task"
+#: The label of a cluster worker's task captures whose pid the run does not know.
+UNATTRIBUTED = "cluster worker"
 
 
 @dataclass
 class ProcessProfile:
     label: str
     pid: int
-    path: Path
+    paths: list[Path]  # its captures, in the order they were taken
+
+    @property
+    def path(self) -> Path:
+        return self.paths[0]
 
 
-def _found(directory: Path, ext: str, labels: Iterable[str] = ()) -> list[ProcessProfile]:
-    """The captures in ``directory``; ``labels`` (the run's process labels, plus
-    "driver") turn file names back into labels ("actor-Tracker-3" -> "actor Tracker#3")."""
+def _found(directory: Path, ext: str, labels: Iterable[str] = (),
+           pids: Mapping[int, str] | None = None) -> list[ProcessProfile]:
+    """The captures in ``directory``, grouped by process.  ``labels`` (the run's
+    process labels, plus "driver") turn file names back into labels
+    ("actor-Tracker-3" -> "actor Tracker#3"); ``pids`` (pid -> worker label)
+    attributes a cluster worker's ``task`` captures."""
     from ._hook import slug
 
-    known = {slug(label): label for label in ("driver", *labels)}
-    out = []
-    for path in sorted(directory.glob(f"*.{ext}")):
+    known = {}
+    for label in ("driver", *labels):
+        known[slug(label)] = label
+        if label.startswith("actor "):  # (a backend may give an actor's label without "actor ")
+            known.setdefault(slug(label[len("actor "):]), label)
+    groups: dict[tuple[str, int], list[tuple[int, Path]]] = {}
+    for path in directory.glob(f"*.{ext}"):
         m = _FILE.match(path.name)
-        if m:
+        if not m:
+            continue
+        pid = int(m["pid"])
+        if m["label"] == TASK_LABEL:
+            label = (pids or {}).get(pid, UNATTRIBUTED)
+        else:
             label = known.get(m["label"], m["label"].replace("-", " ", 1))
-            out.append(ProcessProfile(label, int(m["pid"]), path))
-    return out
+        groups.setdefault((label, pid), []).append((int(m["seq"] or 0), path))
+    return [
+        ProcessProfile(label, pid, [path for _seq, path in sorted(items)])
+        for (label, pid), items in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1]))
+    ]
 
 
 # -- CPU -------------------------------------------------------------------------------
@@ -71,17 +104,29 @@ def relabel(session: Any, label: str, pid: int) -> Any:
     return session
 
 
-def cpu_reports(directory: Path, title: str, labels: Iterable[str] = ()) -> dict[str, Any]:
+def cpu_reports(directory: Path, title: str, labels: Iterable[str] = (),
+                pids: Mapping[int, str] | None = None) -> dict[str, Any]:
     """Merge the sessions in ``directory``: writes ``<directory>.html`` and
     ``<directory>.speedscope.json``; returns what the report shows."""
     from pyinstrument.renderers import HTMLRenderer, SpeedscopeRenderer
     from pyinstrument.session import Session
 
-    found = _found(directory, "pyisession", labels)
+    found = _found(directory, "pyisession", labels, pids)
     sessions = []
+    captures = {}
     for prof in found:
         label = f"{prof.label} (pid {prof.pid})"
-        sessions.append((label, relabel(Session.load(str(prof.path)), label, prof.pid)))
+        loaded = []
+        for path in prof.paths:
+            try:
+                loaded.append(Session.load(str(path)))
+            except Exception:  # cut short as the process died: the others still count
+                continue
+        if not loaded:
+            continue
+        combined = functools.reduce(Session.combine, loaded)
+        sessions.append((label, relabel(combined, label, prof.pid)))
+        captures[label] = len(loaded)
     if not sessions:
         return {"processes": [], "html": None, "speedscope": None, "hot": []}
     merged = functools.reduce(Session.combine, [s for _, s in sessions])
@@ -100,7 +145,8 @@ def cpu_reports(directory: Path, title: str, labels: Iterable[str] = ()) -> dict
     )
     return {
         "processes": [
-            {"label": label, "samples": s.sample_count, "duration": s.duration, "cpu_time": s.cpu_time}
+            {"label": label, "samples": s.sample_count, "duration": s.duration, "cpu_time": s.cpu_time,
+             "captures": captures[label]}
             for label, s in sessions
         ],
         "html": html_path.name,
@@ -192,35 +238,52 @@ def functions_in(path: Path) -> set[str]:
 # -- memory ----------------------------------------------------------------------------
 
 
-def mem_reports(directory: Path, labels: Iterable[str] = (), timeout: float = 300.0) -> list[dict[str, Any]]:
-    """A flamegraph and a peak-memory row per capture in ``directory``."""
+def mem_reports(directory: Path, labels: Iterable[str] = (), timeout: float = 300.0,
+                pids: Mapping[int, str] | None = None) -> list[dict[str, Any]]:
+    """A peak-memory row per process in ``directory``, with a flamegraph of its
+    capture with the largest peak."""
     import memray
 
     rows = []
-    for prof in _found(directory, "bin", labels):
-        row: dict[str, Any] = {"label": prof.label, "pid": prof.pid, "capture": prof.path.name}
-        try:
-            with memray.FileReader(str(prof.path)) as reader:
-                meta = reader.metadata
-                row["peak"] = int(meta.peak_memory)
-                row["allocations"] = int(meta.total_allocations)
-                top = max(
-                    reader.get_high_watermark_allocation_records(merge_threads=True),
-                    key=lambda r: r.size,
-                    default=None,
-                )
-                if top is not None:
-                    trace = top.stack_trace(1)
-                    where = f"{trace[0][0]} ({trace[0][1]}:{trace[0][2]})" if trace else "?"
-                    row["top_site"] = where
-                    row["top_bytes"] = int(top.size)
-        except Exception as exc:  # a capture cut short
-            row["error"] = f"{type(exc).__name__}: {exc}"
+    for prof in _found(directory, "bin", labels, pids):
+        row: dict[str, Any] = {"label": prof.label, "pid": prof.pid, "capture": prof.path.name,
+                               "captures": len(prof.paths)}
+        best: tuple[int, Path] | None = None
+        allocations = 0
+        errors = []
+        for path in prof.paths:
+            try:
+                with memray.FileReader(str(path)) as reader:
+                    meta = reader.metadata
+                    peak = int(meta.peak_memory)
+                    allocations += int(meta.total_allocations)
+                    if best is None or peak > best[0]:
+                        best = (peak, path)
+                        top = max(
+                            reader.get_high_watermark_allocation_records(merge_threads=True),
+                            key=lambda r: r.size,
+                            default=None,
+                        )
+                        row.pop("top_site", None)
+                        row.pop("top_bytes", None)
+                        if top is not None:
+                            trace = top.stack_trace(1)
+                            where = f"{trace[0][0]} ({trace[0][1]}:{trace[0][2]})" if trace else "?"
+                            row["top_site"] = where
+                            row["top_bytes"] = int(top.size)
+            except Exception as exc:  # a capture cut short
+                errors.append(f"{path.name}: {type(exc).__name__}: {exc}")
+        if errors:
+            row["unreadable"] = len(errors)
+        if best is None:
+            row["error"] = errors[0] if errors else "no capture"
             rows.append(row)
             continue
-        html = prof.path.with_suffix(".html")
+        row["peak"], row["capture"] = best[0], best[1].name
+        row["allocations"] = allocations
+        html = best[1].with_suffix(".html")
         proc = subprocess.run(
-            [sys.executable, "-m", "memray", "flamegraph", "--no-web", "-f", "-o", str(html), str(prof.path)],
+            [sys.executable, "-m", "memray", "flamegraph", "--no-web", "-f", "-o", str(html), str(best[1])],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -22,6 +22,8 @@ PALETTE = {
     "idle": "#f0f0f0",
 }
 MODE_COLOURS = {"serial": "#636363", "task": "#2b8cbe", "actor": "#e6550d"}
+#: What the report says of a process that left no profile (processes backend).
+MISSING_NOTE = "ended before writing its profile (killed or crashed)"
 
 
 # -- formatting -----------------------------------------------------------------------
@@ -134,9 +136,16 @@ def env_header(scenario: Scenario, config: dict[str, Any], environment: dict[str
         f"  size {config['size']:,}; modes {', '.join(config['modes'])}; workers "
         f"{', '.join(map(str, config['workers']))}; backend {config['backend']}"
         + (f" ({config['start_method']})" if config["start_method"] else "")
+        + (f" at {config['address']}" if config.get("address") else "")
         + f"; {config['repeat']} timed runs each after a warm-up",
         "  timings come from unprofiled runs; each task/actor run starts a fresh Executor, so its "
-        "wall time includes starting the processes",
+        "wall time includes "
+        + (
+            "connecting to the cluster"
+            if config.get("address")
+            else "starting the processes"
+            + (" (a local cluster)" if config["backend"] in ("dask", "ray") else "")
+        ),
     ]
     if config["repeat"] < 3:
         lines.append(
@@ -175,7 +184,7 @@ def terminal(rows: list[Row], findings: list[str], profiles: dict[str, Any], out
             ]
             w(table(["process", "pid", "peak (memray)", "largest allocation at peak"], cells) + "\n")
         for label in info.get("missing", []):
-            w(f"  {label} ended before writing its profile (killed or crashed)\n")
+            w(f"  {label} {info.get('missing_note', MISSING_NOTE)}\n")
     w("\nverdicts\n")
     for f in findings:
         w(f"  - {f}\n")
@@ -487,7 +496,7 @@ def chart_timelines(runs: list[Run]) -> str | None:
                 )
         ax.axvline(run.wall, color="#333333", lw=0.8, ls="--")
         ax.set_yticks(range(len(run.lanes)), [lane.label for lane in run.lanes], fontsize=7)
-        ax.set_ylim(len(run.lanes) - 0.5, -0.5)
+        ax.set_ylim(max(1, len(run.lanes)) - 0.5, -0.5)  # (a failed run may have no lanes)
         title = "serial" if run.mode == "serial" else f"{run.mode} x{run.workers}"
         ax.set_title(f"{title}: {run.wall:.3f} s", fontsize=9, loc="left")
     axes[-1, 0].set_xlabel("seconds since the run started (dashed: end of the run)")
@@ -527,7 +536,9 @@ def html(results: dict[str, Any], rows: list[Row], runs: list[Run]) -> str:
         f"<h1>poolx profile <code>{e(results['scenario']['name'])}</code></h1>",
         f"<p>{e(results['scenario']['doc'])}</p>",
         f"<p class='muted'>{e(_env.header(environment))}<br>size {results['scenario']['size']:,}; "
-        f"backend {e(results['config']['backend'])}; {results['config']['repeat']} timed runs per row "
+        f"backend {e(results['config']['backend'])}"
+        f"{e(' at ' + results['config']['address']) if results['config'].get('address') else ''}; "
+        f"{results['config']['repeat']} timed runs per row "
         f"after a warm-up; created {e(results['created'])}; command <code>{e(results['command'])}</code><br>"
         "Timings come from unprofiled runs. Each task or actor run starts a fresh Executor: its wall "
         "time includes starting the processes.</p>",
@@ -648,9 +659,7 @@ def html(results: dict[str, Any], rows: list[Row], runs: list[Run]) -> str:
                         "<p>" + " · ".join(f"<a href='{e(x)}'>{e(Path(x).name)}</a>" for x in links) + "</p>"
                     )
             for label in info.get("missing", []):
-                parts.append(
-                    f"<p class='flag'>{e(label)} ended before writing its profile (killed or crashed).</p>"
-                )
+                parts.append(f"<p class='flag'>{e(label)} {e(info.get('missing_note', MISSING_NOTE))}.</p>")
     parts += [
         "<h2 id='files'>Files</h2><ul>",
         "<li><a href='results.json'>results.json</a>: every run's raw data "
