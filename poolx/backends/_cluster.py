@@ -626,6 +626,25 @@ class OrderedCaller:
             job()
 
 
+class EngineFuture(Future[Any]):
+    """A task's future for a task it submitted itself on a cluster worker:
+    ``result()`` and ``exception()`` first wait in the engine's own way
+    (``engine_wait``), which lets the engine run the nested task meanwhile."""
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self.done():
+            self.engine_wait(timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self.done():
+            self.engine_wait(timeout)
+        return super().exception(timeout)
+
+    def engine_wait(self, timeout: float | None) -> None:
+        raise NotImplementedError
+
+
 def local_future() -> Future[Any]:
     future: Future[Any] = Future()
     future.set_running_or_notify_cancel()

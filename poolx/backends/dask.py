@@ -37,6 +37,7 @@ from . import BackendOptions
 from ._cluster import (
     ActorHost,
     ClusterBackend,
+    EngineFuture,
     OrderedCaller,
     add_remote_traceback,
     local_future,
@@ -333,25 +334,14 @@ def find_actor(name: str) -> tuple[DaskCaller, tuple[int, str, frozenset[str]]]:
     return DaskCaller(future.result()), identity
 
 
-class _NestedFuture(Future[Any]):
-    """A task's future for a task it submitted on the Dask cluster: waiting for it
-    secedes from the worker's thread pool, so that the nested task can run."""
+class _NestedFuture(EngineFuture):
+    """Waiting for a nested task on Dask secedes from the worker's thread pool."""
 
     def __init__(self, dask_future: Any) -> None:
         super().__init__()
         self._dask_future = dask_future
 
-    def result(self, timeout: float | None = None) -> Any:
-        self._wait(timeout)
-        return super().result(timeout)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        self._wait(timeout)
-        return super().exception(timeout)
-
-    def _wait(self, timeout: float | None) -> None:
-        if self.done():
-            return
+    def engine_wait(self, timeout: float | None) -> None:
         import distributed
 
         try:

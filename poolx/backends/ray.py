@@ -28,6 +28,7 @@ from ._cluster import (
     ActorHost,
     AsyncActorHost,
     ClusterBackend,
+    EngineFuture,
     local_future,
     pickle_call,
     run_task,
@@ -300,25 +301,16 @@ def find_actor(name: str) -> tuple[RayCaller, tuple[int, str, frozenset[str]]]:
     raise ValueError(f"no live actor named {name!r} on this Ray cluster")
 
 
-class _NestedFuture(Future[Any]):
-    """A task's future for a task it submitted on Ray: waiting for it goes through
-    ``ray.wait``, which tells Ray that this worker is blocked (its CPU is lent)."""
+class _NestedFuture(EngineFuture):
+    """Waiting for a nested task on Ray goes through ``ray.wait``, which tells Ray
+    that this worker is blocked (its CPU is lent)."""
 
     def __init__(self, ref: Any) -> None:
         super().__init__()
         self._ref = ref
 
-    def result(self, timeout: float | None = None) -> Any:
-        self._wait(timeout)
-        return super().result(timeout)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        self._wait(timeout)
-        return super().exception(timeout)
-
-    def _wait(self, timeout: float | None) -> None:
-        if not self.done():
-            _import_ray().wait([self._ref], timeout=timeout)
+    def engine_wait(self, timeout: float | None) -> None:
+        _import_ray().wait([self._ref], timeout=timeout)
 
 
 def nested_submit(data: bytes, buffers: list[bytes], setup: tuple[str, bytes] | None,
