@@ -96,6 +96,7 @@ class DaskBackend(ClusterBackend):
             if self._cluster is not None:
                 self._cluster.close()
             raise
+        self._engine_closed = False
         self._values: dict[str, Any] = {}
         self._collector: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._collector_thread = threading.Thread(target=self._collect, name="poolx-dask-results",
@@ -149,6 +150,10 @@ class DaskBackend(ClusterBackend):
         handle.cancel()
 
     def close(self) -> None:
+        with self._lock:
+            if self._engine_closed:
+                return
+            self._engine_closed = True
         self._collector.put(None)
         if self._collector_thread is not threading.current_thread():
             self._collector_thread.join(30)

@@ -108,6 +108,8 @@ class RayBackend(ClusterBackend):
         address = options.extra.get("address") or os.environ.get(ADDRESS_VARIABLE)
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
+            with _remote_lock:  # (definitions made for an earlier Ray instance are stale)
+                _remote.clear()
             if address is None:
                 ray.init(address="local", num_cpus=options.max_workers, include_dashboard=False,
                          log_to_driver=False,
@@ -144,15 +146,19 @@ class RayBackend(ClusterBackend):
             pass
 
     def close(self) -> None:
-        if self._owns_ray:
+        # Once only: a later call (the executor's finalizer at garbage collection)
+        # must not stop a Ray that another executor has started since.
+        with self._lock:
+            owns, self._owns_ray = self._owns_ray, False
+        if owns:
             self._ray.shutdown()
 
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         try:
             super().shutdown(wait, cancel_futures)
         finally:
-            if self._owns_ray and not self._close_when_idle:
-                self._ray.shutdown()  # (ray.shutdown() twice is harmless)
+            if not self._close_when_idle:
+                self.close()
 
     # -- actors ----------------------------------------------------------------------
 

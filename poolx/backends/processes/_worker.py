@@ -165,6 +165,9 @@ def _detach(dup: Any) -> int:
 def boot(sock: socket.socket, client: socket.socket, progress: Any) -> mmap.mmap:
     """What every child does first (task worker and actor alike); returns the progress cell."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    # A forked worker must die of SIGTERM, not run a handler it inherited from the
+    # driver (Ray's ray.init() installs one that raises SystemExit).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     fd = progress.take() if isinstance(progress, FdForChild) else int(progress)
     cell = mmap.mmap(fd, PROGRESS_BYTES)
     # A fatal error (SIGSEGV, SIGABRT, ...) dumps the crashing thread's Python
