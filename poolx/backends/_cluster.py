@@ -8,8 +8,9 @@ worker processes.  Three parts live here:
   before its first task, and the profiling hook wraps each task and call.
 - **In the driver**: ``ClusterBackend`` keeps the stdlib's meaning of a
   future's states.  It hands the engine at most ``window`` tasks at a time
-  (twice the cluster's CPUs); those are RUNNING, the rest wait in the driver,
-  PENDING and cancellable, as ``ProcessPoolExecutor``'s call queue does.  An
+  (twice the cluster's CPUs, and up to 32 more while tasks are short); those
+  are RUNNING, the rest wait in the driver, PENDING and cancellable, as
+  ``ProcessPoolExecutor``'s call queue does.  An
   engine only needs ``send``, ``when_done``, ``outcome``, ``cancel`` and
   ``close``.
 - **Actors**: an actor is an ``ActorHost`` living as the engine's own actor;
@@ -315,6 +316,21 @@ def add_remote_traceback(error: BaseException, text: str | None) -> BaseExceptio
 # -- in the driver ---------------------------------------------------------------
 
 
+def window(cpus: int) -> int:
+    """How many tasks a cluster backend hands its engine at once, for a cluster
+    of ``cpus``, at least: twice its CPUs.  (``ClusterBackend`` adds up to
+    ``MAX_EXTRA`` more while tasks are shorter than a round trip through the
+    engine.)"""
+    return 2 * max(1, cpus)
+
+
+#: The most tasks handed to the engine beyond ``window``: while tasks are shorter
+#: than the engine's round trip, more in flight hide it (600 tasks of 1 ms on 2
+#: Dask workers took 4.4 s with 4 in flight, 2.3 s with 64, 1.7 s natively).
+#: Long tasks bring it back to 0, so that what waits stays cancellable.
+MAX_EXTRA = 32
+
+
 #: backends with tasks queued or running
 _busy: set[ClusterBackend] = set()
 
@@ -333,13 +349,14 @@ class ClusterBackend(Backend):
         super().__init__(options, telemetry)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        self._extra = 0  # handed to the engine beyond window (MAX_EXTRA)
         self._queue: collections.deque[Task] = collections.deque()  # PENDING, in the driver
         self._running: dict[int, tuple[Task, Any]] = {}  # handed to the engine: task id -> handle
         self._closed = False
         self._close_when_idle = False  # shutdown(wait=False) with work left
         self._broken: BaseException | None = None
         self._lanes: dict[tuple[str, int], int] = {}  # worker process -> lane in the telemetry
-        self.window = 2 * max(1, options.max_workers)
+        self.window = window(options.max_workers)
         self._setup_payload: tuple[str, bytes] | None = None
         if options.initializer is not None or options.child_hook is not None:
             setup = Setup(uuid.uuid4().hex, options.initializer, tuple(options.initargs), options.child_hook)
@@ -389,7 +406,7 @@ class ClusterBackend(Backend):
         """Hand queued tasks to the engine while fewer than ``window`` run there."""
         while True:
             with self._lock:
-                if not self._queue or len(self._running) >= self.window:
+                if not self._queue or len(self._running) >= self.window + self._extra:
                     return
                 task = self._queue.popleft()
                 broken = self._broken
@@ -436,6 +453,12 @@ class ClusterBackend(Backend):
             value, task.t_start, task.t_end, place = self.outcome(handle)
             task.worker = self._lane(place)
             error: BaseException | None = None
+            ran = task.t_end - task.t_start
+            trip = time.perf_counter() - task.t_dispatch - ran
+            if ran < trip:  # (see MAX_EXTRA)
+                self._extra = min(MAX_EXTRA, 2 * self._extra + 1)
+            else:
+                self._extra //= 2
         except BaseException as exc:
             error, value = exc, None
         self._forget(task)

@@ -44,6 +44,7 @@ from ._cluster import (
     pickle_call,
     run_task,
     track_call,
+    window,
 )
 
 ADDRESS_VARIABLE = "POOLX_DASK_ADDRESS"
@@ -103,7 +104,7 @@ class DaskBackend(ClusterBackend):
                                                   daemon=True)
         self._collector_thread.start()
         threads = sum(self._client.nthreads().values())
-        self.window = 2 * max(threads, options.max_workers if self._cluster is not None else 1)
+        self.window = window(max(threads, options.max_workers if self._cluster is not None else 1))
 
     # -- tasks ---------------------------------------------------------------------
 

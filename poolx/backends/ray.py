@@ -33,6 +33,7 @@ from ._cluster import (
     pickle_call,
     run_task,
     track_call,
+    window,
 )
 
 ADDRESS_VARIABLE = "POOLX_RAY_ADDRESS"
@@ -116,7 +117,7 @@ class RayBackend(ClusterBackend):
                          configure_logging=False)
             else:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
-        self.window = 2 * max(1, int(ray.cluster_resources().get("CPU", options.max_workers)))
+        self.window = window(int(ray.cluster_resources().get("CPU", options.max_workers)))
         self._task_options: dict[int, Any] = {}  # max_retries -> run_task with those options
 
     # -- tasks ---------------------------------------------------------------------
