@@ -248,7 +248,7 @@ class DaskActor:
             outcome: Any = self.actor.died_error()
         else:
             try:
-                running = self.proxy.call(call.method, data, buffers)
+                running = self.proxy.call(data, *buffers)
                 while True:  # (a kill abandons the call; Dask cannot stop it)
                     try:
                         outcome = running.result(timeout=_POLL)
@@ -312,13 +312,13 @@ class DaskCaller:
         return (DaskCaller, (self._proxy,))
 
     def call(self, label: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
-        data, buffers = pickle_call(None, args, kwargs, f"a call of {label}.{method}")
+        data, buffers = pickle_call(method, args, kwargs, f"a call of {label}.{method}")
         future = local_future()
         track_call(future)
 
         def run() -> None:
             try:
-                value = self._proxy.call(method, data, buffers).result()[0]
+                value = self._proxy.call(data, *buffers).result()[0]
             except BaseException as exc:
                 future.set_exception(_actor_error(exc, label))
             else:

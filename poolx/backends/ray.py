@@ -16,6 +16,7 @@ calls in order.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 import threading
 from typing import Any
@@ -99,6 +100,72 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+class _Results:
+    """Ray results fetched in batches on one thread (``ray.wait``, then one
+    ``ray.get`` for all that are ready) into plain futures, instead of
+    ``ObjectRef.future()`` per ref: that costs the driver ~0.1 ms of CPU a ref,
+    a third of what a small actor call costs natively."""
+
+    def __init__(self, ray: Any) -> None:
+        self._ray = ray
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: dict[Any, cf.Future[Any]] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="poolx-ray-results", daemon=True)
+        self._thread.start()
+
+    def future(self, ref: Any) -> cf.Future[Any]:
+        future: cf.Future[Any] = cf.Future()
+        future.set_running_or_notify_cancel()
+        with self._lock:
+            if self._closed:
+                future.set_exception(RuntimeError("the ray backend was shut down"))
+                return future
+            self._pending[ref] = future
+            self._wake.notify()
+        return future
+
+    def close(self) -> None:
+        """Stop once what is pending has come (failing it if Ray goes first); not waited for."""
+        with self._lock:
+            self._closed = True
+            self._wake.notify()
+
+    def _loop(self) -> None:
+        ray = self._ray
+        while True:
+            with self._lock:
+                self._wake.wait_for(lambda: self._pending or self._closed)
+                if not self._pending:
+                    return
+                refs = list(self._pending)
+            try:
+                ready, _ = ray.wait(refs, num_returns=1, timeout=0.05)
+                if ready and len(refs) > 1:
+                    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                if not ready:
+                    continue
+                try:
+                    outcomes: list[tuple[Any, BaseException | None]] = [(v, None) for v in ray.get(ready)]
+                except BaseException:
+                    outcomes = []
+                    for ref in ready:
+                        try:
+                            outcomes.append((ray.get(ref), None))
+                        except BaseException as exc:
+                            outcomes.append((None, exc))
+            except BaseException as exc:  # Ray itself is gone: what is pending fails
+                ready, outcomes = refs, [(None, exc)] * len(refs)
+            with self._lock:
+                futures = [self._pending.pop(ref) for ref in ready]
+            for future, (value, error) in zip(futures, outcomes, strict=True):
+                if error is None:
+                    future.set_result(value)
+                else:
+                    future.set_exception(error)
+
+
 class RayBackend(ClusterBackend):
     name = "ray"
 
@@ -107,6 +174,7 @@ class RayBackend(ClusterBackend):
         super().__init__(options, telemetry)
         self._ray = ray
         address = options.extra.get("address") or os.environ.get(ADDRESS_VARIABLE)
+        self._engine_closed = False
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             with _remote_lock:  # (definitions made for an earlier Ray instance are stale)
@@ -119,6 +187,7 @@ class RayBackend(ClusterBackend):
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
         self.window = window(int(ray.cluster_resources().get("CPU", options.max_workers)))
         self._task_options: dict[int, Any] = {}  # max_retries -> run_task with those options
+        self.results = _Results(ray)
 
     # -- tasks ---------------------------------------------------------------------
 
@@ -128,7 +197,7 @@ class RayBackend(ClusterBackend):
             remote = self._task_options[task.max_retries] = _remote_of(run_task).options(
                 num_cpus=1, max_retries=task.max_retries, retry_exceptions=False)
         ref = remote.remote("ray", data, buffers, setup)
-        return ref, ref.future()
+        return ref, self.results.future(ref)
 
     def when_done(self, handle: Any, callback: Any) -> None:
         handle[1].add_done_callback(lambda _f: callback())
@@ -151,6 +220,9 @@ class RayBackend(ClusterBackend):
         # must not stop a Ray that another executor has started since.
         with self._lock:
             owns, self._owns_ray = self._owns_ray, False
+            first, self._engine_closed = not self._engine_closed, True
+        if first:
+            self.results.close()
         if owns:
             self._ray.shutdown()
 
@@ -213,8 +285,8 @@ class RayActor:
         return host.options(**ray_options).remote("ray", identity, spec, buffers, self.backend._setup_payload)
 
     def call(self, call: Any, data: bytes, buffers: list[bytes]) -> None:
-        ref = self.last = self.handle.call.remote(call.method, data, buffers)
-        ref.future().add_done_callback(lambda f: self._done(call, f))
+        ref = self.last = self.handle.call.remote(data, *buffers)
+        self.backend.results.future(ref).add_done_callback(lambda f: self._done(call, f))
 
     def _done(self, call: Any, future: Any) -> None:
         try:
@@ -278,7 +350,7 @@ class RayCaller:
         return (RayCaller, (self._handle,))
 
     def call(self, label: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
-        data, buffers = pickle_call(None, args, kwargs, f"a call of {label}.{method}")
+        data, buffers = pickle_call(method, args, kwargs, f"a call of {label}.{method}")
         future = local_future()
         track_call(future)
 
@@ -290,7 +362,7 @@ class RayCaller:
             else:
                 future.set_result(value)
 
-        self._handle.call.remote(method, data, buffers).future().add_done_callback(done)
+        self._handle.call.remote(data, *buffers).future().add_done_callback(done)
         return future
 
 
