@@ -36,13 +36,11 @@ processes were left behind; 0 otherwise, whatever the ratios.
 import argparse
 import datetime
 import functools
-import importlib.metadata
 import json
 import logging
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -748,37 +746,17 @@ def command_of(pid):
 # -- environment ----------------------------------------------------------------------
 
 
-def version_of(dist):
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def git_revision():
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "poolx"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head or "unknown") + ("+dirty" if dirty else "")
-
-
 def environment(lengths):
+    from run import git_revision, usable_cpus, version_of  # (the suite's own, beside this file)
+
     import poolx
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version() + " (" + platform.python_implementation() + ")",
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "usable_cpus": usable,
+        "usable_cpus": usable_cpus(),
         "workers": WORKERS,
         "load_average_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "poolx_from": str(Path(poolx.__file__).resolve().parent.parent),

@@ -10,17 +10,18 @@ worker processes.  Three parts live here:
   future's states.  It hands the engine at most ``window`` tasks at a time
   (twice the cluster's CPUs, and up to 32 more while tasks are short); those
   are RUNNING, the rest wait in the driver, PENDING and cancellable, as
-  ``ProcessPoolExecutor``'s call queue does.  An
-  engine only needs ``send``, ``when_done``, ``outcome``, ``cancel`` and
-  ``close``.
+  ``ProcessPoolExecutor``'s call queue does.  An engine only needs ``send``,
+  ``when_done``, ``outcome`` and ``close``.
 - **Actors**: an actor is an ``ActorHost`` living as the engine's own actor;
-  ``ActorCaller`` objects (one per engine) make the calls, in the driver and,
-  through a handle passed into a task, on the workers.
+  each engine's actor objects make the calls in the driver (``DaskActor``,
+  ``RayActor``) and, through a handle passed into a task, on the workers
+  (``DaskCaller``, ``RayCaller``).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import os
 import pickle
@@ -28,6 +29,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import cloudpickle
@@ -43,7 +45,8 @@ from . import Backend, BackendOptions
 #: setups (initializer, profiling hook) this worker process has run, by key
 _setups: dict[str, Setup] = {}
 _setups_lock = threading.Lock()
-#: set while a poolx task runs on this worker (nested executors are refused)
+#: per thread on a worker, while a poolx task or actor call runs: ``setup`` (its
+#: executor's setup, for the tasks it submits) and ``calls`` (a task's actor calls)
 _inside = threading.local()
 
 
@@ -79,11 +82,6 @@ def _setup(payload: tuple[str, bytes] | None) -> Setup | None:
     return setup
 
 
-def inside_task() -> bool:
-    """Whether the calling thread runs a poolx task or actor call on a cluster worker."""
-    return getattr(_inside, "active", False)
-
-
 def where() -> tuple[str, int]:
     return socket.gethostname(), os.getpid()
 
@@ -100,11 +98,10 @@ class ClusterClient:
         self._nested = importlib.import_module(f"poolx.backends.{engine}").nested_submit
 
     def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], retries: int) -> Future[Any]:
-        import concurrent.futures as cf
+        from .._objects import resolve
 
         # A future among the top-level arguments is waited for here (it cannot travel).
-        args = tuple(a.result() if isinstance(a, cf.Future) else a for a in args)
-        kwargs = {k: v.result() if isinstance(v, cf.Future) else v for k, v in kwargs.items()}
+        args, kwargs = resolve(args, kwargs, prepickled=False)
         data, buffers = pickle_call(fn, args, kwargs, f"a task calling {describe(fn)}")
         return self._nested(data, buffers, getattr(_inside, "setup", None), retries)
 
@@ -151,22 +148,30 @@ def run_task(engine: str, data: bytes, buffers: list[bytes], setup_payload: tupl
     """
     _become_worker(engine)
     setup = _setup(setup_payload)
-    _inside.setup = setup_payload
-    hook = setup.hook if setup is not None else None
     t_start = time.perf_counter()
     fn, args, kwargs = _loads(data, buffers)
-    _inside.active = True
     _inside.calls = []
-    if hook is not None:
-        hook.start("task")
     try:
-        result = fn(*args, **kwargs)
+        with _running(setup_payload, setup, "task"):
+            result = fn(*args, **kwargs)
     finally:
-        _inside.active = False
-        if hook is not None:
-            hook.stop()
         _settle_calls()
     return result, t_start, time.perf_counter(), where()
+
+
+@contextlib.contextmanager
+def _running(setup_payload: tuple[str, bytes] | None, setup: Setup | None, label: str) -> Iterator[None]:
+    """Around a task or an actor's constructor or call on a worker: what it submits
+    gets its executor's setup, and the profiling hook (if any) captures it."""
+    _inside.setup = setup_payload
+    hook = setup.hook if setup is not None else None
+    if hook is not None:
+        hook.start(label)
+    try:
+        yield
+    finally:
+        if hook is not None:
+            hook.stop()
 
 
 def track_call(future: Future[Any]) -> None:
@@ -194,11 +199,9 @@ class ActorHost:
                  buffers: list[bytes], setup_payload: tuple[str, bytes] | None) -> None:
         _become_worker(engine)
         self._identity = identity
-        label = f"actor {identity[1]}"
-        setup = _setup(setup_payload)
         self._setup_payload = setup_payload
-        self._hook = setup.hook if setup is not None else None
-        self._label = label
+        self._setup = _setup(setup_payload)
+        self._label = f"actor {identity[1]}"
         self._init_error: BaseException | None = None
         cls, args, kwargs = _loads(spec, buffers)
         try:
@@ -212,21 +215,7 @@ class ActorHost:
         return self._identity
 
     def _hooked(self) -> Any:
-        host = self
-
-        class _Scope:
-            def __enter__(self) -> None:
-                _inside.active = True
-                _inside.setup = host._setup_payload
-                if host._hook is not None:
-                    host._hook.start(host._label)
-
-            def __exit__(self, *exc: Any) -> None:
-                _inside.active = False
-                if host._hook is not None:
-                    host._hook.stop()
-
-        return _Scope()
+        return _running(self._setup_payload, self._setup, self._label)
 
     def call(self, data: bytes, *buffers: Any) -> tuple[Any, float, float, tuple[str, int]]:
         """One method call: ``data`` pickles ``(method, args, kwargs)``.  (One argument
@@ -344,8 +333,6 @@ class ClusterBackend(Backend):
     supports_actors = True
     #: the engine runs several calls of one actor at once (max_concurrency, async classes)
     supports_concurrent_actors: ClassVar[bool] = True
-    #: where ``pip install`` gets the engine
-    extra: ClassVar[str] = ""
 
     def __init__(self, options: BackendOptions, telemetry: Telemetry) -> None:
         super().__init__(options, telemetry)
@@ -382,9 +369,6 @@ class ClusterBackend(Backend):
     def outcome(self, handle: Any) -> Any:
         """``run_task``'s return value for a finished handle; raises the task's error."""
         raise NotImplementedError
-
-    def cancel(self, handle: Any) -> None:
-        """Ask the engine to drop ``handle`` (best effort)."""
 
     def close(self) -> None:
         """Disconnect from the engine, stopping what this backend started."""
@@ -591,7 +575,9 @@ class ClusterBackend(Backend):
                     actor.mark_dead(outcome)
             actor.complete(call, False, outcome)
             return
-        value, call.t_start, call.t_end, _place = outcome
+        value, call.t_start, call.t_end, place = outcome
+        if actor.id not in self.telemetry.actor_pids:
+            self.telemetry.actor_ready(actor.id, place[1])
         actor.complete(call, True, value)
 
 
@@ -622,15 +608,13 @@ class OrderedCaller:
                 self._thread.start()
         return True
 
-    def close(self, drop: bool = False) -> list[Any]:
-        """Take no more jobs; with ``drop``, return the queued ones instead of running them."""
+    def close(self, drop: bool = False) -> None:
+        """Take no more jobs; with ``drop``, forget the queued ones instead of running them."""
         with self._lock:
             self._closed = True
-            dropped = list(self._queue) if drop else []
             if drop:
                 self._queue.clear()
             self._wake.notify()
-        return dropped
 
     def join(self, timeout: float | None) -> None:
         thread = self._thread

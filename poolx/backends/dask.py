@@ -147,9 +147,6 @@ class DaskBackend(ClusterBackend):
             for _f, callback in batch:
                 callback()
 
-    def cancel(self, handle: Any) -> None:
-        handle.cancel()
-
     def close(self) -> None:
         with self._lock:
             if self._engine_closed:
@@ -261,8 +258,6 @@ class DaskActor:
         with self.lock:
             if self.pending.pop(call.id, None) is None:
                 return
-        if isinstance(outcome, tuple) and self.actor.id not in self.backend.telemetry.actor_pids:
-            self.backend.telemetry.actor_ready(self.actor.id, outcome[3][1])
         self.backend.complete_call(self.actor, call, outcome)
 
     def stop(self, kill: bool, restart: bool, why: str) -> None:

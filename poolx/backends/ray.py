@@ -21,7 +21,7 @@ import os
 import threading
 from typing import Any
 
-from .._errors import ActorDiedError, RemoteTraceback, TaskCancelledError, WorkerDiedError
+from .._errors import ActorDiedError, TaskCancelledError, WorkerDiedError
 from .._futures import Future, Task
 from .._telemetry import Telemetry
 from . import BackendOptions
@@ -30,6 +30,7 @@ from ._cluster import (
     AsyncActorHost,
     ClusterBackend,
     EngineFuture,
+    add_remote_traceback,
     local_future,
     pickle_call,
     run_task,
@@ -74,9 +75,7 @@ def _translate(exc: BaseException, what: str) -> tuple[BaseException, bool]:
     if isinstance(exc, rx.RayTaskError):
         cause = getattr(exc, "cause", None)
         if isinstance(cause, BaseException):
-            if cause.__cause__ is None:
-                cause.__cause__ = RemoteTraceback(getattr(exc, "traceback_str", None) or str(exc))
-            return cause, False
+            return add_remote_traceback(cause, getattr(exc, "traceback_str", None) or str(exc)), False
         return exc, False
     if isinstance(exc, rx.ActorDiedError):
         died = ActorDiedError(f"{what}: the actor died ({_first_line(exc)})", actor=what)
@@ -197,23 +196,17 @@ class RayBackend(ClusterBackend):
             remote = self._task_options[task.max_retries] = _remote_of(run_task).options(
                 num_cpus=1, max_retries=task.max_retries, retry_exceptions=False)
         ref = remote.remote("ray", data, buffers, setup)
-        return ref, self.results.future(ref)
+        return self.results.future(ref)
 
     def when_done(self, handle: Any, callback: Any) -> None:
-        handle[1].add_done_callback(lambda _f: callback())
+        handle.add_done_callback(lambda _f: callback())
 
     def outcome(self, handle: Any) -> Any:
         try:
-            return handle[1].result()
+            return handle.result()
         except BaseException as exc:
             error = _translate(exc, "the task")[0]
         raise error
-
-    def cancel(self, handle: Any) -> None:
-        try:
-            self._ray.cancel(handle[0])
-        except Exception:
-            pass
 
     def close(self) -> None:
         # Once only: a later call (the executor's finalizer at garbage collection)
@@ -291,8 +284,6 @@ class RayActor:
     def _done(self, call: Any, future: Any) -> None:
         try:
             outcome, gone = future.result(), False
-            if self.actor.id not in self.backend.telemetry.actor_pids:
-                self.backend.telemetry.actor_ready(self.actor.id, outcome[3][1])
         except BaseException as exc:
             outcome, gone = _translate(exc, f"the actor {self.actor.label}")
             if isinstance(outcome, ActorDiedError):
