@@ -35,6 +35,18 @@ from ._errors import ActorDiedError
 if TYPE_CHECKING:
     import asyncio  # imported where used: it costs ~20 ms and most actors never need it
 
+# The method every actor has (Ray's ``__ray_call__``): ``fn(instance, *args, **kwargs)`` on the
+# actor's instance, in its turn among the calls.  poolx uses it to join actors to a collective group.
+CALL_ON_INSTANCE = "__poolx_call__"
+
+_current = threading.local()  # .runner: the Runner whose call this thread is running
+
+
+def current_runner() -> Runner | None:
+    """The runner of the actor whose method this thread is running, or None outside actors."""
+    return getattr(_current, "runner", None)
+
+
 # max_concurrency of an async actor when none is given (Ray's default).
 ASYNC_DEFAULT_CONCURRENCY = 1000
 
@@ -123,6 +135,8 @@ class Runner:
         return error
 
     def method(self, name: str) -> Callable[..., Any]:
+        if name == CALL_ON_INSTANCE:
+            return lambda fn, *args, **kwargs: fn(self.instance, *args, **kwargs)
         try:
             return getattr(self.instance, name)  # type: ignore[no-any-return,unused-ignore]
         except AttributeError:
@@ -135,14 +149,17 @@ class Runner:
             return
         if self.on_start is not None:
             self.on_start(ref)
+        outer, _current.runner = getattr(_current, "runner", None), self
         t_start = time.perf_counter()
         try:
             value = self.method(name)(*args, **kwargs)
             if inspect.isawaitable(value):
                 value = self.loop().run_until_complete(_await(value))
         except BaseException as exc:
+            _current.runner = outer
             self.on_done(ref, False, exc, t_start, time.perf_counter())
         else:
+            _current.runner = outer
             self.on_done(ref, True, value, t_start, time.perf_counter())
 
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -263,6 +280,7 @@ class AsyncRunner(Runner):
 
         loop = self._loop_obj
         asyncio.set_event_loop(loop)
+        _current.runner = self
         self.build()
         self.semaphore = asyncio.Semaphore(self.limit)
         try:

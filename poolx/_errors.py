@@ -14,6 +14,8 @@ catch, so code written for ``concurrent.futures`` keeps working::
     │   ├── DeserializationError (+ UnpicklingError, BrokenProcessPool)  a task or result cannot be unpickled
     │   ├── ActorDiedError                           the actor a call was made on is dead (crash, kill,
     │   │                                            constructor error, stopped)
+    │   ├── CollectiveError                          a collective operation among actors failed
+    │   │   └── CollectiveTimeoutError (+ TimeoutError)  a rank waited longer than the group's timeout
     │   └── RemoteError                              a task's exception that could not travel as itself
     └── RemoteTraceback                              the ``__cause__`` of a re-raised task exception:
                                                      the worker's formatted traceback
@@ -162,6 +164,19 @@ class ActorDiedError(PoolxError):
 
 def _rebuild_actor_died(message: str, actor: str, exitcode: int | None, pid: int | None) -> ActorDiedError:
     return ActorDiedError(message, actor=actor, exitcode=exitcode, pid=pid)
+
+
+class CollectiveError(PoolxError):
+    """A collective operation (``poolx.collective``) failed in this rank.
+
+    Another rank raised, died, or called a different operation (or the same
+    one with other shapes); the message says which.  After a death or a
+    timeout the group is broken: destroy it and create a new one.
+    """
+
+
+class CollectiveTimeoutError(CollectiveError, *_TIMEOUTS):  # type: ignore[misc]
+    """A rank of a collective group waited longer than the group's ``timeout`` for the others."""
 
 
 class RemoteError(PoolxError):

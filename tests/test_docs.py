@@ -34,7 +34,7 @@ RUNNABLE = {"python", "py"}
 
 
 def _pages() -> list[Path]:
-    pages = sorted(DOCS.glob("*.md"))
+    pages = sorted(DOCS.rglob("*.md"))
     if (ROOT / "README.md").exists():
         pages.append(ROOT / "README.md")
     return pages

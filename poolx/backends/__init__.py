@@ -86,6 +86,8 @@ class Backend(ABC):
     supports_actor_restarts: ClassVar[bool] = True
     #: max_retries (rerunning a task whose worker died) is honoured
     supports_retries: ClassVar[bool] = True
+    #: actors can form a poolx.collective group (their calls run at once, on one machine)
+    supports_collectives: ClassVar[bool] = False
 
     def __init__(self, options: BackendOptions, telemetry: Telemetry) -> None:
         self.options = options

@@ -12,6 +12,7 @@ import threading
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
+from .. import _shm
 from .._errors import InitializerError
 from .._futures import Task, worker_thread
 from .._serialization import describe
@@ -22,6 +23,7 @@ from ._local_actors import LocalActorBackend
 
 class ThreadBackend(LocalActorBackend):
     name = "threads"
+    supports_collectives = _shm.AVAILABLE  # each actor has a thread: its calls run at once
 
     def __init__(self, options: BackendOptions, telemetry: Telemetry) -> None:
         super().__init__(options, telemetry)

@@ -79,6 +79,7 @@ class ProcessBackend(Backend):
     supports_actors = True
     supports_timeouts = True
     supports_shared_memory = _shm.AVAILABLE
+    supports_collectives = _shm.AVAILABLE
 
     def __init__(self, options: BackendOptions, telemetry: Telemetry) -> None:
         super().__init__(options, telemetry)
