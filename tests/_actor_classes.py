@@ -130,6 +130,17 @@ def track(item, tracker):
     return item * 10
 
 
+def call_twice(handle):
+    """From a task: call ``handle`` twice (the first call's error must not stop the second's answer)."""
+    outcomes = []
+    for _ in range(2):
+        try:
+            outcomes.append(handle.increment.remote().result(timeout=30))
+        except Exception as exc:
+            outcomes.append(type(exc).__name__)
+    return outcomes
+
+
 def call_named(name, k):
     import poolx
 

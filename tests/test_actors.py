@@ -20,6 +20,7 @@ from _actor_classes import (
     Tracker,
     Waiter,
     call_named,
+    call_twice,
     track,
 )
 
@@ -159,6 +160,14 @@ def test_kill_fails_pending_and_later_calls(executor):
     with pytest.raises(poolx.ActorDiedError):
         counter.increment.remote().result(timeout=30)
     executor.kill(counter)  # a second kill is a no-op
+
+
+def test_a_task_calling_a_dead_actor_gets_actor_died_each_time(executor):
+    # The processes backend once sent a dead actor's answer to a task in a record
+    # the task's process could not read: the task then lost every later answer.
+    counter = executor.actor(Counter)
+    executor.kill(counter)
+    assert executor.submit(call_twice, counter).result(timeout=60) == ["ActorDiedError"] * 2
 
 
 def test_kill_with_restart_starts_a_fresh_instance(executor):

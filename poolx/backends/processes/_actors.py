@@ -366,7 +366,7 @@ class ActorHost:
 
     def reply_died(self, conn: Conn, child_id: int, error: ActorDiedError) -> None:
         info = (str(error), error.actor, error.exitcode, error.pid)
-        self.s.send_results(conn, [(child_id, W.ACTOR_DIED, b"", 0, 0.0, 0.0, info)])
+        self.s.send_results(conn, [(child_id, W.ACTOR_DIED, b"", 0, 0.0, 0.0, info, 0.0, 0.0)])
 
     def fail(self, call: ActorCall, error: BaseException) -> None:
         """Fail one call: complete its future, or tell the child that made it."""

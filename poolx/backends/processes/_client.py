@@ -167,12 +167,14 @@ class ChildClient:
                         future = self.pending.pop(req_id)[0]
                     future.set_result((ok, info))
         except _channel.ChannelClosed:
-            pass
+            why = "the connection to the driver closed before the answer came"
+        except Exception as exc:  # an answer this process cannot read: fail the calls, never hang them
+            why = f"an answer from the driver could not be read ({type(exc).__name__}: {exc})"
         with self.lock:
             self.closed = "the connection to the driver is closed"
             pending, self.pending = self.pending, {}
         for future, *_ in pending.values():
-            future.set_exception(PoolxError("the connection to the driver closed before the answer came"))
+            future.set_exception(PoolxError(why))
 
     def _on_results(self, records: list[Any], msg: list[Any]) -> None:
         oob = 1
