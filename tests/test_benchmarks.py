@@ -117,3 +117,21 @@ def test_transfer_bandwidth_is_clamped_where_the_calls_took_no_longer_than_the_s
         clamped = case.transfer_figures(10**9, 0.5, baseline)
         assert clamped["clamped"] and clamped["moved_s"] == case.TRANSFER_FLOOR_S > 0
         assert clamped["value"] == pytest.approx(10**9 / case.TRANSFER_FLOOR_S / 1e9)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not sys.platform.startswith("linux") or importlib.util.find_spec("numpy") is None,
+                    reason="collectives need Linux; the benchmark needs numpy")
+def test_collectives_benchmark_runs_and_checks_its_results(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "collectives.py"), "--quick", "--ranks", "2,3",
+         "--json", str(tmp_path / "c.json"), "--markdown", str(tmp_path / "c.md")],
+        capture_output=True, text=True, timeout=150, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert sorted(data["results"]) == ["2", "3"]
+    for ways in data["results"].values():
+        assert sorted(ways) == ["driver", "poolx.collective"]
+        assert all(w["gbps"] > 0 and len(w["runs"]) == 1 for w in ways.values())
+    assert "| 3 | **poolx.collective** |" in (tmp_path / "c.md").read_text()
