@@ -658,3 +658,21 @@ def local_future() -> Future[Any]:
     future: Future[Any] = Future()
     future.set_running_or_notify_cancel()
     return future
+
+
+class DeadCaller:
+    """The way to an actor that was dead when its handle was pickled: every call fails as it would
+    in the driver, with the actor's ActorDiedError."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DeadCaller, (self.message,))
+
+    def call(self, label: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        from .._errors import ActorDiedError
+
+        future = local_future()
+        future.set_exception(ActorDiedError(self.message, actor=label))
+        return future

@@ -29,6 +29,7 @@ import threading
 import uuid
 from typing import Any
 
+from .._actors import DEAD
 from .._errors import ActorDiedError, TaskCancelledError, WorkerDiedError
 from .._futures import Future, Task
 from .._serialization import describe
@@ -37,6 +38,7 @@ from . import BackendOptions
 from ._cluster import (
     ActorHost,
     ClusterBackend,
+    DeadCaller,
     EngineFuture,
     OrderedCaller,
     add_remote_traceback,
@@ -186,6 +188,8 @@ class DaskBackend(ClusterBackend):
 
     def portable_handle(self, actor: Any) -> Any:
         impl: DaskActor | None = actor.impl
+        if actor.status == DEAD:
+            return DeadCaller(str(actor.died_error()))
         if impl is None:
             return None
         impl.constructed.wait(60)
