@@ -114,6 +114,8 @@ class Runner:
         self.ready = threading.Event()  # set once the constructor has returned or raised
         self.on_built: Callable[[BaseException | None], None] | None = None
         self.stopped = False
+        # init_collective_group inside this actor may meet the others in this process (threads backend)
+        self.collectives = False
 
     def build(self) -> None:
         try:

@@ -6,14 +6,20 @@ numpy arrays, through shared memory on one machine::
     col.create_collective_group(workers, world_size=4, ranks=[0, 1, 2, 3])  # in the driver
     col.allreduce(self.grads)                                               # in each actor
 
-The driver forms a group of actors (``create_collective_group``); each actor
-then calls the operations from its methods, every rank the same operations in
-the same order, as with MPI or Gloo.  Each operation works in place on the
-arrays it is given and returns when this rank's part is done.
+A group is formed either by the driver (``create_collective_group(actors)``)
+or by the actors themselves, each calling ``init_collective_group(world_size,
+rank, group_name=...)`` in a method (Ray's two ways); each actor then calls
+the operations from its methods, every rank the same operations in the same
+order, as with MPI or Gloo.  Each operation works in place on the arrays it is
+given and returns when this rank's part is done.
 
 How it works.  The group has a *control block*: a few words per rank in a
-shared ``memfd`` the driver creates and each actor maps (through
-``/proc/<pid>/fd``; the driver closes its copy once every actor has joined).
+shared ``memfd`` that each actor maps (through ``/proc/<pid>/fd``).  The
+driver creates it: in ``create_collective_group``, or when the first rank
+asks for the group by name (a ``Rendezvous``: in the driver for the processes
+backend, reached through the actor's connection to it; in this process for
+the threads backend).  The creator closes its copy once every rank has mapped
+it.
 Rank 0 owns a *data segment* (a memfd too) that grows to the largest
 operation's need: one slot per rank plus a result area.  An allreduce copies
 each rank's array into its slot, then each rank reduces its own 1/n of the
@@ -38,6 +44,7 @@ from __future__ import annotations
 import enum
 import mmap
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -127,6 +134,103 @@ class GroupSpec:
     pid: int
     fd: int
     timeout: float | None
+
+
+def _new_control(name: str, world_size: int) -> tuple[int, mmap.mmap]:
+    """A zeroed control block for a group of ``world_size``: a memfd of this process, and its map."""
+    fd = os.memfd_create(f"poolx-collective-{name}", os.MFD_CLOEXEC)
+    try:
+        nbytes = _control_bytes(world_size)
+        os.ftruncate(fd, nbytes)
+        mm = mmap.mmap(fd, nbytes)
+    except BaseException:
+        os.close(fd)
+        raise
+    mm[0:16] = MAGIC.to_bytes(8, "little") + world_size.to_bytes(8, "little")
+    return fd, mm
+
+
+class _Meeting:
+    """One group being formed by its ranks (init_collective_group), in the process that hosts it."""
+
+    def __init__(self, name: str, world_size: int, timeout: float | None) -> None:
+        self.fd, self.mm = _new_control(name, world_size)
+        self.spec = GroupSpec(name, world_size, os.getpid(), self.fd, timeout)
+        self.ranks: set[int] = set()
+
+    def complete(self) -> bool:
+        return len(self.ranks) == self.spec.world_size
+
+    def all_mapped(self) -> bool:
+        """Whether every rank has mapped the control block (each writes its pid once it has)."""
+        words = self.spec.world_size
+        return all(int.from_bytes(self.mm[8 * (HEADER + STRIDE * r + PID):][:8], "little")
+                   for r in range(words))
+
+    def close(self) -> None:
+        self.mm.close()
+        os.close(self.fd)
+
+
+class Rendezvous:
+    """Where ranks that know only a group's name meet (``init_collective_group``).
+
+    It lives in the driver (one per processes backend, reached through the
+    actors' connection to it) or, for actors of the threads backend, in this
+    process.  The first rank to ask for a group creates its control block; the
+    others get the same one; once every rank has asked, the next request for
+    that name forms a new group.  A control block is closed here once every
+    rank has mapped it, or at ``close()``.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.meetings: dict[str, _Meeting] = {}
+        self.formed: list[_Meeting] = []  # complete, waiting for every rank to map the block
+
+    def join(self, name: str, world_size: int, rank: int, timeout: float | None) -> GroupSpec:
+        with self.lock:
+            self.sweep()
+            meeting = self.meetings.get(name)
+            if meeting is not None and meeting.spec.world_size != world_size:
+                raise ValueError(f"init_collective_group(world_size={world_size}, rank={rank}, "
+                                 f"group_name={name!r}): another rank of this group gave world_size="
+                                 f"{meeting.spec.world_size}; every rank must give the same")
+            if meeting is not None and rank in meeting.ranks:
+                raise ValueError(f"init_collective_group(world_size={world_size}, rank={rank}, "
+                                 f"group_name={name!r}): rank {rank} has already joined this group, which "
+                                 "is still waiting for its other ranks; give each actor its own rank")
+            if meeting is None:
+                meeting = self.meetings[name] = _Meeting(name, world_size, timeout)
+            meeting.ranks.add(rank)
+            if meeting.complete():
+                del self.meetings[name]
+                self.formed.append(meeting)
+            return meeting.spec
+
+    def sweep(self) -> None:
+        """Close the control blocks that every rank of their group has mapped."""
+        for meeting in [m for m in self.formed if m.all_mapped()]:
+            self.formed.remove(meeting)
+            meeting.close()
+
+    def abandon(self, spec: GroupSpec) -> None:
+        """A rank gave up waiting for the others: forget the group if it never formed."""
+        with self.lock:
+            meeting = self.meetings.get(spec.name)
+            if meeting is not None and meeting.spec == spec:
+                del self.meetings[spec.name]
+                meeting.close()
+
+    def close(self) -> None:
+        with self.lock:
+            for meeting in [*self.meetings.values(), *self.formed]:
+                meeting.close()
+            self.meetings.clear()
+            self.formed.clear()
+
+
+_local_rendezvous = Rendezvous()  # for actors that live in this process (threads backend)
 
 
 # -- in the actors ----------------------------------------------------------------
@@ -442,7 +546,8 @@ def _member(group_name: str, what: str) -> Member:
                  else "collectives run inside actors, in their methods")
         raise CollectiveError(
             f"{what}: no collective group {group_name!r} here ({where}); form it in the driver with "
-            f"poolx.collective.create_collective_group(actors, group_name={group_name!r})")
+            f"poolx.collective.create_collective_group(actors, group_name={group_name!r}), or in each "
+            f"actor with init_collective_group(world_size, rank, group_name={group_name!r})")
     return member
 
 
@@ -588,19 +693,64 @@ def is_group_initialized(group_name: str = "default") -> bool:
     return get_rank(group_name) >= 0
 
 
-def init_collective_group(world_size: int, rank: int, backend: str = "shm",
-                          group_name: str = "default") -> None:
-    """Not available: poolx forms groups from the driver (``create_collective_group``).
+def init_collective_group(world_size: int, rank: int, backend: str = "shm", group_name: str = "default",
+                          gloo_timeout: int = int(DEFAULT_TIMEOUT * 1000)) -> None:
+    """Join the group ``group_name`` as ``rank`` of ``world_size``, from inside an actor (Ray's first way).
 
-    Ray's first way, each actor calling ``init_collective_group`` for itself,
-    needs a place where ranks that know only the group's name meet; poolx has
-    none yet.  Ray's second way does the same in one call from the driver.
+    Returns once every rank has joined (or raises ``CollectiveTimeoutError``
+    after ``gloo_timeout`` milliseconds, Ray's name for the group's timeout).
+    The ranks meet in the driver (processes backend) or in this process
+    (threads backend): the group's actors must belong to one executor.
     """
-    raise CollectiveError(
-        f"init_collective_group({world_size}, {rank}, group_name={group_name!r}): poolx forms groups in "
-        "the driver: call poolx.collective.create_collective_group(actors, world_size, ranks, "
-        f"group_name={group_name!r}) there instead (Ray's second way; the actors' methods then call "
-        "allreduce and the rest as before)")
+    what = f"init_collective_group({world_size!r}, {rank!r}, group_name={group_name!r})"
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"{what}: world_size must be a positive int")
+    _rank_arg(rank, world_size, what, "rank")
+    _check_backend_name(backend, what)
+    if gloo_timeout is not None and not gloo_timeout > 0:
+        raise ValueError(f"{what}: gloo_timeout={gloo_timeout!r} must be a positive number of milliseconds "
+                         "(or None to wait for ever)")
+    timeout = None if gloo_timeout is None else gloo_timeout / 1000
+    runner = current_runner()
+    if runner is None:
+        raise CollectiveError(f"{what}: collectives run inside actors; call it from an actor's method, or "
+                              "form the group here in the driver with create_collective_group(actors, ...)")
+    groups = runner.__dict__.setdefault("collective_groups", {})
+    if group_name in groups:
+        raise CollectiveError(f"{what}: this actor is already in a collective group named {group_name!r}: "
+                              "destroy_collective_group() it first, or choose another group_name")
+    from . import _actors
+
+    client = _actors._client
+    if client is not None:
+        meet = getattr(client, "rendezvous", None)
+        if meet is None:
+            raise CollectiveError(f"{what}: the {getattr(client, 'engine', 'cluster')} backend does not run "
+                                  "collectives: use backend='processes' or 'threads'")
+        spec = meet(group_name, world_size, rank, timeout)
+    elif getattr(runner, "collectives", False):
+        spec = _local_rendezvous.join(group_name, world_size, rank, timeout)
+    else:
+        raise CollectiveError(f"{what}: this actor's backend does not run collectives (the serial backend "
+                              "runs one call at a time): use backend='processes' or 'threads'")
+    member = Member(spec, rank)
+    if client is None:
+        with _local_rendezvous.lock:
+            _local_rendezvous.sweep()
+    try:
+        member.barrier("init_collective_group")  # every rank has joined
+    except BaseException:
+        member.close()
+        if client is None:
+            _local_rendezvous.abandon(spec)
+        raise
+    groups[group_name] = member
+
+
+def _check_backend_name(backend: str, what: str) -> None:
+    if str(backend).lower() not in ("shm", "gloo"):
+        raise ValueError(f"{what}: backend={backend!r}: poolx moves arrays through shared memory on one "
+                         "machine: use backend='shm' ('gloo' means the same; there is no GPU backend)")
 
 
 _formed: dict[str, list[Any]] = {}  # in the driver: group name -> its actors, by rank
@@ -663,10 +813,7 @@ def create_collective_group(actors: Sequence[Any], world_size: int | None = None
                          "once")
     if len(set(actors)) != len(actors):
         raise ValueError("create_collective_group(): an actor appears twice; each rank is its own actor")
-    if str(backend).lower() not in ("shm", "gloo"):
-        raise ValueError(f"create_collective_group(backend={backend!r}): poolx moves arrays through shared "
-                         "memory on one machine: use backend='shm' ('gloo' means the same; there is no GPU "
-                         "backend)")
+    _check_backend_name(backend, "create_collective_group()")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"create_collective_group(timeout={timeout!r}): give a positive number of "
                          "seconds, or None to wait for ever")
@@ -688,12 +835,9 @@ def create_collective_group(actors: Sequence[Any], world_size: int | None = None
             "'threads'" + ("; on Ray, ray.util.collective does this natively" if engine.name == "ray"
                            else ""))
 
-    fd = os.memfd_create(f"poolx-collective-{group_name}", os.MFD_CLOEXEC)
+    fd, mm = _new_control(group_name, world_size)
+    mm.close()
     try:
-        nbytes = _control_bytes(world_size)
-        os.ftruncate(fd, nbytes)
-        with mmap.mmap(fd, nbytes) as mm:
-            mm[0:8 * 2] = MAGIC.to_bytes(8, "little") + world_size.to_bytes(8, "little")
         spec = GroupSpec(group_name, world_size, os.getpid(), fd, timeout)
         by_rank: list[Any] = [None] * world_size
         for actor, rank in zip(actors, ranks):

@@ -61,3 +61,21 @@ class Rank:
     def leave(self) -> int:
         col.destroy_collective_group(self.group)
         return col.get_rank(self.group)
+
+
+class Trainer:
+    """Ray's first way: each actor joins the group itself (init_collective_group in a method)."""
+
+    def __init__(self) -> None:
+        self.buffer = np.ones(10, dtype=np.float32)
+
+    def setup(self, world_size: int, rank: int, group: str = "default", timeout_ms: int = 20_000) -> int:
+        col.init_collective_group(world_size, rank, "gloo", group, gloo_timeout=timeout_ms)
+        return col.get_rank(group)
+
+    def compute(self, group: str = "default") -> np.ndarray:
+        col.allreduce(self.buffer, group)
+        return self.buffer
+
+    def leave(self, group: str = "default") -> None:
+        col.destroy_collective_group(group)

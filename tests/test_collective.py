@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from _collective_ranks import Rank
+from _collective_ranks import Rank, Trainer
 from conftest import BACKENDS
 
 import poolx
@@ -246,7 +246,68 @@ def test_forming_a_group_checks_its_arguments():
             col.create_collective_group([a, b], timeout=0)
     with pytest.raises(col.CollectiveError, match="collectives run inside actors"):
         col.allreduce(np.zeros(2))
-    with pytest.raises(col.CollectiveError, match="create_collective_group"):
+    with pytest.raises(col.CollectiveError, match="collectives run inside actors"):
         col.init_collective_group(2, 0)
     with pytest.raises(ValueError, match="no group of that name"):
         col.destroy_collective_group("never")
+
+
+# -- Ray's first way: each actor joins by name ---------------------------------------------
+
+
+@pytest.mark.parametrize("backend", RUNS)
+def test_actors_join_a_group_by_name_as_in_ray(backend):
+    poolx.init(3, backend=backend)
+    try:
+        RemoteTrainer = poolx.remote(Trainer)
+        workers = [RemoteTrainer.remote() for _ in range(3)]
+        # ranks given out of order, and joins arriving in any order: each waits for all
+        assert poolx.get([w.setup.remote(3, r) for w, r in zip(workers, [2, 0, 1])]) == [2, 0, 1]
+        assert [b.tolist() for b in poolx.get([w.compute.remote() for w in workers])] == [[3.0] * 10] * 3
+        # two groups at once: a second one among two of them
+        assert poolx.get([w.setup.remote(2, r, "pair") for w, r in zip(workers[:2], [0, 1])]) == [0, 1]
+        assert [b[0] for b in poolx.get([w.compute.remote("pair") for w in workers[:2]])] == [6.0, 6.0]
+        poolx.get([w.leave.remote(g) for w in workers for g in ("default", "pair")])
+        assert poolx.get([w.setup.remote(1, 0, "solo") for w in workers[:1]]) == [0]  # a group of one
+        assert poolx.get(workers[0].compute.remote("solo"))[0] == 6.0  # (after the pair's allreduce)
+    finally:
+        poolx.shutdown()
+
+
+@pytest.mark.parametrize("backend", RUNS)
+def test_joining_by_name_checks_the_ranks_agree(backend):
+    poolx.init(3, backend=backend)
+    try:
+        a, b, c = (poolx.remote(Trainer).remote() for _ in range(3))
+        first = a.setup.remote(3, 0, "g", 5000)
+        with pytest.raises(ValueError, match="another rank of this group gave world_size=3"):
+            poolx.get(b.setup.remote(2, 1, "g"))
+        with pytest.raises(ValueError, match="rank 0 has already joined this group"):
+            poolx.get(b.setup.remote(3, 0, "g"))
+        with pytest.raises(ValueError, match=r"rank=3 is not a rank of this group \(0 to 2\)"):
+            poolx.get(b.setup.remote(3, 3, "g"))
+        assert poolx.get([first, b.setup.remote(3, 1, "g"), c.setup.remote(3, 2, "g")]) == [0, 1, 2]
+        with pytest.raises(col.CollectiveError, match="already in a collective group named 'g'"):
+            poolx.get(a.setup.remote(3, 0, "g"))
+    finally:
+        poolx.shutdown()
+
+
+@pytest.mark.parametrize("backend", RUNS)
+def test_a_rank_that_never_joins_times_out_the_others(backend):
+    poolx.init(2, backend=backend)
+    try:
+        a = poolx.remote(Trainer).remote()
+        with pytest.raises(col.CollectiveTimeoutError,
+                           match=r"waited 0\.5 s in init_collective_group for rank 1"):
+            poolx.get(a.setup.remote(2, 0, "lonely", 500))
+    finally:
+        poolx.shutdown()
+
+
+@pytest.mark.parametrize("backend", REFUSES)
+def test_joining_by_name_is_refused_where_collectives_do_not_run(backend):
+    with poolx.Executor(1, backend=backend) as ex:
+        t = ex.actor(Trainer)
+        with pytest.raises(col.CollectiveError, match="does not run collectives"):
+            t.setup.remote(1, 0).result(timeout=60)

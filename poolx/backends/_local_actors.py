@@ -32,6 +32,8 @@ class LocalActor:
         self.runner: Runner = make_runner(actor.cls, actor.args, actor.kwargs, actor.max_concurrency,
                                           inline, self._done, label=actor.label, serial=inline)
         self.runner.on_built = self._built
+        # init_collective_group inside this actor meets the others in this process
+        self.runner.collectives = actor.directory.backend.supports_collectives
 
     def start(self) -> None:
         self.runner.start()

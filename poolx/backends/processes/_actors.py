@@ -343,6 +343,15 @@ class ActorHost:
             else:
                 reply = (W.ACTOR_INFO, req_id, True, (found.id, found.label, found.name, found.methods))
             self.s.send_conn(conn, [pickle.dumps(reply, 5)])
+        elif kind == W.C_RENDEZVOUS:
+            _, req_id, name, world_size, rank, timeout = control
+            try:
+                spec = self.s.rendezvous().join(name, world_size, rank, timeout)
+            except (ValueError, OSError) as exc:
+                reply = (W.ACTOR_INFO, req_id, False, str(exc))
+            else:
+                reply = (W.ACTOR_INFO, req_id, True, spec)
+            self.s.send_conn(conn, [pickle.dumps(reply, 5)])
         elif kind == W.C_CALL:
             _, actor_id, records = control
             actor = directory.by_id.get(actor_id)

@@ -129,6 +129,22 @@ class ChildClient:
             raise ValueError(info)
         return ActorHandle(*info)
 
+    def rendezvous(self, name: str, world_size: int, rank: int, timeout: float | None) -> Any:
+        """Join the collective group ``name`` by name: the driver answers with where it meets."""
+        future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
+        req_id = next(self.ids)
+        self._send(req_id, (future, "init_collective_group"),
+                   [pickle.dumps((W.C_RENDEZVOUS, req_id, name, world_size, rank, timeout))])
+        try:
+            ok, info = future.result(GET_ACTOR_TIMEOUT)
+        except TimeoutError:
+            raise PoolxError(f"the driver did not answer init_collective_group(group_name={name!r}) within "
+                             f"{GET_ACTOR_TIMEOUT:.0f} s") from None
+        if not ok:
+            raise ValueError(info)
+        return info
+
     def _send(self, ref: int, entry: tuple[Future[Any], str], frames: list[Any], bufs: Any = ()) -> None:
         fds: list[int] = []
         if bufs:

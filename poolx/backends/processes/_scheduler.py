@@ -210,6 +210,7 @@ class Scheduler(threading.Thread):
         self.next_liveness = time.monotonic() + LIVENESS_POLL
         self.borrowed = 0  # workers started beyond max_workers while tasks wait in get()
         self.borrowed_back = False  # a loan ended: extra idle workers may retire (retire_extra)
+        self.collectives: Any = None  # the actors' collective.Rendezvous, made at first use
 
     # -- the loop -----------------------------------------------------------
 
@@ -1161,7 +1162,17 @@ class Scheduler(threading.Thread):
                 if not call.future.done():
                     self.fail(call, error)
 
+    def rendezvous(self) -> Any:
+        """Where this executor's actors meet to form collective groups by name (made at first use)."""
+        if self.collectives is None:
+            from ...collective import Rendezvous
+
+            self.collectives = Rendezvous()
+        return self.collectives
+
     def cleanup(self) -> None:
+        if self.collectives is not None:
+            self.collectives.close()
         for w in list(self.workers.values()):
             self.signal(w, kill=True)
             w.process.join(1.0)

@@ -59,7 +59,8 @@ BLOCKED, UNBLOCKED = 15, 16  # worker -> driver
 ACK_BLOCKED = 4  # driver -> worker: every task sent before this one was taken back
 # On a child's client channel (handles used inside tasks and actors):
 C_CALL, C_GET_ACTOR, C_SUBMIT, C_GET = 21, 22, 24, 25  # child -> driver
-ACTOR_INFO = 23  # driver -> child (and RESULTS, forwarded from the actor)
+C_RENDEZVOUS = 26  # child -> driver: an actor joins a collective group by name (init_collective_group)
+ACTOR_INFO = 23  # driver -> child: the answer to C_GET_ACTOR or C_RENDEZVOUS (and RESULTS, from an actor)
 # Result status codes.
 OK, RAISED, UNPICKLABLE_EXCEPTION, BAD_TASK, BAD_RESULT, ACTOR_DIED = 0, 1, 2, 3, 4, 5
 
