@@ -93,6 +93,7 @@ H_MAGIC, H_SIZE, H_VERSION, H_PID, H_FD, H_CAPACITY = range(6)
 HEADER = 8
 STRIDE = 16
 ARRIVE, PID = 0, 1
+LEFT = -1  # a rank's PID word once it has given up joining (init_collective_group timed out)
 META = 2  # then two blocks of META_WORDS, one per parity
 OP, NBYTES, DTYPE, ROOT, REDUCE, COUNT, STATUS = range(7)
 META_WORDS = 7
@@ -161,11 +162,17 @@ class _Meeting:
     def complete(self) -> bool:
         return len(self.ranks) == self.spec.world_size
 
+    def _pids(self) -> list[int]:
+        return [int.from_bytes(self.mm[8 * (HEADER + STRIDE * r + PID):][:8], "little", signed=True)
+                for r in range(self.spec.world_size)]
+
     def all_mapped(self) -> bool:
         """Whether every rank has mapped the control block (each writes its pid once it has)."""
-        words = self.spec.world_size
-        return all(int.from_bytes(self.mm[8 * (HEADER + STRIDE * r + PID):][:8], "little")
-                   for r in range(words))
+        return all(self._pids())
+
+    def abandoned(self) -> bool:
+        """Whether a rank gave up waiting for the others (it writes LEFT as its pid)."""
+        return LEFT in self._pids()
 
     def close(self) -> None:
         self.mm.close()
@@ -191,7 +198,7 @@ class Rendezvous:
     def join(self, name: str, world_size: int, rank: int, timeout: float | None) -> GroupSpec:
         with self.lock:
             self.sweep()
-            meeting = self.meetings.get(name)
+            meeting = self.meetings.get(name)  # (sweep() dropped it if it never formed)
             if meeting is not None and meeting.spec.world_size != world_size:
                 raise ValueError(f"init_collective_group(world_size={world_size}, rank={rank}, "
                                  f"group_name={name!r}): another rank of this group gave world_size="
@@ -209,17 +216,14 @@ class Rendezvous:
             return meeting.spec
 
     def sweep(self) -> None:
-        """Close the control blocks that every rank of their group has mapped."""
+        """Close the control blocks that every rank of their group has mapped, and those of groups
+        that will never form (a rank gave up)."""
         for meeting in [m for m in self.formed if m.all_mapped()]:
             self.formed.remove(meeting)
             meeting.close()
-
-    def abandon(self, spec: GroupSpec) -> None:
-        """A rank gave up waiting for the others: forget the group if it never formed."""
-        with self.lock:
-            meeting = self.meetings.get(spec.name)
-            if meeting is not None and meeting.spec == spec:
-                del self.meetings[spec.name]
+        for name, meeting in list(self.meetings.items()):
+            if meeting.abandoned():
+                del self.meetings[name]
                 meeting.close()
 
     def close(self) -> None:
@@ -327,6 +331,10 @@ class Member:
             if self.arrive[r] >= g:
                 continue
             pid = int(self.ranks[r, PID])
+            if pid == LEFT:
+                self.broken = f"rank {r} left"
+                raise CollectiveError(f"collective group {self.name!r}: rank {r} gave up waiting and left "
+                                      f"while rank {self.rank} waited for it in {what}")
             if pid and pid != me and not _alive(pid):
                 self.broken = f"rank {r} (pid {pid}) died"
                 raise CollectiveError(
@@ -711,6 +719,13 @@ def init_collective_group(world_size: int, rank: int, backend: str = "shm", grou
         raise ValueError(f"{what}: gloo_timeout={gloo_timeout!r} must be a positive number of milliseconds "
                          "(or None to wait for ever)")
     timeout = None if gloo_timeout is None else gloo_timeout / 1000
+    from . import _actors
+
+    client = _actors._client
+    meet = getattr(client, "rendezvous", None)
+    if client is not None and meet is None:  # a worker of a cluster engine
+        raise CollectiveError(f"{what}: the {getattr(client, 'engine', 'cluster')} backend does not run "
+                              "collectives: use backend='processes' or 'threads'")
     runner = current_runner()
     if runner is None:
         raise CollectiveError(f"{what}: collectives run inside actors; call it from an actor's method, or "
@@ -719,14 +734,7 @@ def init_collective_group(world_size: int, rank: int, backend: str = "shm", grou
     if group_name in groups:
         raise CollectiveError(f"{what}: this actor is already in a collective group named {group_name!r}: "
                               "destroy_collective_group() it first, or choose another group_name")
-    from . import _actors
-
-    client = _actors._client
-    if client is not None:
-        meet = getattr(client, "rendezvous", None)
-        if meet is None:
-            raise CollectiveError(f"{what}: the {getattr(client, 'engine', 'cluster')} backend does not run "
-                                  "collectives: use backend='processes' or 'threads'")
+    if meet is not None:
         spec = meet(group_name, world_size, rank, timeout)
     elif getattr(runner, "collectives", False):
         spec = _local_rendezvous.join(group_name, world_size, rank, timeout)
@@ -740,9 +748,11 @@ def init_collective_group(world_size: int, rank: int, backend: str = "shm", grou
     try:
         member.barrier("init_collective_group")  # every rank has joined
     except BaseException:
+        member.ranks[rank, PID] = LEFT  # the others stop waiting; the rendezvous starts the group again
         member.close()
-        if client is None:
-            _local_rendezvous.abandon(spec)
+        if meet is None:
+            with _local_rendezvous.lock:
+                _local_rendezvous.sweep()
         raise
     groups[group_name] = member
 
