@@ -116,6 +116,7 @@ class Runner:
         self.stopped = False
         # init_collective_group inside this actor may meet the others in this process (threads backend)
         self.collectives = False
+        self.collective_groups: dict[str, Any] = {}  # name -> this actor's poolx.collective.Member
 
     def build(self) -> None:
         try:

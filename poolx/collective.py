@@ -89,7 +89,7 @@ BLOCK_BYTES = 1 << 18
 # fast rank may write its next operation's metadata while a slow one still
 # reads this operation's (it cannot get further ahead: the next operation's
 # first barrier waits for everyone).
-H_MAGIC, H_SIZE, H_VERSION, H_PID, H_FD, H_CAPACITY = range(6)
+H_MAGIC, H_SIZE, H_PID, H_FD = range(4)  # H_PID, H_FD: rank 0's data segment
 HEADER = 8
 STRIDE = 16
 ARRIVE, PID = 0, 1
@@ -137,25 +137,24 @@ class GroupSpec:
     timeout: float | None
 
 
-def _new_control(name: str, world_size: int) -> tuple[int, mmap.mmap]:
-    """A zeroed control block for a group of ``world_size``: a memfd of this process, and its map."""
+def _new_memfd(name: str, nbytes: int) -> tuple[int, mmap.mmap]:
+    """A zeroed memfd of this process for group ``name``, and its read-write map."""
     fd = os.memfd_create(f"poolx-collective-{name}", os.MFD_CLOEXEC)
     try:
-        nbytes = _control_bytes(world_size)
         os.ftruncate(fd, nbytes)
-        mm = mmap.mmap(fd, nbytes)
+        return fd, mmap.mmap(fd, nbytes)
     except BaseException:
         os.close(fd)
         raise
-    mm[0:16] = MAGIC.to_bytes(8, "little") + world_size.to_bytes(8, "little")
-    return fd, mm
 
 
 class _Meeting:
-    """One group being formed by its ranks (init_collective_group), in the process that hosts it."""
+    """A group's control block in the process that creates it (the driver, or for actors of the
+    threads backend this process), while its ranks join."""
 
     def __init__(self, name: str, world_size: int, timeout: float | None) -> None:
-        self.fd, self.mm = _new_control(name, world_size)
+        self.fd, self.mm = _new_memfd(name, _control_bytes(world_size))
+        self.mm[0:16] = MAGIC.to_bytes(8, "little") + world_size.to_bytes(8, "little")
         self.spec = GroupSpec(name, world_size, os.getpid(), self.fd, timeout)
         self.ranks: set[int] = set()
 
@@ -273,7 +272,6 @@ class Member:
         self.generation = 0  # barriers passed
         self.ops = 0  # operations begun (the metadata parity)
         self.capacity = 0  # the data segment's size, as every rank knows it
-        self.version = 0  # the data segment this rank has mapped
         self.data: mmap.mmap | None = None
         self.data_fd: int | None = None  # rank 0: the segment's memfd (others open it through /proc)
         self.bytes: Any = None  # a uint8 view of the data segment
@@ -408,21 +406,15 @@ class Member:
             capacity = -(-need // ROUND) * ROUND
             if self.rank == 0:
                 self._drop_data()
-                fd = os.memfd_create(f"poolx-collective-{self.name}", os.MFD_CLOEXEC)
-                os.ftruncate(fd, capacity)
-                self.data_fd = fd
-                self.data = mmap.mmap(fd, capacity)
+                self.data_fd, self.data = _new_memfd(self.name, capacity)
                 self.header[H_PID] = os.getpid()
-                self.header[H_FD] = fd
-                self.header[H_CAPACITY] = capacity
-                self.header[H_VERSION] += 1
+                self.header[H_FD] = self.data_fd
             self.capacity = capacity
             self.barrier(what)  # rank 0 has published the new segment
             if self.rank != 0:
                 self._drop_data()
                 self.data = _open_shared(int(self.header[H_PID]), int(self.header[H_FD]), capacity,
                                          self.name)
-            self.version = int(self.header[H_VERSION])
             self.bytes = self.np.frombuffer(self.data, dtype=self.np.uint8)
         return self.bytes
 
@@ -546,9 +538,15 @@ def _same_arrays(np: Any, arrays: Any, like: Any, size: int, what: str, name: st
     return out
 
 
+def _membership(group_name: str) -> Member | None:
+    """This actor's place in the group, or None (not in it, or not in an actor)."""
+    runner = current_runner()
+    return None if runner is None else runner.collective_groups.get(group_name)
+
+
 def _member(group_name: str, what: str) -> Member:
     runner = current_runner()
-    member = getattr(runner, "collective_groups", {}).get(group_name) if runner is not None else None
+    member = _membership(group_name)
     if member is None:
         where = ("this actor is not in a group of that name" if runner is not None
                  else "collectives run inside actors, in their methods")
@@ -682,15 +680,13 @@ def barrier(group_name: str = "default") -> None:
 
 def get_rank(group_name: str = "default") -> int:
     """This actor's rank in the group, or -1 when it is not in it (Ray's convention)."""
-    runner = current_runner()
-    member = getattr(runner, "collective_groups", {}).get(group_name) if runner is not None else None
+    member = _membership(group_name)
     return -1 if member is None else member.rank
 
 
 def get_collective_group_size(group_name: str = "default") -> int:
     """The number of ranks of the group, or -1 when this actor is not in it."""
-    runner = current_runner()
-    member = getattr(runner, "collective_groups", {}).get(group_name) if runner is not None else None
+    member = _membership(group_name)
     return -1 if member is None else member.size
 
 
@@ -730,10 +726,7 @@ def init_collective_group(world_size: int, rank: int, backend: str = "shm", grou
     if runner is None:
         raise CollectiveError(f"{what}: collectives run inside actors; call it from an actor's method, or "
                               "form the group here in the driver with create_collective_group(actors, ...)")
-    groups = runner.__dict__.setdefault("collective_groups", {})
-    if group_name in groups:
-        raise CollectiveError(f"{what}: this actor is already in a collective group named {group_name!r}: "
-                              "destroy_collective_group() it first, or choose another group_name")
+    _not_in(runner, group_name, what)
     if meet is not None:
         spec = meet(group_name, world_size, rank, timeout)
     elif getattr(runner, "collectives", False):
@@ -741,20 +734,34 @@ def init_collective_group(world_size: int, rank: int, backend: str = "shm", grou
     else:
         raise CollectiveError(f"{what}: this actor's backend does not run collectives (the serial backend "
                               "runs one call at a time): use backend='processes' or 'threads'")
-    member = Member(spec, rank)
-    if client is None:
-        with _local_rendezvous.lock:
-            _local_rendezvous.sweep()
     try:
-        member.barrier("init_collective_group")  # every rank has joined
-    except BaseException:
-        member.ranks[rank, PID] = LEFT  # the others stop waiting; the rendezvous starts the group again
-        member.close()
-        if meet is None:
+        _enter(runner, spec, rank, "init_collective_group")
+    finally:
+        if meet is None:  # the control block is ours to close once every rank has mapped it
             with _local_rendezvous.lock:
                 _local_rendezvous.sweep()
+
+
+def _not_in(runner: Any, group_name: str, what: str) -> None:
+    if group_name in runner.collective_groups:
+        raise CollectiveError(f"{what}: this actor is already in a collective group named {group_name!r}: "
+                              "destroy_collective_group() it first, or choose another group_name")
+
+
+def _enter(runner: Any, spec: GroupSpec, rank: int, what: str) -> None:
+    """Map the group's control block and wait there for every rank; then this actor is in the group.
+
+    A rank that gives up marks itself as gone: the ranks waiting for it fail at
+    once, and a rendezvous forgets the group, so that its name can form again.
+    """
+    member = Member(spec, rank)
+    try:
+        member.barrier(what)
+    except BaseException:
+        member.ranks[rank, PID] = LEFT
+        member.close()
         raise
-    groups[group_name] = member
+    runner.collective_groups[spec.name] = member
 
 
 def _check_backend_name(backend: str, what: str) -> None:
@@ -770,23 +777,14 @@ def _join(instance: Any, spec: GroupSpec, rank: int) -> int:
     runner = current_runner()
     if runner is None:  # pragma: no cover - __poolx_call__ always runs in an actor
         raise CollectiveError("joining a collective group happens inside an actor")
-    groups = runner.__dict__.setdefault("collective_groups", {})
-    if spec.name in groups:
-        raise CollectiveError(f"this actor is already in a collective group named {spec.name!r}: "
-                              "destroy_collective_group() it first, or choose another group_name")
-    member = Member(spec, rank)
-    try:
-        member.barrier("create_collective_group")  # everyone has mapped the control block
-    except BaseException:
-        member.close()
-        raise
-    groups[spec.name] = member
+    _not_in(runner, spec.name, "create_collective_group()")
+    _enter(runner, spec, rank, "create_collective_group")
     return os.getpid()
 
 
 def _leave(instance: Any, group_name: str) -> bool:
     runner = current_runner()
-    member = getattr(runner, "collective_groups", {}).pop(group_name, None)
+    member = runner.collective_groups.pop(group_name, None) if runner is not None else None
     if member is not None:
         member.close()
     return member is not None
@@ -845,10 +843,9 @@ def create_collective_group(actors: Sequence[Any], world_size: int | None = None
             "'threads'" + ("; on Ray, ray.util.collective does this natively" if engine.name == "ray"
                            else ""))
 
-    fd, mm = _new_control(group_name, world_size)
-    mm.close()
+    meeting = _Meeting(group_name, world_size, timeout)
     try:
-        spec = GroupSpec(group_name, world_size, os.getpid(), fd, timeout)
+        spec = meeting.spec
         by_rank: list[Any] = [None] * world_size
         for actor, rank in zip(actors, ranks):
             by_rank[rank] = actor
@@ -861,7 +858,7 @@ def create_collective_group(actors: Sequence[Any], world_size: int | None = None
             except BaseException as failure:
                 errors.append((rank, failure))
     finally:
-        os.close(fd)  # the actors have their own maps of it now
+        meeting.close()  # the actors have their own maps of it now
     if errors:
         _leave_all(by_rank, group_name)
         rank, first = errors[0]

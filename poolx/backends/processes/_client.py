@@ -25,7 +25,7 @@ from ..._futures import Future
 from . import _channel
 from . import _worker as W
 
-# How long get_actor() waits for the driver's answer.
+# How long get_actor() and init_collective_group() wait for the driver's answer (_ask).
 GET_ACTOR_TIMEOUT = 60.0
 
 
@@ -116,31 +116,24 @@ class ChildClient:
     def get_actor(self, name: str) -> Any:
         from ..._actors import ActorHandle
 
-        future: Future[Any] = Future()
-        future.set_running_or_notify_cancel()
-        req_id = next(self.ids)
-        self._send(req_id, (future, "get_actor"), [pickle.dumps((W.C_GET_ACTOR, req_id, name))])
-        try:
-            ok, info = future.result(GET_ACTOR_TIMEOUT)
-        except TimeoutError:
-            raise PoolxError(f"the driver did not answer get_actor({name!r}) within "
-                             f"{GET_ACTOR_TIMEOUT:.0f} s") from None
-        if not ok:
-            raise ValueError(info)
-        return ActorHandle(*info)
+        return ActorHandle(*self._ask(f"get_actor({name!r})", W.C_GET_ACTOR, name))
 
     def rendezvous(self, name: str, world_size: int, rank: int, timeout: float | None) -> Any:
         """Join the collective group ``name`` by name: the driver answers with where it meets."""
+        return self._ask(f"init_collective_group(group_name={name!r})", W.C_RENDEZVOUS,
+                         name, world_size, rank, timeout)
+
+    def _ask(self, what: str, kind: int, *fields: Any) -> Any:
+        """Ask the driver (``kind``, a request id, ``fields``) and wait for its ACTOR_INFO answer:
+        its value, or the ValueError it reports."""
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
         req_id = next(self.ids)
-        self._send(req_id, (future, "init_collective_group"),
-                   [pickle.dumps((W.C_RENDEZVOUS, req_id, name, world_size, rank, timeout))])
+        self._send(req_id, (future, what), [pickle.dumps((kind, req_id, *fields))])
         try:
             ok, info = future.result(GET_ACTOR_TIMEOUT)
         except TimeoutError:
-            raise PoolxError(f"the driver did not answer init_collective_group(group_name={name!r}) within "
-                             f"{GET_ACTOR_TIMEOUT:.0f} s") from None
+            raise PoolxError(f"the driver did not answer {what} within {GET_ACTOR_TIMEOUT:.0f} s") from None
         if not ok:
             raise ValueError(info)
         return info
