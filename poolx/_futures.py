@@ -118,6 +118,7 @@ class Task:
         "future",
         "id",
         "kwargs",
+        "lost",
         "max_retries",
         "origin",
         "requeues",
@@ -147,7 +148,8 @@ class Task:
         self.worker = -1
         self.bytes_out = self.bytes_in = 0
         self.retries = 0  # times run again after it killed its worker (max_retries)
-        self.requeues = 0  # times sent again because a worker died holding it, not running it
+        self.requeues = 0  # times it was next in line on a worker that died between tasks
+        self.lost = 0  # times it ran on a worker that died before its outcome could be read
         self.max_retries = 0  # times it may run again after dying with its worker (-1: no limit)
         self.origin: Any = None  # processes backend: where a task submitted in a child came from
         self.shm = 0  # how large arguments travel (poolx._shm mode; 0: the backend's default)

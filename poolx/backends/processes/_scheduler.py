@@ -93,10 +93,22 @@ EST_ALPHA = 0.2
 EST_MIN_SAMPLES = 8
 # Functions a worker keeps unpickled; the driver evicts the oldest beyond this.
 WORKER_FN_CACHE = 1024
-# A task whose worker died this many times without it being the culprit fails:
-# a guard against a blame that goes wrong, never reached otherwise (a task sits
-# in the prefetch window of at most a few workers that die, even when many do).
+# A worker that dies between two tasks (its last one finished, the next not
+# started) names no culprit: the task it would have run next is charged, and
+# fails after this many such deaths.  It guards against a message that kills
+# the worker reading it (a payload too large for its memory), which would
+# otherwise go from worker to worker for ever; an innocent task would have to
+# be next in line at that many idle deaths.  Tasks further back are never
+# charged: they had not started.
 MAX_REQUEUE = 16
+# A task that ran on a worker that died before its outcome could be read (a
+# task scribbled on the worker's channel or results log) runs again at most
+# this many times, then fails: the scribbler would otherwise run for ever.
+MAX_LOST = 2
+# After a worker death the prefetch window (see ``window``) closes to the
+# running task alone, then opens again by one task per result received: under
+# a steady crash rate each death sends back at most about as many tasks as
+# ran since the last one, instead of up to MAX_PREFETCH every time.
 # Workers dying before they are ready this many times in a row break the executor.
 MAX_START_FAILURES = 3
 # How much of a dead worker's faulthandler dump goes into the error message.
@@ -194,6 +206,7 @@ class Scheduler(threading.Thread):
         self.next_index = 0
         self.est: float | None = None
         self.est_samples = 0
+        self.prefetch_cap = MAX_PREFETCH  # lowered by a worker death, raised by results (window)
         self.closing = False
         self.terminating = False
         self.start_failures = 0
@@ -442,7 +455,7 @@ class Scheduler(threading.Thread):
         cell = None
         try:
             os.unlink(path)  # nothing to clean up, ever: the fds keep it alive
-            os.ftruncate(fd, W.PROGRESS_BYTES)
+            os.ftruncate(fd, W.DUMP_OFFSET)  # sparse: the log's pages exist once written
             cell = mmap.mmap(fd, W.PROGRESS_BYTES)
             _driver_socks.add(parent)
             _driver_socks.add(client_parent)
@@ -555,7 +568,7 @@ class Scheduler(threading.Thread):
     def window(self) -> int:
         if self.est is None or self.est_samples < EST_MIN_SAMPLES:
             return 1
-        return 1 + min(MAX_PREFETCH, int(PREFETCH_SECONDS / max(self.est, 1e-7)))
+        return 1 + min(self.prefetch_cap, int(PREFETCH_SECONDS / max(self.est, 1e-7)))
 
     def dispatch(self) -> None:
         """Hand queued tasks to ready workers, least loaded first, one message each.
@@ -873,6 +886,8 @@ class Scheduler(threading.Thread):
             self.complete(task, status, data, bufs, info)
         self.est = est
         self.est_samples += len(records)
+        if self.prefetch_cap < MAX_PREFETCH:
+            self.prefetch_cap = min(MAX_PREFETCH, self.prefetch_cap + len(records))
         for conn, (recs, frames) in forward.items():
             self.send_results(conn, recs, frames)
 
@@ -948,17 +963,26 @@ class Scheduler(threading.Thread):
     # -- worker exit ----------------------------------------------------------
 
     def on_exit(self, w: _Worker) -> None:
+        # The sentinel fires as the process closes its fds, a moment before it
+        # can be reaped: join() with a bound, not join(0).  (It also fires
+        # while the process lives on when a task closed the fd behind it.)
+        w.process.join(1.0)
+        if w.process.exitcode is None:
+            self.signal(w, kill=True)
+            w.process.join(1.0)
         if w.channel_open:
             # The process is gone: take what it sent before it exited.  Reads do
             # not block: a grandchild that inherited the socket cannot stall us.
             self.read(w, limit=None)
             self.close_channel(w)
-        # The sentinel fires as the process closes its fds, a moment before it
-        # can be reaped: join() with a bound, not join(0).
-        w.process.join(1.0)
-        if w.process.exitcode is None:
-            self.signal(w, kill=True)
-            w.process.join(1.0)
+        if w.outstanding:
+            # The outcomes it logged and had not sent: a finished task never
+            # runs again.  Read once the process is gone for sure (its sentinel
+            # also fires when a task closes the fd behind it), except for a task
+            # killed for running over task_timeout: it fails even if it
+            # finished in the meantime (see blame).
+            logged = [r for r in W.read_log(w.cell, w.fd) if r[0] != w.timed_out]
+            self.on_results(w, logged, [None])
         self.sel.unregister(w.process.sentinel)
         del self.workers[w.index]
         self.close_conn(w.client)
@@ -1031,61 +1055,103 @@ class Scheduler(threading.Thread):
         self.blame(w, exitcode)
 
     def blame(self, w: _Worker, exitcode: int | None) -> None:
-        """Fail the task that was running when ``w`` died; requeue the others.
+        """Charge the task that killed ``w``; send back the ones it had not started.
 
-        The progress cell names the task the worker was in.  Tasks dispatched
-        before it had finished (their results died with the process) and tasks
-        after it had not started: both are run again, on another worker.
+        ``on_exit`` has taken in every outcome the worker sent or logged, so
+        what ``w`` still holds is, in dispatch order (the order it runs
+        them): tasks that finished but whose outcomes were lost (only when
+        their records were unreadable: a corrupt channel, a scribbled log),
+        then the task it was running (named by the progress cell, if not
+        finished), then tasks it had not started.  Only the running one is
+        charged: it fails, or runs again within its ``max_retries``.  Tasks
+        not started go back to the queue, uncharged: a death never fails a
+        task that was only waiting behind the culprit.  A death between two
+        tasks has no culprit; the task that was next in line is the suspect
+        (see MAX_REQUEUE).
         """
         running_id, finished, _, item = W.read_cell(w.cell)
+        self.prefetch_cap = 0
         timed_out = bool(w.timed_out)
         if timed_out:
             # Killed for the task (and map item) seen over task_timeout.  That
-            # one fails, even if it finished between the check and the kill (it
-            # did run over, and its result died unsent); whatever the worker
-            # had moved on to is innocent.
+            # one fails, even if it finished between the check and the kill
+            # (on_exit drops its logged outcome: it did run over); whatever
+            # the worker had moved on to is innocent.
             culprit, item = w.timed_out, w.timed_out_item
         else:
             culprit = 0 if finished else running_id
+        ran = running_id in w.outstanding  # else every task it still holds comes after the running one
+        suspect = not timed_out and culprit not in w.outstanding
         requeue = []
         for task in w.outstanding.values():
-            if task.id != culprit:
-                if task.requeues >= MAX_REQUEUE:
-                    self.fail(task, WorkerDiedError(
-                        f"{describe(task.fn)} was on {MAX_REQUEUE + 1} workers that died "
-                        f"(the last: {describe_exit(exitcode)}); giving up on it",
-                        exitcode=exitcode, pid=w.pid))
-                else:
-                    task.requeues += 1  # not its fault: run it again, as if never sent
+            at_running = task.id == running_id
+            if task.id == culprit:
+                if self.charge(w, task, exitcode, item, timed_out):
                     requeue.append(task)
-                continue
-            # The task the worker was running.
-            if not timed_out and (task.max_retries == -1 or task.retries < task.max_retries):
-                task.retries += 1  # max_retries: run it again
+            elif ran and (finished or not at_running):  # it ran to the end, and its outcome is lost
+                if self.lost(w, task, exitcode):
+                    requeue.append(task)
+            elif suspect and not ran:  # the first task it had not started, after a death with no culprit
+                suspect = False
+                if self.suspected(w, task, exitcode):
+                    requeue.append(task)
+            else:  # not started (or killed for another's timeout): not its fault, as if never sent
                 requeue.append(task)
-                continue
-            if timed_out:
-                message = (f"ran longer than task_timeout={self.task_timeout:g} s; its worker (pid {w.pid}) "
-                           "was killed and replaced, and the other tasks go on")
-                why: tuple[Any, ...] = ("timeout", message, self.task_timeout, w.pid)
-            else:
-                message = (f"the worker process (pid {w.pid}) running it died: {describe_exit(exitcode)}. "
-                           f"The worker was replaced; other tasks are unaffected.{crash_dump(w)}")
-                why = ("died", message, exitcode, w.pid)
-            if task.skip is not None and item >= 0 and item not in task.skip:
-                # A map() chunk: only the item it was in fails; the chunk runs
-                # again without it (poolx._chunks).
-                task.skip[item] = why
-                requeue.append(task)
-            elif timed_out:
-                self.fail(task, TaskTimeoutError(f"{describe(task.fn)} {message}",
-                                                 timeout=self.task_timeout, pid=w.pid))
-            else:
-                self.fail(task, WorkerDiedError(
-                    f"the worker process (pid {w.pid}) running {describe(task.fn)} died: "
-                    f"{describe_exit(exitcode)}. The worker was replaced; other tasks are "
-                    f"unaffected.{crash_dump(w)}", exitcode=exitcode, pid=w.pid))
+            if at_running:
+                ran = False
         self.queue.extendleft(reversed(requeue))
+
+    def suspected(self, w: _Worker, task: Task, exitcode: int | None) -> bool:
+        """The next task of a worker that died between tasks: True to run it again (MAX_REQUEUE)."""
+        task.requeues += 1
+        if task.requeues <= MAX_REQUEUE:
+            return True
+        self.fail(task, WorkerDiedError(
+            f"{describe(task.fn)} was the next task of {MAX_REQUEUE + 1} workers that died between "
+            f"tasks (the last: {describe_exit(exitcode)}); giving up on it: the message carrying it "
+            "may be what kills a worker (an argument too large for its memory?)",
+            exitcode=exitcode, pid=w.pid))
+        return False
+
+    def lost(self, w: _Worker, task: Task, exitcode: int | None) -> bool:
+        """A task ``w`` ran whose outcome died with it: run it again once (True), then fail it."""
+        task.lost += 1
+        if task.lost <= MAX_LOST:
+            return True
+        self.fail(task, WorkerDiedError(
+            f"{describe(task.fn)} ran {task.lost} times on workers that died before its outcome "
+            f"reached the driver (the last: {describe_exit(exitcode)}{channel_note(w)}); giving up on "
+            "it: a task that writes to file descriptors it did not open (poolx's channel, the results "
+            "log) corrupts what its worker reports", exitcode=exitcode, pid=w.pid))
+        return False
+
+    def charge(self, w: _Worker, task: Task, exitcode: int | None, item: int, timed_out: bool) -> bool:
+        """The task that killed ``w``: True to run it again (retries, a map chunk's other items)."""
+        if not timed_out and (task.max_retries == -1 or task.retries < task.max_retries):
+            task.retries += 1  # max_retries: run it again
+            return True
+        if timed_out:
+            message = (f"ran longer than task_timeout={self.task_timeout:g} s; its worker (pid {w.pid}) "
+                       "was killed and replaced, and the other tasks go on")
+            why: tuple[Any, ...] = ("timeout", message, self.task_timeout, w.pid)
+        else:
+            message = (f"the worker process (pid {w.pid}) running it died: {describe_exit(exitcode)}. "
+                       f"The worker was replaced; other tasks are unaffected.{crash_dump(w)}")
+            why = ("died", message, exitcode, w.pid)
+        if task.skip is not None and item >= 0 and item not in task.skip:
+            # A map() chunk: only the item it was in fails; the chunk runs
+            # again without it (poolx._chunks).
+            task.skip[item] = why
+            return True
+        if timed_out:
+            self.fail(task, TaskTimeoutError(f"{describe(task.fn)} {message}",
+                                             timeout=self.task_timeout, pid=w.pid))
+        else:
+            self.fail(task, WorkerDiedError(
+                f"the worker process (pid {w.pid}) running {describe(task.fn)} died: "
+                f"{describe_exit(exitcode)}. The worker was replaced; other tasks are "
+                f"unaffected.{crash_dump(w)}", exitcode=exitcode, pid=w.pid))
+        return False
 
     def break_executor(self, message: str) -> None:
         if self.backend.broken is None:
@@ -1229,15 +1295,20 @@ def _widen(sock: socket.socket) -> None:
         pass
 
 
+def channel_note(w: _Worker) -> str:
+    """Why ``w``'s channel was dropped, if poolx dropped it."""
+    return ""
+
+
 def crash_dump(w: _Worker) -> str:
     """The worker's faulthandler output, if a fatal error wrote one."""
     return crash_dump_fd(w.fd)
 
 
 def crash_dump_fd(fd: int) -> str:
-    """A child's faulthandler output (after its progress cell), if a fatal error wrote one."""
+    """A child's faulthandler output (after its progress cell and log), if a fatal error wrote one."""
     try:
-        dump = os.pread(fd, CRASH_DUMP_BYTES, W.PROGRESS_BYTES).decode("utf-8", "replace").strip()
+        dump = os.pread(fd, CRASH_DUMP_BYTES, W.DUMP_OFFSET).decode("utf-8", "replace").strip()
     except OSError:
         return ""
     return f"\n\nThe worker's Python stack when it died (faulthandler):\n{dump}" if dump else ""

@@ -86,16 +86,52 @@ FLUSH_SECONDS = 0.002
 # id, and the id before "not finished", so a reader may see a new task as
 # finished (it is then only run again, if its worker died) but never an old
 # one as unfinished.
-RUNNING, FINISHED, STARTED, ITEM = 0, 1, 2, 3
+#   [4] how many bytes of the results log (below) hold records not yet sent
+RUNNING, FINISHED, STARTED, ITEM, LOG_END = 0, 1, 2, 3, 4
 PROGRESS_BYTES = 4096
+# The results log, after the cell in the same file: each result a task worker
+# has not sent yet, as a u32 length and the pickled record.  A worker batches
+# its results (FLUSH_SECONDS), so a crash would otherwise take the outcomes of
+# tasks that already finished with it, and they would run a second time; the
+# driver reads the log of a dead worker instead (``read_log``).  1 MiB holds
+# thousands of small records; a result too large for what is left (or one
+# with out-of-band buffers) is sent before its task counts as finished.
+LOG_BYTES = 1 << 20
+# Where a fatal error's stack dump (faulthandler) starts; the file's size before it.
+DUMP_OFFSET = PROGRESS_BYTES + LOG_BYTES
 
 
 class CellViews:
     """The progress cell's words as views: ``words`` (int64) and ``times`` (double)."""
 
     def __init__(self, cell: mmap.mmap) -> None:
-        self.words = memoryview(cell)[:32].cast("q")
-        self.times = memoryview(cell)[:32].cast("d")
+        self.words = memoryview(cell)[:40].cast("q")
+        self.times = memoryview(cell)[:40].cast("d")
+
+
+def read_log(cell: mmap.mmap, fd: int) -> list[tuple[Any, ...]]:
+    """The result records a dead worker logged and had not sent (the driver's side).
+
+    A record cut short by the death is not counted: the worker moves LOG_END
+    past a record only once it is written whole.
+    """
+    with memoryview(cell) as whole, whole[:40] as part, part.cast("q") as words:
+        end = words[LOG_END]
+    if not 0 < end <= LOG_BYTES:
+        return []
+    log = os.pread(fd, end, PROGRESS_BYTES)
+    records, pos = [], 0
+    while pos + 4 <= len(log):
+        size = int.from_bytes(log[pos:pos + 4], "little")
+        pos += 4
+        try:
+            record = pickle.loads(log[pos:pos + size])
+        except Exception:  # (a task that scribbled over the log: its records are lost, no more)
+            break
+        pos += size
+        if type(record) is tuple and len(record) == 9 and type(record[0]) is int and record[3] == 0:
+            records.append(record)
+    return records
 
 
 def read_cell(cell: mmap.mmap) -> tuple[int, bool, float, int]:
@@ -170,10 +206,10 @@ def boot(sock: socket.socket, client: socket.socket, progress: Any) -> mmap.mmap
     # driver (Ray's ray.init() installs one that raises SystemExit).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     fd = progress.take() if isinstance(progress, FdForChild) else int(progress)
-    cell = mmap.mmap(fd, PROGRESS_BYTES)
+    cell = mmap.mmap(fd, DUMP_OFFSET)  # the cell and the results log
     # A fatal error (SIGSEGV, SIGABRT, ...) dumps the crashing thread's Python
-    # stack after the progress cell; the driver puts it in the task's WorkerDiedError.
-    os.lseek(fd, PROGRESS_BYTES, os.SEEK_SET)
+    # stack after the log; the driver puts it in the task's WorkerDiedError.
+    os.lseek(fd, DUMP_OFFSET, os.SEEK_SET)
     faulthandler.enable(fd, all_threads=False)
     sock.setblocking(True)
     _start_watchdog(sock)
@@ -229,7 +265,7 @@ def main(sock: socket.socket, client: socket.socket, progress: Any, index: int, 
     try:
         _channel.send_all(sock, _channel.encode([pickle.dumps((READY, os.getpid()))]))
         global current
-        current = Worker(sock, cell, max_tasks, getattr(setup, "max_memory", None))
+        current = Worker(sock, cell, max_tasks, getattr(setup, "max_memory", None), log=True)
         # A task waiting for a future (a nested task's, a ref's) lends this worker's slot.
         worker_thread.lend = _lend_slot
         current.loop()
@@ -291,7 +327,7 @@ def _start_watchdog(sock: socket.socket) -> None:
 
 class Worker:
     def __init__(self, sock: socket.socket, cell: mmap.mmap, max_tasks: int | None,
-                 max_memory: int | None = None) -> None:
+                 max_memory: int | None = None, log: bool = False) -> None:
         self.sock = sock
         self.max_memory = max_memory  # bytes of resident memory; over it, the worker retires
         self.reader = _channel.FrameReader(sock)
@@ -310,6 +346,9 @@ class Worker:
         self.skip: dict[int, tuple[Any, ...]] | None = None
         # Where a map() chunk stores the index of the item it runs (poolx._chunks).
         self.views = CellViews(cell)
+        # The results log (task workers only: an actor's death fails its calls in flight).
+        self.log = memoryview(cell)[PROGRESS_BYTES:DUMP_OFFSET] if log else None
+        self.log_end = 0
         self.item_mark = memoryview(cell)[ITEM * 8:ITEM * 8 + 8].cast("q")
         self.eager = False  # flush every result at once (results come from other threads)
         self.give_back = False  # the rest of the current batch was handed back (block)
@@ -499,21 +538,41 @@ class Worker:
         arguments and the call; ``unpickle_s`` is the unpickling part, and
         ``pickle_s`` the time spent pickling the result after ``t_end``."""
         self.running = 0
-        # Finished only now that its outcome is pickled: a crash while pickling
-        # the result (a __reduce__ that segfaults) must blame this task, not
-        # requeue it as "finished, result lost".
-        self.views.words[FINISHED] = 1
+        record = (task_id, status, data, len(bufs), t_start, t_end, info, unpickle_s, pickle_s)
         with self.lock:
             if not self.results:
                 self.first_pending = t_end
-            self.results.append((task_id, status, data, len(bufs), t_start, t_end, info,
-                                 unpickle_s, pickle_s))
+            self.results.append(record)
             if bufs:
                 _channel.out_frames(bufs, self.frames, self.fds, self.fd_keys)
-            due = (self.eager or len(self.results) >= FLUSH_MAX or len(self.fds) >= _shm.MAX_FDS // 2
-                   or t_end - self.first_pending >= FLUSH_SECONDS)
+            # A task worker sends at once what it cannot log (an actor logs nothing: its
+            # death fails its calls in flight anyway).
+            lost = self.log is not None and (bool(bufs) or not self.logged(record))
+            due = (lost or self.eager or len(self.results) >= FLUSH_MAX
+                   or len(self.fds) >= _shm.MAX_FDS // 2 or t_end - self.first_pending >= FLUSH_SECONDS)
         if due:
             self.flush()
+        # Finished only now that its outcome is logged or sent: a crash while
+        # pickling the result (a __reduce__ that segfaults) blames this task,
+        # and a crash after it (a thread the task left behind) cannot take the
+        # outcome with it.
+        self.views.words[FINISHED] = 1
+
+    def logged(self, record: tuple[Any, ...]) -> bool:
+        """Write ``record`` to the results log if it fits; under ``lock``."""
+        log = self.log
+        if log is None:
+            return False
+        blob = pickle.dumps(record, ser.PROTOCOL)
+        start = self.log_end + 4
+        end = start + len(blob)
+        if end > LOG_BYTES:
+            return False
+        log[start - 4:start] = len(blob).to_bytes(4, "little")
+        log[start:end] = blob
+        self.log_end = end
+        self.views.words[LOG_END] = end  # after the bytes: a torn record is never counted
+        return True
 
     def flush(self) -> None:
         with self.lock:
@@ -525,6 +584,8 @@ class Worker:
             frames, self.results, self.frames = [control, *self.frames], [], []
             fds, self.fds, self.fd_keys = self.fds, [], {}
             _channel.send_all(self.sock, _channel.encode(frames, len(fds)), fds)
+            if self.log_end:  # sent: the driver has them even if this process dies now
+                self.log_end = self.views.words[LOG_END] = 0
             spent, self.spent = self.spent, []
         del spent  # the arguments of the tasks just reported (see __init__)
 
