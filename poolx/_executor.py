@@ -28,7 +28,7 @@ from ._chunks import Retry
 from ._errors import RemoteError, RemoteTraceback, SerializationError, TaskCancelledError
 from ._futures import Future, Task
 from ._objects import PutRef, dependencies, send_resolved, when_done
-from ._telemetry import Statistics, Telemetry
+from ._telemetry import TRACE_CAPACITY, Statistics, Telemetry
 from .backends import Backend, BackendOptions, get_backend
 
 P = ParamSpec("P")
@@ -107,7 +107,10 @@ class Executor(cf.Executor):
       without losing tasks (processes backend);
     - ``init_timeout``: seconds a worker may take to start, its initializer
       included; a worker still starting then is killed and the executor breaks
-      with ``InitializerError`` (processes backend).
+      with ``InitializerError`` (processes backend);
+    - ``trace_capacity``: the newest finished tasks kept for ``export_trace()``
+      (default ``TRACE_CAPACITY``, 1,000; 0 keeps none, None every one);
+      ``statistics()`` counts every task whatever it is.
     """
 
     def __init__(
@@ -125,6 +128,7 @@ class Executor(cf.Executor):
         retry_exceptions: bool | tuple[type[BaseException], ...] | list[type[BaseException]] = False,
         max_memory_per_child: int | str | None = None,
         init_timeout: float | None = None,
+        trace_capacity: int | None = TRACE_CAPACITY,
         _child_hook: Any = None,
         _any_start_method: bool = False,
     ) -> None:
@@ -186,7 +190,7 @@ class Executor(cf.Executor):
         self._max_workers = max_workers
         self._max_retries = max_retries
         self._retry_on = retry_on
-        self._telemetry = Telemetry()
+        self._telemetry = Telemetry(trace_capacity)
         self._actors = ActorDirectory(self._telemetry)
         self._backend: Backend = backend_cls(
             BackendOptions(max_workers, mp_context, initializer, tuple(initargs), max_tasks_per_child,

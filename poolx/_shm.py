@@ -58,8 +58,9 @@ AVAILABLE = (sys.platform.startswith("linux") and hasattr(os, "memfd_create")
 # How a receiver maps a buffer (the descriptor's mode):
 #   PRIVATE    copy-on-write, a mapping per message (task and actor arguments: a writable copy)
 #   SHARED     read-only, the mapping cached (put; arguments of Ray-style tasks)
-#   EXCLUSIVE  writable, the mapping cached (results: the segment is this result's alone, and
-#              its creator cannot reuse it while the receiver's views of it live)
+#   EXCLUSIVE  writable, a mapping per message (results: the segment is this result's alone,
+#              and its creator cannot reuse it while the receiver's views of it live); the
+#              mapping goes with the last view, so a dropped result pins no memory
 # READONLY is a sender's choice only: SHARED, for buffers above MIN_BYTES.
 NONE, PRIVATE, SHARED, EXCLUSIVE, READONLY = 0, 1, 2, 3, 4
 WIRE_MODE = {PRIVATE: PRIVATE, SHARED: SHARED, EXCLUSIVE: EXCLUSIVE, READONLY: SHARED}
@@ -206,15 +207,20 @@ class Received:
         return self.hold.fd
 
     def view(self) -> memoryview:
-        """Map it: copy-on-write and writable (PRIVATE), or read-only from the cache (SHARED)."""
+        """Map it: read-only from the cache (SHARED), or a mapping of its own that goes with its
+        last view: copy-on-write (PRIVATE), or writable through to the segment (EXCLUSIVE)."""
         if self.mode == SHARED:
             return _export(_cache.mapping(self), self.nbytes, self)
-        if self.mode == EXCLUSIVE:
-            return _keep(_cache.mapping(self), self.nbytes, self)
         # The mapping keeps the lock for as long as the views of it live, even
-        # once the fd (closed with the message) is gone.
-        mm = mmap.mmap(self._fd(), self.nbytes, flags=mmap.MAP_PRIVATE,
-                       prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        # once the fd (closed with the message) is gone.  A result (EXCLUSIVE) is
+        # not cached: its segment is read again only after its creator reuses it,
+        # which a dropped result's creator may never do (a forkserver or spawn
+        # worker unmaps a freed segment at once), and a cached mapping would keep
+        # the segment's memory for as long as the cache holds it (issue 19: 20
+        # dropped results of 100 MB kept 1,000 MB mapped).  Mapping again costs
+        # the page faults where a fork worker does reuse it (docs/design.md).
+        flags = mmap.MAP_SHARED if self.mode == EXCLUSIVE else mmap.MAP_PRIVATE
+        mm = mmap.mmap(self._fd(), self.nbytes, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         return memoryview(mm)
 
 
@@ -223,13 +229,6 @@ def _export(mm: mmap.mmap, nbytes: int, tag: Any) -> memoryview:
     array = (ctypes.c_char * nbytes).from_buffer(mm)
     array._poolx_shm = tag  # type: ignore[attr-defined]
     return memoryview(array).cast("B").toreadonly()
-
-
-def _keep(mm: mmap.mmap, nbytes: int, keep: Any) -> memoryview:
-    """A writable view of ``mm[:nbytes]`` that keeps ``keep`` (the lock) alive; not sent by reference."""
-    array = (ctypes.c_char * nbytes).from_buffer(mm)
-    array._poolx_keep = keep  # type: ignore[attr-defined]
-    return memoryview(array).cast("B")
 
 
 def lookup(buf: Any) -> ShmBuffer | Received | None:

@@ -24,9 +24,13 @@ from ._futures import Task
 RECORD_FIELDS = ("id", "fn", "worker", "t_submit", "t_dispatch", "t_start", "t_end", "t_done",
                  "bytes_out", "bytes_in", "ok", "s_unpickle", "s_pickle")
 
-# Completed tasks kept for the trace: the newest TRACE_CAPACITY (about 150 bytes
-# each, so 100k tasks cost ~15 MB).  Counters cover every task regardless.
-TRACE_CAPACITY = 100_000
+# Finished tasks kept for export_trace() when the executor is not told otherwise
+# (Executor(trace_capacity=)): the newest TRACE_CAPACITY.  A record costs about
+# 330 bytes (a tuple of 13 fields, its floats and ints), so 1,000 cost ~0.3 MB:
+# the last stretch of a run, enough to look at in Perfetto.  It was 100,000
+# (~32 MB held by every executor that had run that many tasks, traced or not:
+# issue 19).  Counters, and so statistics(), cover every task regardless.
+TRACE_CAPACITY = 1_000
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,21 @@ def _name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
 
 
+def check_capacity(capacity: Any) -> int | None:
+    """``trace_capacity`` as given to the Executor: an int >= 0, or None (every task)."""
+    if capacity is None:
+        return None
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise TypeError(f"trace_capacity must be an int (the newest tasks export_trace() keeps) or None "
+                        f"(every task), got {type(capacity).__name__} {capacity!r}")
+    if capacity < 0:
+        raise ValueError(f"trace_capacity must be >= 0 (0 keeps no task for export_trace(); "
+                         f"statistics() counts them all the same), got {capacity}")
+    return capacity
+
+
 class Telemetry:
-    def __init__(self) -> None:
+    def __init__(self, trace_capacity: int | None = TRACE_CAPACITY) -> None:
         self._lock = threading.Lock()
         self.submitted = 0
         self.completed = 0
@@ -96,7 +113,7 @@ class Telemetry:
         self.messages_sent = 0  # written under the scheduler's lock only
         self.messages_received = 0
         self.busy: dict[int, float] = {}
-        self.records: deque[tuple[Any, ...]] = deque(maxlen=TRACE_CAPACITY)
+        self.records: deque[tuple[Any, ...]] = deque(maxlen=check_capacity(trace_capacity))
         self.worker_pids: dict[int, int] = {}
         # When each worker (index) and actor (minus its id) said READY, by lane:
         # the profiling harness counts the time before as start-up.
@@ -248,10 +265,21 @@ class Telemetry:
             })
         return events
 
+    def trace_kept(self) -> dict[str, Any]:
+        """What the trace holds: its capacity, the tasks in it, and the older ones it let go."""
+        with self._lock:
+            finished = self.completed + self.failed + self.calls_completed + self.calls_failed
+            kept = len(self.records)
+            return {"trace_capacity": self.records.maxlen, "tasks_kept": kept,
+                    "tasks_not_kept": finished - kept}
+
     def export_trace(self, path: str | os.PathLike[str], backend: str) -> None:
         import json
+        # ("otherData" is the trace format's place for facts about the trace itself.)
+        trace = {"traceEvents": self.trace_events(backend), "displayTimeUnit": "ms",
+                 "otherData": {"poolx": self.trace_kept()}}
         with open(path, "w", encoding="utf-8") as f:
-            json.dump({"traceEvents": self.trace_events(backend), "displayTimeUnit": "ms"}, f)
+            json.dump(trace, f)
 
 
 def _lane(worker: int) -> int:

@@ -204,6 +204,63 @@ def test_export_trace_writes_one_lane_per_worker(executor, tmp_path):
     assert all(e["dur"] >= 9000 for e in spans)  # each slept 10 ms (trace is in microseconds)
 
 
+def _trace(ex, path):
+    """The task slices of ex's trace, and what the trace says it kept."""
+    import json
+
+    ex.export_trace(path)
+    trace = json.loads(path.read_text())
+    return [e for e in trace["traceEvents"] if e["ph"] == "X"], trace["otherData"]["poolx"]
+
+
+def _recorded(ex, n):
+    """Wait until ex has recorded n finished tasks (just after their futures complete)."""
+    deadline = time.monotonic() + 30
+    while ex.statistics().tasks_completed < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return ex.statistics()
+
+
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+def test_the_trace_keeps_only_the_newest_tasks_and_statistics_count_every_one(backend, tmp_path):
+    # Issue 19: every executor kept 100,000 records (~36 MB) whether or not it was ever traced.
+    from poolx._telemetry import TRACE_CAPACITY
+
+    n = TRACE_CAPACITY + 200
+    with poolx.Executor(2, backend=backend) as ex:
+        assert sum(f.result(timeout=30) for f in [ex.submit(square, i) for i in range(n)]) == sum(
+            i * i for i in range(n))
+        stats = _recorded(ex, n)
+        spans, kept = _trace(ex, tmp_path / "t.json")
+    assert stats.tasks_submitted == stats.tasks_completed == n and stats.tasks_pending == 0
+    assert len(ex._telemetry.records) == len(spans) == TRACE_CAPACITY
+    assert kept == {"trace_capacity": TRACE_CAPACITY, "tasks_kept": TRACE_CAPACITY, "tasks_not_kept": 200}
+
+
+def test_trace_capacity_keeps_that_many_tasks_none_or_every_one(tmp_path):
+    from poolx._telemetry import TRACE_CAPACITY
+
+    n = TRACE_CAPACITY + 10
+    for capacity, expected in ((0, 0), (5, 5), (None, n)):
+        with poolx.Executor(1, backend="serial", trace_capacity=capacity) as ex:
+            for i in range(n - 5):
+                ex.submit(square, i)
+            for i in range(5):  # the newest five, told apart by their name
+                ex.submit(add, i, 1)
+        spans, kept = _trace(ex, tmp_path / f"{capacity}.json")
+        assert len(spans) == kept["tasks_kept"] == expected and kept["tasks_not_kept"] == n - expected
+        assert kept["trace_capacity"] == capacity and ex.statistics().tasks_completed == n
+        if capacity == 5:
+            assert [e["name"] for e in spans] == ["add"] * 5
+
+
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (2.5, TypeError), (True, TypeError),
+                                        ("100", TypeError)])
+def test_a_bad_trace_capacity_is_refused_with_its_remedy(bad, error):
+    with pytest.raises(error, match="trace_capacity must be"):
+        poolx.Executor(1, backend="serial", trace_capacity=bad)
+
+
 def test_initializer_runs_before_tasks_on_every_backend(backend, tmp_path):
     from _tasks import record_init
 

@@ -124,6 +124,29 @@ def test_worker_time_adds_up_to_wall_times_processes():
             assert lane.seconds["compute"] > 0
 
 
+@pytest.mark.timeout(120)
+def test_a_run_gets_every_task_record_however_many_the_default_trace_keeps(tmp_path):
+    from poolx._telemetry import TRACE_CAPACITY
+
+    path = tmp_path / "many.py"
+    path.write_text(textwrap.dedent('''
+        """many: one task per item, so one record each."""
+        SIZE = 10
+
+        def serial(size):
+            return sum(i * i for i in range(size))
+
+        def tasks(executor, size):
+            return sum(f.result() for f in [executor.submit(pow, i, 2) for i in range(size)])
+    '''))
+    n = TRACE_CAPACITY + 300
+    run, result = measure.run_once(scenario.load(str(path)), "task", 2, n, backend="processes",
+                                   mp_context=None, repeat=0)
+    assert run.ok, run.error
+    assert result == sum(i * i for i in range(n))
+    assert len(run.tasks) == sum(lane.tasks for lane in run.lanes) == n
+
+
 def test_accounting_splits_a_made_up_run_exactly():
     run = measure.Run("task", 1, 0, "none", wall=1.0)
     run.lanes = [measure.Lane(0, "worker 0", 1, ready=0.1)]

@@ -109,7 +109,9 @@ def run_once(scenario: Scenario, mode: str, workers: int, size: int, *, backend:
     else:
         t0 = time.perf_counter()
         try:
-            ex = Executor(workers, mp_context, backend=backend, address=address, _child_hook=hook)
+            # Every task's record: the accounting below splits each lane's time from all of them.
+            ex = Executor(workers, mp_context, backend=backend, address=address, trace_capacity=None,
+                          _child_hook=hook)
         except Exception as exc:
             raise ExecutorError(f"cannot start the {backend!r} backend: {_error(exc)}") from exc
         try:
