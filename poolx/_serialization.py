@@ -114,8 +114,10 @@ class _Dump:
                 self.buffers.append(ref)
                 return False
             if self.shm == _shm.SHARED or nbytes >= _shm.MIN_BYTES:  # (put: every buffer)
-                self.buffers.append(_shm.store(buf, self.shm))
-                return False
+                stored = _shm.store(buf, self.shm)
+                if stored is not None:  # (None: this process has no fd to spare, it goes inline)
+                    self.buffers.append(stored)
+                    return False
         self.buffers.append(buf)
         return False
 

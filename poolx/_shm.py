@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import errno
 import fcntl
 import itertools
 import mmap
@@ -51,6 +52,8 @@ import struct
 import sys
 import threading
 from typing import Any
+
+from . import _fds
 
 AVAILABLE = (sys.platform.startswith("linux") and hasattr(os, "memfd_create")
              and os.path.isdir("/proc/self/fd"))
@@ -87,6 +90,16 @@ REUSE_FILL = 0.5
 ROUND = 1 << 16
 # At most this many fds go with one message (the kernel's limit is 253).
 MAX_FDS = 200
+
+# Segments (one fd each, free ones included) may use this fraction of a process's
+# RLIMIT_NOFILE soft limit.  A quarter: each may have as many fds again in flight (a
+# queued message's), and the rest is the program's own, poolx's channels' and the
+# results' it receives.  Past it, large buffers are sent inline (a copy) rather than fail
+# for want of an fd: 96 arguments of 1 MiB at once under a limit of 128 all arrive.
+FD_SHARE = 0.25
+# The soft limit raise_fd_limit() sets in poolx's own processes, if the hard limit allows:
+# 65,536, what the first release set in every process (the driver's included).
+FD_LIMIT = 1 << 16
 
 MAGIC = b"PXSHMv01"
 # magic | creator token | segment uid | capacity | nbytes | mode | index of its fd in the message
@@ -145,8 +158,22 @@ class ShmBuffer:
         return (_token, self.seg.uid)
 
     def lock_fd(self) -> int:
-        """A new fd of the segment holding a shared lock: what goes with a message."""
-        fd = os.open(f"/proc/self/fd/{self.seg.fd}", os.O_RDWR | os.O_CLOEXEC)
+        """A new fd of the segment holding a shared lock: what goes with a message.
+
+        Read-only for arguments and put values (PRIVATE, SHARED): no mapping
+        of an argument may change under a task.  A receiver maps PRIVATE
+        copy-on-write, where the pages it has not written still show the
+        file, so the fd it holds while the task runs must not be able to write
+        the file: a stray write through it (a print() after a task closed its
+        stdio, in the moment before ``_fds`` moves a received fd up) fails
+        with EBADF instead of changing the data.  Sealing the memfd
+        (F_SEAL_WRITE, F_SEAL_FUTURE_WRITE) would do it too, but a seal is for
+        ever, and segments are reused and results (EXCLUSIVE) are mapped
+        writable by their receiver, whose alone they are; a read-only fd costs
+        nothing.
+        """
+        flags = os.O_RDWR if self.mode == EXCLUSIVE else os.O_RDONLY
+        fd = _fds.open_fd(f"/proc/self/fd/{self.seg.fd}", flags)
         fcntl.flock(fd, fcntl.LOCK_SH)
         return fd
 
@@ -161,6 +188,14 @@ class FdHold:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+
+    @classmethod
+    def received(cls, fd: int) -> FdHold:
+        """Hold an fd that came with a message, moved above stdio (``_fds``): -1 if it cannot be."""
+        try:
+            return cls(_fds.lift(fd))
+        except OSError:  # EMFILE on the move: the buffer's view says the fd did not arrive
+            return cls(-1)
 
     def close(self) -> None:
         fd, self.fd = self.fd, -1
@@ -196,14 +231,14 @@ class Received:
 
     def lock_fd(self) -> int:
         """Forwarding it (the driver relays between children): a duplicate of the locked fd."""
-        return os.dup(self._fd())
+        return _fds.dup(self._fd())
 
     def descriptor(self, index: int) -> bytes:
         return DESC.pack(MAGIC, self.token, self.uid, self.capacity, self.nbytes, self.mode, index)
 
     def _fd(self) -> int:
         if self.hold is None or self.hold.fd < 0:
-            raise OSError("the shared-memory segment's file descriptor did not arrive with its message")
+            raise OSError(errno.EMFILE, _missing_fd())
         return self.hold.fd
 
     def view(self) -> memoryview:
@@ -220,8 +255,22 @@ class Received:
         # dropped results of 100 MB kept 1,000 MB mapped).  Mapping again costs
         # the page faults where a fork worker does reuse it (docs/design.md).
         flags = mmap.MAP_SHARED if self.mode == EXCLUSIVE else mmap.MAP_PRIVATE
-        mm = mmap.mmap(self._fd(), self.nbytes, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        mm = _fds.mmap(self._fd(), self.nbytes, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         return memoryview(mm)
+
+
+def _missing_fd() -> str:
+    """Why a segment's fd did not arrive with its message: almost always, no fd to spare."""
+    try:
+        held = f"holds {len(os.listdir('/proc/self/fd'))} open files"
+    except OSError:  # (EMFILE itself)
+        held = "has no file descriptor to spare"
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return (f"the shared-memory segment's file descriptor did not arrive with its message: this "
+            f"process {held} and its RLIMIT_NOFILE soft limit is {soft}, so the kernel likely "
+            "dropped it (each large result or argument kept alive holds one); poolx "
+            "does not raise the limit of the driver: raise it (ulimit -n, or resource.setrlimit "
+            "before creating the executor) or keep fewer large results alive at once")
 
 
 def _export(mm: mmap.mmap, nbytes: int, tag: Any) -> memoryview:
@@ -245,11 +294,13 @@ def lookup(buf: Any) -> ShmBuffer | Received | None:
     return None
 
 
-def store(buf: Any, mode: int) -> ShmBuffer:
-    """Copy a pickle buffer into a segment of this process."""
+def store(buf: Any, mode: int) -> ShmBuffer | None:
+    """Copy a pickle buffer into a segment of this process (None: no fd to spare, send it inline)."""
     raw = buf.raw()
     nbytes = raw.nbytes
     seg = _pool.allocate(nbytes)
+    if seg is None:
+        return None
     seg.mm[:nbytes] = raw
     return ShmBuffer(seg, nbytes, WIRE_MODE[mode])
 
@@ -282,13 +333,13 @@ class _Pool:
         self.free_bytes = 0
         self.live = 0  # segments referred to in this process
         self.generation = 0
-        self.raised_fd_limit = False
         # Whether freed segments are kept for reuse: while an executor that uses
         # shared memory runs.  After the last one stops, a segment freed late
         # (a result the caller held on to) is unmapped at once, not kept for ever.
         self.keep = False
 
-    def allocate(self, nbytes: int) -> Segment:
+    def allocate(self, nbytes: int) -> Segment | None:
+        """A segment of at least ``nbytes``: a free one, or a new memfd (None: no fd to spare)."""
         with self.lock:
             best = -1
             for i, (capacity, fd, _mm, _uid) in enumerate(self.free):
@@ -301,13 +352,13 @@ class _Pool:
                 self.live += 1
                 return Segment(fd, mm, capacity, uid)
         capacity = max(ROUND, -(-nbytes // ROUND) * ROUND)
-        self._fd_room()
-        fd = os.memfd_create("poolx", os.MFD_CLOEXEC)
+        if not self._room_for_one_more():
+            return None
         try:
-            os.ftruncate(fd, capacity)
-            mm = mmap.mmap(fd, capacity)
-        except BaseException:
-            os.close(fd)
+            fd, mm = _new_segment(capacity)
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):  # (the fds in flight took the rest)
+                return None
             raise
         with self.lock:
             self.live += 1
@@ -334,18 +385,20 @@ class _Pool:
         with self.lock:
             self._trim(limit)
 
-    def _fd_room(self) -> None:
-        """Each segment holds an fd: allow as many as the hard limit permits, once."""
-        if self.raised_fd_limit:
-            return
-        self.raised_fd_limit = True
-        try:
-            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            want = hard if hard != resource.RLIM_INFINITY else 1 << 16
-            if soft != resource.RLIM_INFINITY and soft < want:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, 1 << 16), hard))
-        except (ValueError, OSError):
-            pass
+    def _room_for_one_more(self) -> bool:
+        """Whether one more segment (an fd) fits in this process's share of fds.
+
+        Segments first give up free ones (oldest first).  poolx never raises the
+        limit of a process it does not own (the driver): past its share, large
+        buffers travel inline, copied through the channel, as without shared memory.
+        """
+        share = fd_share()
+        with self.lock:
+            while self.free and self.live + len(self.free) >= share:
+                capacity, fd, mm, _uid = self.free.pop(0)
+                self.free_bytes -= capacity
+                _close(fd, mm)
+            return self.live + len(self.free) < share
 
     def after_fork(self) -> None:
         """In a forked child: the parent's segments are not this process's to reuse."""
@@ -356,6 +409,39 @@ class _Pool:
         self.free_bytes = 0
         self.live = 0
         self.generation += 1
+
+
+def _new_segment(capacity: int) -> tuple[int, mmap.mmap]:
+    fd = _fds.lift(os.memfd_create("poolx", os.MFD_CLOEXEC))
+    try:
+        os.ftruncate(fd, capacity)
+        return fd, _fds.mmap(fd, capacity)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def fd_share() -> int:
+    """How many segments this process may hold: FD_SHARE of its RLIMIT_NOFILE soft limit."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return FD_LIMIT if soft == resource.RLIM_INFINITY else int(soft * FD_SHARE)
+
+
+def raise_fd_limit() -> None:
+    """Raise this process's RLIMIT_NOFILE soft limit towards the hard one (at most FD_LIMIT).
+
+    Called in poolx's own worker and actor processes only, at start: their
+    limit is poolx's to set, and a worker holding many segments (a task's many
+    large results) should not fall back to copying.  Never in the driver: a
+    process-wide limit there is the program's, and poolx does not change it.
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, FD_LIMIT)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):  # not permitted here (a sandbox): the share is smaller, that is all
+        pass
 
 
 def _in_use(fd: int) -> bool:
@@ -393,9 +479,9 @@ class _Cache:
                 return mm
         # A fresh open file description: the mapping must not keep the lock that
         # came with the message (the cached mapping outlives this object's views).
-        fd = os.open(f"/proc/self/fd/{rec._fd()}", os.O_RDWR | os.O_CLOEXEC)
+        fd = _fds.open_fd(f"/proc/self/fd/{rec._fd()}", os.O_RDWR)
         try:
-            mm = mmap.mmap(fd, rec.capacity)
+            mm = _fds.mmap(fd, rec.capacity)
         finally:
             os.close(fd)
         with self.lock:

@@ -50,7 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _shm
+from . import _fds, _shm
 from ._actor_core import CALL_ON_INSTANCE, current_runner
 from ._errors import ActorDiedError, CollectiveError, CollectiveTimeoutError
 
@@ -139,10 +139,10 @@ class GroupSpec:
 
 def _new_memfd(name: str, nbytes: int) -> tuple[int, mmap.mmap]:
     """A zeroed memfd of this process for group ``name``, and its read-write map."""
-    fd = os.memfd_create(f"poolx-collective-{name}", os.MFD_CLOEXEC)
+    fd = _fds.lift(os.memfd_create(f"poolx-collective-{name}", os.MFD_CLOEXEC))  # (above stdio: _fds)
     try:
         os.ftruncate(fd, nbytes)
-        return fd, mmap.mmap(fd, nbytes)
+        return fd, _fds.mmap(fd, nbytes)
     except BaseException:
         os.close(fd)
         raise
@@ -450,13 +450,13 @@ class Member:
 def _open_shared(pid: int, fd: int, nbytes: int, name: str) -> mmap.mmap:
     """Map another process's (or this one's) memfd ``fd`` read-write."""
     try:
-        own = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR)
+        own = _fds.open_fd(f"/proc/{pid}/fd/{fd}", os.O_RDWR)
     except OSError as exc:
         raise CollectiveError(f"collective group {name!r}: cannot open the shared memory of process "
                               f"{pid} (/proc/{pid}/fd/{fd}: {exc.strerror}); the group's processes must "
                               "be on this machine and run as one user") from exc
     try:
-        return mmap.mmap(own, nbytes)
+        return _fds.mmap(own, nbytes)
     finally:
         os.close(own)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
@@ -79,3 +80,43 @@ class Summer:
 
     def make(self, n):
         return np.full(n, 3.0)
+
+
+def close_stdio():
+    """What daemonizing code does: close fds 0, 1 and 2 (and restore nothing)."""
+    for fd in (0, 1, 2):
+        os.close(fd)
+    return os.getpid()
+
+
+def sum_then_print(a, expected):
+    """Print in a worker whose stdio an earlier task closed: the print must fail (EBADF, as
+    with the stdlib) and ``a`` must stay exactly as sent, before and after the print."""
+    seen = float(a.sum())
+    try:
+        # (sys.__stdout__: under fork, pytest's capture left sys.stdout elsewhere than fd 1)
+        print("poolx " * 1000, file=sys.__stdout__, flush=True)
+    finally:
+        after = float(a.sum())
+        if seen != expected or after != expected:
+            raise AssertionError(f"the argument changed under the task: it summed to {seen}, then "
+                                 f"{after} after a print, and was sent summing to {expected}")
+    return os.getpid()
+
+
+def low_fds():
+    """What fds 0, 1 and 2 of this process are (those that are open)."""
+    found = {}
+    for fd in (0, 1, 2):
+        try:
+            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+    return found
+
+
+def fd_limit():
+    """This process's RLIMIT_NOFILE soft limit."""
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import gc
+import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -190,6 +193,133 @@ def test_a_kept_result_stays_mapped_and_intact_while_others_are_dropped(start_me
             assert mapped_bytes() == 0
     finally:
         _shm.release_memory()
+
+
+def test_a_task_that_closes_stdio_cannot_make_a_print_write_into_arguments(start_method):
+    # Issue 19, item 3: the next fd the worker received took number 0, 1 or 2, and a
+    # later print() wrote into a task's argument (24 of 50 tasks saw their input change).
+    data = np.ones(N)
+    with poolx.Executor(1, mp_context=start_method) as ex:
+        pid = ex.submit(T.close_stdio).result()
+        futures = [ex.submit(T.sum_then_print, data, float(N)) for _ in range(24)]
+        for f in futures:
+            exc = f.exception(timeout=30)
+            # As with the stdlib: the print fails, in the task, with EBADF; nothing changed.
+            assert isinstance(exc, OSError) and exc.errno == errno.EBADF, repr(exc)
+        # The worker still holds arguments' fds, and none of them sits on 0, 1 or 2.
+        kept = ex.submit(T.keep, data)
+        assert kept.result() == pid and ex.submit(T.low_fds).result() == {}
+        assert ex.submit(T.kept_sum).result() == float(N)
+    _shm.release_memory()
+
+
+_CLOSED_STDIO_DRIVER = """
+import json, os, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import poolx
+import _shm_tasks as T
+
+N = {n}
+
+
+def writes_reach_nothing():
+    # Each of fds 0, 1 and 2 is closed or a read end (multiprocessing's sentinel pipe under
+    # fork): nothing written to them lands in a channel, a segment or a progress cell.
+    errors = []
+    for fd in (0, 1, 2):
+        try:
+            os.write(fd, b"poolx " * 100)
+        except OSError as exc:
+            errors.append(exc.errno)
+    return errors
+
+
+if __name__ == "__main__":
+    out = open(sys.argv[2], "w")
+    for fd in (0, 1, 2):
+        os.close(fd)
+    report = {{"print": [], "writes": [], "sums": []}}
+    with poolx.Executor(1, mp_context=sys.argv[1]) as ex:
+        data = np.ones(N)
+        ref = ex.put(np.full(N, 2.0))
+        kept = []
+        for _ in range(6):
+            argument = ex.submit(T.total, data)
+            kept.append(ex.submit(T.filled, N, 3.0).result())  # a result's fd, held
+            try:
+                print("poolx " * 1000, flush=True)
+                report["print"].append(0)
+            except OSError as exc:
+                report["print"].append(exc.errno)
+            report["writes"].append(writes_reach_nothing())
+            report["sums"].append([argument.result(), ex.submit(T.total, ref).result(),
+                                   float(kept[-1].sum())])
+        report["workers"] = [ex.submit(T.low_fds).result() for _ in range(2)]
+    sys.stdout = None  # (its buffer holds the failed prints: do not fail the exit on them)
+    json.dump(report, out)
+    out.close()
+"""
+
+
+def test_a_driver_that_closed_its_stdio_keeps_poolx_fds_above_it(tmp_path, start_method):
+    # Issue 19, item 3, the driver's side: its sockets, segments, progress cells and
+    # received fds took 0, 1 and 2, and its print() wrote into them.
+    script, report = tmp_path / "driver.py", tmp_path / "report.json"
+    script.write_text(_CLOSED_STDIO_DRIVER.format(tests=os.path.dirname(T.__file__), n=N))
+    proc = subprocess.run([sys.executable, str(script), start_method, str(report)],
+                          capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(report.read_text())
+    assert got["print"] == [errno.EBADF] * 6  # as without poolx
+    assert got["writes"] == [[errno.EBADF] * 3] * 6
+    assert got["sums"] == [[float(N), 2.0 * N, 3.0 * N]] * 6
+    # The workers inherit (fork) or receive (forkserver) their fds from this driver.
+    assert all(not any(kind in target for kind in ("memfd", "socket", "poolx"))
+               for low in got["workers"] for target in low.values()), got["workers"]
+
+
+_FD_LIMIT_DRIVER = """
+import json, resource, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import poolx
+from poolx import _shm
+import _shm_tasks as T
+
+SOFT = 128  # fds: room for a few dozen segments, not for the {tasks} arguments sent at once
+
+if __name__ == "__main__":
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (SOFT, hard))
+    with poolx.Executor(2, mp_context=sys.argv[1]) as ex:
+        arrays = [np.full({n}, float(i)) for i in range({tasks})]  # 1 MiB each: shared memory
+        futures = [ex.submit(T.total, a) for a in arrays]
+        sums = [f.result() for f in futures]
+        result = float(ex.submit(T.filled, {n}, 2.0).result().sum())
+        worker = ex.submit(T.fd_limit).result()
+    share = getattr(_shm, "fd_share", lambda: -1)()
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    json.dump({{"sums": sums, "result": result, "soft": soft, "worker": worker, "hard": hard,
+               "share": share}}, open(sys.argv[2], "w"))
+"""
+
+
+def test_the_driver_fd_limit_is_never_raised(tmp_path, start_method):
+    # Issue 19, item 10: the first use of shared memory raised the driver's RLIMIT_NOFILE soft
+    # limit, a process-wide setting that is the program's.  Past its share of the limit, large
+    # arguments go inline; poolx's own workers may raise theirs.
+    script, report = tmp_path / "driver.py", tmp_path / "report.json"
+    n, tasks = _shm.MIN_BYTES // 8, 96
+    script.write_text(_FD_LIMIT_DRIVER.format(tests=os.path.dirname(T.__file__), n=n, tasks=tasks))
+    proc = subprocess.run([sys.executable, str(script), start_method, str(report)],
+                          capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(report.read_text())
+    assert got["sums"] == [float(i * n) for i in range(tasks)] and got["result"] == 2.0 * n
+    assert got["soft"] == 128 and got["share"] == 32
+    hard = got["hard"]
+    assert got["worker"] == (_shm.FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, _shm.FD_LIMIT))
 
 
 def test_a_segment_is_reused_once_its_reader_died():

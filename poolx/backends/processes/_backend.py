@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict, deque
 from typing import Any
 
-from ... import _shm
+from ... import _fds, _shm
 from ..._actors import Actor, ActorCall
 from ..._errors import InitializerError, PoolxError, SerializationError
 from ..._futures import Task
@@ -105,7 +105,7 @@ class ProcessBackend(Backend):
         self._next_key = 1
         self._incoming: deque[Any] = deque()
         self.wake_pending = False
-        self._wake_r, self._wake_w = os.pipe()
+        self._wake_r, self._wake_w = _fds.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._closed = False

@@ -23,6 +23,7 @@ large frame is received straight into its own ``bytearray`` with ``recv_into``
 from __future__ import annotations
 
 import array
+import errno
 import os
 import pickle
 import socket
@@ -45,6 +46,8 @@ DIRECT_FRAME_BYTES = 256 * 1024
 
 # Room for the most fds one message may carry.
 ANC_BYTES = socket.CMSG_SPACE(4 * 253)
+# Received fds are close-on-exec, as every fd Python opens (a task's subprocess must not inherit them).
+MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 
 class ChannelClosed(ConnectionError):
@@ -96,15 +99,26 @@ def out_frames(bufs: Sequence[Any], frames: list[Any], fds: list[int], keys: dic
         if _shm.is_shm(b):
             key = b.key()
             index = keys.get(key)
-            if index is None and len(fds) < _shm.MAX_FDS:
+            if index is None and len(fds) < _shm.MAX_FDS and (fd := _lock_fd(b)) is not None:
                 index = keys[key] = len(fds)
-                fds.append(b.lock_fd())
+                fds.append(fd)
             if index is not None:
                 frames.append(b.descriptor(index))
                 continue
             frames.append(b.raw() if hasattr(b, "raw") else b.view())
         else:
             frames.append(b.raw() if hasattr(b, "raw") else b)
+
+
+def _lock_fd(buf: Any) -> int | None:
+    """The fd to send with a shared-memory buffer, or None when this process is out of fds
+    (EMFILE: the buffer's bytes go instead, a copy, rather than the message failing)."""
+    try:
+        return int(buf.lock_fd())
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return None
+        raise
 
 
 class Fds:
@@ -239,7 +253,7 @@ class FrameReader:
         Returns the number of bytes received (0 when nothing was available on a
         non-blocking read).  Raises ChannelClosed on EOF.
         """
-        flags = socket.MSG_DONTWAIT if nonblocking else 0
+        flags = (socket.MSG_DONTWAIT if nonblocking else 0) | MSG_CMSG_CLOEXEC
         try:
             if self._direct is not None:
                 view = memoryview(self._direct)[self._direct_pos :]
@@ -270,7 +284,7 @@ class FrameReader:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds = array.array("i")
                 fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-                self._fds.extend(_shm.FdHold(fd) for fd in fds)
+                self._fds.extend(_shm.FdHold.received(fd) for fd in fds)
 
     def next_message(self) -> Message | None:
         """Return the next complete message's frames, or None if incomplete."""

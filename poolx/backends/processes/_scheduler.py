@@ -56,6 +56,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ... import _fds
 from ..._errors import (
     DeserializationError,
     InitializerError,
@@ -198,7 +199,7 @@ class Scheduler(threading.Thread):
         # Workers import the main script by its path (spawn, forkserver); the
         # path is read now, while the script runs (see _main_file_restored).
         self.main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-        self.sel = selectors.DefaultSelector()
+        self.sel = _fds.selector()
         self.sel.register(wake_fd, selectors.EVENT_READ, self.on_wake)
         self.queue: deque[Task] = deque()
         self.results: list[tuple[Task, bool, Any]] = []  # read, not yet delivered
@@ -448,20 +449,21 @@ class Scheduler(threading.Thread):
         before ``args``.  Returns (process, driver end of the work channel,
         driver end of the client channel, progress cell, its fd).
         """
-        parent, child = socket.socketpair()
+        parent, child = _fds.socketpair()  # (above stdio, as every fd of poolx: see _fds)
         _widen(parent)
-        client_parent, client_child = socket.socketpair()
+        client_parent, client_child = _fds.socketpair()
         fd, path = tempfile.mkstemp(prefix="poolx-progress-")
         cell = None
         try:
+            fd = _fds.lift(fd)
             os.unlink(path)  # nothing to clean up, ever: the fds keep it alive
             os.ftruncate(fd, W.DUMP_OFFSET)  # sparse: the log's pages exist once written
-            cell = mmap.mmap(fd, W.PROGRESS_BYTES)
+            cell = _fds.mmap(fd, W.PROGRESS_BYTES)
             _driver_socks.add(parent)
             _driver_socks.add(client_parent)
             process = self.ctx.Process(
                 target=target, args=(child, client_child, W.FdForChild(fd), *args), name=name)
-            with _main_file_restored(self.main_file):
+            with _main_file_restored(self.main_file), _start_held(self.ctx):
                 process.start()
         except BaseException:  # no process: release what was made for it
             if cell is not None:
@@ -1278,6 +1280,18 @@ def _main_file_restored(path: str | None) -> Iterator[None]:
         yield
     finally:
         del main.__file__
+
+
+def _start_held(ctx: Any) -> Any:
+    """While multiprocessing starts a child: stdio held under spawn and forkserver (``_fds``).
+
+    Their pipes (the data written to a spawned child, kept open until the
+    Process is collected; the forkserver's liveness pipe, for the driver's
+    life) would otherwise take a stdio number a driver had closed, and its
+    print() would write into them.  Not under fork: the child would inherit
+    the placeholders, and fork's only pipe left open in the driver is a read end.
+    """
+    return contextlib.nullcontext() if ctx.get_start_method() == "fork" else _fds.stdio_held()
 
 
 def _widen(sock: socket.socket) -> None:

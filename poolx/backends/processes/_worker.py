@@ -38,8 +38,8 @@ import time
 import traceback
 from typing import Any
 
+from ... import _fds, _shm
 from ... import _serialization as ser
-from ... import _shm
 from ..._errors import (
     ActorDiedError,
     DeserializationError,
@@ -199,14 +199,22 @@ def _detach(dup: Any) -> int:
     return int(dup.detach())
 
 
-def boot(sock: socket.socket, client: socket.socket, progress: Any) -> mmap.mmap:
-    """What every child does first (task worker and actor alike); returns the progress cell."""
+def boot(sock: socket.socket, client: socket.socket,
+         progress: Any) -> tuple[socket.socket, socket.socket, mmap.mmap]:
+    """What every child does first (task worker and actor alike).
+
+    Returns its channels and its progress cell, their fds above stdio: under
+    forkserver they arrive on the lowest free numbers, 0 to 2 when the driver
+    (whose stdio the forkserver inherits) had closed its own (see ``_fds``).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     # A forked worker must die of SIGTERM, not run a handler it inherited from the
     # driver (Ray's ray.init() installs one that raises SystemExit).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    fd = progress.take() if isinstance(progress, FdForChild) else int(progress)
-    cell = mmap.mmap(fd, DUMP_OFFSET)  # the cell and the results log
+    _shm.raise_fd_limit()  # a process of poolx's own: see raise_fd_limit
+    sock, client = _fds.lift_socket(sock), _fds.lift_socket(client)
+    fd = _fds.lift(progress.take() if isinstance(progress, FdForChild) else int(progress))
+    cell = _fds.mmap(fd, DUMP_OFFSET)  # the cell and the results log
     # A fatal error (SIGSEGV, SIGABRT, ...) dumps the crashing thread's Python
     # stack after the log; the driver puts it in the task's WorkerDiedError.
     os.lseek(fd, DUMP_OFFSET, os.SEEK_SET)
@@ -218,7 +226,7 @@ def boot(sock: socket.socket, client: socket.socket, progress: Any) -> mmap.mmap
     from ._client import ChildClient
 
     _actors.set_client(ChildClient(client))
-    return cell
+    return sock, client, cell
 
 
 def start_hook(hook: bytes | None, label: str) -> Any:
@@ -246,7 +254,7 @@ current: Worker | None = None
 
 def main(sock: socket.socket, client: socket.socket, progress: Any, index: int, setup: WorkerSetup) -> None:
     """Entry point of a worker process."""
-    cell = boot(sock, client, progress)
+    sock, client, cell = boot(sock, client, progress)
     hook = start_hook(setup.hook, f"worker {index}")
     try:
         initializer, initargs, max_tasks = setup.unpack()
