@@ -248,8 +248,8 @@ def test_task_timeout_counts_per_map_item(start_method):
 def test_task_timeout_needs_a_backend_that_can_stop_a_task():
     with pytest.raises(ValueError, match=r"cannot stop a running task.*processes"):
         poolx.Executor(1, backend="threads", task_timeout=1)
-    for bad in (0, -1, "1", True):
-        with pytest.raises(ValueError, match="task_timeout"):
+    for bad, error in ((0, ValueError), (-1, ValueError), ("1", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="task_timeout"):
             poolx.Executor(1, task_timeout=bad)
 
 
