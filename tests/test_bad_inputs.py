@@ -1005,6 +1005,16 @@ def test_executor_arguments_of_other_numeric_types_are_accepted():
         assert ex.submit(pow, 2, 3).result(timeout=T) == 8
 
 
+def test_the_joblib_backend_refuses_bad_executor_arguments_when_parallel_starts():
+    # (n_jobs is joblib's to check: it takes 2.5 as 2 with every backend, poolx's too)
+    joblib = pytest.importorskip("joblib")
+    import poolx.joblib  # noqa: F401 - registers the backend
+
+    for name, value, error in (("task_timeout", "1", TypeError), ("max_memory_per_child", 0, ValueError)):
+        with pytest.raises(error, match=name), joblib.parallel_config(backend="poolx", **{name: value}):
+            joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(i) for i in range(3))
+
+
 def test_bad_initargs_and_pool_arguments_are_refused():
     with pytest.raises(TypeError, match=r"initargs must be a tuple.*\(x,\)"):
         poolx.Executor(1, initializer=print, initargs=5)
