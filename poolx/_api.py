@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from . import _actors
+from . import _actors, _arguments
 from ._actors import ActorHandle
 from ._errors import GetTimeoutError, PoolxError, TaskCancelledError
 from ._executor import retry_exceptions_tuple, retrying
@@ -84,6 +84,9 @@ def init(num_workers: int | None = None, backend: str | None = None, *, num_cpus
             raise ValueError(f"init(num_workers={num_workers}, num_cpus={num_cpus}): give one of them "
                              "(num_cpus is Ray's name for the number of workers)")
         num_workers = num_cpus
+    if num_workers is not None:  # checked here to name the argument given (see _arguments)
+        name = "num_cpus" if num_cpus is not None else "num_workers"
+        num_workers = _arguments.worker_count(num_workers, name)
     if local_mode:
         if backend not in (None, "serial"):
             raise ValueError(f"init(local_mode=True, backend={backend!r}): local mode is the serial backend")

@@ -12,6 +12,7 @@ import concurrent.futures as cf
 import itertools
 import math
 import multiprocessing.util
+import operator
 import os
 import sys
 import threading
@@ -22,6 +23,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, ParamSpec, TypeVar
 
+from . import _arguments
 from . import _chunks as _chunks_mod
 from ._actors import ActorDiedError, ActorDirectory, ActorHandle, ActorOptions
 from ._chunks import Retry
@@ -132,26 +134,17 @@ class Executor(cf.Executor):
         _child_hook: Any = None,
         _any_start_method: bool = False,
     ) -> None:
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be an int >= 0 (the times a task may run again), "
-                             f"got {max_retries!r}")
-        for name, value in (("task_timeout", task_timeout), ("init_timeout", init_timeout)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                      or value <= 0):
-                raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+        # In the stdlib's order where it checks the same (see _arguments).
+        max_workers = default_max_workers() if max_workers is None else _arguments.worker_count(max_workers)
+        _arguments.context(mp_context)
+        initargs = _arguments.initializer(initializer, initargs)
+        max_tasks_per_child = _arguments.tasks_per_child(max_tasks_per_child)
+        max_retries = _arguments.retries(max_retries)
+        task_timeout = _arguments.seconds(task_timeout, "task_timeout")
+        init_timeout = _arguments.seconds(init_timeout, "init_timeout")
         retry_on = retry_exceptions_tuple(retry_exceptions)
         max_memory = parse_bytes(max_memory_per_child, "max_memory_per_child")
-        if max_workers is None:
-            max_workers = default_max_workers()
-        elif max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
         if max_tasks_per_child is not None:
-            if not isinstance(max_tasks_per_child, int):
-                raise TypeError("max_tasks_per_child must be an integer")
-            if max_tasks_per_child <= 0:
-                raise ValueError("max_tasks_per_child must be >= 1")
             method = _start_method(mp_context)
             if _any_start_method:
                 pass  # poolx.Pool: workers retire themselves, which fork allows (as the stdlib's Pool)
@@ -193,7 +186,7 @@ class Executor(cf.Executor):
         self._telemetry = Telemetry(trace_capacity)
         self._actors = ActorDirectory(self._telemetry)
         self._backend: Backend = backend_cls(
-            BackendOptions(max_workers, mp_context, initializer, tuple(initargs), max_tasks_per_child,
+            BackendOptions(max_workers, mp_context, initializer, initargs, max_tasks_per_child,
                            actors=self._actors, child_hook=_child_hook, task_timeout=task_timeout,
                            max_memory=max_memory, init_timeout=init_timeout,
                            extra={"address": address} if address is not None else {}),
@@ -1004,9 +997,17 @@ def parse_bytes(value: int | str | None, name: str) -> int | None:
     """Bytes from an int or a string such as "500MB" or "2GiB"."""
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str):
+    if not isinstance(value, str):
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            value = operator.index(value)  # (a numpy integer too)
+        except TypeError:
+            raise TypeError(f"{name} must be a number of bytes (an int) or a size such as '500MB' or "
+                            f"'2GiB', got {type(value).__name__} {value!r}") from None
+        if value > 0:
+            return value
+    else:
         text = value.strip().upper().replace(" ", "")
         number = text.rstrip("KMGTIB")
         unit = text[len(number):]

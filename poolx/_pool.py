@@ -45,6 +45,7 @@ from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined
 from multiprocessing.pool import RemoteTraceback as MPRemoteTraceback  # type: ignore[attr-defined]
 from typing import Any
 
+from . import _arguments
 from ._chunks import Retry, named_after
 from ._chunks import run_chunk as run_chunk_items
 from ._errors import RemoteTraceback, SerializationError, TaskTimeoutError
@@ -112,14 +113,14 @@ class Pool:
         if backend is None:  # (POOLX_BACKEND=dask moves an unchanged program, as for Executor)
             backend = self._backend_name if type(self)._backend_name != "processes" else (
                 os.environ.get("POOLX_BACKEND") or "processes")
+        # multiprocessing.Pool's checks, its types and order (see _arguments)
         if processes is None:
             processes = _default_processes()
-        if processes < 1:
-            raise ValueError("Number of processes must be at least 1")
+        processes = _arguments.worker_count(processes, "processes", pool=True)
         if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
-            raise ValueError("maxtasksperchild must be a positive int or None")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
+            raise ValueError(f"maxtasksperchild must be a positive int or None, got {maxtasksperchild!r}")
+        _arguments.initializer(initializer, ())
+        _arguments.context(context, "context")
         self._processes = processes
         self._terminated = False
         self._cache: dict[int, Any] = {}

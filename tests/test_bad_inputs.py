@@ -13,7 +13,9 @@ worker; map reported its own wrapper or its chunk list instead of the item;
 large actor constructor arguments; SystemExit from an actor argument's
 __reduce__; a forked child taking a worker's place; a result lost to an
 argument's __del__; initargs errors; untruncated tracebacks; async functions)
-are fixed; their rows now assert the right outcome.
+are fixed; their rows now assert the right outcome.  Constructor arguments
+(worker counts, timeouts, contexts) are checked against the stdlib's types here
+too; a scheduler thread that dies is in test_faults.py.
 
 Covered elsewhere, not repeated here (§3 item: file::test; P = test_processes.py):
 
@@ -900,6 +902,128 @@ def test_bad_initializers_break_the_executor_clearly(initializer, initargs, name
 def test_a_lambda_initializer_works():
     with poolx.Executor(1, initializer=lambda: None) as ex:
         assert ex.submit(pow, 2, 3).result(timeout=T) == 8
+
+
+# -- constructor arguments (issue 19, item 5) ---------------------------------------------------
+#
+# Executor(2.5) used to be accepted, and its scheduler thread died on range(2.5).
+# Every front end now refuses a bad argument in its constructor, with the
+# stdlib's exception type (CPython 3.10 to 3.13, see poolx/_arguments.py): a
+# message that names the argument, and nothing left running.
+
+def _numpy_int(n: int) -> Any:
+    np = pytest.importorskip("numpy")
+    return np.int64(n)
+
+
+# (value, what the stdlib does): ProcessPoolExecutor compares <= 0, then needs an index
+WORKER_COUNTS = [
+    pytest.param(2.5, TypeError, id="2.5"), pytest.param(2.0, TypeError, id="2.0"),
+    pytest.param(0.5, TypeError, id="0.5"), pytest.param("2", TypeError, id="'2'"),
+    pytest.param(0, ValueError, id="0"), pytest.param(-1, ValueError, id="-1"),
+    pytest.param(-1.5, ValueError, id="-1.5"), pytest.param(False, ValueError, id="False"),
+]
+
+
+@pytest.mark.parametrize(("value", "error"), WORKER_COUNTS)
+@pytest.mark.parametrize("backend", ["processes", "threads", "serial"])
+def test_a_bad_max_workers_is_refused_as_process_pool_executor_refuses_it(value, error, backend):
+    with pytest.raises(error, match="max_workers"):
+        poolx.Executor(value, backend=backend)
+    with pytest.raises(error):  # the oracle: the stdlib's own (no process starts before submit)
+        cf.ProcessPoolExecutor(value).shutdown()
+
+
+@pytest.mark.parametrize("value", [True, "numpy"])
+def test_worker_counts_the_stdlib_accepts_are_accepted(value):
+    value = _numpy_int(2) if value == "numpy" else value
+    with poolx.Executor(value) as ex:
+        assert ex.max_workers == int(value) and type(ex.max_workers) is int
+        assert ex.submit(pow, 2, 3).result(timeout=T) == 8
+    with poolx.Pool(value) as pool:
+        assert pool.apply_async(pow, (2, 3)).get(timeout=T) == 8
+
+
+# multiprocessing.Pool compares < 1 first (so 0.5 is a ValueError there), then counts with range()
+POOL_COUNTS = [
+    pytest.param(2.5, TypeError, id="2.5"), pytest.param(0.5, ValueError, id="0.5"),
+    pytest.param("2", TypeError, id="'2'"), pytest.param(0, ValueError, id="0"),
+    pytest.param(False, ValueError, id="False"),
+]
+
+
+@pytest.mark.parametrize(("value", "error"), POOL_COUNTS)
+@pytest.mark.parametrize("pool_type", [poolx.Pool, poolx.ThreadPool])
+def test_a_bad_number_of_processes_is_refused_as_multiprocessing_pool_refuses_it(value, error, pool_type):
+    with pytest.raises(error, match="processes"):
+        pool_type(value)
+    stdlib = mpp.Pool if pool_type is poolx.Pool else mpp.ThreadPool
+    with pytest.raises(error):  # the oracle (it raises before starting any worker)
+        stdlib(value)
+
+
+def test_a_bad_worker_count_given_to_init_names_the_argument():
+    for name in ("num_cpus", "num_workers"):
+        with pytest.raises(TypeError, match=name):
+            poolx.init(**{name: 2.5})
+        with pytest.raises(ValueError, match=name):
+            poolx.init(**{name: 0})
+        assert not poolx.is_initialized()
+
+
+# Executor keywords: (value, error, words the message must hold).  max_tasks_per_child is
+# ProcessPoolExecutor's check (isinstance int: a numpy integer is a TypeError there too);
+# poolx's own arguments follow the same rule (a wrong type: TypeError; a wrong value: ValueError).
+EXECUTOR_ARGUMENTS = {
+    "max_tasks_per_child": [(2.5, TypeError), ("numpy", TypeError), (0, ValueError), (-1, ValueError)],
+    "task_timeout": [("1", TypeError), (True, TypeError), (0, ValueError), (-1, ValueError),
+                     (float("nan"), ValueError), (float("inf"), ValueError)],
+    "init_timeout": [("1", TypeError), (0, ValueError), (float("nan"), ValueError)],
+    "max_retries": [(1.5, TypeError), (True, TypeError), ("1", TypeError), (-1, ValueError)],
+    "max_memory_per_child": [(2e9, TypeError), (True, TypeError), ([1], TypeError), (0, ValueError),
+                             ("lots", ValueError), ("-5MB", ValueError)],
+    "mp_context": [(42, TypeError), (threading, TypeError), ("nope", ValueError)],
+    "initializer": [(42, TypeError)],
+}
+
+
+@pytest.mark.parametrize(("name", "value", "error"), [
+    pytest.param(name, value, error, id=f"{name}={value!r}")
+    for name, rows in EXECUTOR_ARGUMENTS.items() for value, error in rows])
+def test_bad_executor_arguments_are_refused_with_the_right_type_naming_them(name, value, error):
+    if value == "numpy":
+        value = _numpy_int(2)
+    with pytest.raises(error, match=name) as info:
+        poolx.Executor(1, **{name: value})
+    assert "got" in str(info.value) or name == "mp_context", str(info.value)  # what was given
+
+
+def test_executor_arguments_of_other_numeric_types_are_accepted():
+    np = pytest.importorskip("numpy")
+    with poolx.Executor(1, task_timeout=np.float64(30), init_timeout=30, max_retries=np.int64(1),
+                        max_memory_per_child=np.int64(10**10), max_tasks_per_child=True) as ex:
+        assert ex.submit(pow, 2, 3).result(timeout=T) == 8
+
+
+def test_the_joblib_backend_refuses_bad_executor_arguments_when_parallel_starts():
+    # (n_jobs is joblib's to check: it takes 2.5 as 2 with every backend, poolx's too)
+    joblib = pytest.importorskip("joblib")
+    import poolx.joblib  # noqa: F401 - registers the backend
+
+    for name, value, error in (("task_timeout", "1", TypeError), ("max_memory_per_child", 0, ValueError)):
+        with pytest.raises(error, match=name), joblib.parallel_config(backend="poolx", **{name: value}):
+            joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(i) for i in range(3))
+
+
+def test_bad_initargs_and_pool_arguments_are_refused():
+    with pytest.raises(TypeError, match=r"initargs must be a tuple.*\(x,\)"):
+        poolx.Executor(1, initializer=print, initargs=5)
+    with pytest.raises(ValueError, match="maxtasksperchild"):  # multiprocessing.Pool's type for both
+        poolx.Pool(1, maxtasksperchild=2.5)
+    with pytest.raises(TypeError, match="context must be a multiprocessing context"):
+        poolx.Pool(1, context=42)
+    with pytest.raises(TypeError, match="initializer must be a callable"):
+        poolx.ThreadPool(1, initializer=42)
 
 
 # -- §3 item 22: input iterables ----------------------------------------------------------------

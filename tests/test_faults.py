@@ -23,6 +23,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from _fault_tasks import (
@@ -246,8 +248,8 @@ def test_task_timeout_counts_per_map_item(start_method):
 def test_task_timeout_needs_a_backend_that_can_stop_a_task():
     with pytest.raises(ValueError, match=r"cannot stop a running task.*processes"):
         poolx.Executor(1, backend="threads", task_timeout=1)
-    for bad in (0, -1, "1", True):
-        with pytest.raises(ValueError, match="task_timeout"):
+    for bad, error in ((0, ValueError), (-1, ValueError), ("1", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="task_timeout"):
             poolx.Executor(1, task_timeout=bad)
 
 
@@ -653,3 +655,140 @@ def test_a_timeout_kill_that_lands_late_blames_only_the_task_over_time(monkeypat
                 assert slow.result(timeout=30) == "slow"  # (finished and sent before the kill)
             except TaskTimeoutError:
                 pass
+
+
+# -- a scheduler thread that dies (issue 19, item 5) ----------------------------------------
+#
+# Only a bug in poolx kills the processes engine's scheduler thread (Executor(2.5)
+# did, before constructor arguments were checked).  Whatever kills it, every task
+# handed to it before, during or after its death must fail promptly with a
+# PoolxError naming the cause: never wait on a queue nobody reads.
+
+
+class SchedulerBug(Exception):
+    """Raised inside the scheduler thread, as a bug in it would be."""
+
+
+def _kill_scheduler(ex: poolx.Executor) -> Any:
+    """Make ``ex``'s scheduler thread raise SchedulerBug on its next pass; returns the thread."""
+    scheduler = ex._backend._scheduler
+
+    def dispatch() -> None:
+        raise SchedulerBug("injected into the scheduler loop")
+
+    scheduler.dispatch = dispatch  # an instance attribute: the loop looks it up each pass
+    ex._backend._wake()
+    return scheduler
+
+
+def _failed_naming_the_bug(call: Callable[[], Any]) -> str | None:
+    """None if ``call()`` raised a PoolxError naming SchedulerBug within T seconds, else what it did."""
+    try:
+        value = call()
+    except poolx.PoolxError as exc:
+        return None if "SchedulerBug" in str(exc) else f"PoolxError without the cause: {exc}"
+    except BaseException as exc:
+        return f"raised {type(exc).__name__}: {exc}"
+    return f"returned {value!r}"
+
+
+T = 20  # seconds: every wait in this section is bounded by it
+
+
+def test_a_scheduler_that_dies_fails_every_task_it_was_given_and_refuses_new_ones(start_method):
+    ex = poolx.Executor(1, mp_context=start_method)
+    try:
+        assert ex.submit(square, 3).result(timeout=T) == 9
+        running = ex.submit(time.sleep, 60)
+        queued = [ex.submit(square, i) for i in range(20)]  # behind the busy worker
+        _kill_scheduler(ex).join(T)
+        problems = [_failed_naming_the_bug(lambda f=f: f.result(timeout=T)) for f in [running, *queued]]
+        problems.append(_failed_naming_the_bug(lambda: ex.submit(square, 2).result(timeout=T)))
+        assert not [p for p in problems if p], problems
+        with pytest.raises(poolx.PoolxError, match=r"create a new one.*a bug in poolx") as info:
+            ex.submit(square, 2)
+        assert isinstance(info.value.__cause__, SchedulerBug)
+    finally:
+        ex.shutdown(wait=True)
+
+
+def test_a_pool_whose_scheduler_died_fails_its_calls():
+    with poolx.Pool(1) as pool:
+        assert pool.apply_async(square, (3,)).get(timeout=T) == 9
+        _kill_scheduler(pool._executor).join(T)
+        problems = [
+            _failed_naming_the_bug(lambda: pool.apply_async(square, (2,)).get(timeout=T)),
+            _failed_naming_the_bug(lambda: pool.apply_async(square, (2,), callback=print).get(timeout=T)),
+            _failed_naming_the_bug(lambda: pool.map_async(square, range(5)).get(timeout=T)),
+        ]
+        assert not [p for p in problems if p], problems
+
+
+@pytest.mark.parametrize("end", ["dies", "shuts down"])
+def test_a_task_handed_over_just_after_the_scheduler_ended_fails_at_once(end):
+    # The race of issue 19: submit checked that the scheduler was alive, and
+    # appended the task after the scheduler's abort() had drained its queue:
+    # Pool.apply_async(...).get() hung in 1 to 5 of 6 tries.  Here the hand-over
+    # is held at its last step (try_direct, just before the append) until the
+    # scheduler thread has ended, which makes the race happen every time.
+    ex = poolx.Executor(1)
+    try:
+        assert ex.submit(square, 3).result(timeout=T) == 9
+        backend = ex._backend
+        scheduler = backend._scheduler
+        try_direct = scheduler.try_direct
+
+        def end_first(task: Any) -> bool:
+            if end == "dies":
+                _kill_scheduler(ex)
+            else:
+                backend.shutdown(wait=False, cancel_futures=False)
+            scheduler.join(T)
+            assert not scheduler.is_alive()
+            return try_direct(task)
+
+        scheduler.try_direct = end_first
+        if end == "dies":
+            assert _failed_naming_the_bug(lambda: ex.submit(square, 2).result(timeout=T)) is None
+        else:  # as the stdlib's submit after shutdown
+            with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+                ex.submit(square, 2).result(timeout=T)
+    finally:
+        ex.shutdown(wait=True)
+
+
+def test_tasks_submitted_from_many_threads_while_the_scheduler_dies_all_end():
+    # The same race left to chance: four threads submit while the scheduler dies.
+    # Every future must end (a result, or the PoolxError), none may wait.
+    def submitter(ex: poolx.Executor, start: threading.Barrier, futures: list[cf.Future[Any]],
+                  refused: list[BaseException]) -> None:
+        start.wait(T)
+        for i in range(300):
+            try:
+                futures.append(ex.submit(square, i))
+            except poolx.PoolxError as exc:
+                refused.append(exc)
+                return
+
+    for attempt in range(5):
+        ex = poolx.Executor(2)
+        futures: list[cf.Future[Any]] = []
+        refused: list[BaseException] = []
+        start = threading.Barrier(5)
+        threads = [threading.Thread(target=submitter, args=(ex, start, futures, refused)) for _ in range(4)]
+        try:
+            for t in threads:
+                t.start()
+            start.wait(T)
+            time.sleep(0.002 * attempt)
+            _kill_scheduler(ex)
+            for t in threads:
+                t.join(T)
+            done, not_done = cf.wait(futures, timeout=T)
+            assert not not_done, f"attempt {attempt}: {len(not_done)} of {len(futures)} futures still pending"
+            errors = [f.exception() for f in done if f.exception() is not None] + refused
+            assert errors, f"attempt {attempt}: the scheduler did not die"
+            wrong = [e for e in errors if not (isinstance(e, poolx.PoolxError) and "SchedulerBug" in str(e))]
+            assert not wrong, wrong[:3]
+        finally:
+            ex.shutdown(wait=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ... import _fds, _shm
 from ..._actors import Actor, ActorCall
-from ..._errors import InitializerError, PoolxError, SerializationError
+from ..._errors import InitializerError, SerializationError
 from ..._futures import Task
 from ..._serialization import cacheable, describe, dumps, first_unpicklable, unpicklable_argument
 from ..._telemetry import Telemetry
@@ -104,6 +104,14 @@ class ProcessBackend(Backend):
         self._fn_cache: OrderedDict[Any, tuple[int, bytes]] = OrderedDict()
         self._next_key = 1
         self._incoming: deque[Any] = deque()
+        # The hand-over to the scheduler thread, under incoming_lock: appends to
+        # _incoming, ``stopped`` (why the scheduler no longer takes work, set by
+        # it as it ends or dies) and the wake pipe's write end.  The scheduler
+        # sets ``stopped`` and drains _incoming in one hold of the lock, so a
+        # task is either drained (and failed) or refused here: never appended
+        # to a queue nobody reads (issue 19: Pool(2.5).apply_async().get() hung).
+        self.incoming_lock = threading.Lock()
+        self.stopped: BaseException | None = None
         self.wake_pending = False
         self._wake_r, self._wake_w = _fds.pipe()
         os.set_blocking(self._wake_r, False)
@@ -118,8 +126,7 @@ class ProcessBackend(Backend):
     def submit(self, task: Task) -> None:
         if self.broken is not None:
             raise InitializerError(self.broken)
-        if not self._scheduler.is_alive():  # only after a bug in it: it logged why
-            raise PoolxError("the executor's scheduler thread has stopped; create a new Executor")
+        self._raise_if_stopped()
         fn = task.fn
         key, fn_bytes = self._function(fn) if cacheable(fn) else (0, None)
         obj = (task.args, task.kwargs) if key else (fn, task.args, task.kwargs)
@@ -133,9 +140,22 @@ class ProcessBackend(Backend):
         # futures sent by id (refs in containers) until the task is done.
         task.args, task.kwargs = tuple(pins), {}
         task.bytes_out = len(payload) + sum(b.raw().nbytes for b in bufs)
-        if not self._scheduler.try_direct(task):
-            self._incoming.append(task)
-            self._wake()
+        if not self._scheduler.try_direct(task) and not self._put(task):
+            self._raise_if_stopped()
+
+    def _raise_if_stopped(self) -> None:
+        stopped = self.stopped
+        if stopped is not None:  # a fresh copy: one exception raised in many threads mixes tracebacks
+            raise type(stopped)(*stopped.args) from stopped.__cause__
+
+    def _put(self, item: Any) -> bool:
+        """Hand ``item`` to the scheduler thread; False if it has stopped (nothing was queued)."""
+        with self.incoming_lock:
+            if self.stopped is not None:
+                return False
+            self._incoming.append(item)
+            self._wake_locked()
+        return True
 
     def _function(self, fn: Any) -> tuple[int, bytes]:
         """The key and pickled bytes of ``fn``, pickling it the first time only."""
@@ -162,10 +182,17 @@ class ProcessBackend(Backend):
             return entry
 
     def _wake(self) -> None:
+        if not self.wake_pending:
+            with self.incoming_lock:
+                self._wake_locked()
+
+    def _wake_locked(self) -> None:
         # Order matters: the task is appended before the flag is read, and the
         # scheduler clears the flag before it drains ``incoming``, so a task is
-        # never left behind with the scheduler asleep.
-        if not self.wake_pending:
+        # never left behind with the scheduler asleep.  Under incoming_lock: the
+        # scheduler closes the pipe under it too (scheduler_exited), so a byte
+        # never goes to an fd number the process has since reused.
+        if not self.wake_pending and self._wake_w >= 0:
             self.wake_pending = True
             try:
                 os.write(self._wake_w, b"\0")
@@ -175,16 +202,14 @@ class ProcessBackend(Backend):
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         if not self._closed:
             self._closed = True
-            self._incoming.append(("shutdown", cancel_futures))
-            self._wake()
+            self._put(("shutdown", cancel_futures))  # (dropped if the scheduler has stopped)
         if wait and self._scheduler.is_alive() and threading.current_thread() is not self._scheduler:
             self._scheduler.join()
 
     def prestart(self) -> None:
         """Start every worker now and keep them all alive (multiprocessing.Pool's way:
         initializers run at once, and a worker that exits is replaced even when idle)."""
-        self._incoming.append(("prestart", None))
-        self._wake()
+        self._put(("prestart", None))
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` s) until every prestarted worker is ready; True if they are."""
@@ -201,13 +226,11 @@ class ProcessBackend(Backend):
         return False
 
     def stop_tasks(self, tasks: list[Task]) -> None:
-        self._incoming.append(("stop_tasks", tasks))
-        self._wake()
+        self._put(("stop_tasks", tasks))
 
     def terminate_workers(self, kill: bool) -> None:
         self._closed = True
-        self._incoming.append(("terminate", kill))
-        self._wake()
+        self._put(("terminate", kill))
 
     # -- actors (see _actors) ------------------------------------------------------
 
@@ -233,7 +256,9 @@ class ProcessBackend(Backend):
         return proc.pid if proc is not None else None
 
     def scheduler_exited(self) -> None:
-        for fd in (self._wake_r, self._wake_w):
+        with self.incoming_lock:  # (see _wake_locked)
+            fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:

@@ -256,7 +256,12 @@ class Scheduler(threading.Thread):
                         return
         except BaseException as exc:  # never leave futures hanging on a bug here
             logger.exception("poolx scheduler failed")
-            self.abort(PoolxError(f"the poolx scheduler thread failed: {exc!r}"))
+            error = PoolxError(
+                f"the executor's scheduler thread failed ({type(exc).__name__}: {exc}), so this "
+                "executor runs no more tasks: create a new one. This is a bug in poolx (its traceback "
+                "is logged as 'poolx scheduler failed', and is this error's __cause__): please report it")
+            error.__cause__ = exc
+            self.abort(error)
         finally:
             self.cleanup()
 
@@ -1209,6 +1214,11 @@ class Scheduler(threading.Thread):
         return not self.actors.procs
 
     def abort(self, error: BaseException) -> None:
+        # First refuse new work: try_direct (under self.lock) sees closing, and
+        # ProcessBackend.submit sees ``stopped``; what was queued before fails below.
+        with self.lock:
+            self.closing = True
+            self.close_incoming(error)
         results, self.results = self.results, []
         for task, _, _ in results:
             if not task.future.done():
@@ -1221,14 +1231,29 @@ class Scheduler(threading.Thread):
         for task in self.queue:
             if not task.future.done():
                 self.fail(task, error)
-        for item in self.incoming:
-            if isinstance(item, Task) and not item.future.done():
-                self.fail(item, error)
         for proc in list(self.actors.procs.values()):
             self.signal_process(proc.process, kill=True)
             for call in proc.inflight.values():
                 if not call.future.done():
                     self.fail(call, error)
+
+    def close_incoming(self, error: BaseException) -> None:
+        """Take no more work: from now on ProcessBackend.submit raises ``error``
+        (a copy), and the tasks handed over but not yet taken fail with it.
+
+        ``stopped`` is set and ``incoming`` drained in one hold of the lock that
+        every hand-over holds while it appends (ProcessBackend._put): a task
+        appended after the drain would wait for ever (issue 19).
+        """
+        backend = self.backend
+        with backend.incoming_lock:
+            if backend.stopped is None:
+                backend.stopped = error
+            late = list(self.incoming)
+            self.incoming.clear()
+        for item in late:
+            if isinstance(item, Task) and not item.future.done():
+                self.fail(item, backend.stopped)
 
     def rendezvous(self) -> Any:
         """Where this executor's actors meet to form collective groups by name (made at first use)."""
@@ -1247,17 +1272,21 @@ class Scheduler(threading.Thread):
             w.sock.close()
             w.cell.close()
             os.close(w.fd)
+            close_process(w.process)  # (its sentinel pipes: workers are left here only after abort)
         for proc in list(self.actors.procs.values()):
             self.signal_process(proc.process, kill=True)
             proc.process.join(1.0)
             proc.sock.close()
             proc.cell.close()
             os.close(proc.fd)
+            close_process(proc.process)
             proc.actor.impl.gone.set()
         for conn in list(self.conns):
             self.close_conn(conn)
         self.sel.close()
         self.closing = True  # try_direct() refuses from now on
+        # After a normal end too: a submit that raced with shutdown() fails, as the stdlib's would.
+        self.close_incoming(RuntimeError("cannot schedule new futures after shutdown"))
         self.backend.scheduler_exited()
         self.backend = None  # break the backend <-> scheduler cycle: both can go without the GC
 
