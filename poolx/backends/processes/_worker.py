@@ -546,6 +546,8 @@ class Worker:
         arguments and the call; ``unpickle_s`` is the unpickling part, and
         ``pickle_s`` the time spent pickling the result after ``t_end``."""
         self.running = 0
+        if self.log is None:  # an actor: its call is over (call_timeout) once its outcome is pickled
+            self.views.words[FINISHED] = 1
         record = (task_id, status, data, len(bufs), t_start, t_end, info, unpickle_s, pickle_s)
         with self.lock:
             if not self.results:
@@ -560,9 +562,9 @@ class Worker:
                    or len(self.fds) >= _shm.MAX_FDS // 2 or t_end - self.first_pending >= FLUSH_SECONDS)
         if due:
             self.flush()
-        # Finished only now that its outcome is logged or sent: a crash while
-        # pickling the result (a __reduce__ that segfaults) blames this task,
-        # and a crash after it (a thread the task left behind) cannot take the
+        # A task is finished only now that its outcome is logged or sent: a
+        # crash while pickling the result (a __reduce__ that segfaults) blames
+        # it, and a crash after it (a thread it left behind) cannot take the
         # outcome with it.
         self.views.words[FINISHED] = 1
 
