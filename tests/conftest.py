@@ -79,6 +79,7 @@ _PROCESS_THREADS = (
     "Dask-Callback-Thread",  # distributed runs every future's done-callbacks on one global pool
     "Dask-Offload",  # and (de)serializes large messages on another
     "Dummy-",  # threads Ray's core worker starts outside Python's threading (its callbacks)
+    "poolx-starter",  # poolx starts every child from it (a child dies with the thread that started it)
 )
 
 
