@@ -199,6 +199,11 @@ _starter = _Starter()
 _forkserver_of: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
+def starter_thread() -> threading.Thread:
+    """The thread children are started from (started on first use; tests start it early)."""
+    return _starter._thread()
+
+
 def start_process(process: Any) -> None:
     """``process.start()``, from a thread that lives as long as this process."""
     forkserver = getattr(process, "_start_method", None) == "forkserver"
