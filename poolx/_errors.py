@@ -199,7 +199,10 @@ class RemoteError(PoolxError):
 def describe_exit(exitcode: int | None) -> str:
     """Explain a worker's exit code, naming the signal and the likely cause."""
     if exitcode is None:
-        return "its exit code is unknown"
+        # (See backends/processes/_lifetime.exit_code: multiprocessing says 255 then.)
+        return ("its exit code is unknown: under forkserver, the forkserver that started it died "
+                "before it could report it (a task that kills its parent process kills the "
+                "forkserver); otherwise the process could not be reaped")
     if exitcode < 0:
         try:
             name = signal.Signals(-exitcode).name

@@ -143,6 +143,10 @@ def _stdlib_helpers_started():
     from multiprocessing import resource_tracker
 
     resource_tracker.ensure_running()
+    # The thread poolx starts its children from, kept for the life of the process.
+    from poolx.backends.processes import _lifetime
+
+    _lifetime.starter_thread()
     # loky's and joblib's copy of it: the tests that compare with loky start them.
     for name in ("loky.backend.resource_tracker", "joblib.externals.loky.backend.resource_tracker"):
         try:

@@ -792,3 +792,42 @@ def test_tasks_submitted_from_many_threads_while_the_scheduler_dies_all_end():
             assert not wrong, wrong[:3]
         finally:
             ex.shutdown(wait=True)
+
+
+EXIT_CODES = """
+    import multiprocessing, os, signal, sys
+    from poolx.backends.processes import _lifetime
+
+    def exit_with(code):
+        os._exit(code)
+
+    def kill_parent_then_exit(code):
+        os.kill(os.getppid(), signal.SIGKILL)  # (under forkserver, the parent is the forkserver)
+        os._exit(code)
+
+    if __name__ == "__main__":
+        ctx = multiprocessing.get_context(sys.argv[1])
+        cases = [(exit_with, 7), (exit_with, 255)]
+        if sys.argv[1] == "forkserver":
+            cases.append((kill_parent_then_exit, 7))
+        for target, code in cases:
+            process = ctx.Process(target=target, args=(code,))
+            _lifetime.start_process(process)
+            process.join(30)
+            print(process.exitcode, _lifetime.exit_code(process), flush=True)
+"""
+
+
+def test_the_exit_code_of_a_child_whose_forkserver_died_is_unknown_not_255(start_method):
+    # Issue 19, item 10: a task that killed the forkserver and exited with 7
+    # was reported as exiting with 255, multiprocessing's placeholder when the
+    # forkserver, which alone can learn the code, dies before reporting it.
+    proc = run_script(EXIT_CODES, start_method, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split("\n")[:-1]
+    assert lines[:2] == ["7 7", "255 255"]  # real codes, 255 included, stay as they are
+    if start_method == "forkserver":
+        assert lines[2:] == ["255 None"]
+    from poolx._errors import describe_exit
+
+    assert "unknown" in describe_exit(None) and "forkserver" in describe_exit(None)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
@@ -85,6 +86,106 @@ def test_workers_are_gone_within_2_s_when_the_driver_is_interrupted_or_killed(st
             proc.kill()
             proc.wait()
         os.unlink(path)
+
+
+GIL_HELD_IN_C = """
+    import ctypes, os, sys
+    import poolx
+
+    def hold_the_gil(seconds):
+        os.write(1, b"in C\\n")
+        ctypes.PyDLL(None).sleep(seconds)  # PyDLL keeps the GIL through the call (CDLL releases it)
+
+    class Stuck:
+        def hold_the_gil(self, seconds):
+            hold_the_gil(seconds)
+
+    if __name__ == "__main__":
+        ex = poolx.Executor(1, mp_context=sys.argv[1])
+        fut = ex.submit(hold_the_gil, 60)
+        call = ex.actor(Stuck).hold_the_gil.remote(60)
+        fut.result()
+"""
+
+
+def _pymp_folders(tmpdir):
+    return sorted(name for name in os.listdir(tmpdir) if name.startswith("pymp-"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_no_child_outlives_a_killed_driver_even_in_a_c_call_that_holds_the_gil(start_method, sig, tmp_path):
+    # The workers' watchdog thread needs the GIL: a task in such a call kept its
+    # worker, the forkserver and the resource tracker alive for the call's
+    # length (issue 19, item 8).  And the forkserver's socket folder was left.
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    f = tmp_path / "driver.py"
+    f.write_text(textwrap.dedent(GIL_HELD_IN_C))
+    proc = subprocess.Popen([sys.executable, str(f), start_method], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = [proc.stdout.readline() for _ in range(2)]  # the task and the actor are in C
+        assert lines == ["in C\n"] * 2, (lines, proc.stderr.read() if proc.poll() is not None else "")
+        children = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        assert len(children) >= 2  # the worker and the actor (and the forkserver, the resource tracker)
+        os.kill(proc.pid, sig)  # (no exit handler runs: the default action of both)
+        proc.wait(timeout=10)
+        assert not _wait_gone(children, 5.0), "children outlived the driver"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    # What is left is poolx's own folder, which the next run that starts a forkserver removes.
+    left = _pymp_folders(tmpdir)
+    assert len(left) <= 1 and all(name.startswith("pymp-poolx-") for name in left), left
+    next_run = run_script("""
+        import poolx
+
+        if __name__ == "__main__":
+            with poolx.Executor(1, mp_context="forkserver") as ex:
+                assert ex.submit(abs, -1).result() == 1
+    """, env=env, timeout=60)
+    assert next_run.returncode == 0, next_run.stderr
+    assert _pymp_folders(tmpdir) == []
+
+
+def test_the_temp_folder_sweep_takes_only_folders_whose_driver_has_ended(tmp_path):
+    from poolx.backends.processes import _lifetime
+
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        from multiprocessing import util
+        from poolx.backends.processes import _lifetime
+        _lifetime.own_temp_dir()
+        print(util.get_temp_dir(), flush=True)
+        sys.stdin.read()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(tmpdir)})
+    try:
+        live = proc.stdout.readline().strip()
+        assert os.path.basename(live).startswith(_lifetime.TEMP_PREFIX), live
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (tmpdir / (_lifetime.TEMP_PREFIX + "link")).symlink_to(elsewhere)
+        assert _lifetime.sweep_temp_dirs(str(tmpdir)) == []  # its driver lives; a link is never followed
+        assert os.path.isdir(live) and elsewhere.is_dir()
+        os.kill(proc.pid, signal.SIGKILL)  # (no exit handler runs)
+        proc.wait(timeout=10)
+        assert _lifetime.sweep_temp_dirs(str(tmpdir)) == [live]
+        assert not os.path.exists(live) and elsewhere.is_dir()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
 
 
 UNCAUGHT_CTRL_C = """
@@ -199,3 +300,28 @@ def test_a_process_pool_left_running_by_a_task_ends_with_its_worker(start_method
         worker = ex._backend.worker_pids()[0]
     assert inner and not _wait_gone([*inner, worker], 10), "the inner pool outlived the worker"
     assert ex.statistics().workers_died == 0
+
+
+def test_a_child_started_from_a_thread_that_has_ended_lives_on(start_method):
+    # Children die with their parent (PR_SET_PDEATHSIG), and to the kernel the
+    # parent is the thread that started them: an actor created from a short
+    # thread must not die when that thread ends.
+    from _actor_classes import Counter
+
+    import poolx
+
+    with poolx.Executor(1, mp_context=start_method) as ex:
+        box = []
+
+        def make():  # (the thread ends once the actor runs)
+            counter = ex.actor(Counter, 5)
+            box.append(counter.increment.remote().result(timeout=30))
+            box.append(counter)
+
+        maker = threading.Thread(target=make)
+        maker.start()
+        maker.join()
+        assert box[0] == 6
+        time.sleep(0.5)  # (a killed actor would be known dead by now: not needed to pass)
+        assert box[1].increment.remote().result(timeout=30) == 7
+        assert ex.statistics().actors_died == 0

@@ -72,7 +72,7 @@ from ..._errors import (
 from ..._futures import Task
 from ..._serialization import describe, dumps, loads
 from ..._telemetry import Telemetry
-from . import _channel
+from . import _channel, _lifetime
 from . import _worker as W
 from ._actors import ActorHost, Conn, close_process
 
@@ -469,7 +469,7 @@ class Scheduler(threading.Thread):
             process = self.ctx.Process(
                 target=target, args=(child, client_child, W.FdForChild(fd), *args), name=name)
             with _main_file_restored(self.main_file), _start_held(self.ctx):
-                process.start()
+                _lifetime.start_process(process)  # (from a thread that never ends: see _lifetime)
         except BaseException:  # no process: release what was made for it
             if cell is not None:
                 cell.close()

@@ -48,7 +48,7 @@ from ..._errors import (
     SerializationError,
 )
 from ..._futures import worker_thread
-from . import _channel
+from . import _channel, _lifetime
 
 # Message kinds (frame 0 is a pickled tuple whose first item is the kind).
 TASKS, STOP, CALLS = 1, 2, 3  # driver -> worker (TASKS) or actor (CALLS)
@@ -207,6 +207,10 @@ def boot(sock: socket.socket, client: socket.socket,
     forkserver they arrive on the lowest free numbers, 0 to 2 when the driver
     (whose stdio the forkserver inherits) had closed its own (see ``_fds``).
     """
+    # The kernel ends this process when its parent does, even in a C call that
+    # holds the GIL, where the watchdog cannot run (see _lifetime).
+    _lifetime.leave_forkserver_alive_pipe()
+    _lifetime.die_with_parent(sock)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     # A forked worker must die of SIGTERM, not run a handler it inherited from the
     # driver (Ray's ray.init() installs one that raises SystemExit).
