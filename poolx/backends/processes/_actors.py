@@ -36,7 +36,7 @@ from ... import _shm
 from ..._actors import DEAD, Actor, ActorCall
 from ..._errors import ActorDiedError, RemoteTraceback, SerializationError, TaskTimeoutError, describe_exit
 from ..._serialization import dumps, loads, unpicklable_argument
-from . import _channel
+from . import _channel, _lifetime
 from . import _worker as W
 from ._actor_worker import ActorSetup
 
@@ -478,7 +478,7 @@ class ActorHost:
         s.sel.unregister(proc.process.sentinel)
         s.close_conn(proc.client)
         self.procs.pop(id(proc), None)
-        exitcode = proc.process.exitcode
+        exitcode = _lifetime.exit_code(proc.process)  # None: unknown (its forkserver died first)
         actor = proc.actor
         slot: ActorSlot = actor.impl
         error = self.death_error(proc, exitcode)

@@ -993,7 +993,7 @@ class Scheduler(threading.Thread):
         self.sel.unregister(w.process.sentinel)
         del self.workers[w.index]
         self.close_conn(w.client)
-        exitcode = w.process.exitcode
+        exitcode = _lifetime.exit_code(w.process)  # None: unknown (its forkserver died first)
         try:
             self.after_exit(w, exitcode)
         finally:
@@ -1079,6 +1079,11 @@ class Scheduler(threading.Thread):
         running_id, finished, _, item = W.read_cell(w.cell)
         self.prefetch_cap = 0
         timed_out = bool(w.timed_out)
+        # An unknown exit code: its forkserver died, and took every worker it
+        # had started with it (they die with their parent, see _lifetime).
+        # The task one of them ran killed the forkserver; the others were
+        # only there: each runs again, at most MAX_LOST times (see lost).
+        bystander = exitcode is None and not timed_out
         if timed_out:
             # Killed for the task (and map item) seen over task_timeout.  That
             # one fails, even if it finished between the check and the kill
@@ -1093,7 +1098,8 @@ class Scheduler(threading.Thread):
         for task in w.outstanding.values():
             at_running = task.id == running_id
             if task.id == culprit:
-                if self.charge(w, task, exitcode, item, timed_out):
+                if (self.lost(w, task, exitcode) if bystander
+                        else self.charge(w, task, exitcode, item, timed_out)):
                     requeue.append(task)
             elif ran and (finished or not at_running):  # it ran to the end, and its outcome is lost
                 if self.lost(w, task, exitcode):
@@ -1121,15 +1127,17 @@ class Scheduler(threading.Thread):
         return False
 
     def lost(self, w: _Worker, task: Task, exitcode: int | None) -> bool:
-        """A task ``w`` ran whose outcome died with it: run it again once (True), then fail it."""
+        """A task whose outcome died with ``w`` through no fault that can be pinned on it: True to
+        run it again, at most MAX_LOST times, then fail it."""
         task.lost += 1
         if task.lost <= MAX_LOST:
             return True
         self.fail(task, WorkerDiedError(
             f"{describe(task.fn)} ran {task.lost} times on workers that died before its outcome "
             f"reached the driver (the last: {describe_exit(exitcode)}{channel_note(w)}); giving up on "
-            "it: a task that writes to file descriptors it did not open (poolx's channel, the results "
-            "log) corrupts what its worker reports", exitcode=exitcode, pid=w.pid))
+            "it: a task that kills poolx's forkserver, or writes to file descriptors it did not open "
+            "(its worker's channel or results log), loses what its worker reports",
+            exitcode=exitcode, pid=w.pid))
         return False
 
     def charge(self, w: _Worker, task: Task, exitcode: int | None, item: int, timed_out: bool) -> bool:
