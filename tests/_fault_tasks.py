@@ -175,12 +175,17 @@ def forge_frame_header(how, marker):
         return "again"
     open(marker, "w").close()
     claim = 100_000_000 if how == "100 MB frame" else 4096
-    _worker.current.sock.sendall(struct.pack("<IIQ", 1, 0, claim) + b"\x80\x05" + bytes(14))
+    sock = _worker.current.sock
+    if how == "client channel":
+        from poolx import _actors
+
+        sock = _actors._client.sock
+    sock.sendall(struct.pack("<IIQ", 1, 0, claim) + b"\x80\x05" + bytes(14))
     return "forged"
 
 
 class ChannelWriter:
-    """An actor whose method writes a frame header claiming 2^50 bytes to its own channel."""
+    """An actor whose methods write frame headers to its own channel."""
 
     def corrupt(self):
         import gc
@@ -191,6 +196,16 @@ class ChannelWriter:
         worker = next(o for o in gc.get_objects() if isinstance(o, ActorWorker))
         worker.sock.sendall(struct.pack("<IIQ", 1, 0, 1 << 50))
         time.sleep(60)  # killed by the driver long before
+
+    def forge(self):
+        """A plausible header (100 MB) and a few bytes, then nothing: the frame swallows the result."""
+        import gc
+        import struct
+
+        from poolx.backends.processes._actor_worker import ActorWorker
+
+        worker = next(o for o in gc.get_objects() if isinstance(o, ActorWorker))
+        worker.sock.sendall(struct.pack("<IIQ", 1, 0, 100_000_000) + bytes(16))
 
 
 def exit_holding(data):

@@ -196,3 +196,27 @@ def test_an_actor_poolx_killed_for_its_channel_says_so(start_method):
         assert "out-of-memory" not in str(info.value)
         assert f"a frame header claiming {1 << 50} bytes" in str(info.value)
         assert ex.submit(pow, 2, 5).result(timeout=30) == 32
+
+
+def test_a_stalled_frame_on_an_actors_or_a_client_channel_is_dropped(monkeypatch, caplog, tmp_path):
+    # The same deadline on the other channels a child can write to: an actor's
+    # (its call fails saying why the actor was killed) and a task's client
+    # channel (the channel actor handles use: its worker is killed and replaced).
+    from _fault_tasks import ChannelWriter, forge_frame_header
+
+    from poolx.backends.processes import _channel
+
+    monkeypatch.setattr(_channel, "FRAME_STALL_SECONDS", 1.0)
+    with poolx.Executor(1) as ex:
+        actor = ex.actor(ChannelWriter)
+        with pytest.raises(poolx.ActorDiedError, match="poolx killed it with SIGKILL") as info:
+            actor.forge.remote().result(timeout=30)
+        assert "a message header claiming 100000000 bytes in 1 frame, then nothing for" in str(info.value)
+
+        marker = str(tmp_path / "forged")
+        assert ex.submit(forge_frame_header, "client channel", marker).result(timeout=30) == "forged"
+        deadline = time.monotonic() + 30
+        while "on its client channel" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "sent on its client channel a message header claiming 4096 bytes" in caplog.text
+        assert [ex.submit(pow, 2, i).result(timeout=30) for i in range(4)] == [1, 2, 4, 8]
