@@ -196,8 +196,16 @@ class RemoteError(PoolxError):
         return (RemoteError, (self.type_name, self.message, self.tb))
 
 
-def describe_exit(exitcode: int | None) -> str:
-    """Explain a worker's exit code, naming the signal and the likely cause."""
+def describe_exit(exitcode: int | None, killed_for: str | None = None) -> str:
+    """Explain a worker's exit code, naming the signal and the likely cause.
+
+    ``killed_for``: why poolx itself killed the process, if it did ("it sent
+    ..."): then that is the cause, not a guess from the signal.
+    """
+    if killed_for is not None:
+        if exitcode == -signal.SIGKILL:
+            return f"poolx killed it with SIGKILL ({exitcode}): {killed_for}"
+        return f"{describe_exit(exitcode)}, as poolx was killing it: {killed_for}"
     if exitcode is None:
         # (See backends/processes/_lifetime.exit_code: multiprocessing says 255 then.)
         return ("its exit code is unknown: under forkserver, the forkserver that started it died "

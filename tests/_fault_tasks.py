@@ -146,6 +146,10 @@ def corrupt_own_channel(how):
     from poolx.backends.processes import _worker
 
     sock = _worker.current.sock
+    if how == "client channel":  # the channel actor handles inside tasks use
+        from poolx import _actors
+
+        sock, how = _actors._client.sock, "huge frame"
     if how == "huge frame":
         data = struct.pack("<II", 1, 0) + struct.pack("<Q", 1 << 63)
     elif how == "too many frames":
@@ -155,6 +159,53 @@ def corrupt_own_channel(how):
         data = struct.pack("<II", 1, 0) + struct.pack("<Q", len(payload)) + payload
     sock.sendall(data)
     time.sleep(60)  # killed by the driver long before
+
+
+def forge_frame_header(how, marker):
+    """Write a plausible frame header and a few bytes of it to this worker's channel, then return.
+
+    The rest never comes: the frame swallows this task's result message and
+    then waits.  Only once (``marker``): run again, the task just returns.
+    """
+    import struct
+
+    from poolx.backends.processes import _worker
+
+    if os.path.exists(marker):
+        return "again"
+    open(marker, "w").close()
+    claim = 100_000_000 if how == "100 MB frame" else 4096
+    sock = _worker.current.sock
+    if how == "client channel":
+        from poolx import _actors
+
+        sock = _actors._client.sock
+    sock.sendall(struct.pack("<IIQ", 1, 0, claim) + b"\x80\x05" + bytes(14))
+    return "forged"
+
+
+class ChannelWriter:
+    """An actor whose methods write frame headers to its own channel."""
+
+    def corrupt(self):
+        import gc
+        import struct
+
+        from poolx.backends.processes._actor_worker import ActorWorker
+
+        worker = next(o for o in gc.get_objects() if isinstance(o, ActorWorker))
+        worker.sock.sendall(struct.pack("<IIQ", 1, 0, 1 << 50))
+        time.sleep(60)  # killed by the driver long before
+
+    def forge(self):
+        """A plausible header (100 MB) and a few bytes, then nothing: the frame swallows the result."""
+        import gc
+        import struct
+
+        from poolx.backends.processes._actor_worker import ActorWorker
+
+        worker = next(o for o in gc.get_objects() if isinstance(o, ActorWorker))
+        worker.sock.sendall(struct.pack("<IIQ", 1, 0, 100_000_000) + bytes(16))
 
 
 def exit_holding(data):

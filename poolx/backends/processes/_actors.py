@@ -23,6 +23,7 @@ restarted process (or fail at once when there is no restart left).
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import pickle
@@ -42,6 +43,8 @@ from ._actor_worker import ActorSetup
 
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
+
+logger = logging.getLogger("poolx")
 
 STARTING, READY, STOPPING = "starting", "ready", "stopping"
 
@@ -82,6 +85,7 @@ class ActorProcess:
         self.killed: str | None = None  # why it was killed (executor.kill, terminate_workers)
         self.restart_after_kill = False
         self.timed_out = 0  # id of the call it was killed for running over call_timeout
+        self.killed_for: str | None = None  # why poolx killed it for what its channels carried
 
 
 class ActorSlot:
@@ -261,11 +265,38 @@ class ActorHost:
     def read(self, proc: ActorProcess, limit: int | None) -> None:
         try:
             _channel.drain(proc.reader, self.on_message, proc, limit)
-        except _channel.ChannelCorrupt:  # (see Scheduler.read)
-            self.close_channel(proc)
-            self.s.signal_process(proc.process, kill=True)
+        except _channel.ChannelCorrupt as exc:
+            self.drop_lying(proc, f"sent {exc}")
         except _channel.ChannelClosed:
             self.close_channel(proc)
+
+    def drop_lying(self, proc: ActorProcess, what: str, channel: bool = True) -> None:
+        """Kill an actor process whose channel carried something else than poolx messages.
+
+        As Scheduler.drop_lying: never resynchronised; the actor restarts as
+        after a crash, and its calls' error says why it died.
+        """
+        proc.killed_for = f"it {what} (likely a call wrote to its actor's channel socket)"
+        logger.warning("poolx: the actor %s (pid %s) %s; killing it", proc.actor.label, proc.pid, what)
+        if channel:
+            self.close_channel(proc)
+        self.s.signal_process(proc.process, kill=True)
+
+    def check_stalls(self, limit: float) -> None:
+        """Drop the actor channels on which a message started arriving, then stopped."""
+        for proc in list(self.procs.values()):
+            if proc.channel_open and proc.reader.stall(time.monotonic(), limit) is not None:
+                self.read(proc, limit=1)  # (see Scheduler.check_stalls)
+                stall = proc.reader.stall(time.monotonic(), limit) if proc.channel_open else None
+                if stall is not None:
+                    self.drop_lying(proc, f"sent {stall}")
+
+    def drop_client(self, conn: Conn, exc: _channel.ChannelCorrupt) -> None:
+        """The actor whose client channel ``conn`` lied (closed already) is killed."""
+        for proc in self.procs.values():
+            if proc.client is conn:
+                self.drop_lying(proc, f"sent on its client channel {exc}", channel=False)
+                return
 
     def close_channel(self, proc: ActorProcess) -> None:
         if proc.channel_open:
@@ -576,9 +607,10 @@ class ActorHost:
         where = f" while running {call.fn}()" if call is not None and not finished else ""
         from ._scheduler import crash_dump_fd
 
+        how = describe_exit(exitcode, proc.killed_for)
         return ActorDiedError(
-            f"the actor {actor.label} (pid {proc.pid}) died{where}: {describe_exit(exitcode)}"
-            f"{crash_dump_fd(proc.fd)}", actor=actor.label, exitcode=exitcode, pid=proc.pid)
+            f"the actor {actor.label} (pid {proc.pid}) died{where}: {how}{crash_dump_fd(proc.fd)}",
+            actor=actor.label, exitcode=exitcode, pid=proc.pid)
 
     def stop_all(self, why: str) -> None:
         """Scheduler thread, at shutdown: stop every actor after its pending calls."""

@@ -28,6 +28,7 @@ import os
 import pickle
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -59,10 +60,54 @@ class ChannelCorrupt(ChannelClosed):
     worker's socket, a peer died mid-write): the channel is dropped, never resynchronised."""
 
 
+def _setting(name: str, default: float) -> float:
+    """A tunable read from the environment (set before poolx starts its processes), or ``default``."""
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number") from None
+    if number <= 0:
+        raise ValueError(f"{name}={value!r} must be positive")
+    return number
+
+
+def _memory() -> int:
+    if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return 1 << 34
+
+
 # Limits checked before anything is allocated for a message.
 MAX_FRAMES = 1 << 24
-MAX_FRAME_BYTES = (os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-                   if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names else 1 << 40)
+# Most fds one message can carry: the kernel passes at most 253 (SCM_MAX_FD).
+MAX_MESSAGE_FDS = 253
+# The largest frame a peer may announce, in bytes (POOLX_MAX_FRAME_BYTES).  Not
+# small: frame 0 holds every in-band pickle of a batch (a 200 MB ``bytes`` or
+# list result is a 200 MB frame 0, as it is a 200 MB pickle with the stdlib),
+# and a large buffer travels inline, not through shared memory, past
+# ``_shm.MAX_FDS`` segments in one message or where ``_shm`` is unavailable
+# (not Linux).  Such a frame costs about twice its size in the receiver (the
+# frame, then the object rebuilt from it) and as much again in the sender, so
+# one above a quarter of memory could not arrive anyway; a lower default would
+# refuse results the stdlib delivers.  The bound rejects a claim that cannot be
+# true at once; what protects memory from a plausible lie is that a frame's
+# buffer grows only as its bytes arrive (FIRST_DIRECT_BYTES).
+MAX_FRAME_BYTES = int(_setting("POOLX_MAX_FRAME_BYTES", _memory() // 4))
+# A message that has started arriving must keep arriving: after this many
+# seconds without a byte of it (POOLX_FRAME_STALL_SECONDS), the driver drops the
+# channel and kills its process (a task wrote a frame header to its worker's
+# socket, then nothing: its worker would wait for ever).  Progress resets the
+# clock, so a slow large transfer is never cut.  Longer holds a lying worker
+# (and the tasks it holds) that long; shorter risks killing a worker whose
+# sending thread waits for the GIL mid-message behind a task's long C call.
+FRAME_STALL_SECONDS = _setting("POOLX_FRAME_STALL_SECONDS", 30.0)
+# The first buffer of a large frame; it doubles as the frame's bytes arrive (a
+# large block's realloc is an mremap with glibc: no copy).  As large as one
+# recv() can deliver from the driver's socket buffers.
+FIRST_DIRECT_BYTES = 4 << 20
 
 
 def decode_control(frame: Any) -> tuple[Any, ...]:
@@ -231,10 +276,15 @@ def drain(reader: FrameReader, handle: Callable[[Any, list[Any]], None], owner: 
 
 
 class FrameReader:
-    """Incremental parser of messages arriving on one socket."""
+    """Incremental parser of messages arriving on one socket.
 
-    __slots__ = ("_direct", "_direct_pos", "_fds", "_frames", "_lengths", "_n_fds", "_pos", "_sock",
-                 "_staging")
+    Nothing is allocated on a peer's word alone: lengths are checked against
+    MAX_FRAME_BYTES, a large frame's buffer grows as its bytes arrive, and
+    ``stall`` tells how long a message that started arriving has stood still.
+    """
+
+    __slots__ = ("_direct", "_direct_len", "_direct_pos", "_fds", "_frames", "_lengths", "_n_fds", "_pos",
+                 "_progress", "_sock", "_staging")
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
@@ -244,8 +294,10 @@ class FrameReader:
         self._n_fds = 0  # fds that came with the message being read
         self._frames: list[bytes | bytearray] = []
         self._direct: bytearray | None = None  # large frame being received in place
-        self._direct_pos = 0
+        self._direct_pos = 0  # bytes of it received
+        self._direct_len = 0  # bytes it will have (its buffer grows to that as they come)
         self._fds: deque[_shm.FdHold] = deque()  # received, not yet handed to a message
+        self._progress = time.monotonic()  # when bytes last arrived
 
     def fill(self, nonblocking: bool) -> int:
         """Receive what is available; blocks for some data unless ``nonblocking``.
@@ -256,14 +308,7 @@ class FrameReader:
         flags = (socket.MSG_DONTWAIT if nonblocking else 0) | MSG_CMSG_CLOEXEC
         try:
             if self._direct is not None:
-                view = memoryview(self._direct)[self._direct_pos :]
-                n, anc, _, _ = self._sock.recvmsg_into([view], ANC_BYTES, flags)
-                if anc:
-                    self._take_fds(anc)
-                if n == 0:
-                    raise ChannelClosed("channel closed by peer")
-                self._direct_pos += n
-                return n
+                return self._fill_direct(flags)
             data, anc, _, _ = self._sock.recvmsg(RECV_CHUNK, ANC_BYTES, flags)
         except (BlockingIOError, InterruptedError):
             return 0
@@ -273,11 +318,43 @@ class FrameReader:
             self._take_fds(anc)
         if not data:
             raise ChannelClosed("channel closed by peer")
+        self._progress = time.monotonic()
         if self._pos:
             del self._staging[: self._pos]
             self._pos = 0
         self._staging += data
         return len(data)
+
+    def _fill_direct(self, flags: int) -> int:
+        buf = self._direct
+        assert buf is not None
+        if self._direct_pos == len(buf):  # full so far: double it, up to the frame's length
+            buf.extend(bytes(min(len(buf), self._direct_len - len(buf))))
+        with memoryview(buf) as whole, whole[self._direct_pos :] as view:
+            n, anc, _, _ = self._sock.recvmsg_into([view], ANC_BYTES, flags)
+        if anc:
+            self._take_fds(anc)
+        if n == 0:
+            raise ChannelClosed("channel closed by peer")
+        self._progress = time.monotonic()
+        self._direct_pos += n
+        return n
+
+    def stall(self, now: float, limit: float) -> str | None:
+        """If a message started arriving and no byte came for over ``limit`` seconds, what it claimed."""
+        if now - self._progress <= limit or not self._partial():
+            return None
+        got = sum(map(len, self._frames)) + self._direct_pos + self._available()
+        if self._lengths is None:
+            claim = "the start of a message header"
+        else:
+            got += _HEAD.size + len(self._lengths) * _LEN.size
+            claim = (f"a message header claiming {sum(self._lengths)} bytes in {len(self._lengths)} "
+                     f"frame{'s' if len(self._lengths) > 1 else ''}")
+        return f"{claim}, then nothing for {now - self._progress:.0f} s after {got} bytes of it"
+
+    def _partial(self) -> bool:
+        return self._direct is not None or self._lengths is not None or self._available() > 0
 
     def _take_fds(self, anc: list[tuple[int, int, bytes]]) -> None:
         for level, kind, data in anc:
@@ -290,7 +367,7 @@ class FrameReader:
         """Return the next complete message's frames, or None if incomplete."""
         while True:
             if self._direct is not None:
-                if self._direct_pos < len(self._direct):
+                if self._direct_pos < self._direct_len:
                     return None
                 self._frames.append(self._direct)
                 self._direct = None
@@ -323,8 +400,9 @@ class FrameReader:
         if self._available() < _HEAD.size:
             return False
         n, n_fds = _HEAD.unpack_from(self._staging, self._pos)
-        if not 0 < n <= MAX_FRAMES or n_fds > n:
-            raise ChannelCorrupt(f"a message header that is not poolx's ({n} frames, {n_fds} fds)")
+        if not 0 < n <= MAX_FRAMES or n_fds > min(n, MAX_MESSAGE_FDS):
+            raise ChannelCorrupt(f"a message header claiming {n} frames and {n_fds} fds (a message has 1 to "
+                                 f"{MAX_FRAMES} frames, and at most one fd per frame and {MAX_MESSAGE_FDS})")
         need = _HEAD.size + n * _LEN.size
         if self._available() < need:
             return False
@@ -332,7 +410,9 @@ class FrameReader:
         start = self._pos + _HEAD.size
         self._lengths = [_LEN.unpack_from(self._staging, start + i * _LEN.size)[0] for i in range(n)]
         if max(self._lengths) > MAX_FRAME_BYTES:
-            raise ChannelCorrupt(f"a frame of {max(self._lengths)} bytes, more than this machine's memory")
+            raise ChannelCorrupt(
+                f"a frame header claiming {max(self._lengths)} bytes, over the {MAX_FRAME_BYTES}-byte bound "
+                "(POOLX_MAX_FRAME_BYTES, a quarter of this machine's memory unless set)")
         self._pos += need
         return True
 
@@ -344,9 +424,12 @@ class FrameReader:
             self._pos += length
             return True
         if length >= DIRECT_FRAME_BYTES:
-            # Move what we have into a dedicated buffer and receive the rest in place.
-            buf = bytearray(length)
-            buf[:have] = self._staging[self._pos :]
+            # Move what we have into a dedicated buffer and receive the rest in
+            # place.  Sized by what arrived, not by the claim: a header alone
+            # must not make this process allocate (issue 19: a forged 100 MB
+            # frame allocated 100 MB, then waited for bytes that never came).
+            buf = self._staging[self._pos :]
+            buf.extend(bytes(min(max(FIRST_DIRECT_BYTES, have), length) - have))
             self._pos = len(self._staging)
-            self._direct, self._direct_pos = buf, have
+            self._direct, self._direct_pos, self._direct_len = buf, have, length
         return False

@@ -165,6 +165,8 @@ class _Worker:
         self.channel_open = True
         self.stop_deadline = 0.0
         self.timed_out = 0  # id of the task it was killed for running over task_timeout
+        # Why poolx killed it for what came through its channels ("it sent ..."): see drop_lying.
+        self.killed_for: str | None = None
         self.spawned = time.monotonic()  # (init_timeout)
         self.init_timed_out = False  # killed for taking longer than init_timeout to start
         # (task id, map item index, since when): the running task's clock for task_timeout
@@ -244,6 +246,7 @@ class Scheduler(threading.Thread):
                         self.check_starting()
                     if time.monotonic() >= self.next_liveness:
                         self.check_liveness()
+                        self.check_stalls()
                     if self.backend.broken is not None:
                         self.fail_queue(InitializerError(self.backend.broken))
                     self.start_workers()
@@ -496,8 +499,19 @@ class Scheduler(threading.Thread):
         if mask & selectors.EVENT_READ and conn.open:
             try:
                 _channel.drain(conn.reader, self.actors.on_client_message, conn, limit=8)
+            except _channel.ChannelCorrupt as exc:
+                self.drop_client(conn, exc)
             except _channel.ChannelClosed:
                 self.close_conn(conn)
+
+    def drop_client(self, conn: Conn, exc: _channel.ChannelCorrupt) -> None:
+        """A child's client channel lied (see drop_lying): close it and kill the child."""
+        self.close_conn(conn)
+        for w in self.workers.values():
+            if w.client is conn:
+                self.drop_lying(w, f"sent on its client channel {exc}", channel=False)
+                return
+        self.actors.drop_client(conn, exc)
 
     def catch_up(self, conn: Conn, sent: int) -> None:
         """Forward the actor calls a child sent before the results being read.
@@ -708,14 +722,40 @@ class Scheduler(threading.Thread):
         try:
             _channel.drain(w.reader, self.on_message, w, limit)
         except _channel.ChannelCorrupt as exc:
-            # Something wrote to the worker's socket (a task, through the fd it
-            # inherited): nothing it sends can be trusted any more.  Kill it; its
-            # exit blames the task it was running, as for a crash.
-            logger.warning("poolx: worker %s (pid %s) sent %s; killing it", w.index, w.pid, exc)
-            self.close_channel(w)
-            self.signal(w, kill=True)
+            self.drop_lying(w, f"sent {exc}")
         except _channel.ChannelClosed:
             self.close_channel(w)
+
+    def drop_lying(self, w: _Worker, what: str, channel: bool = True) -> None:
+        """Kill a worker whose channel carried something else than poolx messages.
+
+        Something wrote to the worker's socket (a task, through the fd it
+        inherited): nothing it sends can be trusted any more, and the channel
+        is never resynchronised.  Its exit blames the task it was running, as
+        for a crash; ``killed_for`` says why it died (not the OOM killer).
+        """
+        w.killed_for = f"it {what} (likely a task wrote to its worker's channel socket)"
+        logger.warning("poolx: worker %s (pid %s) %s; killing and replacing it", w.index, w.pid, what)
+        if channel:
+            self.close_channel(w)
+        self.signal(w, kill=True)
+
+    def check_stalls(self) -> None:
+        """Drop every channel on which a message started arriving, then stopped (FRAME_STALL_SECONDS)."""
+        limit = _channel.FRAME_STALL_SECONDS
+        for w in list(self.workers.values()):
+            if w.channel_open and w.reader.stall(time.monotonic(), limit) is not None:
+                self.read(w, limit=1)  # bytes that came while this loop was busy are progress too
+                stall = w.reader.stall(time.monotonic(), limit) if w.channel_open else None
+                if stall is not None:
+                    self.drop_lying(w, f"sent {stall}")
+        for conn in list(self.conns):
+            if conn.open and conn.reader.stall(time.monotonic(), limit) is not None:
+                self.on_client(conn, selectors.EVENT_READ)
+                stall = conn.reader.stall(time.monotonic(), limit) if conn.open else None
+                if stall is not None:
+                    self.drop_client(conn, _channel.ChannelCorrupt(stall))
+        self.actors.check_stalls(limit)
 
     def close_channel(self, w: _Worker) -> None:
         if w.channel_open:
