@@ -174,7 +174,6 @@ def test_a_forged_frame_header_costs_its_worker_and_no_memory(start_method, how,
     assert peak - base < 50 << 20, f"the driver grew by {(peak - base) >> 20} MiB"
 
 
-@pytest.mark.xfail(strict=True, reason="Worker.killed_for is wired into Scheduler.blame() by the lead")
 def test_a_worker_poolx_killed_for_its_channel_is_not_blamed_on_the_oom_killer():
     # Issue 19, item 10: poolx sent the SIGKILL; the error must say so, not guess.
     from _fault_tasks import corrupt_own_channel

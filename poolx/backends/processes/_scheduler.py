@@ -1123,7 +1123,9 @@ class Scheduler(threading.Thread):
         # had started with it (they die with their parent, see _lifetime).
         # The task one of them ran killed the forkserver; the others were
         # only there: each runs again, at most MAX_LOST times (see lost).
-        bystander = exitcode is None and not timed_out
+        # Likewise when poolx killed it for what its channel carried: the task
+        # that wrote there ran earlier (its outcome lost with the channel).
+        bystander = (exitcode is None or w.killed_for is not None) and not timed_out
         if timed_out:
             # Killed for the task (and map item) seen over task_timeout.  That
             # one fails, even if it finished between the check and the kill
@@ -1161,8 +1163,8 @@ class Scheduler(threading.Thread):
             return True
         self.fail(task, WorkerDiedError(
             f"{describe(task.fn)} was the next task of {MAX_REQUEUE + 1} workers that died between "
-            f"tasks (the last: {describe_exit(exitcode)}); giving up on it: the message carrying it "
-            "may be what kills a worker (an argument too large for its memory?)",
+            f"tasks (the last: {describe_exit(exitcode, w.killed_for)}); giving up on it: the message "
+            "carrying it may be what kills a worker (an argument too large for its memory?)",
             exitcode=exitcode, pid=w.pid))
         return False
 
@@ -1174,7 +1176,7 @@ class Scheduler(threading.Thread):
             return True
         self.fail(task, WorkerDiedError(
             f"{describe(task.fn)} ran {task.lost} times on workers that died before its outcome "
-            f"reached the driver (the last: {describe_exit(exitcode)}{channel_note(w)}); giving up on "
+            f"reached the driver (the last: {describe_exit(exitcode, w.killed_for)}); giving up on "
             "it: a task that kills poolx's forkserver, or writes to file descriptors it did not open "
             "(its worker's channel or results log), loses what its worker reports",
             exitcode=exitcode, pid=w.pid))
@@ -1190,7 +1192,8 @@ class Scheduler(threading.Thread):
                        "was killed and replaced, and the other tasks go on")
             why: tuple[Any, ...] = ("timeout", message, self.task_timeout, w.pid)
         else:
-            message = (f"the worker process (pid {w.pid}) running it died: {describe_exit(exitcode)}. "
+            message = (f"the worker process (pid {w.pid}) running it died: "
+                       f"{describe_exit(exitcode, w.killed_for)}. "
                        f"The worker was replaced; other tasks are unaffected.{crash_dump(w)}")
             why = ("died", message, exitcode, w.pid)
         if task.skip is not None and item >= 0 and item not in task.skip:
@@ -1204,7 +1207,7 @@ class Scheduler(threading.Thread):
         else:
             self.fail(task, WorkerDiedError(
                 f"the worker process (pid {w.pid}) running {describe(task.fn)} died: "
-                f"{describe_exit(exitcode)}. The worker was replaced; other tasks are "
+                f"{describe_exit(exitcode, w.killed_for)}. The worker was replaced; other tasks are "
                 f"unaffected.{crash_dump(w)}", exitcode=exitcode, pid=w.pid))
         return False
 
@@ -1384,11 +1387,6 @@ def _widen(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
     except OSError:
         pass
-
-
-def channel_note(w: _Worker) -> str:
-    """Why ``w``'s channel was dropped, if poolx dropped it."""
-    return ""
 
 
 def crash_dump(w: _Worker) -> str:
