@@ -10,6 +10,8 @@ run again.  Each test counts runs through a log file the tasks append to.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from _blame_tasks import (
     close_every_fd_and_return,
@@ -134,3 +136,31 @@ def test_the_task_running_when_its_worker_dies_still_gets_max_retries(tmp_path):
     counts = runs(log)
     assert {counts[i] for i in crashes} == {3}
     assert {c for i, c in counts.items() if i not in crashes} == {1}
+
+
+@pytest.mark.timeout(60)
+def test_a_crash_noticed_after_the_task_timeout_is_a_crash_not_a_timeout(monkeypatch, tmp_path):
+    """The loop saw a crashed task "over time" before it saw the worker's exit.
+
+    On a loaded machine the soak's crashing tasks (os._exit(13)) got
+    TaskTimeoutError: the timeout check ran first and found the dead worker's
+    task still marked running.  The exit code says who ended it.
+    """
+    from poolx.backends.processes import _scheduler
+
+    on_exit = _scheduler.Scheduler.on_exit
+
+    def late_on_exit(self, w):
+        time.sleep(0.3)  # the loop, starved of CPU, comes late: the timeout check first
+        self.check_timeouts()
+        return on_exit(self, w)
+
+    monkeypatch.setattr(_scheduler.Scheduler, "on_exit", late_on_exit)
+    log = str(tmp_path / "runs")
+    with poolx.Executor(1, task_timeout=0.1) as ex:
+        crash = next(i for i in range(100) if fate(i) == "crash")
+        error = ex.submit(faulty, log, crash).exception(timeout=30)
+        assert isinstance(error, WorkerDiedError) and "code 13" in str(error), repr(error)
+        assert ex.submit(faulty, log, 1).result(timeout=30) == 2
+        stats = ex.statistics()
+    assert stats.workers_died == 1, stats

@@ -45,6 +45,7 @@ import mmap
 import os
 import pickle
 import selectors
+import signal
 import socket
 import sys
 import tempfile
@@ -1017,6 +1018,13 @@ class Scheduler(threading.Thread):
         if w.process.exitcode is None:
             self.signal(w, kill=True)
             w.process.join(1.0)
+        exitcode = _lifetime.exit_code(w.process)  # None: unknown (its forkserver died first)
+        if w.timed_out and exitcode != -signal.SIGKILL:
+            # It died on its own before the timeout's kill landed (seen when the
+            # loop, busy or starved of CPU, noticed the death late): a crash of
+            # the task it ran, not a timeout (the soak's crashing tasks got
+            # TaskTimeoutError on a machine under a load of 12).
+            w.timed_out = 0
         if w.channel_open:
             # The process is gone: take what it sent before it exited.  Reads do
             # not block: a grandchild that inherited the socket cannot stall us.
@@ -1033,7 +1041,6 @@ class Scheduler(threading.Thread):
         self.sel.unregister(w.process.sentinel)
         del self.workers[w.index]
         self.close_conn(w.client)
-        exitcode = _lifetime.exit_code(w.process)  # None: unknown (its forkserver died first)
         try:
             self.after_exit(w, exitcode)
         finally:
