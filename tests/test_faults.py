@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 
+import psutil
 import pytest
 from _fault_tasks import (
     Counter,
@@ -527,6 +528,73 @@ def test_interpreter_exit_with_pending_futures_does_not_hang(start_method, how):
     assert proc.returncode == 0, proc.stderr
     if how != "nowait":
         assert proc.stdout.split() == ["apple", "pear"], proc.stderr
+
+
+EXIT_AFTER_NOWAIT = """
+    import atexit, os, sys, time
+    import poolx
+
+    class Sleeper:
+        def nap(self, path, seconds):
+            with open(path, "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(seconds)
+
+    def nap(path, seconds):
+        Sleeper().nap(path, seconds)
+
+    def started(path):
+        deadline = time.monotonic() + 60
+        while not (os.path.exists(path) and open(path).read()):
+            if time.monotonic() > deadline:
+                sys.exit("the long call never started")
+            time.sleep(0.05)
+        return open(path).read()
+
+    def outcome(fut):
+        try:
+            print(type(fut.exception(timeout=0)).__name__, flush=True)
+        except BaseException as exc:
+            print("not done:", repr(exc), flush=True)
+
+    if __name__ == "__main__":
+        method, what, path = sys.argv[1:]
+        ex = poolx.Executor(1, mp_context=method)
+        if what == "task":
+            fut = ex.submit(nap, path, 600)
+        else:
+            fut = ex.actor(Sleeper).nap.remote(path, 600)
+        print(started(path), flush=True)  # the pid of the process running the long call
+        ex.shutdown(wait=False)
+        atexit.register(outcome, fut)  # runs after the threading exit hooks (poolx's among them)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("what", ["task", "actor"])
+def test_exit_after_shutdown_without_wait_kills_what_is_left(start_method, what, tmp_path):
+    # Issue 19, item 6: the program hung until the 600 s call ended (the stdlib and loky do).
+    # Now the exit waits EXIT_GRACE, kills, and is gone well within the 60 s allowed here.
+    proc = run_script(EXIT_AFTER_NOWAIT, start_method, what, str(tmp_path / "pid"), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    pid, outcome = proc.stdout.split("\n", 1)
+    assert outcome.strip() == ("WorkerDiedError" if what == "task" else "ActorDiedError")
+    assert not _running(int(pid), within=5.0)
+
+
+def _running(pid, within):
+    """True if ``pid`` is still a running process (not a zombie) after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
 
 
 # -- F17: actors ----------------------------------------------------------------------------------
