@@ -54,7 +54,10 @@ WORKERS_THEN_WAIT = """
     if __name__ == "__main__":
         ex = poolx.Executor(2, mp_context=sys.argv[1])
         futs = [ex.submit(nap, 60) for _ in range(4)]
-        time.sleep(1.0)
+        # Both workers up and busy: a fixed 1 s sleep was too short for a loaded machine.
+        deadline = time.monotonic() + 60
+        while not (futs[0].running() and futs[1].running()) and time.monotonic() < deadline:
+            time.sleep(0.01)
         try:
             print(" ".join(map(str, ex._backend.worker_pids())), flush=True)
             futs[0].result()
@@ -97,7 +100,9 @@ UNCAUGHT_CTRL_C = """
     if __name__ == "__main__":
         ex = poolx.Executor(2)
         futs = [ex.submit(nap, 60) for _ in range(10)]
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60  # both workers up and busy, however slow the machine
+        while not (futs[0].running() and futs[1].running()) and time.monotonic() < deadline:
+            time.sleep(0.01)
         print(" ".join(map(str, ex._backend.worker_pids())), flush=True)
         futs[0].result()  # Ctrl-C lands here and is not caught
 """
