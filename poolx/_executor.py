@@ -46,27 +46,70 @@ RUNNER_CACHE = 256
 # Chunks of one map() kept in flight per worker when no buffersize is given.
 MAP_INFLIGHT_PER_WORKER = 4
 
+# Seconds that the work an executor left running with shutdown(wait=False) may
+# still take once the interpreter exits; then its workers and actors are killed
+# (their futures fail with WorkerDiedError) and the program goes on exiting.
+# The stdlib and loky wait for that work for ever.  Long enough for the tail of
+# a batch to finish, as shutdown(wait=False) lets it; short enough that a stuck
+# task cannot keep a program that said "do not wait" from ending.
+EXIT_GRACE = 5.0
+# Seconds to wait after that kill for the scheduler to reap the processes and
+# fail their futures: SIGKILL takes milliseconds; this only bounds the worst case.
+EXIT_KILL_WAIT = 5.0
+
 _live: weakref.WeakSet[Executor] = weakref.WeakSet()
 _interpreter_exiting = False
+_exit_deadline: float | None = None  # the end of EXIT_GRACE (see _end_left_running)
 
 
 def _at_exit() -> None:
     """Let pending work finish before the interpreter exits (the stdlib's rule).
 
-    After an uncaught Ctrl-C, pending work is cancelled and workers stopped at
-    once instead: the user asked the program to stop.
+    Work left running by ``shutdown(wait=False)`` gets EXIT_GRACE seconds, then
+    its processes are killed (``_end_left_running``).  After an uncaught
+    Ctrl-C, pending work is cancelled and workers stopped at once instead: the
+    user asked the program to stop.
     """
     global _interpreter_exiting
     _interpreter_exiting = True
     interrupted = getattr(sys, "last_type", None) is KeyboardInterrupt
-    for ex in list(_live):
+    executors = list(_live)
+    left = [] if interrupted else [ex for ex in executors
+                                   if ex._left_running and ex._backend.supports_terminate]
+    try:
+        _end_left_running(left)
+    except Exception:
+        pass
+    for ex in executors:
         try:
             if interrupted:
                 ex._interrupt()
-            else:
+            elif ex not in left:
                 ex.shutdown(wait=True)
         except Exception:
             pass
+
+
+def _end_left_running(executors: list[Executor]) -> None:
+    """Give the work that ``executors`` were left running EXIT_GRACE seconds, then kill it.
+
+    Issue 19, item 6: a program that called ``shutdown(wait=False)`` and ended
+    while a long task (or actor call) ran never exited.  One deadline for all,
+    so the exit waits at most EXIT_GRACE + EXIT_KILL_WAIT seconds however many
+    executors there are.
+    """
+    global _exit_deadline
+    if _exit_deadline is None:  # (the hook runs twice: from threading's exit, then multiprocessing's)
+        _exit_deadline = time.monotonic() + EXIT_GRACE
+    late = [ex for ex in executors if not ex._backend.wait_closed(_seconds_to(_exit_deadline))]
+    for ex in late:
+        ex._force(kill=True)
+    for ex in late:
+        ex._backend.wait_closed(_seconds_to(_exit_deadline + EXIT_KILL_WAIT))
+
+
+def _seconds_to(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.0)
 
 
 threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
@@ -205,6 +248,7 @@ class Executor(cf.Executor):
         self._held: set[Task] = set()
         self._held_cond = threading.Condition()
         self._backend_shutdown: tuple[bool, bool] | None = None  # deferred until _held is empty
+        self._left_running = False  # shut down without waiting: its work is bounded at exit (_at_exit)
         _live.add(self)
         # An executor dropped without shutdown() stops its workers once the
         # queued work is done (the backend never refers back to the executor).
@@ -502,6 +546,7 @@ class Executor(cf.Executor):
                 feeder.join()
         with self._shutdown_lock:
             self._shutdown = True
+            self._left_running = not wait
         self._actors.close()
         if cancel_futures:
             self._cancel_held()
@@ -539,6 +584,7 @@ class Executor(cf.Executor):
             feeder.stop()
         with self._shutdown_lock:
             self._shutdown = True
+            self._left_running = True  # a task that ignores SIGTERM: killed at exit (_at_exit)
         self._actors.close()
         self._cancel_held()
         self._backend.terminate_workers(kill)

@@ -247,3 +247,17 @@ def limit_memory_growth(extra):
     with open("/proc/self/status") as f:
         vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
     resource.setrlimit(resource.RLIMIT_AS, (vm + extra, vm + extra))
+
+
+def wait_for_file(path, value=None, timeout=60.0):
+    """Block until ``path`` exists (the test's release), at most ``timeout`` s; return ``value``.
+
+    A task that runs exactly as long as the test needs, so that what the test
+    checks meanwhile never depends on how fast a loaded machine is.
+    """
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} was never created")
+        time.sleep(0.01)
+    return value

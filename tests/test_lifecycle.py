@@ -55,7 +55,10 @@ WORKERS_THEN_WAIT = """
     if __name__ == "__main__":
         ex = poolx.Executor(2, mp_context=sys.argv[1])
         futs = [ex.submit(nap, 60) for _ in range(4)]
-        time.sleep(1.0)
+        # Both workers up and busy: a fixed 1 s sleep was too short for a loaded machine.
+        deadline = time.monotonic() + 60
+        while not (futs[0].running() and futs[1].running()) and time.monotonic() < deadline:
+            time.sleep(0.01)
         try:
             print(" ".join(map(str, ex._backend.worker_pids())), flush=True)
             futs[0].result()
@@ -198,7 +201,9 @@ UNCAUGHT_CTRL_C = """
     if __name__ == "__main__":
         ex = poolx.Executor(2)
         futs = [ex.submit(nap, 60) for _ in range(10)]
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60  # both workers up and busy, however slow the machine
+        while not (futs[0].running() and futs[1].running()) and time.monotonic() < deadline:
+            time.sleep(0.01)
         print(" ".join(map(str, ex._backend.worker_pids())), flush=True)
         futs[0].result()  # Ctrl-C lands here and is not caught
 """
@@ -242,20 +247,29 @@ def test_pending_work_completes_at_interpreter_exit():
     assert sorted(proc.stdout.split()) == ["apple", "pear"]
 
 
-def test_shutdown_without_wait_then_exit_does_not_hang():
+def test_shutdown_without_wait_then_exit_lets_short_work_finish(tmp_path):
+    # The task has started before shutdown(wait=False), so what is left (0.2 s) is far
+    # inside the EXIT_GRACE (5 s) the exit gives it: the outcome does not hang on when
+    # a loaded machine gets the worker started.  (Longer work is killed at exit:
+    # test_faults.py::test_exit_after_shutdown_without_wait_kills_what_is_left.)
     proc = run_script("""
-        import time
+        import os, sys, time
         import poolx
 
-        def late():
+        def late(path):
+            open(path, "w").close()
             time.sleep(0.2)
             print("done", flush=True)
 
         if __name__ == "__main__":
+            path = sys.argv[1]
             ex = poolx.Executor(2)
-            ex.submit(late)
+            ex.submit(late, path)
+            deadline = time.monotonic() + 60
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.01)
             ex.shutdown(wait=False)
-    """, timeout=30)
+    """, str(tmp_path / "started"), timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["done"]
 

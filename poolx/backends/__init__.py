@@ -112,6 +112,13 @@ class Backend(ABC):
         """Stop every worker now (SIGTERM, or SIGKILL with ``kill``)."""
         raise NotImplementedError(f"the {self.name!r} backend cannot terminate its workers")
 
+    def wait_closed(self, timeout: float) -> bool:
+        """After ``shutdown``: wait at most ``timeout`` seconds for the work left
+        and the workers to be gone; True if they are (backends with
+        ``supports_terminate``: the interpreter's exit bounds its wait with it,
+        then kills what is left)."""
+        raise NotImplementedError(f"the {self.name!r} backend cannot bound its wait for its workers")
+
     # -- actors (backends with supports_actors) -----------------------------------
 
     def start_actor(self, actor: Actor) -> None:

@@ -619,9 +619,17 @@ class ActorHost:
             self.stop(actor, why)
 
     def kill_all(self, kill: bool) -> None:
+        """Scheduler thread: kill every actor, those already told to stop included."""
+        why = "terminate_workers" if not kill else "kill_workers"
         directory = self.s.backend.options.actors
         for actor in directory.live():
-            self.kill(actor, restart=False, why="terminate_workers" if not kill else "kill_workers")
+            self.kill(actor, restart=False, why=why)
+        # An actor stopped by shutdown() has left the directory but may still be
+        # in a long call: shutdown(wait=False) then the exit's kill (issue 19, item 6).
+        for proc in list(self.procs.values()):
+            if proc.killed is None:
+                proc.killed = why
+            self.s.signal_process(proc.process, kill=True)
 
     def wait(self, actor: Actor, timeout: float | None) -> None:
         slot: ActorSlot = actor.impl

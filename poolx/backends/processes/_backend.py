@@ -206,6 +206,11 @@ class ProcessBackend(Backend):
         if wait and self._scheduler.is_alive() and threading.current_thread() is not self._scheduler:
             self._scheduler.join()
 
+    def wait_closed(self, timeout: float) -> bool:
+        if threading.current_thread() is not self._scheduler:
+            self._scheduler.join(timeout)
+        return not self._scheduler.is_alive()
+
     def prestart(self) -> None:
         """Start every worker now and keep them all alive (multiprocessing.Pool's way:
         initializers run at once, and a worker that exits is replaced even when idle)."""

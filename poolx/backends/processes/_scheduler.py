@@ -470,8 +470,12 @@ class Scheduler(threading.Thread):
             cell = _fds.mmap(fd, W.PROGRESS_BYTES)
             _driver_socks.add(parent)
             _driver_socks.add(client_parent)
-            process = self.ctx.Process(
-                target=target, args=(child, client_child, W.FdForChild(fd), *args), name=name)
+            args = (child, client_child, W.FdForChild(fd), *args)
+            if self.main_file is not None and self.ctx.get_start_method() != "fork":
+                # The child imports the script itself if its start raced the
+                # script's end (see _main_file_restored): fork copies __main__.
+                target, args = W.with_main, (self.main_file, target, *args)
+            process = self.ctx.Process(target=target, args=args, name=name)
             with _main_file_restored(self.main_file), _start_held(self.ctx):
                 _lifetime.start_process(process)  # (from a thread that never ends: see _lifetime)
         except BaseException:  # no process: release what was made for it
@@ -1357,6 +1361,8 @@ def _main_file_restored(path: str | None) -> Iterator[None]:
     (_PyRun_SimpleFileObject), before the threading atexit hooks that let
     pending work finish.  A worker started then would not import the script,
     and functions sent by reference as ``__main__.f`` would not be found.
+    The check and the start race the deletion (the main thread runs on):
+    a child that started without the script imports it (``W.with_main``).
     """
     main = sys.modules.get("__main__")
     if path is None or main is None or hasattr(main, "__file__"):

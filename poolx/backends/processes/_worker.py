@@ -199,6 +199,27 @@ def _detach(dup: Any) -> int:
     return int(dup.detach())
 
 
+def with_main(main_file: str, target: Any, *args: Any) -> None:
+    """Entry point of a spawn or forkserver child: import the script if spawn did not, then run.
+
+    Functions defined in the driver's script travel by reference
+    (``__main__.f``), so the child must import the script, which spawn does
+    when ``__main__.__file__`` is set as the child starts.  CPython deletes it
+    once the script ends, and a start racing that deletion (a worker started
+    as a program ends with work pending, on a loaded machine) got no script:
+    every task then failed to unpickle and the program exited without running
+    them (issue 19, item 9).  ``main_file`` was read while the script ran.
+    """
+    if getattr(sys.modules["__main__"], "__file__", None) is None:
+        from multiprocessing import process, spawn
+
+        start_dir = getattr(process, "ORIGINAL_DIR", None)  # the driver's, as spawn sets it
+        if not os.path.isabs(main_file) and start_dir is not None:
+            main_file = os.path.join(start_dir, main_file)
+        spawn.import_main_path(os.path.normpath(main_file))  # as spawn would (as __mp_main__)
+    target(*args)
+
+
 def boot(sock: socket.socket, client: socket.socket,
          progress: Any) -> tuple[socket.socket, socket.socket, mmap.mmap]:
     """What every child does first (task worker and actor alike).
