@@ -412,10 +412,15 @@ class _Pool:
 
 
 def _new_segment(capacity: int) -> tuple[int, mmap.mmap]:
-    fd = _fds.lift(os.memfd_create("poolx", os.MFD_CLOEXEC))
+    return new_memfd("poolx", capacity)
+
+
+def new_memfd(name: str, nbytes: int) -> tuple[int, mmap.mmap]:
+    """A zeroed close-on-exec memfd of ``nbytes`` (its fd above stdio: ``_fds``) and its read-write map."""
+    fd = _fds.lift(os.memfd_create(name, os.MFD_CLOEXEC))
     try:
-        os.ftruncate(fd, capacity)
-        return fd, _fds.mmap(fd, capacity)
+        os.ftruncate(fd, nbytes)
+        return fd, _fds.mmap(fd, nbytes)
     except BaseException:
         os.close(fd)
         raise

@@ -139,13 +139,7 @@ class GroupSpec:
 
 def _new_memfd(name: str, nbytes: int) -> tuple[int, mmap.mmap]:
     """A zeroed memfd of this process for group ``name``, and its read-write map."""
-    fd = _fds.lift(os.memfd_create(f"poolx-collective-{name}", os.MFD_CLOEXEC))  # (above stdio: _fds)
-    try:
-        os.ftruncate(fd, nbytes)
-        return fd, _fds.mmap(fd, nbytes)
-    except BaseException:
-        os.close(fd)
-        raise
+    return _shm.new_memfd(f"poolx-collective-{name}", nbytes)
 
 
 class _Meeting:

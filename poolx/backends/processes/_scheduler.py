@@ -1170,27 +1170,28 @@ class Scheduler(threading.Thread):
     def suspected(self, w: _Worker, task: Task, exitcode: int | None) -> bool:
         """The next task of a worker that died between tasks: True to run it again (MAX_REQUEUE)."""
         task.requeues += 1
-        if task.requeues <= MAX_REQUEUE:
-            return True
-        self.fail(task, WorkerDiedError(
-            f"{describe(task.fn)} was the next task of {MAX_REQUEUE + 1} workers that died between "
-            f"tasks (the last: {describe_exit(exitcode, w.killed_for)}); giving up on it: the message "
-            "carrying it may be what kills a worker (an argument too large for its memory?)",
-            exitcode=exitcode, pid=w.pid))
-        return False
+        return self.again(w, task, exitcode, task.requeues <= MAX_REQUEUE, (
+            f"was the next task of {MAX_REQUEUE + 1} workers that died between tasks", "the message "
+            "carrying it may be what kills a worker (an argument too large for its memory?)"))
 
     def lost(self, w: _Worker, task: Task, exitcode: int | None) -> bool:
         """A task whose outcome died with ``w`` through no fault that can be pinned on it: True to
         run it again, at most MAX_LOST times, then fail it."""
         task.lost += 1
-        if task.lost <= MAX_LOST:
+        return self.again(w, task, exitcode, task.lost <= MAX_LOST, (
+            f"ran {task.lost} times on workers that died before its outcome reached the driver",
+            "a task that kills poolx's forkserver, or writes to file descriptors it did not open (its "
+            "worker's channel or results log), loses what its worker reports"))
+
+    def again(self, w: _Worker, task: Task, exitcode: int | None, within: bool,
+              why: tuple[str, str]) -> bool:
+        """True if ``task`` may run again (``within`` its bound); else fail it, saying ``why``."""
+        if within:
             return True
+        what, hint = why
         self.fail(task, WorkerDiedError(
-            f"{describe(task.fn)} ran {task.lost} times on workers that died before its outcome "
-            f"reached the driver (the last: {describe_exit(exitcode, w.killed_for)}); giving up on "
-            "it: a task that kills poolx's forkserver, or writes to file descriptors it did not open "
-            "(its worker's channel or results log), loses what its worker reports",
-            exitcode=exitcode, pid=w.pid))
+            f"{describe(task.fn)} {what} (the last: {describe_exit(exitcode, w.killed_for)}); giving up "
+            f"on it: {hint}", exitcode=exitcode, pid=w.pid))
         return False
 
     def charge(self, w: _Worker, task: Task, exitcode: int | None, item: int, timed_out: bool) -> bool:
