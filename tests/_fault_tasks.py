@@ -6,6 +6,7 @@ import ctypes
 import faulthandler
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -261,3 +262,9 @@ def wait_for_file(path, value=None, timeout=60.0):
             raise TimeoutError(f"{path} was never created")
         time.sleep(0.01)
     return value
+
+
+def leave_a_thread_running(x, seconds=600):
+    """Return at once, leaving a non-daemon thread: the worker's exit waits for it."""
+    threading.Thread(target=time.sleep, args=(seconds,), name="left-running").start()
+    return x

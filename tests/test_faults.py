@@ -930,3 +930,22 @@ def test_the_exit_code_of_a_child_whose_forkserver_died_is_unknown_not_255(start
     from poolx._errors import describe_exit
 
     assert "unknown" in describe_exit(None) and "forkserver" in describe_exit(None)
+
+
+# -- a retiring worker that does not exit ---------------------------------------------------
+
+
+@pytest.mark.parametrize("cap", ["max_tasks_per_child", "max_memory_per_child"])
+def test_a_worker_stuck_on_its_way_out_does_not_hold_its_place(start_method, cap):
+    # A task left a non-daemon thread running, so its worker's exit (after its
+    # last task, or over its memory cap) waits for that thread.  The worker
+    # held its place until it exited: the next tasks waited for ever with one
+    # worker.  Now a fresh worker takes them at once, and the stuck one is
+    # killed after STOP_TIMEOUT (or at shutdown).
+    from _fault_tasks import leave_a_thread_running
+
+    if cap == "max_tasks_per_child" and start_method == "fork":
+        pytest.skip("max_tasks_per_child is refused under fork, as by the stdlib")
+    option = {"max_tasks_per_child": 1} if cap == "max_tasks_per_child" else {"max_memory_per_child": 1}
+    with poolx.Executor(1, mp_context=start_method, **option) as ex:
+        assert [ex.submit(leave_a_thread_running, i).result(timeout=30) for i in range(3)] == [0, 1, 2]

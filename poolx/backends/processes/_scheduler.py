@@ -291,10 +291,19 @@ class Scheduler(threading.Thread):
         killed, and the exit would never be seen (its tasks pending, shutdown
         waiting for ever).  A poll every LIVENESS_POLL seconds reaps it.
         """
-        self.next_liveness = time.monotonic() + LIVENESS_POLL
+        now = time.monotonic()
+        self.next_liveness = now + LIVENESS_POLL
         for w in list(self.workers.values()):
             if not w.process.is_alive():
                 self.on_exit(w)
+            elif w.state == STOPPING and now > w.stop_deadline and not self.closing:
+                # A worker that retired (max_memory_per_child, or idle after a
+                # loan) and is stuck on its way out: its place, and the tasks
+                # sent after its last batch, wait for its exit (wind_down does
+                # this at shutdown).
+                logger.warning("poolx: worker %s (pid %s) did not exit within %g s of stopping; "
+                               "killing it", w.index, w.pid, STOP_TIMEOUT)
+                self.signal(w, kill=True)
         for proc in list(self.actors.procs.values()):
             if not proc.process.is_alive():
                 self.actors.on_exit(proc)
@@ -419,11 +428,14 @@ class Scheduler(threading.Thread):
         # when no worker had started yet.
         if self.terminating or self.backend.broken is not None:
             return
-        busy = sum(1 for w in self.workers.values() if w.outstanding or w.state == STARTING)
-        idle = len(self.workers) - busy
-        want = min(self.max_workers + self.borrowed - len(self.workers), len(self.queue) - idle)
+        # A retiring worker (over its memory cap or its max_tasks_per_child)
+        # holds no place: it takes no more tasks and is on its way out.
+        staying = [w for w in self.workers.values() if not w.retiring]
+        busy = sum(1 for w in staying if w.outstanding or w.state == STARTING)
+        idle = len(staying) - busy
+        want = min(self.max_workers + self.borrowed - len(staying), len(self.queue) - idle)
         if self.keep_workers and (not self.closing or not self.started):  # poolx.Pool: every worker up
-            want = max(want, self.keep_workers - len(self.workers))
+            want = max(want, self.keep_workers - len(staying))
         for _ in range(max(want, 0)):
             try:
                 self.start_worker()
@@ -936,6 +948,14 @@ class Scheduler(threading.Thread):
                                      RemoteError(*info[:3])))
                 continue
             self.complete(task, status, data, bufs, info)
+        if w.tasks_left == 0 and not w.outstanding and w.state == READY:
+            # Its last task is done (max_tasks_per_child): it exits now, and
+            # its place is free for a fresh worker at once, even if its exit
+            # is slow or stuck (a non-daemon thread a task left running:
+            # check_liveness kills it after STOP_TIMEOUT).
+            w.state = STOPPING
+            w.stop_deadline = time.monotonic() + STOP_TIMEOUT
+            w.retiring = True
         self.est = est
         self.est_samples += len(records)
         if self.prefetch_cap < MAX_PREFETCH:
