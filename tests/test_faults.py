@@ -20,6 +20,7 @@ import logging
 import os
 import pickle
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -949,3 +950,45 @@ def test_a_worker_stuck_on_its_way_out_does_not_hold_its_place(start_method, cap
     option = {"max_tasks_per_child": 1} if cap == "max_tasks_per_child" else {"max_memory_per_child": 1}
     with poolx.Executor(1, mp_context=start_method, **option) as ex:
         assert [ex.submit(leave_a_thread_running, i).result(timeout=30) for i in range(3)] == [0, 1, 2]
+
+
+PACKAGE_WORK = """
+def inc(x):
+    return x + 1
+
+
+class Box:
+    def get(self):
+        return 5
+"""
+
+PACKAGE_MAIN = """
+import sys
+
+import poolx
+
+from prog.work import Box, inc
+
+# No __main__ guard: a package's __main__ is never imported again in a child.
+with poolx.Executor(2, mp_context=sys.argv[1]) as ex:
+    box = ex.actor(Box)
+    print(ex.submit(inc, 1).result(timeout=30), box.get.remote().result(timeout=30))
+"""
+
+
+def test_a_program_run_as_python_m_package_is_not_run_again_in_its_children(start_method, tmp_path):
+    # The fix for item 9 (a child imports the driver's script itself when spawn
+    # did not) imported a package's __main__.py too: `python -m poolx profile`
+    # ran its command again in every actor, which exited with code 0.  Spawn
+    # imports a script by its path, a module run with -m by its name, and a
+    # package's __main__ not at all; poolx now does the same.
+    package = tmp_path / "prog"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "work.py").write_text(PACKAGE_WORK)
+    (package / "__main__.py").write_text(PACKAGE_MAIN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    proc = subprocess.run([sys.executable, "-m", "prog", start_method], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "2 5\n", proc.stdout + proc.stderr

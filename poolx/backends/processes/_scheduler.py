@@ -201,7 +201,12 @@ class Scheduler(threading.Thread):
         self.backend = backend  # for its wake flag and broken state
         # Workers import the main script by its path (spawn, forkserver); the
         # path is read now, while the script runs (see _main_file_restored).
-        self.main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        main = sys.modules.get("__main__")
+        self.main_file = getattr(main, "__file__", None)
+        # Only a script is imported by its path (spawn imports a module run
+        # with -m by its name, and a package's __main__ not at all: ``python
+        # -m poolx`` must not run its command again in every child).
+        self.main_script = self.main_file if getattr(main, "__spec__", None) is None else None
         self.sel = _fds.selector()
         self.sel.register(wake_fd, selectors.EVENT_READ, self.on_wake)
         self.queue: deque[Task] = deque()
@@ -483,10 +488,10 @@ class Scheduler(threading.Thread):
             _driver_socks.add(parent)
             _driver_socks.add(client_parent)
             args = (child, client_child, W.FdForChild(fd), *args)
-            if self.main_file is not None and self.ctx.get_start_method() != "fork":
+            if self.main_script is not None and self.ctx.get_start_method() != "fork":
                 # The child imports the script itself if its start raced the
                 # script's end (see _main_file_restored): fork copies __main__.
-                target, args = W.with_main, (self.main_file, target, *args)
+                target, args = W.with_main, (self.main_script, target, *args)
             process = self.ctx.Process(target=target, args=args, name=name)
             with _main_file_restored(self.main_file), _start_held(self.ctx):
                 _lifetime.start_process(process)  # (from a thread that never ends: see _lifetime)
