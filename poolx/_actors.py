@@ -29,6 +29,7 @@ from collections import deque
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from . import _context
 from ._errors import ActorDiedError, PoolxError
 from ._futures import Future, Task
 
@@ -339,9 +340,6 @@ def _next_id() -> int:
 # Actors living in this process's executors, by id: an unpickled handle finds
 # its actor here.  Emptied in a forked child, whose copies would be dead ends.
 _local: weakref.WeakValueDictionary[int, Actor] = weakref.WeakValueDictionary()
-# In a worker or actor process of the processes backend: its connection to the
-# driver (set when the process starts), through which handles call.
-_client: Any = None
 
 
 def _forget_local_actors() -> None:
@@ -351,16 +349,6 @@ def _forget_local_actors() -> None:
 
 if hasattr(__import__("os"), "register_at_fork"):
     __import__("os").register_at_fork(after_in_child=_forget_local_actors)
-
-
-def in_child() -> bool:
-    """Whether this process is a poolx worker or actor process."""
-    return _client is not None
-
-
-def set_client(client: Any) -> None:
-    global _client
-    _client = client
 
 
 class ActorHandle(Generic[T]):
@@ -408,8 +396,9 @@ class ActorHandle(Generic[T]):
             return actor.call(method, args, kwargs)
         if self._caller is not None:
             return self._caller.call(self._label, method, args, kwargs)
-        if _client is not None:
-            return _client.call(self._id, self._label, method, args, kwargs)  # type: ignore[no-any-return,unused-ignore]
+        client = _context.here.client
+        if client is not None:
+            return client.call(self._id, self._label, method, args, kwargs)  # type: ignore[no-any-return,unused-ignore]
         raise PoolxError(
             f"the actor handle {self._label} cannot be used in this process: it belongs to an "
             "executor of another process.  Pass handles only to tasks and actors of the "
@@ -484,8 +473,9 @@ def get_actor(name: str) -> ActorHandle[Any]:
     in the executor running it.  In the driver (and in tasks of the serial and
     threads backends): the actor of that name in this process's executors.
     """
-    if _client is not None:
-        return _client.get_actor(name)  # type: ignore[no-any-return,unused-ignore]
+    client = _context.here.client
+    if client is not None:
+        return client.get_actor(name)  # type: ignore[no-any-return,unused-ignore]
     found = []
     for actor in list(_local.values()):
         if actor.name == name and actor.status == ALIVE and actor.directory.by_name.get(name) is actor:

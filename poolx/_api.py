@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from . import _actors, _arguments
+from . import _actors, _arguments, _context
 from ._actors import ActorHandle
 from ._errors import GetTimeoutError, PoolxError, TaskCancelledError
 from ._executor import retry_exceptions_tuple, retrying
@@ -123,7 +123,7 @@ def is_initialized() -> bool:
 
 def _in_worker() -> bool:
     """Whether this is a poolx worker or actor process (also while it imports the main script)."""
-    if _actors.in_child():
+    if _context.in_child():
         return True
     import multiprocessing
 
@@ -221,7 +221,7 @@ class RemoteFunction:
         if retry_on:
             fn = self._function
             future = retrying(lambda budget: _attempt(fn, args, kwargs, budget), retries, retry_on,
-                              lambda: not _actors.in_child() and not is_initialized())
+                              lambda: not _context.in_child() and not is_initialized())
         else:
             future = _submit(self._function, args, kwargs, retries)
         return future if n_returns == 1 else _split(future, n_returns, self.__qualname__)
@@ -256,7 +256,7 @@ class RemoteClass:
         Futures among the arguments are waited for here before the actor
         starts (Ray starts it later, without waiting).
         """
-        if _actors.in_child():
+        if _context.in_child():
             raise PoolxError("poolx actors are created by the driver: create the actor there and pass "
                              "its handle to the task")
         options = {k: v for k, v in self._options.items() if k not in ("lifetime", "num_gpus")}
@@ -286,8 +286,8 @@ def _submit(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any
 def _attempt(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
              retries: int) -> tuple[Future[Any], Task | None]:
     """Submit one task; its future, and its Task where it is this process's (in the driver)."""
-    if _actors.in_child():
-        return _actors._client.submit(fn, args, kwargs, retries), None  # type: ignore[no-any-return,unused-ignore]
+    if _context.in_child():
+        return _context.here.client.submit(fn, args, kwargs, retries), None  # type: ignore[no-any-return,unused-ignore]
     executor = _get_executor()
     task = executor._submit(fn, args, kwargs, retries, readonly_args=True)
     task.future._poolx_task = task.id  # for cancel()
@@ -412,7 +412,7 @@ def wait(refs: Any, *, num_returns: int = 1, timeout: float | None = None,
 
 def put(obj: Any) -> PutRef:
     """Store ``obj`` once and return a ref to pass to tasks (Ray's ``ray.put``); see ``Executor.put``."""
-    if _actors.in_child():
+    if _context.in_child():
         if isinstance(obj, cf.Future):
             raise TypeError("put() of a ref is not allowed (as in Ray): pass the ref itself")
         from . import _shm
@@ -470,7 +470,7 @@ def kill(actor: ActorHandle[Any], *, no_restart: bool = True) -> None:
     """
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() takes an actor handle, got {type(actor).__name__}")
-    if _actors.in_child():
+    if _context.in_child():
         raise PoolxError("kill() is called by the driver, which owns the actors")
     owner = actor._actor or _actors._local.get(actor._id)
     if owner is None:

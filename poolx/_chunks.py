@@ -25,16 +25,13 @@ run too, though ``map()`` reports the failure at the culprit's position.
 from __future__ import annotations
 
 import reprlib
-import sys
 from collections.abc import Callable
 from typing import Any
 
+from . import _context
 from ._errors import TaskTimeoutError, WorkerDiedError
 
 Retry = tuple[int, tuple[type[BaseException], ...]]  # (max_retries, exception classes)
-
-_WORKER_MODULE = "poolx.backends.processes._worker"
-
 
 def run_chunk(fn: Callable[..., Any], chunk: list[Any], star: bool, start: int,
               retry: Retry | None) -> tuple[list[Any], BaseException | None]:
@@ -43,7 +40,7 @@ def run_chunk(fn: Callable[..., Any], chunk: list[Any], star: bool, start: int,
     ``start`` is the chunk's first item's index in the whole map (for messages);
     with ``star`` each item is a tuple of arguments.
     """
-    worker = getattr(sys.modules.get(_WORKER_MODULE), "current", None)
+    worker = _context.here.worker
     if worker is None:  # threads, serial: nothing to mark
         return _run(fn, chunk, star, retry, None)
     mark = worker.item_mark  # the cell's item index (an int64 view): one store per item

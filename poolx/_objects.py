@@ -27,8 +27,8 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from . import _context, _shm
 from . import _serialization as ser
-from . import _shm
 from ._errors import TaskCancelledError
 from ._futures import Future
 
@@ -187,9 +187,8 @@ def reduce_ref(future: cf.Future[Any], pins: list[Any] | None) -> tuple[Any, ...
     """How a future pickles for a worker: by id (the driver's), or a ChildRef's own id."""
     if isinstance(future, ChildRef):
         return (child_ref, (future.ref_id,))
-    from . import _actors
 
-    if _actors.in_child():
+    if _context.in_child():
         raise pickle.PicklingError(
             "a future made inside a task can be passed to another task only as a top-level "
             "argument (it is then replaced by its result), not inside a container")
@@ -210,9 +209,8 @@ def lookup(ref_id: int) -> cf.Future[Any] | None:
 
 def child_ref(ref_id: int) -> cf.Future[Any]:
     """Unpickling a ref: a ChildRef in a worker, the future itself back in the driver."""
-    from . import _actors
 
-    if _actors.in_child():
+    if _context.in_child():
         return ChildRef(ref_id)
     future = _registry.get(ref_id)
     if future is None:
@@ -231,9 +229,8 @@ class ChildRef(Future[Any]):
     def request(self) -> None:
         if not self.requested:
             self.requested = True
-            from . import _actors
 
-            _actors._client.fetch(self)
+            _context.here.client.fetch(self)
 
     def result(self, timeout: float | None = None) -> Any:
         self.request()

@@ -50,7 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _fds, _shm
+from . import _context, _fds, _shm
 from ._actor_core import CALL_ON_INSTANCE, current_runner
 from ._errors import ActorDiedError, CollectiveError, CollectiveTimeoutError
 
@@ -709,9 +709,8 @@ def init_collective_group(world_size: int, rank: int, backend: str = "shm", grou
         raise ValueError(f"{what}: gloo_timeout={gloo_timeout!r} must be a positive number of milliseconds "
                          "(or None to wait for ever)")
     timeout = None if gloo_timeout is None else gloo_timeout / 1000
-    from . import _actors
 
-    client = _actors._client
+    client = _context.here.client
     meet = getattr(client, "rendezvous", None)
     if client is not None and meet is None:  # a worker of a cluster engine
         raise CollectiveError(f"{what}: the {getattr(client, 'engine', 'cluster')} backend does not run "

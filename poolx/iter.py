@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, Generic, NoReturn, TypeVar
 
-from . import _actors
+from . import _context
 from ._api import get, remote, wait
 from ._errors import PoolxError
 
@@ -390,7 +390,7 @@ class _Gather:
             raise
 
     def _start(self) -> None:
-        if _actors.in_child():
+        if _context.in_child():
             raise PoolxError(f"{self._name} reads the shards in actors, which only the driver can start: "
                              "inside a task, read a shard of ParallelIterator.shards() directly")
         self._handles = []

@@ -50,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "poolx.joblib needs joblib 1.4 or later: pip install 'poolx[joblib]'"
     ) from exc
 
-from . import _actors
+from . import _context
 from ._executor import Executor
 from ._futures import Future, Task
 
@@ -174,7 +174,7 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
             return n
         if n == 1:
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
-        if _actors.in_child():
+        if _context.in_child():
             # Inside a poolx worker (a nested Parallel, or a Parallel in a task):
             # threads, as joblib's own backends do one level down; n_jobs=-1
             # there means the worker's share of the CPUs (CPU_SHARE_VAR).

@@ -148,9 +148,9 @@ def corrupt_own_channel(how):
 
     sock = _worker.current.sock
     if how == "client channel":  # the channel actor handles inside tasks use
-        from poolx import _actors
+        from poolx import _context
 
-        sock, how = _actors._client.sock, "huge frame"
+        sock, how = _context.here.client.sock, "huge frame"
     if how == "huge frame":
         data = struct.pack("<II", 1, 0) + struct.pack("<Q", 1 << 63)
     elif how == "too many frames":
@@ -178,9 +178,9 @@ def forge_frame_header(how, marker):
     claim = 100_000_000 if how == "100 MB frame" else 4096
     sock = _worker.current.sock
     if how == "client channel":
-        from poolx import _actors
+        from poolx import _context
 
-        sock = _actors._client.sock
+        sock = _context.here.client.sock
     sock.sendall(struct.pack("<IIQ", 1, 0, claim) + b"\x80\x05" + bytes(14))
     return "forged"
 

@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 import cloudpickle
 
+from .. import _context
 from .._errors import ActorDiedError, InitializerError, RemoteTraceback, SerializationError
 from .._futures import Future, Task
 from .._serialization import describe, unpicklable_argument
@@ -88,7 +89,7 @@ def where() -> tuple[str, int]:
 
 class ClusterClient:
     """What poolx's front ends reach from inside a task or actor on a cluster's
-    worker (``poolx._actors._client``): the Ray-style API's nested tasks go
+    worker (``poolx._context.here.client``): the Ray-style API's nested tasks go
     to the engine directly; handles carry their own way to their actor."""
 
     def __init__(self, engine: str) -> None:
@@ -131,12 +132,10 @@ _client_lock = threading.Lock()
 
 def _become_worker(engine: str) -> None:
     """Make poolx's front ends in this worker process work through the engine (once)."""
-    from .. import _actors
-
-    if _actors._client is None:
+    if _context.here.client is None:
         with _client_lock:
-            if _actors._client is None:
-                _actors.set_client(ClusterClient(engine))
+            if _context.here.client is None:
+                _context.enter("worker", ClusterClient(engine))
 
 
 def run_task(engine: str, data: bytes, buffers: list[bytes], setup_payload: tuple[str, bytes] | None

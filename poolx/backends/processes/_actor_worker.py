@@ -44,7 +44,7 @@ class ActorSetup:
 
 def main(sock: socket.socket, client: socket.socket, progress: Any, setup: ActorSetup) -> None:
     """Entry point of an actor process."""
-    sock, client, cell = W.boot(sock, client, progress)
+    sock, client, cell = W.boot(sock, client, progress, "actor")
     hook = W.start_hook(setup.hook, f"actor {setup.label}")
     if setup.num_cpus is not None:
         for name in THREAD_ENV:

@@ -18,8 +18,8 @@ import socket
 import threading
 from typing import Any
 
+from ... import _context, _shm
 from ... import _serialization as ser
-from ... import _shm
 from ..._errors import PoolxError, SerializationError
 from ..._futures import Future
 from . import _channel
@@ -108,7 +108,7 @@ class ChildClient:
 
     def lend_slot(self) -> Any:
         """Before a wait in a task: lend this worker's slot (None in an actor, or off the main thread)."""
-        worker = W.current
+        worker = _context.here.worker
         if worker is None or threading.current_thread() is not threading.main_thread() or not worker.running:
             return None
         return worker.block()

@@ -38,7 +38,7 @@ import time
 import traceback
 from typing import Any
 
-from ... import _fds, _shm
+from ... import _context, _fds, _shm
 from ... import _serialization as ser
 from ..._errors import (
     ActorDiedError,
@@ -220,8 +220,8 @@ def with_main(main_file: str, target: Any, *args: Any) -> None:
     target(*args)
 
 
-def boot(sock: socket.socket, client: socket.socket,
-         progress: Any) -> tuple[socket.socket, socket.socket, mmap.mmap]:
+def boot(sock: socket.socket, client: socket.socket, progress: Any,
+         kind: _context.Kind) -> tuple[socket.socket, socket.socket, mmap.mmap]:
     """What every child does first (task worker and actor alike).
 
     Returns its channels and its progress cell, their fds above stdio: under
@@ -247,10 +247,9 @@ def boot(sock: socket.socket, client: socket.socket,
     sock.setblocking(True)
     _start_watchdog(sock)
     # Actor handles unpickled in this process call through the client channel.
-    from ... import _actors
     from ._client import ChildClient
 
-    _actors.set_client(ChildClient(client))
+    _context.enter(kind, ChildClient(client))
     return sock, client, cell
 
 
@@ -273,13 +272,9 @@ def stop_hook(hook: Any) -> None:
         hook.stop()
 
 
-# The task worker of this process (None in actor processes): get() in a task lends its slot.
-current: Worker | None = None
-
-
 def main(sock: socket.socket, client: socket.socket, progress: Any, index: int, setup: WorkerSetup) -> None:
     """Entry point of a worker process."""
-    sock, client, cell = boot(sock, client, progress)
+    sock, client, cell = boot(sock, client, progress, "worker")
     hook = start_hook(setup.hook, f"worker {index}")
     try:
         initializer, initargs, max_tasks = setup.unpack()
@@ -297,11 +292,11 @@ def main(sock: socket.socket, client: socket.socket, progress: Any, index: int, 
             sys.exit(1)
     try:
         _channel.send_all(sock, _channel.encode([pickle.dumps((READY, os.getpid()))]))
-        global current
-        current = Worker(sock, cell, max_tasks, getattr(setup, "max_memory", None), log=True)
+        worker = Worker(sock, cell, max_tasks, getattr(setup, "max_memory", None), log=True)
+        _context.set_worker(worker)
         # A task waiting for a future (a nested task's, a ref's) lends this worker's slot.
         worker_thread.lend = _lend_slot
-        current.loop()
+        worker.loop()
     except (_channel.ChannelClosed, BrokenPipeError, ConnectionResetError):
         pass  # the driver is gone: nothing to report to, nobody to report it
     finally:
@@ -315,9 +310,7 @@ def _fail_unpack(exc: BaseException) -> None:
 
 
 def _lend_slot() -> Any:
-    from ... import _actors
-
-    return _actors._client.lend_slot()
+    return _context.here.client.lend_slot()
 
 
 def run_exit_hooks() -> None:
@@ -641,9 +634,8 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _client_calls() -> int:
-    from ..._actors import _client
-
-    return _client.sent if _client is not None else 0
+    client = _context.here.client
+    return client.sent if client is not None else 0
 
 
 def forget_traceback(exc: BaseException) -> None:
