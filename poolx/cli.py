@@ -15,13 +15,17 @@ import sys
 import time
 from collections.abc import Sequence
 
+# The rest (poolx itself, the harness) is imported where a command needs it:
+# the ``poolx`` console script is the driver's main script, which spawn and
+# forkserver children may import again, and they must not pay for the harness.
+
 
 def demo(workers: int | None, samples: int, backend: str, address: str | None = None) -> int:
     from poolx import Executor
-    from poolx._scenarios import load
 
     from .backends import get_backend
     from .harness.profile import CLUSTER_BACKENDS, require_engine
+    from .harness.scenario import load_module
 
     try:  # an unknown backend, a missing extra: said before any work
         get_backend(backend)
@@ -30,7 +34,7 @@ def demo(workers: int | None, samples: int, backend: str, address: str | None = 
     except (ImportError, ValueError) as exc:
         print(f"poolx demo: error: {exc}", file=sys.stderr)
         return 2
-    pi = load("pi")
+    pi = load_module("pi")
 
     print(f"pi: {samples:,} random points in {pi.CHUNKS} chunks")
     pi.serial(pi.CHUNKS)  # warm up: import numpy here, as the workers will below
@@ -140,9 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             import numpy  # noqa: F401
         except ImportError:
             parser.error("the demo needs numpy: pip install 'poolx[examples]'")
-        from poolx._scenarios import load
+        from .harness.scenario import load_module
 
-        return demo(args.workers, args.samples or load("pi").SIZE, args.backend, args.address)
+        return demo(args.workers, args.samples or load_module("pi").SIZE, args.backend, args.address)
     return 2
 
 
