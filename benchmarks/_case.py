@@ -18,13 +18,12 @@ import statistics
 import sys
 import time
 
-# Run as a script (every measurement, and the forkserver or spawn child that
-# re-imports it) `_workloads` is a top-level module on the path, so workers
-# unpickle its functions by reference; imported as a package (`poolx bench`
-# reads the sizes and names from poolx.benchmarks._case) it is a sibling.
-if __package__:
-    from . import _workloads as w
-else:
+# A measurement (this file run as a script, and the forkserver or spawn child
+# that re-imports it as __mp_main__) imports `_workloads` as a top-level module
+# from this folder, so workers unpickle its functions by reference.  run.py
+# (and through it `poolx bench`) loads this file by its path for the sizes and
+# names alone, with this folder not on sys.path: there it needs no workloads.
+if __name__ in ("__main__", "__mp_main__"):
     import _workloads as w
 
 # Workers per pool: the machine this suite was written for has 2 cores.

@@ -22,10 +22,11 @@ not timed.  ``CASE_TEXT`` below says what each case runs on each side; the
 map case gives the native side the same chunks poolx makes, so its ratio
 measures poolx's layer, not a different chunking.
 
-Functions and the actor class live in ``_cluster_work.py``, which the workers
-import: this folder and the checkout's root (so the workers and this script
-import the poolx of this checkout, not some other installed copy) are put on
-``sys.path`` and ``PYTHONPATH`` before the cluster and Ray start.
+Functions and the actor class live in ``_cluster_work.py``, beside this
+script, which the workers import: this folder and the checkout's root (so the
+workers import the poolx of this checkout, as this script does from a clone
+installed with ``pip install -e .``) are put on the ``PYTHONPATH`` the workers
+inherit before the cluster and Ray start.
 
 A full run (5 repeats) takes about 5 minutes on 2 cores; ``--quick`` (small
 sizes, 1 repeat) under a minute.  Exit status 1 when a measurement failed (a
@@ -47,22 +48,17 @@ import time
 import warnings
 from pathlib import Path
 
+import _cluster_work as w  # beside this script, which Python puts first on sys.path
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
-# This checkout's poolx first (an editable install may point at another
-# checkout), then this folder for _cluster_work; the workers get the same
-# through PYTHONPATH (Ray's workers, and Dask's: spawned processes that inherit
-# both the environment and sys.path).
+# What the workers inherit: this checkout's poolx first (an editable install
+# may point at another checkout), then this folder for _cluster_work (Ray's
+# workers, and Dask's: spawned processes that inherit the environment).
 _PATHS = ([str(REPO)] if (REPO / "poolx" / "__init__.py").is_file() else []) + [str(HERE)]
-for _p in reversed(_PATHS):
-    if _p in sys.path:
-        sys.path.remove(_p)
-    sys.path.insert(0, _p)
 os.environ["PYTHONPATH"] = os.pathsep.join([*_PATHS, *filter(None, [os.environ.get("PYTHONPATH")])])
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-import _cluster_work as w  # noqa: E402  (needs the path above)
 
 WORKERS = 2  # Dask worker processes, Ray CPUs, poolx's max_workers
 GOAL = 1.10  # poolx's median over the native median, at most

@@ -37,17 +37,11 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-if (REPO / "poolx" / "__init__.py").is_file() and str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(HERE))
+import numpy as np
+from run import git_revision, usable_cpus, version_of  # the suite's own, beside this script
 
-import numpy as np  # noqa: E402
-from run import git_revision, usable_cpus, version_of  # noqa: E402
-
-import poolx  # noqa: E402
-import poolx.collective as col  # noqa: E402
+import poolx
+import poolx.collective as col
 
 GROUP = "bench"
 

@@ -23,17 +23,20 @@ import sys
 import time
 from pathlib import Path
 
+from poolx.harness.folders import load_file
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
-# Run as a script (`python benchmarks/run.py`) this folder is put on the path;
-# imported as a package (`poolx.benchmarks.run` in the wheel, for `poolx bench`)
-# its sibling is imported relatively.
-if __package__:
-    from . import _case
-else:
-    sys.path.insert(0, str(HERE))
-    import _case  # sizes and implementation names live there
+# The sizes and the implementations' names live in _case.py beside this file
+# (each measurement runs it as a script).  It is loaded by its path: this file
+# runs as a script (`python benchmarks/run.py`) and is loaded by its path for
+# `poolx bench`, and neither puts this folder on sys.path.
+_case = load_file(HERE / "_case.py", "poolx_bench_case")
+# What `poolx bench` reads: the implementations, and the sizes of a full and a --quick run.
+IMPLS = _case.IMPLS
+FULL = _case.FULL
+QUICK = _case.QUICK
 
 # Repeats of every (case, implementation): 5 gives a stable median and a
 # min/max spread while a full run stays under ~10 minutes on 2 cores.

@@ -107,9 +107,9 @@ def test_quick_transfer_cases_write_their_own_results(tmp_path):
 
 
 def test_transfer_bandwidth_is_clamped_where_the_calls_took_no_longer_than_the_sums():
-    from poolx.harness import bench
+    from poolx.harness import folders
 
-    case = bench.load_suite()._case
+    case = folders.load_file(ROOT / "benchmarks" / "_case.py", "poolx_bench_case")
     fine = case.transfer_figures(10**9, 0.5, 0.1)
     assert fine["value"] == pytest.approx(2.5) and fine["wall_gb_s"] == pytest.approx(2.0)
     assert not fine["clamped"] and fine["moved_s"] == pytest.approx(0.4)

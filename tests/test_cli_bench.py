@@ -31,7 +31,7 @@ def test_list_names_every_case_and_peer(capsys, monkeypatch):
     assert run_bench("--list") == 0
     out = capsys.readouterr().out
     suite = bench.load_suite()
-    for name in [*suite.CASE_IMPLS, *suite._case.IMPLS]:
+    for name in [*suite.CASE_IMPLS, *suite.IMPLS]:
         assert name in out
     ray_line = next(line for line in out.splitlines() if line.strip().startswith("ray "))
     assert "not available" in ray_line and "pip install 'poolx[ray]'" in ray_line

@@ -529,7 +529,9 @@ def test_info_names_the_environment():
 @pytest.mark.timeout(300)
 def test_the_built_wheel_runs_poolx_profile_pi_outside_the_checkout(tmp_path):
     # The scenarios and the benchmark suite live in profiling/ and benchmarks/;
-    # the wheel must carry them (as poolx.scenarios and poolx.benchmarks).
+    # the wheel must carry them, as data files (not packages) that the harness
+    # finds through the distribution's RECORD: here the wheel is unzipped, not
+    # installed, and RECORD points at its .data folder.
     import zipfile
 
     root = Path(__file__).resolve().parent.parent
@@ -542,14 +544,17 @@ def test_the_built_wheel_runs_poolx_profile_pi_outside_the_checkout(tmp_path):
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("poolx-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
+    data = "-".join(wheel.name.split("-")[:2]) + ".data/data/share/poolx"  # poolx-VERSION.data/...
     for name in (
-        "poolx/scenarios/pi.py",
-        "poolx/scenarios/retrieve.py",
+        f"{data}/profiling/pi.py",
+        f"{data}/profiling/retrieve.py",
         "poolx/harness/profile.py",
-        "poolx/benchmarks/run.py",
+        f"{data}/benchmarks/run.py",
         "poolx/py.typed",
     ):
         assert name in names, name
+    assert not [n for n in names if n.startswith(("poolx/scenarios/", "poolx/benchmarks/", "profiling/",
+                                                   "benchmarks/"))], names
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"), CI="true")
     where = subprocess.run(

@@ -3,21 +3,21 @@
     poolx bench [--peers poolx,loky,ray,dask,...] [--cases a,b,...] [--repeats N]
                 [--quick] [--out DIR] [--list]
 
-The suite itself lives once, in the repository's ``benchmarks/`` folder; the
-wheel installs that folder as ``poolx.benchmarks``.  From a source checkout
-that is not installed as a wheel it is loaded from the folder itself (as
-``poolx._scenarios`` does for ``profiling/``).  Every measurement runs in a
-fresh subprocess exactly as ``python benchmarks/run.py`` runs it; this module
-chooses what to run, skips the peers that are not installed, and prints and
-writes a side-by-side table with ratios (``results.md``, ``results.json``) in
-a folder of its own: it never writes into ``benchmarks/``.
+The suite itself lives once, in the repository's top-level ``benchmarks/``
+folder, and is loaded from it by path: ``folders.py`` finds it in a checkout
+or among an installed wheel's data files, and ``benchmarks/run.py`` is read as
+a module (its public names: the cases, the implementations, the sizes, the
+runner and the tables).  Every measurement runs in a fresh subprocess exactly
+as ``python benchmarks/run.py`` runs it; this module chooses what to run,
+skips the peers that are not installed, and prints and writes a side-by-side
+table with ratios (``results.md``, ``results.json``) in a folder of its own:
+it never writes into ``benchmarks/``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import importlib.util
 import json
 import os
@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-_CHECKOUT = Path(__file__).resolve().parent.parent.parent / "benchmarks"
+from . import folders
 
 # What an implementation needs beyond the standard library and poolx's own
 # dependencies: (module to find, how to install it).
@@ -53,23 +53,12 @@ BASELINE = "poolx"
 
 
 def load_suite() -> ModuleType:
-    """``benchmarks/run.py``: ``poolx.benchmarks.run`` from the wheel, else the checkout's folder."""
-    try:
-        return importlib.import_module("poolx.benchmarks.run")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("poolx.benchmarks", "poolx.benchmarks.run"):
-            raise
-    init = _CHECKOUT / "__init__.py"
-    if not (_CHECKOUT / "run.py").is_file() or not init.is_file():
-        raise RuntimeError(f"the benchmark suite is not installed (no poolx.benchmarks) and there is no "
-                           f"checkout folder {_CHECKOUT}; reinstall poolx")
-    spec = importlib.util.spec_from_file_location("poolx.benchmarks", init,
-                                                  submodule_search_locations=[str(_CHECKOUT)])
-    assert spec is not None and spec.loader is not None
-    package = importlib.util.module_from_spec(spec)
-    sys.modules["poolx.benchmarks"] = package
-    spec.loader.exec_module(package)
-    return importlib.import_module("poolx.benchmarks.run")
+    """``benchmarks/run.py``, from the checkout beside poolx or from the installed wheel's data files."""
+    where = folders.folder("benchmarks", "run.py")
+    if where is None:
+        raise RuntimeError("the benchmark suite is not installed (no benchmarks/run.py in a checkout nor "
+                           "among poolx's installed files); reinstall poolx")
+    return folders.load_file(where / "run.py", "poolx_bench_run")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -145,7 +134,7 @@ def pick(text: str | None, known: list[str], what: str, aliases: dict[str, str])
 def plan(suite: ModuleType, args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
     """(cases, implementations, notes): what will run, and one line per thing left out."""
     case_names = list(suite.CASE_IMPLS)
-    impl_names = list(suite._case.IMPLS)
+    impl_names = list(suite.IMPLS)
     cases = pick(args.cases, case_names, "case", {})
     impls = pick(args.peers, impl_names, "peer", _ALIASES)
     notes = []
@@ -272,7 +261,7 @@ def markdown_table(rows: list[list[str]]) -> str:
 
 
 def list_suite(suite: ModuleType, quick: bool) -> None:
-    sizes = suite._case.QUICK if quick else suite._case.FULL
+    sizes = suite.QUICK if quick else suite.FULL
     print("cases (default: all):")
     for case, (title, unit, higher) in suite.CASE_INFO.items():
         if case not in suite.CASE_IMPLS:
@@ -282,7 +271,7 @@ def list_suite(suite: ModuleType, quick: bool) -> None:
         print(f"  {case:<16} {unit:<12} {better:<17} "
               f"{title.format(**sizes)}" + (f"  [{why}]" if why else ""))
     print("peers (default: every installed one):")
-    for impl in suite._case.IMPLS:
+    for impl in suite.IMPLS:
         runs = [c for c in suite.CASE_IMPLS if impl in suite.CASE_IMPLS[c]]
         why = missing_peer(impl)
         state = f"not available: {why}" if why else "available"
@@ -320,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
     records = suite.run_all(cases, impls, repeats, args.quick, None, 0.0)
     total = time.perf_counter() - t0
     env["load_average_at_end"] = " ".join(f"{x:.2f}" for x in suite.load_average())
-    sizes = suite._case.QUICK if args.quick else suite._case.FULL
+    sizes = suite.QUICK if args.quick else suite.FULL
     command = ["poolx bench", f"--peers {','.join(impls)}", f"--cases {','.join(cases)}",
                f"--repeats {repeats}", *(["--quick"] if args.quick else [])]
     config = {"command": " ".join(command), "quick": args.quick, "repeats": repeats, "cases": cases,

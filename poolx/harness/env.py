@@ -8,6 +8,8 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from ..backends.processes._backend import default_start_method
+
 #: Optional packages poolx uses somewhere (distribution names).
 OPTIONAL = ("numpy", "joblib", "scikit-learn", "pyinstrument", "memray", "psutil", "matplotlib",
             "tqdm", "dask", "distributed", "ray")
@@ -32,8 +34,6 @@ def usable_cpus() -> int:
 
 
 def collect() -> dict[str, Any]:
-    from ..backends.processes._backend import default_start_method
-
     try:
         affinity: int | None = len(os.sched_getaffinity(0))
     except AttributeError:

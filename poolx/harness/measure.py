@@ -27,6 +27,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import Executor
 from .scenario import Scenario
 
 #: The buckets of a lane's time, in the order they are shown.
@@ -89,8 +90,6 @@ def run_once(scenario: Scenario, mode: str, workers: int, size: int, *, backend:
 
     Raises ``ExecutorError`` when the run's ``Executor`` cannot be created.
     """
-    from .. import Executor
-
     run = Run(mode, workers if mode != "serial" else 1, repeat, profile)
     cpu0 = time.process_time()
     result: Any = None

@@ -32,7 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import analyze, env, measure, report
+from ..backends import get_backend
+from . import analyze, env, measure, profiles, report
+from ._hook import ProfilerHook
 from .scenario import MODES, Scenario, load
 
 PROFILES = ("none", "cpu", "mem", "trace")
@@ -169,8 +171,6 @@ def _configure(args: argparse.Namespace) -> dict[str, Any]:
     size = args.size if args.size is not None else scenario.size
     if size < 1:
         raise ValueError(f"--size must be positive, got {size}")
-    from ..backends import get_backend
-
     address = getattr(args, "address", None)
     if args.backend in CLUSTER_BACKENDS:
         require_engine(args.backend)  # (before the backend's module is imported)
@@ -312,8 +312,6 @@ def _execute(
 def _profiled_run(
     scenario: Scenario, mode: str, workers: int, config: dict[str, Any], expected: Any
 ) -> tuple[measure.Run, dict[str, Any]]:
-    from ._hook import ProfilerHook
-
     kind = config["profile"]
     directory = config["out"] / kind / mode
     directory.mkdir(parents=True, exist_ok=True)
@@ -355,8 +353,6 @@ def collect_profiles(kind: str, directory: Path, title: str, lanes: list[measure
                      cluster: bool) -> dict[str, Any]:
     """Read the profiles in ``directory`` of a run whose processes were ``lanes``;
     name the processes that left none (``missing``)."""
-    from . import profiles
-
     info: dict[str, Any] = {}
     expected_labels = {lane.label for lane in lanes}
     # A cluster worker's task captures are labelled "task": its pid names its lane.
@@ -380,8 +376,6 @@ def collect_profiles(kind: str, directory: Path, title: str, lanes: list[measure
 
 
 def _uses_processes(backend: str) -> bool:
-    from ..backends import get_backend
-
     return bool(get_backend(backend).uses_processes)
 
 

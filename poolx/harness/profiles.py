@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._hook import slug
+
 _FILE = re.compile(r"^(?P<label>.+)-p(?P<pid>\d+)(?:-(?P<seq>\d+))?\.(pyisession|bin)$")
 
 #: The label a cluster backend starts the profiler with around a task.
@@ -58,8 +60,6 @@ def _found(directory: Path, ext: str, labels: Iterable[str] = (),
     process labels, plus "driver") turn file names back into labels
     ("actor-Tracker-3" -> "actor Tracker#3"); ``pids`` (pid -> worker label)
     attributes a cluster worker's ``task`` captures."""
-    from ._hook import slug
-
     known = {}
     for label in ("driver", *labels):
         known[slug(label)] = label

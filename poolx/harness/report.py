@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from . import analyze
 from . import env as _env
 from .analyze import Row
 from .measure import BUCKET_HELP, BUCKETS, Run
@@ -526,8 +527,6 @@ def _table_html(headers: list[str], rows: list[list[str]], cls: str) -> str:
 
 def html(results: dict[str, Any], rows: list[Row], runs: list[Run]) -> str:
     """One self-contained page: inline CSS and SVG, no scripts or fonts from anywhere."""
-    from . import analyze
-
     e = _html.escape
     environment = results["env"]
     parts = [

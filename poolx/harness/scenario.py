@@ -17,7 +17,16 @@ mode's result with the serial one.  Any of the three forms may be missing;
 ``--modes`` must then leave its mode out (the command says which).
 
 ``poolx profile`` accepts a built-in name (``pi``, ``retrieve``), a path to a
-``.py`` file, or ``module`` / ``module:attr``.
+``.py`` file, or ``module`` / ``module:attr``.  This module is the one place
+that finds and loads them (``poolx profile`` and ``poolx demo`` alike); it does
+not run them (``measure.py`` does).
+
+The built-in ones live once, in the repository's top-level ``profiling/``
+folder, and are loaded from it by path (``folders.py`` finds it in a checkout
+or in an installed wheel's data files).  Every scenario is pickled by value
+(cloudpickle), so workers need not be able to import it: a worker started in a
+checkout imports the checkout's ``poolx``, and no worker has ``profiling/`` or
+a user's scenario file on its path.
 """
 
 from __future__ import annotations
@@ -26,10 +35,14 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from .. import _scenarios
+import cloudpickle
 
+from . import folders
+
+BUILTIN = ("pi", "retrieve")
 MODES = ("serial", "task", "actor")
 _FORM = {"serial": "serial", "task": "tasks", "actor": "actors"}
 
@@ -72,12 +85,10 @@ def load(spec: str) -> Scenario:
             obj = getattr(module, attr)
         except AttributeError:
             raise ValueError(f"scenario {spec!r}: module {module_spec!r} has no attribute {attr!r}") from None
-        import cloudpickle
-
         cloudpickle.register_pickle_by_value(module)
         name = spec
     else:
-        obj = _scenarios.load(spec)
+        obj = load_module(spec)
         name = Path(spec).stem if spec.endswith(".py") else spec
     present = [m for m in MODES if callable(getattr(obj, _FORM[m], None))]
     if not present:
@@ -91,3 +102,30 @@ def load(spec: str) -> Scenario:
     workers = getattr(obj, "WORKERS", None)
     doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
     return Scenario(name, obj, size, tuple(workers) if workers else None, doc[0] if doc else "")
+
+
+def load_module(spec: str) -> ModuleType:
+    """A built-in scenario name, a path to a ``.py`` file, or an importable module name: its module."""
+    if spec in BUILTIN:
+        where = folders.folder("profiling", f"{spec}.py")
+        if where is None:
+            raise RuntimeError(f"the built-in scenario {spec!r} is not installed (no profiling/{spec}.py "
+                               "in a checkout nor among poolx's installed files); reinstall poolx")
+        return _by_value(folders.load_file(where / f"{spec}.py", f"poolx_builtin_scenario_{spec}"))
+    path = Path(spec)
+    if spec.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"scenario file {spec!r} does not exist")
+        return _by_value(folders.load_file(path, f"poolx_scenario_{path.stem}"))
+    try:
+        return _by_value(importlib.import_module(spec))
+    except ModuleNotFoundError as exc:
+        raise ValueError(
+            f"unknown scenario {spec!r}: give a built-in name ({', '.join(BUILTIN)}), "
+            "a path to a .py file, or an importable module"
+        ) from exc
+
+
+def _by_value(module: ModuleType) -> ModuleType:
+    cloudpickle.register_pickle_by_value(module)
+    return module
