@@ -3,6 +3,7 @@
 Delete once no module imports it (issue 20's layout step).
 """
 
+from .actors.options import is_async_class, method_names
 from .actors.runner import (
     ASYNC_DEFAULT_CONCURRENCY,
     CALL_ON_INSTANCE,
@@ -11,9 +12,7 @@ from .actors.runner import (
     Runner,
     ThreadRunner,
     current_runner,
-    is_async_class,
     make_runner,
-    method_names,
 )
 
 __all__ = ["ASYNC_DEFAULT_CONCURRENCY", "CALL_ON_INSTANCE", "AsyncRunner", "InlineRunner", "Runner",

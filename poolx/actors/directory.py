@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import ActorDiedError
 from .._futures import Future, Task
 from .._objects import dependencies, send_resolved, when_done
-from .options import ActorOptions
-from .runner import is_async_class, method_names
+from .options import ActorOptions, is_async_class, method_names
 
 _RUNNING = "RUNNING"  # concurrent.futures._base.RUNNING
 

@@ -1,12 +1,15 @@
-"""How an actor runs: ``ActorOptions``, given through ``Executor.options(...)``.
+"""How an actor runs: what the user asks (``ActorOptions``) and what its class implies.
 
-Only the validated record of the options; what they do is in the backends
-(restarts, call timeouts) and in the runner (concurrency).  Imports nothing
-from poolx.
+``ActorOptions`` is given through ``Executor.options(...)``; this module only
+validates it: what the options do is in the backends (restarts, call
+timeouts) and in the runner (concurrency).  ``method_names`` and
+``is_async_class`` read an actor's class: the methods its handle offers, and
+whether its calls run on an event loop.  Imports nothing from poolx.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -70,3 +73,32 @@ class ActorOptions:
                 f"the options are: {', '.join(sorted(known))}"
             )
         return cls(**options)
+
+
+def is_async_class(cls: type) -> bool:
+    """Whether ``cls`` has an ``async def`` method: its calls then run on an event loop."""
+    for name in dir(cls):
+        if name.startswith("__") and name != "__call__":
+            continue
+        attr = inspect.getattr_static(cls, name, None)
+        if isinstance(attr, staticmethod | classmethod):
+            attr = attr.__func__
+        if inspect.iscoroutinefunction(attr) or inspect.isasyncgenfunction(attr):
+            return True
+    return False
+
+
+def method_names(cls: type) -> frozenset[str]:
+    """The names a handle exposes: callable attributes not starting with ``__``, and ``__call__``."""
+    names = {n for n in dir(cls) if not n.startswith("__") and callable(getattr(cls, n, None))}
+    if "__call__" in _own_dunders(cls) and callable(vars_lookup(cls, "__call__")):
+        names.add("__call__")
+    return frozenset(names)
+
+
+def vars_lookup(cls: type, name: str) -> Any:
+    return inspect.getattr_static(cls, name, None)
+
+
+def _own_dunders(cls: type) -> set[str]:
+    return {n for k in cls.__mro__ if k is not object for n in vars(k)}

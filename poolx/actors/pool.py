@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import ActorDiedError
 from .handle import ActorHandle
-from .runner import method_names
+from .options import method_names
 
 if TYPE_CHECKING:
     from .._executor import ActorFactory

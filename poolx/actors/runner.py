@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ActorDiedError
+from .options import is_async_class
 
 if TYPE_CHECKING:
     import asyncio  # imported where used: it costs ~20 ms and most actors never need it
@@ -52,35 +53,6 @@ def current_runner() -> Runner | None:
 ASYNC_DEFAULT_CONCURRENCY = 1000
 
 OnDone = Callable[[Any, bool, Any, float, float], None]
-
-
-def is_async_class(cls: type) -> bool:
-    """Whether ``cls`` has an ``async def`` method: its calls then run on an event loop."""
-    for name in dir(cls):
-        if name.startswith("__") and name != "__call__":
-            continue
-        attr = inspect.getattr_static(cls, name, None)
-        if isinstance(attr, staticmethod | classmethod):
-            attr = attr.__func__
-        if inspect.iscoroutinefunction(attr) or inspect.isasyncgenfunction(attr):
-            return True
-    return False
-
-
-def method_names(cls: type) -> frozenset[str]:
-    """The names a handle exposes: callable attributes not starting with ``__``, and ``__call__``."""
-    names = {n for n in dir(cls) if not n.startswith("__") and callable(getattr(cls, n, None))}
-    if "__call__" in _own_dunders(cls) and callable(vars_lookup(cls, "__call__")):
-        names.add("__call__")
-    return frozenset(names)
-
-
-def vars_lookup(cls: type, name: str) -> Any:
-    return inspect.getattr_static(cls, name, None)
-
-
-def _own_dunders(cls: type) -> set[str]:
-    return {n for k in cls.__mro__ if k is not object for n in vars(k)}
 
 
 def make_runner(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any], max_concurrency: int | None,
