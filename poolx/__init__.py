@@ -10,7 +10,7 @@ This module is the package's face: it lists the public names in ``__all__``;
 imported on first use (``__getattr__`` below).
 """
 
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 from ._errors import (
     ActorDiedError,
@@ -33,7 +33,7 @@ from .actors.handle import ActorHandle, ActorMethod
 from .actors.options import ActorOptions
 from .backends import Backend, BackendOptions, available_backends, register_backend
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from ._api import (
         RemoteClass,
         RemoteFunction,
@@ -118,7 +118,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
