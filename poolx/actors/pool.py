@@ -273,6 +273,7 @@ def _run(factory: ActorFactory, cls: type, args: tuple[Any, ...], kwargs: dict[s
             if clean or not member.inflight:
                 member.handle.release(wait=True)
             else:  # stopped early (an error, or the consumer let go): do not finish the rest
+                # (ActorFactory offers no public way to its executor's kill() yet: issue 20)
                 factory._executor.kill(member.handle)
 
 

@@ -89,7 +89,7 @@ class Runner:
         self.stopped = False
         # init_collective_group inside this actor may meet the others in this process (threads backend)
         self.collectives = False
-        self.collective_groups: dict[str, Any] = {}  # name -> this actor's poolx.collective.Member
+        self.collective_groups: dict[str, Any] = {}  # name -> this actor's collective._block.Member
 
     def build(self) -> None:
         try:
