@@ -4,26 +4,14 @@ The front door is :class:`Executor`, a drop-in ``concurrent.futures``
 executor whose tasks run on a pluggable backend (``processes`` by default,
 ``threads``, ``serial``).  ``poolx.remote``, ``get``, ``wait``, ``put`` and
 friends are Ray's API on top of it (``import poolx as ray``).
+
+This module is the package's face: it lists the public names in ``__all__``;
+``Pool``, ``ThreadPool``, the Ray-style API, ``PutRef`` and ``ActorPool`` are
+imported on first use (``__getattr__`` below).
 """
 
-from ._actor_pool import ActorPool
-from ._actors import ActorHandle, ActorMethod, ActorOptions
-from ._api import (
-    RemoteClass,
-    RemoteFunction,
-    available_resources,
-    cancel,
-    cluster_resources,
-    get,
-    get_actor,
-    init,
-    is_initialized,
-    kill,
-    put,
-    remote,
-    shutdown,
-    wait,
-)
+import typing as _typing
+
 from ._errors import (
     ActorDiedError,
     DeserializationError,
@@ -39,10 +27,32 @@ from ._errors import (
 )
 from ._executor import ActorFactory, Executor, default_max_workers
 from ._futures import Future
-from ._objects import ObjectRef, PutRef
-from ._pool import Pool, ThreadPool
+from ._futures import Future as ObjectRef
 from ._telemetry import Statistics
+from .actors.handle import ActorHandle, ActorMethod
+from .actors.options import ActorOptions
 from .backends import Backend, BackendOptions, available_backends, register_backend
+
+if _typing.TYPE_CHECKING:
+    from ._api import (
+        RemoteClass,
+        RemoteFunction,
+        available_resources,
+        cancel,
+        cluster_resources,
+        get,
+        get_actor,
+        init,
+        is_initialized,
+        kill,
+        put,
+        remote,
+        shutdown,
+        wait,
+    )
+    from ._objects import PutRef
+    from ._pool import Pool, ThreadPool
+    from .actors.pool import ActorPool
 
 __version__ = "0.1.0.dev0"
 
@@ -91,3 +101,33 @@ __all__ = [
     "shutdown",
     "wait",
 ]
+
+
+# The other front doors load on first use (as CPython's concurrent.futures
+# does for its executors): ``import poolx`` then costs only the Executor's own
+# modules, not multiprocessing.pool nor the Ray-style API.  Name -> module.
+_LAZY = {
+    "ActorPool": "poolx.actors.pool",
+    "Pool": "poolx._pool",
+    "PutRef": "poolx._objects",
+    "ThreadPool": "poolx._pool",
+    **dict.fromkeys(
+        ["RemoteClass", "RemoteFunction", "available_resources", "cancel", "cluster_resources", "get",
+         "get_actor", "init", "is_initialized", "kill", "put", "remote", "shutdown", "wait"],
+        "poolx._api"),
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # found without __getattr__ next time
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -29,7 +29,7 @@ from typing import Any
 
 import cloudpickle
 
-from . import _shm
+from . import _refs, _shm
 
 PROTOCOL = 5
 # Buffers smaller than this are copied into the pickle stream: below ~64 KiB the
@@ -86,9 +86,7 @@ class _Pickler(cloudpickle.Pickler):
                 and _main_by_reference(obj)):
             return NotImplemented  # the standard pickler saves it as __main__.<name>
         if isinstance(obj, cf.Future):
-            from . import _objects
-
-            return _objects.reduce_ref(obj, self.pins)
+            return _refs.reduce_ref(obj, self.pins)
         return super().reducer_override(obj)
 
 
