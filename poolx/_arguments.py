@@ -1,5 +1,9 @@
 """Checks of the front ends' constructor arguments, with the stdlib's exception types.
 
+Also the parsing of poolx's own options (``max_memory_per_child="2GiB"``,
+``retry_exceptions=True``) and the refusal of an option the chosen backend
+cannot honour.  What this module does not do: apply them (the Executor).
+
 A bad argument must fail in the constructor, never later in the scheduler
 thread (issue 19: ``Executor(2.5)`` was accepted, and the scheduler died on
 ``range(2.5)``).  The worker count is taken exactly as the stdlib takes it

@@ -3,7 +3,15 @@
 A drop-in ``concurrent.futures.ProcessPoolExecutor`` (same signature, same
 semantics) whose work runs on a pluggable backend.  Every other front end
 (Pool, the joblib backend, the Ray-style API, the profiling harness) is built
-on this class and never talks to a backend directly.
+on this class and never talks to a backend directly: it uses the members of
+the section "the front ends' interface" (``submit_task``, ``stop_tasks``,
+``prestart``, ``for_front_end``...), never this class's underscore attributes.
+
+Here: the Executor's own state, submitting, stopping, and the interpreter's
+exit.  Elsewhere: the map machinery (poolx._map), reruns on exceptions
+(poolx._retry), tasks waiting for their inputs (poolx._held), checks of the
+constructor's arguments (poolx._arguments); tasks run in a backend
+(poolx.backends).
 """
 
 from __future__ import annotations
@@ -109,6 +117,7 @@ def _seconds_to(deadline: float) -> float:
     return max(deadline - time.monotonic(), 0.0)
 
 
+# (threading's private hook, as concurrent.futures uses: it runs before non-daemon threads are joined)
 threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
 # In a multiprocessing child (a poolx executor started inside another library's
 # worker process), Process._bootstrap joins the children before the threading
