@@ -217,7 +217,7 @@ class Executor(cf.Executor):
         if self._backend.supports_shared_memory:
             _shm.keep_free_segments()
         self._shutdown_lock = threading.Lock()
-        self._shutdown = False
+        self.closed = False
         self._feeders: list[Feeder] = []  # map()'s, stopped or joined by shutdown()
         self._runners = Runners(RUNNER_CACHE, (max_retries, retry_on) if retry_on else None, partial=True)
         self._held = HeldTasks(self._backend, self._telemetry)  # tasks waiting for their inputs (_hold)
@@ -258,7 +258,7 @@ class Executor(cf.Executor):
         """Schedule ``fn(*args, **kwargs)``; returns a Future for its result."""
         if self._retry_on:  # a future that reruns the task when it raises one of retry_exceptions
             return retrying(lambda budget: _attempt(self, fn, args, kwargs, budget), self._max_retries,
-                            self._retry_on, lambda: self._shutdown)
+                            self._retry_on, lambda: self.closed)
         return self.submit_task(fn, args, kwargs, self._max_retries).future
 
     def put(self, obj: Any) -> PutRef:
@@ -275,7 +275,7 @@ class Executor(cf.Executor):
         if isinstance(obj, cf.Future):
             raise TypeError("put() of a future or ref: pass the ref itself to tasks instead "
                             "(a put of a ref is not allowed, as in Ray)")
-        if self._shutdown:
+        if self.closed:
             raise RuntimeError("cannot put objects after shutdown")
         shm = _shm.SHARED if self._backend.supports_shared_memory else _shm.NONE
         try:
@@ -335,7 +335,7 @@ class Executor(cf.Executor):
         backend (it keeps the Tasks to stop them) and the Ray-style API
         (per-function retries, read-only arguments, the id for ``cancel``).
         """
-        if self._shutdown:
+        if self.closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if _interpreter_exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
@@ -394,12 +394,10 @@ class Executor(cf.Executor):
         chunks (and builds their runners) under the executor's retry rule with it."""
         return self._retry_policy
 
-    @property
-    def closed(self) -> bool:
-        """Whether ``shutdown`` (or ``terminate_workers``/``kill_workers``) was called:
-        the joblib backend then starts another executor; a map with
-        ``buffersize`` stops submitting."""
-        return self._shutdown
+    #: Whether ``shutdown`` (or ``terminate_workers``/``kill_workers``) was called;
+    #: read only.  The joblib backend then starts another executor; a map with
+    #: ``buffersize`` stops submitting (a plain attribute: it reads it per chunk).
+    closed: bool
 
     @property
     def telemetry(self) -> Telemetry:
@@ -432,7 +430,7 @@ class Executor(cf.Executor):
             raise ValueError("buffersize must be None or > 0")
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        if self._shutdown:
+        if self.closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
         end_time = None if timeout is None else timeout + time.monotonic()
         sizer = ChunkSizer(chunksize, length(iterables), self._max_workers)
@@ -506,7 +504,7 @@ class Executor(cf.Executor):
         if options.call_timeout is not None and not self._backend.supports_timeouts:
             raise ValueError(f"the {self._backend.name!r} backend cannot stop a running call: call_timeout "
                              "needs backend='processes'")
-        if self._shutdown:
+        if self.closed:
             raise RuntimeError("cannot create actors after shutdown")
         actor, new = self._actors.create(cls, args, kwargs, options)
         if new:
@@ -537,7 +535,7 @@ class Executor(cf.Executor):
             for feeder in feeders:
                 feeder.join()
         with self._shutdown_lock:
-            self._shutdown = True
+            self.closed = True
             self._left_running = not wait
         self._actors.close()
         if cancel_futures:
@@ -561,7 +559,7 @@ class Executor(cf.Executor):
         for feeder in list(self._feeders):
             feeder.stop()
         with self._shutdown_lock:
-            self._shutdown = True
+            self.closed = True
             self._left_running = True  # a task that ignores SIGTERM: killed at exit (_at_exit)
         self._actors.close()
         self._held.cancel()
@@ -626,7 +624,7 @@ def _attempt(ex: Executor, fn: Callable[..., Any], args: tuple[Any, ...], kwargs
 
 def _release_shared_memory(closing: Executor) -> None:
     """After the last executor with shared memory stops: unmap the free segments kept for reuse."""
-    if not any(ex is not closing and not ex._shutdown and ex._backend.supports_shared_memory
+    if not any(ex is not closing and not ex.closed and ex._backend.supports_shared_memory
                for ex in list(_live)):
         _shm.release_memory()
 
