@@ -25,6 +25,7 @@ from ._errors import PoolxError, RemoteTraceback, SerializationError, TaskTimeou
 
 
 def terminated() -> BaseException:
+    """The error of a task that ``terminate()`` stopped (the stdlib leaves it pending for ever)."""
     return PoolxError("the pool was terminated before this task finished")
 
 
