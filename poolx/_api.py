@@ -21,12 +21,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from . import _actors, _arguments, _context
+from . import _actors, _arguments, _context, _shm
 from ._actors import ActorHandle
 from ._errors import GetTimeoutError, PoolxError, TaskCancelledError
-from ._executor import retry_exceptions_tuple, retrying
+from ._executor import Executor
 from ._futures import Future, Task, lent_slot
-from ._objects import ObjectRef, PutRef, request
+from ._objects import ObjectRef, PutRef, dependencies, request, resolve
+from ._retry import retrying
 
 __all__ = [
     "ObjectRef",
@@ -105,14 +106,9 @@ def init(num_workers: int | None = None, backend: str | None = None, *, num_cpus
                 return _executor
             raise RuntimeError("poolx.init() was already called (or a remote call started the executor): "
                                "call poolx.shutdown() first, or pass ignore_reinit_error=True")
-        from ._executor import Executor
-
         _executor = Executor(num_workers, backend=backend, **executor_options)
         # Workers start now, as Ray's do at init(): the first tasks do not wait for them.
-        prestart = getattr(_executor._backend, "prestart", None)
-        if prestart is not None:
-            prestart()
-            _executor._backend.wait_ready(INIT_READY_TIMEOUT)
+        _executor.prestart(INIT_READY_TIMEOUT)
         return _executor
 
 
@@ -217,7 +213,7 @@ class RemoteFunction:
         options = self._options
         retries = options.get("max_retries", DEFAULT_MAX_RETRIES)
         n_returns = options.get("num_returns", 1)
-        retry_on = retry_exceptions_tuple(options.get("retry_exceptions", False))
+        retry_on = _arguments.retry_exceptions(options.get("retry_exceptions", False))
         if retry_on:
             fn = self._function
             future = retrying(lambda budget: _attempt(fn, args, kwargs, budget), retries, retry_on,
@@ -260,8 +256,6 @@ class RemoteClass:
             raise PoolxError("poolx actors are created by the driver: create the actor there and pass "
                              "its handle to the task")
         options = {k: v for k, v in self._options.items() if k not in ("lifetime", "num_gpus")}
-        from ._objects import dependencies, resolve
-
         if dependencies(args, kwargs):
             args, kwargs = resolve(args, kwargs, prepickled=False)
         return _get_executor().options(**options).actor(self._cls, *args, **kwargs)
@@ -289,7 +283,7 @@ def _attempt(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, An
     if _context.in_child():
         return _context.here.client.submit(fn, args, kwargs, retries), None  # type: ignore[no-any-return,unused-ignore]
     executor = _get_executor()
-    task = executor._submit(fn, args, kwargs, retries, readonly_args=True)
+    task = executor.submit_task(fn, args, kwargs, retries, readonly_args=True)
     task.future._poolx_task = task.id  # for cancel()
     return task.future, task
 
@@ -415,8 +409,6 @@ def put(obj: Any) -> PutRef:
     if _context.in_child():
         if isinstance(obj, cf.Future):
             raise TypeError("put() of a ref is not allowed (as in Ray): pass the ref itself")
-        from . import _shm
-
         return PutRef(obj, _shm.SHARED if _shm.AVAILABLE else _shm.NONE)
     return _get_executor().put(obj)  # type: ignore[no-any-return,unused-ignore]
 
@@ -447,14 +439,14 @@ def cancel(ref: Any, *, force: bool = False, recursive: bool = True) -> None:
         executor = _executor
         if executor is None:
             return
-        if not executor._backend.supports_terminate:
+        if not executor.supports_terminate:
             raise ValueError(f"cancel(force=True): the {executor.backend!r} backend cannot stop a running "
                              "task; use the processes backend (poolx.init(backend='processes'))")
-        executor._stop_tasks([_TaskRef(task_id, ref)])
+        executor.stop_tasks([_TaskRef(task_id, ref)])
 
 
 class _TaskRef:
-    """What ``Executor._stop_tasks`` reads of a task: its id and future."""
+    """What ``Executor.stop_tasks`` reads of a task: its id and future."""
 
     __slots__ = ("future", "id")
 

@@ -1,5 +1,9 @@
 """Checks of the front ends' constructor arguments, with the stdlib's exception types.
 
+Also the parsing of poolx's own options (``max_memory_per_child="2GiB"``,
+``retry_exceptions=True``) and the refusal of an option the chosen backend
+cannot honour.  What this module does not do: apply them (the Executor).
+
 A bad argument must fail in the constructor, never later in the scheduler
 thread (issue 19: ``Executor(2.5)`` was accepted, and the scheduler died on
 ``range(2.5)``).  The worker count is taken exactly as the stdlib takes it
@@ -23,7 +27,10 @@ import math
 import multiprocessing
 import numbers
 import operator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .backends import Backend
 
 
 def _shown(value: Any) -> str:
@@ -122,3 +129,108 @@ def initializer(value: Any, initargs: Any) -> tuple[Any, ...]:
     except TypeError:
         raise TypeError(f"initargs must be a tuple of the initializer's arguments, got "
                         f"{_shown(initargs)}: write (x,) for one argument") from None
+
+
+def retry_exceptions(value: Any) -> tuple[type[BaseException], ...]:
+    """``retry_exceptions`` as a tuple of classes: False/None none, True any ``Exception``."""
+    if value is False or value is None:
+        return ()
+    if value is True:
+        return (Exception,)
+    if isinstance(value, type) and issubclass(value, BaseException):
+        return (value,)
+    if isinstance(value, list | tuple) and all(isinstance(t, type) and issubclass(t, BaseException)
+                                               for t in value):
+        return tuple(value)
+    raise TypeError(f"retry_exceptions must be True, False or a list of exception classes, got {value!r}")
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def byte_size(value: int | str | None, name: str) -> int | None:
+    """Bytes from an int or a string such as "500MB" or "2GiB"."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            value = operator.index(value)  # (a numpy integer too)
+        except TypeError:
+            raise TypeError(f"{name} must be a number of bytes (an int) or a size such as '500MB' or "
+                            f"'2GiB', got {type(value).__name__} {value!r}") from None
+        if value > 0:
+            return value
+    else:
+        text = value.strip().upper().replace(" ", "")
+        number = text.rstrip("KMGTIB")
+        unit = text[len(number):]
+        if unit in _UNITS:
+            try:
+                amount = float(number)
+            except ValueError:
+                amount = -1.0
+            if amount > 0:
+                return int(amount * _UNITS[unit])
+    raise ValueError(f"{name} must be a positive number of bytes or a size such as '500MB' or '2GiB', "
+                     f"got {value!r}")
+
+
+def context_for_tasks_per_child(mp_context: Any, any_start_method: bool) -> Any:
+    """The context to run with ``max_tasks_per_child``: ProcessPoolExecutor's rule on fork.
+
+    It refuses fork (a ValueError), and takes spawn instead when no context
+    was given; ``any_start_method`` (poolx.Pool, whose workers retire
+    themselves, which fork allows, as the stdlib's Pool) keeps the context.
+    """
+    method = _start_method(mp_context)
+    if any_start_method:
+        pass
+    elif method == "fork" and mp_context is None:
+        mp_context = "spawn"  # as ProcessPoolExecutor does when no context was given
+    elif method == "fork":
+        raise ValueError(
+            "max_tasks_per_child is incompatible with the 'fork' multiprocessing "
+            "start method; supply a different mp_context."
+        )
+    return mp_context
+
+
+def _start_method(mp_context: Any) -> str:
+    if mp_context is None:
+        # (imported here: the processes engine loads only when an executor needs it)
+        from .backends.processes._backend import default_start_method
+
+        return default_start_method()
+    if isinstance(mp_context, str):
+        return mp_context
+    return str(mp_context.get_start_method())
+
+
+def backend_supports(backend_cls: type[Backend], backend: str, *, address: str | None,
+                     max_tasks_per_child: int | None, task_timeout: float | None,
+                     init_timeout: float | None, max_retries: int, max_memory: int | None) -> None:
+    """Refuse (a ValueError naming the backend) an option that ``backend_cls`` cannot honour."""
+    if address is not None and backend not in ("dask", "ray"):
+        raise ValueError(f"address= is the cluster to run on, for backend='dask' or 'ray'; the "
+                         f"{backend!r} backend runs on this machine")
+    if max_tasks_per_child is not None and not backend_cls.supports_max_tasks_per_child:
+        raise ValueError(
+            f"the {backend!r} backend does not support max_tasks_per_child; "
+            "use backend='processes'"
+        )
+    if task_timeout is not None and not backend_cls.supports_timeouts:
+        raise ValueError(f"the {backend!r} backend cannot stop a running task: task_timeout needs "
+                         "backend='processes'")
+    if init_timeout is not None and not backend_cls.supports_timeouts:
+        raise ValueError(f"the {backend!r} backend cannot stop an initializer: init_timeout needs "
+                         "backend='processes'")
+    if max_retries and not backend_cls.supports_retries:
+        raise ValueError(f"the {backend!r} backend does not take max_retries: its engine reruns a task "
+                         "whose worker died by its own rule (Dask: the scheduler's allowed-failures "
+                         "setting)")
+    if max_memory is not None and not backend_cls.supports_worker_restart:
+        raise ValueError(f"the {backend!r} backend cannot replace its workers: max_memory_per_child "
+                         "needs backend='processes'")

@@ -31,25 +31,20 @@ import os
 import queue
 import sys
 import threading
-import time
 import traceback
 import types
 import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import CancelledError
-from concurrent.futures import TimeoutError as _FutureTimeout
 from multiprocessing import TimeoutError as MPTimeoutError
-from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
-from multiprocessing.pool import RemoteTraceback as MPRemoteTraceback  # type: ignore[attr-defined]
 from typing import Any
 
 from . import _arguments
-from ._chunks import Retry, named_after
-from ._chunks import run_chunk as run_chunk_items
-from ._errors import RemoteTraceback, SerializationError, TaskTimeoutError
+from ._errors import SerializationError
 from ._executor import Executor
+from ._map import Runners
+from ._pool_futures import OrderedFutures, UnorderedFutures, as_stdlib, outcome, settle, terminated
 
 # The stdlib's state names (tests and users read pool._state against these).
 INIT, RUN, CLOSE, TERMINATE = "INIT", "RUN", "CLOSE", "TERMINATE"
@@ -59,23 +54,8 @@ _job_counter = itertools.count()
 # to keep tiny tasks pipelined (throughput is in-flight tasks / round trip),
 # few enough that an endless iterable is not read far ahead.
 IMAP_WINDOW_PER_WORKER = 512
-
-
-def _chunk_runner(func: Callable[..., Any], star: bool, retry: Retry | None) -> Callable[..., list[Any]]:
-    """The task function of a map over ``func``, named after it (for messages and traces).
-
-    One map chunk in the worker: the results of ``func`` over the items, in
-    order; ``start`` is the index of its first item in the whole map.  See
-    poolx._chunks for the quarantine of an item that kills its worker, and ``retry``.
-    """
-
-    def run_chunk(chunk: list[Any], start: int) -> list[Any]:
-        results, error = run_chunk_items(func, chunk, star, start, retry)
-        if error is not None:
-            raise error
-        return results
-
-    return named_after(run_chunk, func)
+# Map runners kept per pool (each holds its function alive).
+RUNNER_CACHE = 64
 
 
 def _default_processes() -> int:
@@ -131,19 +111,17 @@ class Pool:
             # Python 3.13 (workers inherit the program's state), forkserver from
             # 3.14, and whatever set_start_method() chose.
             context = multiprocessing.get_context()
-        self._executor = Executor(processes, context, initializer, tuple(initargs),
-                                  max_tasks_per_child=maxtasksperchild, backend=backend, address=address,
-                                  _any_start_method=True, task_timeout=task_timeout,
-                                  max_memory_per_child=max_memory_per_child, max_retries=max_retries,
-                                  retry_exceptions=retry_exceptions, init_timeout=init_timeout)
-        ex = self._executor
-        self._retry: Retry | None = (ex._max_retries, ex._retry_on) if ex._retry_on else None
-        # The same runner for the same func: the engine pickles it (func in its
-        # closure) once per worker, and refers to it by key afterwards.
-        self._runners: dict[tuple[Any, bool], Callable[..., list[Any]]] = {}
-        prestart = getattr(self._executor._backend, "prestart", None)
-        if prestart is not None:  # as the stdlib: every worker (and its initializer) starts now
-            prestart()
+        self._executor = Executor.for_front_end(
+            processes, context, initializer, tuple(initargs), max_tasks_per_child=maxtasksperchild,
+            backend=backend, address=address, any_start_method=True, task_timeout=task_timeout,
+            max_memory_per_child=max_memory_per_child, max_retries=max_retries,
+            retry_exceptions=retry_exceptions, init_timeout=init_timeout)
+        self._max_retries, retry_on = self._executor.retry_policy
+        # Map chunks run under the executor's retry rule; a failed item fails
+        # its chunk whole, as the stdlib's (not partial: poolx._map).
+        self._runners = Runners(RUNNER_CACHE, (self._max_retries, retry_on) if retry_on else None,
+                                partial=False)
+        self._executor.prestart()  # as the stdlib: every worker (and its initializer) starts now
         # Callbacks run here, in order, as the stdlib runs them on its result
         # thread; the thread holds no reference to the pool.
         self._callback_thread = threading.Thread(target=_run_callbacks, args=(self._callbacks,),
@@ -218,7 +196,7 @@ class Pool:
         if self._terminated:
             return
         self._terminated = True
-        if self._executor._backend.supports_terminate:
+        if self._executor.supports_terminate:
             self._executor.terminate_workers()
         self._executor.shutdown(wait=True, cancel_futures=True)
         for feeder in list(self._feeders):  # each sees TERMINATE at its next chunk
@@ -283,32 +261,20 @@ class Pool:
             return
         future.add_done_callback(lambda f: self._on_done(f, deliver, threaded))
 
-    def _runner(self, func: Callable[..., Any], star: bool) -> Callable[..., list[Any]]:
-        try:
-            runner = self._runners.get((func, star))
-        except TypeError:  # func is not hashable
-            return _chunk_runner(func, star, self._retry)
-        if runner is None:
-            if len(self._runners) >= 64:
-                self._runners.pop(next(iter(self._runners)))
-            runner = self._runners[(func, star)] = _chunk_runner(func, star, self._retry)
-        return runner
-
     def _start(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if getattr(func, "_poolx_chunk", False):  # a map chunk: its items can be quarantined (poolx._chunks)
-            ex = self._executor
-            return ex._submit(func, args, kwargs, ex._max_retries, chunk=True).future
+        if getattr(func, "_poolx_chunk", False):  # a map chunk: its items can be quarantined (poolx._map)
+            return self._executor.submit_task(func, args, kwargs, self._max_retries, chunk=True).future
         return self._executor.submit(func, *args, **kwargs)
 
     def _on_done(self, future: Any, deliver: Callable[[bool, Any], None], threaded: bool) -> None:
         if future.cancelled():
-            self._finished(deliver, threaded, False, _terminated())
+            self._finished(deliver, threaded, False, terminated())
             return
         exc = future.exception()
         if exc is None:
             self._finished(deliver, threaded, True, future.result())
         else:
-            self._finished(deliver, threaded, False, _as_stdlib(exc))
+            self._finished(deliver, threaded, False, as_stdlib(exc))
 
     def _finished(self, deliver: Callable[[bool, Any], None], threaded: bool, ok: bool, value: Any) -> None:
         if threaded:
@@ -329,7 +295,7 @@ class Pool:
         self._check_running()
         items = list(iterable)
         size = self._chunksize(items, chunksize) if items else 0  # as the stdlib: empty input, chunksize 0
-        runner = self._runner(func, star)
+        runner = self._runners.get(func, star)
         bar = _progress_bar(progress, len(items), func)
         result = MapResult(self, size, len(items), callback, error_callback)
         if size > 0:
@@ -362,7 +328,7 @@ class Pool:
         if bar is None:
             # Nothing to run per result: the iterator reads the tasks' futures
             # directly, in order or as they complete.
-            ordered: _OrderedFutures = (_OrderedFutures if kind is IMapIterator else _UnorderedFutures)(
+            ordered: OrderedFutures = (OrderedFutures if kind is IMapIterator else UnorderedFutures)(
                 chunksize == 1)
             feeder = threading.Thread(target=self._feed_futures,
                                       args=(func, iter(iterable), chunksize, ordered),
@@ -380,48 +346,48 @@ class Pool:
         return (item for chunk in result for item in chunk)
 
     def _feed_futures(self, func: Callable[..., Any], items: Iterator[Any], chunksize: int,
-                      ordered: _OrderedFutures) -> None:
+                      ordered: OrderedFutures) -> None:
         """Read the iterable on this thread and submit its chunks; at most
         ``window`` in flight (the oldest is awaited, not consumed: every task
         runs even if nobody reads the results, as with the stdlib)."""
         window = IMAP_WINDOW_PER_WORKER * self._processes
         inflight: deque[Any] = deque()
-        runner = self._runner(func, False)
+        runner = self._runners.get(func, False)
         n = 0  # items read
         try:
             while True:
                 try:
                     chunk = list(itertools.islice(items, chunksize))
                 except Exception as exc:  # the iterable raised: that is the outcome at this place
-                    ordered._add(exc)
+                    ordered.add(exc)
                     break
                 if not chunk:
                     break
                 start, n = n, n + len(chunk)
                 if len(inflight) >= window:
-                    _settle(inflight.popleft())
+                    settle(inflight.popleft())
                 if self._state == TERMINATE:
-                    ordered._add(_terminated())
+                    ordered.add(terminated())
                     break
                 try:
                     future = self._start(runner, (chunk, start), {})
                 except SerializationError as exc:
-                    ordered._add(exc.__cause__ if exc.__cause__ is not None else exc)
+                    ordered.add(exc.__cause__ if exc.__cause__ is not None else exc)
                     continue
                 except RuntimeError as exc:  # terminated meanwhile
-                    ordered._add(exc)
+                    ordered.add(exc)
                     break
                 inflight.append(future)
-                ordered._add_future(future)
+                ordered.add_future(future)
         finally:
-            ordered._end()
+            ordered.end()
             self._feeders.remove(threading.current_thread())
 
     def _feed(self, func: Callable[..., Any], items: Iterator[Any], chunksize: int, result: IMapIterator,
               bar: Any = None) -> None:
         """Read the iterable on this thread and submit its chunks, a bounded number in flight."""
         window = threading.BoundedSemaphore(max(64, 8 * self._processes))
-        runner = self._runner(func, False)
+        runner = self._runners.get(func, False)
         n = 0  # chunks read
         start = 0  # items read
         try:
@@ -437,7 +403,7 @@ class Pool:
                 window.acquire()
                 if self._state == TERMINATE:
                     window.release()
-                    self._callbacks.put(lambda n=n: result._set(n, (False, _terminated())))
+                    self._callbacks.put(lambda n=n: result._set(n, (False, terminated())))
                     n += 1
                     break
 
@@ -488,48 +454,6 @@ def _run_callbacks(callbacks: queue.SimpleQueue[Any]) -> None:
         except BaseException:  # a user's callback raised: report it, go on
             print("Exception in a poolx.Pool callback:", file=sys.stderr)
             traceback.print_exc()
-
-
-def _terminated() -> BaseException:
-    from ._errors import PoolxError
-
-    return PoolxError("the pool was terminated before this task finished")
-
-
-def _as_stdlib(exc: BaseException) -> BaseException:
-    """A worker's exception as multiprocessing.Pool would give it."""
-    if isinstance(exc, SerializationError) and "could not be pickled in the worker" in str(exc):
-        return MaybeEncodingError(exc, "the result")
-    cause = exc.__cause__
-    if isinstance(cause, RemoteTraceback):
-        exc.__cause__ = MPRemoteTraceback(cause.tb)
-    return exc
-
-
-def _settle(future: Any) -> None:
-    """Wait until ``future`` is done, whatever its outcome."""
-    try:
-        future.exception()
-    except BaseException:  # cancelled
-        pass
-
-
-def _outcome(future: Any, timeout: float | None) -> Any:
-    """``future``'s result as multiprocessing.Pool gives it, or its error as the
-    stdlib raises it; ``multiprocessing.TimeoutError`` if not done in time."""
-    try:
-        return future.result(timeout)
-    except TaskTimeoutError:
-        raise
-    except _FutureTimeout:
-        if not future.done():
-            raise MPTimeoutError from None
-        error = future.exception()  # the task raised a TimeoutError of its own
-    except CancelledError:
-        raise _terminated() from None
-    except BaseException as exc:
-        error = exc
-    raise _as_stdlib(error)  # keeps __cause__: the worker's traceback
 
 
 class ApplyResult:
@@ -606,111 +530,7 @@ class _FutureResult(ApplyResult):
             pass
 
     def get(self, timeout: float | None = None) -> Any:
-        return _outcome(self._future, timeout)
-
-
-class _OrderedFutures:
-    """``imap``'s iterator when nothing runs per result: the tasks' futures, in order.
-
-    ``_pending`` holds futures (or an error at that place); ``next()`` waits
-    for the first, then for its outcome."""
-
-    def __init__(self, single: bool) -> None:
-        self._single = single  # chunks of one item: yield the item, not a list
-        self._cond = threading.Condition(threading.Lock())
-        self._pending: deque[Any] = deque()  # futures, or an error at that place
-        self._ended = False
-
-    def __iter__(self) -> _OrderedFutures:
-        return self
-
-    def _add(self, entry: Any) -> None:
-        with self._cond:
-            self._pending.append(entry)
-            self._cond.notify()
-
-    def _add_future(self, future: Any) -> None:
-        self._add(future)
-
-    def _end(self) -> None:
-        with self._cond:
-            self._ended = True
-            self._cond.notify()
-
-    def _exhausted(self) -> bool:
-        return self._ended
-
-    def _wait_pending(self, deadline: float | None) -> None:
-        """Hold ``_cond`` and wait until ``_pending`` has an entry; StopIteration
-        when there will be none, ``multiprocessing.TimeoutError`` at ``deadline``."""
-        while not self._pending:
-            if self._exhausted():
-                raise StopIteration
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise MPTimeoutError
-            self._cond.wait(remaining)
-
-    def next(self, timeout: float | None = None) -> Any:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            self._wait_pending(deadline)
-            head = self._pending[0]
-        if isinstance(head, BaseException):
-            self._pending.popleft()
-            raise head
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            value = _outcome(head, remaining)
-        except MPTimeoutError:
-            if not head.done():
-                raise  # still running: the item stays next
-            self._pending.popleft()
-            raise
-        except BaseException:
-            self._pending.popleft()
-            raise
-        self._pending.popleft()
-        return value[0] if self._single else value
-
-    __next__ = next
-
-
-class _UnorderedFutures(_OrderedFutures):
-    """``imap_unordered``'s iterator when nothing runs per result: futures as they complete.
-
-    A future enters ``_pending`` when it is done (its done-callback puts it
-    there); ``_left`` counts those submitted and not yet done."""
-
-    def __init__(self, single: bool) -> None:
-        super().__init__(single)
-        self._left = 0
-
-    def _add_future(self, future: Any) -> None:
-        with self._cond:
-            self._left += 1
-        future.add_done_callback(self._done)
-
-    def _done(self, future: Any) -> None:
-        with self._cond:
-            self._left -= 1
-            self._pending.append(future)
-            self._cond.notify()
-
-    def _exhausted(self) -> bool:
-        return self._ended and not self._left
-
-    def next(self, timeout: float | None = None) -> Any:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            self._wait_pending(deadline)
-            head = self._pending.popleft()
-        if isinstance(head, BaseException):
-            raise head
-        value = _outcome(head, 0)
-        return value[0] if self._single else value
-
-    __next__ = next
+        return outcome(self._future, timeout)
 
 
 class MapResult(ApplyResult):

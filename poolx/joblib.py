@@ -187,7 +187,7 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
         executor = self._executor
         if executor is None:
             raise RuntimeError("the poolx joblib backend was not configured: use it through joblib.Parallel")
-        task = executor._submit(func, (), {})
+        task = executor.submit_task(func, (), {})
         with self._tasks_lock:
             self._tasks.add(task)
 
@@ -218,8 +218,8 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
         executor = self._executor
         if executor is None or not tasks:
             return
-        executor._stop_tasks(tasks)
-        if executor._backend.supports_terminate and threading.current_thread().name != "poolx-scheduler":
+        executor.stop_tasks(tasks)
+        if executor.supports_terminate and threading.current_thread().name != "poolx-scheduler":
             _wait_for_callbacks(tasks, ABORT_WAIT)
 
     def terminate(self) -> None:
@@ -351,7 +351,7 @@ class _Shared:
         with self.lock:
             self._cancel_timer()
             key = settings.key()
-            if self.executor is not None and (key != self.key or self.executor._shutdown):
+            if self.executor is not None and (key != self.key or self.executor.closed):
                 old, self.executor = self.executor, None
                 old.shutdown(wait=False)  # its running work (another thread's call) still completes
                 self.users = 0

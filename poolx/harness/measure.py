@@ -109,8 +109,8 @@ def run_once(scenario: Scenario, mode: str, workers: int, size: int, *, backend:
         t0 = time.perf_counter()
         try:
             # Every task's record: the accounting below splits each lane's time from all of them.
-            ex = Executor(workers, mp_context, backend=backend, address=address, trace_capacity=None,
-                          _child_hook=hook)
+            ex = Executor.for_front_end(workers, mp_context, backend=backend, address=address,
+                                        trace_capacity=None, child_hook=hook)
         except Exception as exc:
             raise ExecutorError(f"cannot start the {backend!r} backend: {_error(exc)}") from exc
         try:
@@ -136,7 +136,7 @@ def run_once(scenario: Scenario, mode: str, workers: int, size: int, *, backend:
 
 
 def _lanes_and_tasks(ex: Any, t0: float, wall: float) -> tuple[list[Lane], list[tuple[Any, ...]]]:
-    tel = ex._telemetry
+    tel = ex.telemetry
     records = tel.task_records()
     tasks = [
         (fn, worker, t_sub - t0, (t_disp or t_sub) - t0, t_start - t0, t_end - t0, t_done - t0,

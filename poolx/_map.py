@@ -1,0 +1,499 @@
+"""``map()``: items in chunks, one task each; Executor.map and Pool's maps share it.
+
+Worker side (the chunk runner, the task function of every chunk).  Three
+things happen per item rather than per chunk:
+
+- **Quarantine** (processes backend).  Before each item the worker stores its
+  index in the progress cell (``Worker.item_mark``).  If the worker dies, or is
+  killed for running over ``task_timeout``, the driver knows which item it was
+  in: it sends the chunk again with that item taken out (``Task.skip``).  The
+  other items run again and complete; only the culprit fails, with the
+  ``WorkerDiedError`` or ``TaskTimeoutError`` naming it.  Without it, every item
+  of the chunk would fail with an error naming none of them.
+- **Per-item timeouts**: the driver's scheduler sees the index change (it
+  polls the cell while a timeout is set) and restarts the clock, so
+  ``task_timeout`` limits each item, not the whole chunk.
+- **Exception retries**: an item that raises one of the executor's
+  ``retry_exceptions`` is called again, up to ``max_retries`` times, in the
+  same worker with the same argument objects.
+
+An item that raises otherwise ends the chunk there, as with the stdlib (the
+results before it are kept).  A quarantined item does not: the items after it
+run too, though ``map()`` reports the failure at the culprit's position.
+
+Driver side: the chunk runners kept per function (``Runners``), chunk sizing
+(``ChunkSizer``), and for ``Executor.map`` the feeding of chunks (``Feeder``,
+or ``results_buffered`` with ``buffersize``) and the iteration of results.
+``Pool`` keeps the stdlib's chunking, ordering and errors, and uses the
+runners and ``chunks`` only.  Chunks reach the engine through
+``Executor.submit_task``; this module never sees a backend.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import reprlib
+import threading
+import time
+import traceback
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from . import _context
+from ._errors import RemoteError, RemoteTraceback, SerializationError, TaskTimeoutError, WorkerDiedError
+from ._futures import Task
+from ._retry import Retry, is_one_of
+from ._serialization import describe, dumps, loads
+
+if TYPE_CHECKING:
+    from ._executor import Executor
+
+# Seconds of work a map() chunk should hold once the per-item cost is known: long
+# enough that per-message costs vanish, short enough to balance the workers.
+TARGET_CHUNK_SECONDS = 0.02
+# Largest automatic chunk, in items.
+MAX_AUTO_CHUNK = 65536
+# Executor.map() runners kept per executor (each holds its function alive).
+RUNNER_CACHE = 256
+# Chunks of one map() kept in flight per worker when no buffersize is given.
+MAP_INFLIGHT_PER_WORKER = 4
+
+
+# -- worker side: one chunk ----------------------------------------------------------
+
+
+def chunk_runner(fn: Callable[..., Any], star: bool, retry: Retry | None,
+                 partial: bool) -> Callable[[list[Any], int], list[Any]]:
+    """The task function of a map over ``fn``, named after ``fn`` for messages and traces.
+
+    It runs in the worker: ``run_chunk(chunk, start)`` gives the results of
+    ``fn`` over the items, in order (``start``: the index of the chunk's
+    first item in the whole map).  With one iterable the items are the
+    arguments themselves (no 1-tuples to pickle); with ``star``, each item
+    is a tuple of arguments.  An item's error ends the chunk: with
+    ``partial`` (Executor.map) it comes as a ``ChunkError`` carrying the
+    results before it; without (Pool, whose chunk fails whole, as the
+    stdlib's) as itself.
+    """
+    if partial:
+        def run_chunk(chunk: list[Any], start: int) -> list[Any]:
+            results, error = run_items(fn, chunk, star, start, retry)
+            if error is not None:
+                raise ChunkError(results, error) from error
+            return results
+    else:
+        def run_chunk(chunk: list[Any], start: int) -> list[Any]:
+            results, error = run_items(fn, chunk, star, start, retry)
+            if error is not None:
+                raise error
+            return results
+
+    return named_after(run_chunk, fn)
+
+
+def named_after(runner: Callable[..., Any], fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Name a map() chunk's task function after ``fn`` (for messages and traces), marked a chunk."""
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    runner.__qualname__ = runner.__name__ = f"{name} [map]"
+    runner.__module__ = getattr(fn, "__module__", None) or type(fn).__module__
+    runner._poolx_chunk = True  # type: ignore[attr-defined]  # (its items can be quarantined)
+    return runner
+
+
+def run_items(fn: Callable[..., Any], chunk: list[Any], star: bool, start: int,
+              retry: Retry | None) -> tuple[list[Any], BaseException | None]:
+    """Call ``fn`` on each item; returns the results before the first failure, and it.
+
+    ``start`` is the chunk's first item's index in the whole map (for messages);
+    with ``star`` each item is a tuple of arguments.
+    """
+    worker = _context.here.worker
+    if worker is None:  # threads, serial: nothing to mark
+        return _run(fn, chunk, star, retry, None)
+    mark = worker.item_mark  # the cell's item index (an int64 view): one store per item
+    skip = worker.skip
+    if skip:
+        results, error = _run_skipping(fn, chunk, star, start, retry, mark, skip)
+    else:
+        results, error = _run(fn, chunk, star, retry, mark)
+    mark[0] = -1  # pickling the results: a crash there is the chunk's, not its last item's
+    return results, error
+
+
+def _run(fn: Callable[..., Any], chunk: list[Any], star: bool, retry: Retry | None,
+         mark: Any) -> tuple[list[Any], BaseException | None]:
+    """The loop of a chunk: the hot path of a map of tiny items, kept as lean as it can be."""
+    results: list[Any] = []
+    append = results.append
+    try:
+        if retry is not None:
+            for i, item in enumerate(chunk):
+                if mark is not None:
+                    mark[0] = i
+                append(_call_with_retries(fn, item, star, retry))
+        elif mark is None:
+            if star:
+                for args in chunk:
+                    append(fn(*args))
+            else:
+                for arg in chunk:
+                    append(fn(arg))
+        elif star:
+            for i, args in enumerate(chunk):
+                mark[0] = i
+                append(fn(*args))
+        else:
+            for i, arg in enumerate(chunk):
+                mark[0] = i
+                append(fn(arg))
+    except BaseException as exc:
+        return results, exc
+    return results, None
+
+
+def _run_skipping(fn: Callable[..., Any], chunk: list[Any], star: bool, start: int, retry: Retry | None,
+                  mark: Any, skip: dict[int, tuple[Any, ...]]) -> tuple[list[Any], BaseException | None]:
+    """A chunk sent again after one of its items killed its worker: every item but those."""
+    results: list[Any] = []
+    error: BaseException | None = None
+    for i, item in enumerate(chunk):
+        mark[0] = i
+        if i in skip:
+            if error is None:
+                error = _quarantined(skip[i], fn, item, star, start + i)
+            continue
+        try:
+            if retry is None:
+                value = fn(*item) if star else fn(item)
+            else:
+                value = _call_with_retries(fn, item, star, retry)
+        except BaseException as exc:
+            if error is None:
+                error = exc
+            break
+        if error is None:
+            results.append(value)
+    return results, error
+
+
+def _call_with_retries(fn: Callable[..., Any], item: Any, star: bool, retry: Retry) -> Any:
+    max_retries, retry_on = retry
+    attempt = 0
+    while True:
+        try:
+            return fn(*item) if star else fn(item)
+        except BaseException as exc:
+            if not is_one_of(exc, retry_on) or (max_retries != -1 and attempt >= max_retries):
+                raise
+            attempt += 1
+
+
+def describe_item(fn: Callable[..., Any], item: Any, star: bool, index: int) -> str:
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    args = ", ".join(map(_short.repr, item)) if star else _short.repr(item)
+    return f"map item {index}, {name}({args})"
+
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+
+
+def _quarantined(why: tuple[Any, ...], fn: Callable[..., Any], item: Any, star: bool,
+                 index: int) -> BaseException:
+    """The error of an item taken out of its chunk after it killed (or timed out) its worker."""
+    kind, message, number, pid = why
+    text = f"{describe_item(fn, item, star, index)}: {message}"
+    if kind == "timeout":
+        return TaskTimeoutError(text, timeout=number, pid=pid)
+    return WorkerDiedError(text, exitcode=number, pid=pid)
+
+
+class ChunkError(Exception):
+    """A map() item failed: carries the results before it and the error."""
+
+    def __init__(self, results: list[Any], error: BaseException) -> None:
+        super().__init__(results, error)
+        self.results = results
+        self.error = error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent from the worker.  Whatever the item's exception is, the driver
+        # must get it (or its description), not a failure of this wrapper.
+        error, results = self.error, self.results
+        try:
+            loads(*dumps(error))  # the round trip the driver will make
+        except BaseException:
+            tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            error = RemoteError(describe(type(error)), _safe_str(error), tb)
+        try:
+            dumps(results)
+        except BaseException as exc:
+            error = SerializationError(f"a result of this map() chunk could not be pickled: "
+                                       f"{type(exc).__name__}: {exc}")
+            results = []
+        return (ChunkError, (results, error))
+
+
+def _safe_str(error: BaseException) -> str:
+    try:
+        return str(error)
+    except BaseException:
+        return "<str() of the exception failed>"
+
+
+# -- driver side ---------------------------------------------------------------------
+
+
+class Runners:
+    """The chunk runner of each function, kept (at most ``capacity``, the oldest dropped first).
+
+    The same runner object for the same function across maps: the engine
+    then pickles it (with the function in its closure) once per worker and
+    refers to it by key afterwards, as it does for ``submit(fn)``.  Each
+    runner holds its function alive.
+    """
+
+    def __init__(self, capacity: int, retry: Retry | None, partial: bool) -> None:
+        self.capacity = capacity
+        self.retry = retry
+        self.partial = partial
+        self.cache: OrderedDict[tuple[Any, bool], Callable[..., Any]] = OrderedDict()
+
+    def get(self, fn: Callable[..., Any], star: bool) -> Callable[..., Any]:
+        try:
+            runner = self.cache.get((fn, star))
+        except TypeError:  # fn is not hashable
+            return chunk_runner(fn, star, self.retry, self.partial)
+        if runner is None:
+            runner = self.cache[(fn, star)] = chunk_runner(fn, star, self.retry, self.partial)
+            if len(self.cache) > self.capacity:
+                self.cache.popitem(last=False)
+        return runner
+
+
+def length(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    """The length of the shortest input, or None when one has no ``len()``."""
+    try:
+        return min(len(it) for it in iterables)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+class ChunkSizer:
+    """Chooses map() chunk sizes: fixed, or measured from completed chunks."""
+
+    def __init__(self, chunksize: int | None, length: int | None, workers: int) -> None:
+        self.fixed = chunksize
+        self.cap = MAX_AUTO_CHUNK
+        if length is not None:
+            # The multiprocessing.Pool rule: at most 4 chunks per worker's share.
+            self.cap = max(1, min(self.cap, math.ceil(length / (4 * workers))))
+        self.per_item: float | None = None
+
+    def next_size(self) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        if self.per_item is None:
+            return 1
+        return max(1, min(self.cap, int(TARGET_CHUNK_SECONDS / max(self.per_item, 1e-9))))
+
+    def observe(self, task: Task, n: int) -> None:
+        if task.t_end > task.t_start > 0:
+            per_item = (task.t_end - task.t_start) / n
+            prev = self.per_item
+            self.per_item = per_item if prev is None else 0.5 * (prev + per_item)
+
+
+def in_chunks(items: Iterator[Any], sizer: ChunkSizer) -> Iterator[tuple[int, list[Any]]]:
+    """The input in chunks, each with the index of its first item."""
+    start = 0
+    while True:
+        chunk = list(itertools.islice(items, sizer.next_size()))
+        if not chunk:
+            return
+        yield start, chunk
+        start += len(chunk)
+
+
+def submit_chunk(ex: Executor, runner: Callable[..., Any], chunk: tuple[int, list[Any]],
+                 sizer: ChunkSizer, max_retries: int) -> Task:
+    start, items = chunk
+    task = ex.submit_task(runner, (items, start), {}, max_retries, chunk=True)
+    # Measured when the chunk finishes, whether or not anyone consumes results yet.
+    task.future.add_done_callback(lambda _f: sizer.observe(task, len(items)))
+    return task
+
+
+def _chunk_outcome(task: Task, timeout: float | None) -> tuple[list[Any], BaseException | None]:
+    """The results of a finished chunk, and the item error that ended it, if any."""
+    try:
+        return task.future.result(timeout), None
+    except ChunkError as exc:
+        error = exc.error
+        if isinstance(exc.__cause__, RemoteTraceback) and error.__cause__ is None:
+            error.__cause__ = exc.__cause__
+        return exc.results, error
+
+
+def _drain(values: list[Any]) -> Iterator[Any]:
+    """Yield a chunk's results, letting go of each as it is yielded.
+
+    The map() iterator must not keep a result the caller has dropped (the
+    stdlib's test_free_reference, cpython#14406); the list is the chunk
+    future's own result, so popping from it frees the reference there too.
+    """
+    values.reverse()
+    while values:
+        yield values.pop()
+
+
+def _remaining(end_time: float | None) -> float | None:
+    return None if end_time is None else end_time - time.monotonic()
+
+
+def _cancel_all(tasks: Iterable[Task]) -> None:
+    for task in tasks:
+        task.future.cancel()
+
+
+def results_buffered(ex: Executor, fn: Callable[..., Any], chunks: Iterator[tuple[int, list[Any]]],
+                     sizer: ChunkSizer, max_retries: int, buffersize: int,
+                     end_time: float | None) -> Iterator[Any]:
+    """map() with ``buffersize``: the next chunk is submitted as one is consumed."""
+    inflight: deque[Task] = deque()
+    for chunk in itertools.islice(chunks, buffersize):
+        inflight.append(submit_chunk(ex, fn, chunk, sizer, max_retries))
+
+    def results() -> Iterator[Any]:
+        try:
+            while inflight:
+                task = inflight.popleft()
+                values, error = _chunk_outcome(task, _remaining(end_time))
+                if error is not None:
+                    yield from _drain(values)
+                    raise error
+                if not ex.closed:
+                    for chunk in itertools.islice(chunks, 1):
+                        inflight.append(submit_chunk(ex, fn, chunk, sizer, max_retries))
+                yield from _drain(values)
+        finally:
+            _cancel_all(inflight)
+
+    return results()
+
+
+class Feeder:
+    """Submits map() chunks from a background thread, a bounded number in flight.
+
+    It is in ``feeders`` (the executor's list, which ``shutdown`` stops or
+    joins) while it runs.
+    """
+
+    def __init__(self, ex: Executor, fn: Callable[..., Any], chunks: Iterator[tuple[int, list[Any]]],
+                 sizer: ChunkSizer, max_retries: int, inflight: int, feeders: list[Feeder]) -> None:
+        self.ex = ex
+        self.fn = fn
+        self.chunks = chunks
+        self.sizer = sizer
+        self.max_retries = max_retries
+        self.feeders = feeders
+        self.slots = threading.Semaphore(inflight)
+        self.cond = threading.Condition()
+        self.tasks: deque[Task] = deque()
+        self.finished = False
+        self.error: BaseException | None = None
+        self.stopped = False
+        feeders.append(self)
+        # Fill the first window here, so that errors in the input or at submit
+        # surface from map() itself, as with the stdlib.
+        self.feed(first=True)
+        if not self.finished:
+            self.thread: threading.Thread | None = threading.Thread(
+                target=self.feed, name="poolx-map-feeder", daemon=True)
+            try:
+                self.thread.start()
+            except BaseException:  # e.g. "can't start new thread": undo, then say so
+                self.thread = None
+                self.stop()
+                _cancel_all(self.tasks)
+                raise
+        else:
+            self.thread = None
+            self.retire()
+
+    def feed(self, first: bool = False) -> None:
+        try:
+            while not self.stopped:
+                if not self.slots.acquire(blocking=not first):
+                    return  # the first window is full: the thread takes over
+                if self.stopped:
+                    return
+                chunk = next(self.chunks, None)
+                if chunk is None:
+                    break
+                task = submit_chunk(self.ex, self.fn, chunk, self.sizer, self.max_retries)
+                task.future.add_done_callback(lambda _f: self.slots.release())
+                with self.cond:
+                    self.tasks.append(task)
+                    self.cond.notify_all()
+        except BaseException as exc:
+            if first:
+                self.retire()
+                raise
+            self.error = exc
+        with self.cond:
+            self.finished = True
+            self.cond.notify_all()
+        if not first:
+            self.retire()
+
+    def retire(self) -> None:
+        try:
+            self.feeders.remove(self)
+        except ValueError:
+            pass
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.slots.release()
+        with self.cond:
+            self.finished = True
+            self.cond.notify_all()
+        self.retire()
+
+    def join(self) -> None:
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join()
+
+    def next_task(self, end_time: float | None) -> Task | None:
+        with self.cond:
+            while not self.tasks:
+                if self.finished:
+                    if self.error is not None:
+                        raise self.error
+                    return None
+                remaining = _remaining(end_time)
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError()
+                self.cond.wait(remaining)
+            return self.tasks.popleft()
+
+
+def results_fed(feeder: Feeder, end_time: float | None) -> Iterator[Any]:
+    """map()'s results from the chunks ``feeder`` submits, in order."""
+    def results() -> Iterator[Any]:
+        try:
+            while (task := feeder.next_task(end_time)) is not None:
+                values, error = _chunk_outcome(task, _remaining(end_time))
+                if error is not None:
+                    yield from _drain(values)
+                    raise error
+                yield from _drain(values)
+        finally:
+            if not feeder.finished or feeder.tasks:
+                feeder.stop()
+                _cancel_all(feeder.tasks)
+
+    return results()
