@@ -21,13 +21,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from . import _actors, _arguments, _context, _shm
-from ._actors import ActorHandle
+from . import _arguments, _context, _shm
 from ._errors import GetTimeoutError, PoolxError, TaskCancelledError
 from ._executor import Executor
 from ._futures import Future, Task, lent_slot
 from ._objects import ObjectRef, PutRef, dependencies, request, resolve
 from ._retry import retrying
+from .actors.handle import ActorHandle, owner_of
+from .actors.handle import get_actor as actor_named
 
 __all__ = [
     "ObjectRef",
@@ -464,7 +465,7 @@ def kill(actor: ActorHandle[Any], *, no_restart: bool = True) -> None:
         raise TypeError(f"kill() takes an actor handle, got {type(actor).__name__}")
     if _context.in_child():
         raise PoolxError("kill() is called by the driver, which owns the actors")
-    owner = actor._actor or _actors._local.get(actor._id)
+    owner = owner_of(actor)
     if owner is None:
         return  # already dead and forgotten
     owner.directory.backend.stop_actor(owner, kill=True, restart=not no_restart)
@@ -479,7 +480,7 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle[Any]:
     """
     if namespace is not None:
         raise ValueError("get_actor(namespace=...): poolx has no namespaces; actor names are per executor")
-    return _actors.get_actor(name)
+    return actor_named(name)
 
 
 @contextlib.contextmanager

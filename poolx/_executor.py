@@ -27,8 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from . import _arguments, _shm
-from ._actors import ActorDiedError, ActorDirectory, ActorHandle, ActorOptions
-from ._errors import SerializationError
+from ._errors import ActorDiedError, SerializationError
 from ._futures import Future, Task
 from ._held import HeldTasks
 from ._map import (
@@ -46,6 +45,10 @@ from ._objects import PutRef, dependencies, when_done
 from ._retry import Retry, retrying
 from ._serialization import describe
 from ._telemetry import TRACE_CAPACITY, Statistics, Telemetry
+from .actors.directory import ActorDirectory
+from .actors.handle import ActorHandle, actor_id, handle_of, label_of, owner_of
+from .actors.options import ActorOptions
+from .actors.pool import map_actors
 from .backends import Backend, BackendOptions, get_backend
 
 P = ParamSpec("P")
@@ -465,7 +468,7 @@ class Executor(cf.Executor):
 
     def get_actor(self, name: str) -> ActorHandle[Any]:
         """A handle to this executor's live actor named ``name``."""
-        return ActorHandle._of(self._actors.get(name))
+        return handle_of(self._actors.get(name))
 
     def kill(self, handle: ActorHandle[Any], *, no_restart: bool = True) -> None:
         """Stop an actor now: its running and pending calls fail with ``ActorDiedError``.
@@ -475,11 +478,11 @@ class Executor(cf.Executor):
         """
         if not isinstance(handle, ActorHandle):
             raise TypeError(f"kill() needs an ActorHandle, got {type(handle).__name__}")
-        actor = self._actors.by_id.get(handle._id)
+        actor = self._actors.by_id.get(actor_id(handle))
         if actor is None:
-            if handle._id in _dead_or_foreign(self, handle):
+            if actor_id(handle) in _dead_or_foreign(self, handle):
                 return  # already dead: nothing to do (as ray.kill)
-            raise ValueError(f"the actor {handle._label} does not belong to this executor")
+            raise ValueError(f"the actor {label_of(handle)} does not belong to this executor")
         self._backend.stop_actor(actor, kill=True, restart=not no_restart)
 
     def map_actors(self, cls: type, iterable: Iterable[Any], **kwargs: Any) -> Iterator[Any]:
@@ -515,7 +518,7 @@ class Executor(cf.Executor):
                     actor.mark_dead(ActorDiedError(f"the actor {actor.label} could not be started: {exc}",
                                                    actor=actor.label))
                 raise
-        return ActorHandle._of(actor)
+        return handle_of(actor)
 
     def __reduce__(self) -> Any:
         raise TypeError(
@@ -608,8 +611,6 @@ class ActorFactory:
         must return one result per item.  Results come in input order, or as
         they finish with ``ordered=False``.
         """
-        from ._actor_pool import map_actors
-
         return map_actors(self, cls, iterable, args=args, kwargs=kwargs or {}, min_size=min_size,
                           max_size=max_size if max_size is not None else self._executor.max_workers,
                           batch_size=batch_size, ordered=ordered, idle_timeout=idle_timeout)
@@ -631,7 +632,7 @@ def _release_shared_memory(closing: Executor) -> None:
 
 def _dead_or_foreign(executor: Executor, handle: ActorHandle[Any]) -> set[int]:
     """Ids of actors of ``executor`` that have died (killing those again is a no-op)."""
-    actor = handle._actor
+    actor = owner_of(handle, look_up=False)
     if actor is not None and actor.directory is executor._actors:
         return {actor.id}
     return set()

@@ -22,7 +22,7 @@ from .._futures import Task
 from .._telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from .._actors import Actor, ActorCall, ActorDirectory
+    from ..actors.directory import Actor, ActorCall, ActorDirectory
 
 __all__ = [
     "Backend",

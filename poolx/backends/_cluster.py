@@ -37,8 +37,10 @@ import cloudpickle
 from .. import _context
 from .._errors import ActorDiedError, InitializerError, RemoteTraceback, SerializationError
 from .._futures import Future, Task
+from .._objects import resolve
 from .._serialization import describe, unpicklable_argument
 from .._telemetry import Telemetry
+from ..actors.handle import ActorHandle
 from . import Backend, BackendOptions
 
 # -- on the workers ---------------------------------------------------------------
@@ -99,8 +101,6 @@ class ClusterClient:
         self._nested = importlib.import_module(f"poolx.backends.{engine}").nested_submit
 
     def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], retries: int) -> Future[Any]:
-        from .._objects import resolve
-
         # A future among the top-level arguments is waited for here (it cannot travel).
         args, kwargs = resolve(args, kwargs, prepickled=False)
         data, buffers = pickle_call(fn, args, kwargs, f"a task calling {describe(fn)}")
@@ -108,8 +108,6 @@ class ClusterClient:
 
     def get_actor(self, name: str) -> Any:
         import importlib
-
-        from .._actors import ActorHandle
 
         caller, identity = importlib.import_module(f"poolx.backends.{self.engine}").find_actor(name)
         actor_id, label, methods = identity

@@ -29,11 +29,11 @@ import threading
 import uuid
 from typing import Any
 
-from .._actors import DEAD
 from .._errors import ActorDiedError, TaskCancelledError, WorkerDiedError
 from .._futures import Future, Task
 from .._serialization import describe
 from .._telemetry import Telemetry
+from ..actors.directory import DEAD
 from . import BackendOptions
 from ._cluster import (
     ActorHost,

@@ -7,7 +7,7 @@ benchmark compares with.  Nothing is pickled.
 from __future__ import annotations
 
 from .._futures import Task
-from ._local_actors import LocalActorBackend
+from ..actors.local import LocalActorBackend
 
 
 class SerialBackend(LocalActorBackend):

@@ -17,8 +17,8 @@ from .._errors import InitializerError
 from .._futures import Task, worker_thread
 from .._serialization import describe
 from .._telemetry import Telemetry
+from ..actors.local import LocalActorBackend
 from . import BackendOptions
-from ._local_actors import LocalActorBackend
 
 
 class ThreadBackend(LocalActorBackend):
