@@ -6,8 +6,8 @@ executor whose tasks run on a pluggable backend (``processes`` by default,
 friends are Ray's API on top of it (``import poolx as ray``).
 
 This module is the package's face: it lists the public names in ``__all__``;
-``Pool``, ``ThreadPool``, the Ray-style API, ``PutRef`` and ``ActorPool`` are
-imported on first use (``__getattr__`` below).
+the executor, the pools, the actors and the Ray-style API are imported on
+first use (``__getattr__`` below).
 """
 
 import typing as _typing
@@ -25,12 +25,9 @@ from ._errors import (
     TaskTimeoutError,
     WorkerDiedError,
 )
-from ._executor import ActorFactory, Executor, default_max_workers
 from ._futures import Future
 from ._futures import Future as ObjectRef
 from ._telemetry import Statistics
-from .actors.handle import ActorHandle, ActorMethod
-from .actors.options import ActorOptions
 from .backends import Backend, BackendOptions, available_backends, register_backend
 
 if _typing.TYPE_CHECKING:
@@ -50,8 +47,11 @@ if _typing.TYPE_CHECKING:
         shutdown,
         wait,
     )
+    from ._executor import ActorFactory, Executor, default_max_workers
     from ._objects import PutRef
     from ._pool import Pool, ThreadPool
+    from .actors.handle import ActorHandle, ActorMethod
+    from .actors.options import ActorOptions
     from .actors.pool import ActorPool
 
 __version__ = "0.1.0.dev0"
@@ -103,10 +103,16 @@ __all__ = [
 ]
 
 
-# The other front doors load on first use (as CPython's concurrent.futures
-# does for its executors): ``import poolx`` then costs only the Executor's own
-# modules, not multiprocessing.pool nor the Ray-style API.  Name -> module.
+# The front doors load on first use, as CPython's concurrent.futures loads its
+# executors: ``import poolx`` costs the errors, Future and the backend registry
+# (what an ``except`` clause, a type annotation or a backend plugin needs), and
+# the first touch of ``poolx.Executor`` loads the executor and what it uses.  A
+# worker or actor process, which imports this package before its entry point,
+# so loads none of the front ends it never runs.  Name -> module.
 _LAZY = {
+    **dict.fromkeys(["ActorFactory", "Executor", "default_max_workers"], "poolx._executor"),
+    **dict.fromkeys(["ActorHandle", "ActorMethod"], "poolx.actors.handle"),
+    "ActorOptions": "poolx.actors.options",
     "ActorPool": "poolx.actors.pool",
     "Pool": "poolx._pool",
     "PutRef": "poolx._objects",
