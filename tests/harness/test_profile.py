@@ -532,7 +532,7 @@ def test_the_built_wheel_runs_poolx_profile_pi_outside_the_checkout(tmp_path):
     # the wheel must carry them (as poolx.scenarios and poolx.benchmarks).
     import zipfile
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(root)],
         capture_output=True,
