@@ -8,6 +8,24 @@ forkserver, the resource tracker) are started before the first test, so that
 their processes and fds are part of every test's "before".  A test that must
 leave something on purpose says so with ``@pytest.mark.leaks("fds", ...)``
 ("threads", "fds", "shm").
+
+The suite's layout, by area (the folders have no ``__init__.py``: pytest puts
+each test module's folder on sys.path, so every test file needs its own name):
+
+- ``engine/``: the processes backend, its faults and their blame, IPC security,
+  shared memory, whole-program lifecycle, bad inputs, the soak in small;
+- ``frontends/``: Executor, Pool, the Ray-style API, joblib, iterators,
+  actors, collectives;
+- ``conformance/``: CPython's executor and Pool suites and joblib's own suite,
+  run against poolx;
+- ``cluster/``: the dask and ray backends against real clusters;
+- ``harness/``: ``poolx profile`` (also on clusters), ``poolx bench``, the
+  benchmarks' smoke test, the real-browser check;
+- ``docs/``: the docs' and README's examples and commands;
+- ``support/``: the helper modules (``_tasks``, ``_helpers``, ...), imported by
+  plain name by the tests and by the worker processes that unpickle their
+  functions: pyproject's ``pythonpath`` puts the folder on sys.path, and the
+  workers started by spawn or forkserver inherit it.
 """
 
 from __future__ import annotations
@@ -233,8 +251,14 @@ def no_leaks(request):
 def _tests_path_env() -> dict[str, str]:
     """The environment a cluster's workers start with: they import the tests'
     task modules, as a real cluster's workers import the user's code."""
+    # The helper modules (support/) and the test modules of every area, whose
+    # module-level functions travel by reference as pickle does (pytest puts
+    # each test module's folder on sys.path; a cluster's workers need it too).
+    here = os.path.dirname(os.path.abspath(__file__))
+    folders = sorted(os.path.join(here, name) for name in os.listdir(here)
+                     if os.path.isdir(os.path.join(here, name)) and not name.startswith(("_", ".")))
     # (and this poolx, even where another checkout is the installed one)
-    path = [os.path.dirname(__file__), os.path.dirname(os.path.dirname(poolx.__file__)),
+    path = [here, *folders, os.path.dirname(os.path.dirname(poolx.__file__)),
             *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 

@@ -25,7 +25,7 @@ from poolx.harness._hook import ProfilerHook
 
 pytest.importorskip("numpy")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PI_SIZE = "2000000"
 #: An environment variable that marks every process a command started (its
 #: children inherit it, daemons and a local cluster's workers included).

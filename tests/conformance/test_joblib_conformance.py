@@ -5,7 +5,7 @@ joblib's own process backends do.  This module takes the tests joblib ships in
 its installed package (``joblib/test/test_parallel.py``, the module behind
 joblib's own CI) and runs the ones that are parametrized over joblib's backends
 with "poolx" as the backend.  Nothing is copied: the file is read from the
-installed joblib at collection time.  (tests/test_pool_conformance.py does the
+installed joblib at collection time.  (tests/conformance/test_pool_conformance.py does the
 same with CPython's Pool tests.)  Checked with joblib 1.4.2 and 1.6.0.
 
 How it is loaded
@@ -63,7 +63,7 @@ test_threadpool_limitation_in_child_context_error, names the backends that
 *refuse* inner_max_num_threads; poolx accepts it).  Tests with a hard-coded
 backend (``backend="loky"``: test_initializer_reused,
 test_nested_parallelism_limit, test_threadpool_limitation_in_child_*, ...) are
-not parametrized over the registry and not run here; tests/test_joblib.py
+not parametrized over the registry and not run here; tests/frontends/test_joblib.py
 checks poolx's own version of those behaviours.
 
 Each item
@@ -270,7 +270,7 @@ def _register_markers(names: set[str]) -> None:
     builtin = {"parametrize", "skip", "skipif", "xfail", "usefixtures", "filterwarnings", "timeout"}
     for name in sorted(names - registered - builtin):
         config.addinivalue_line("markers", f"{name}: used by joblib's own test_parallel.py "
-                                           "(tests/test_joblib_conformance.py)")
+                                           "(tests/conformance/test_joblib_conformance.py)")
 
 
 def _load() -> types.ModuleType:

@@ -7,7 +7,7 @@ package (``test._test_multiprocessing``, the module behind
 test_multiprocessing_{fork,forkserver,spawn}) and re-runs them with the pool
 class swapped for poolx's.  Nothing is copied: the stdlib classes and mixins are
 imported and combined into new ``unittest.TestCase`` classes, which pytest
-collects like any other.  (tests/test_stdlib_conformance.py does the same for
+collects like any other.  (tests/conformance/test_stdlib_conformance.py does the same for
 ProcessPoolExecutor.)
 
 How a stdlib class maps to a class here ({Method} is Fork, Forkserver, Spawn)::

@@ -25,7 +25,7 @@ import pytest
 import poolx
 from poolx.backends import Backend, get_backend
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 # Seconds a page's examples may take (each page is meant to take well under 5 s).
 RUN_TIMEOUT = 60

@@ -534,7 +534,7 @@ def test_the_built_wheel_runs_poolx_profile_pi_outside_the_checkout(tmp_path):
     # installed, and RECORD points at its .data folder.
     import zipfile
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(root)],
         capture_output=True,

@@ -1,4 +1,4 @@
-"""Bad inputs for tests/test_bad_inputs.py (research/reliability.md §3).
+"""Bad inputs for tests/engine/test_bad_inputs.py (research/reliability.md §3).
 
 Everything a worker must rebuild lives at module level here, so that every
 start method finds it by name.  The objects that misbehave only do so in the

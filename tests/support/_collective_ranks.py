@@ -1,4 +1,4 @@
-"""An actor class for tests/test_collective.py (a module, so that worker processes import it)."""
+"""An actor class for tests/frontends/test_collective.py (a module, so that worker processes import it)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The real-browser check (tests/_browser.py) itself: it must be able to fail, and clean up."""
+"""The real-browser check (tests/support/_browser.py) itself: it must be able to fail, and clean up."""
 
 from __future__ import annotations
 

@@ -220,7 +220,7 @@ def test_a_slow_task_does_not_hold_back_results_of_faster_ones():
         slow.result(timeout=30)
 
 
-# -- crashes (the fault matrix itself, on every start method, is tests/test_faults.py) ------------
+# -- crashes (the fault matrix itself, on every start method, is tests/engine/test_faults.py) -----
 
 
 def test_a_worker_killed_from_outside_fails_its_task_naming_the_oom_killer():

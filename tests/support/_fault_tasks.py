@@ -1,4 +1,4 @@
-"""Task functions and payloads for the fault matrix (tests/test_faults.py)."""
+"""Task functions and payloads for the fault matrix (tests/engine/test_faults.py)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import pytest
 
 from poolx.harness import bench
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_bench(*argv: str) -> int:
