@@ -26,7 +26,7 @@ otherwise (the first mismatches are listed).  A hang (no progress for
 ``--hang-timeout`` seconds) kills the workers and ends the run as a failure.
 
 ``run_soak(**options)`` does the same in-process and returns the figures
-(tests/test_soak.py runs a small one).
+(tests/engine/test_soak.py runs a small one).
 """
 
 from __future__ import annotations
@@ -52,11 +52,6 @@ from typing import Any
 import poolx
 
 HERE = Path(__file__).resolve().parent
-# The workers unpickle this module's functions by reference, as ``soak.work``:
-# its folder must be on the path they inherit (a module loaded from its file
-# path, as the test does, is not importable by name otherwise).
-if str(HERE) not in sys.path:
-    sys.path.append(str(HERE))
 
 # Fault codes: the second argument of ``work``.
 OK, RAISE, CRASH, TIMEOUT, FLAKY, CRASH_ONCE = range(6)

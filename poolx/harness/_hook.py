@@ -1,6 +1,6 @@
 """The profilers that run inside each worker and actor process.
 
-``ProfilerHook`` is the ``Executor(_child_hook=...)`` object of a profiled run.
+``ProfilerHook`` is the ``Executor.for_front_end(child_hook=...)`` object of a profiled run.
 A backend calls ``start(label)`` before user code and ``stop()`` after it, in
 the process (and the thread) that runs that code.  Two ways of using it:
 

@@ -71,8 +71,8 @@ def test_scenario_functions_travel_by_value(tmp_path, monkeypatch):
     (tmp_path / "mods").mkdir()
     (tmp_path / "mods" / "my_scenario.py").write_text("def work(x):\n    return x * 3\n")
     monkeypatch.syspath_prepend(str(tmp_path / "mods"))
-    from poolx._scenarios import load
     from poolx._serialization import dumps
+    from poolx.harness.scenario import load_module as load
 
     data, _ = dumps(load("my_scenario").work)  # found by import, as a wheel's would be
     (tmp_path / "fn.pickle").write_bytes(data)

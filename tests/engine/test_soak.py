@@ -29,11 +29,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def soak():
     """benchmarks/soak.py, imported as the module ``soak`` (the name its workers import it by)."""
     saved_path = list(sys.path)
+    sys.path.append(str(ROOT / "benchmarks"))  # the workers unpickle its functions as soak.work
     spec = importlib.util.spec_from_file_location("soak", ROOT / "benchmarks" / "soak.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["soak"] = module
     try:
-        spec.loader.exec_module(module)  # puts benchmarks/ on sys.path, for the workers
+        spec.loader.exec_module(module)
         yield module
     finally:
         sys.modules.pop("soak", None)

@@ -396,7 +396,7 @@ def _allocate_and_die(n: int) -> None:
 @pytest.mark.timeout(60)
 def test_a_memory_capture_survives_a_worker_killed_mid_run(tmp_path):
     hook = ProfilerHook("mem", str(tmp_path))
-    with poolx.Executor(1, _child_hook=hook) as ex:
+    with poolx.Executor.for_front_end(1, child_hook=hook) as ex:
         with pytest.raises(poolx.WorkerDiedError):
             ex.submit(_allocate_and_die, 30_000_000).result(timeout=30)
     rows = {r["label"]: r for r in profiles.mem_reports(tmp_path)}
@@ -404,9 +404,12 @@ def test_a_memory_capture_survives_a_worker_killed_mid_run(tmp_path):
     assert killed, rows  # the killed worker's capture is readable and holds its 30 MB
 
 
-def _nap(seconds: float) -> None:
+def _nap(seconds: float, started: str | None = None) -> None:
+    import pathlib
     import time
 
+    if started is not None:
+        pathlib.Path(started).touch()
     time.sleep(seconds)
 
 
@@ -414,12 +417,17 @@ def _nap(seconds: float) -> None:
 def test_a_cpu_profile_is_written_when_the_worker_is_terminated(tmp_path):
     import time
 
-    hook = ProfilerHook("cpu", str(tmp_path))
-    with poolx.Executor(1, _child_hook=hook) as ex:
-        ex.submit(_nap, 30)
-        time.sleep(1.0)
+    hook = ProfilerHook("cpu", str(tmp_path / "out"))
+    (tmp_path / "out").mkdir()
+    started = tmp_path / "started"
+    with poolx.Executor.for_front_end(1, child_hook=hook) as ex:
+        ex.submit(_nap, 30, str(started))
+        deadline = time.monotonic() + 30  # the worker imports this module first: slow under load
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # a few samples inside _nap
         ex.terminate_workers()  # SIGTERM: the hook turns it into SystemExit, and writes
-    files = list(tmp_path.glob("worker-0-p*.pyisession"))
+    files = list((tmp_path / "out").glob("worker-0-p*.pyisession"))
     assert len(files) == 1 and "_nap" in profiles.functions_in(files[0])
 
 
