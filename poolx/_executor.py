@@ -384,12 +384,9 @@ class Executor(cf.Executor):
         starts its workers in its constructor) and the Ray-style API's
         ``init()`` (Ray's workers start there).
         """
-        # (Backend declares neither; the processes backend has both.)
-        prestart = getattr(self._backend, "prestart", None)
-        if prestart is not None:
-            prestart()
-            if ready_timeout is not None:
-                self._backend.wait_ready(ready_timeout)  # type: ignore[attr-defined]
+        self._backend.prestart()
+        if ready_timeout is not None:
+            self._backend.wait_ready(ready_timeout)
 
     @property
     def retry_policy(self) -> Retry:

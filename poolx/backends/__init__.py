@@ -108,6 +108,15 @@ class Backend(ABC):
         for task in tasks:
             task.future.cancel()
 
+    def prestart(self) -> None:  # noqa: B027 (optional: backends whose workers start on demand)
+        """Start every worker now, and keep them all alive (multiprocessing.Pool's
+        way).  Here: nothing (the workers are threads, or the caller itself)."""
+
+    def wait_ready(self, timeout: float) -> bool:
+        """After ``prestart``: wait at most ``timeout`` s for every worker to be
+        ready (its initializer run); True if they are.  Here: at once."""
+        return True
+
     def terminate_workers(self, kill: bool) -> None:
         """Stop every worker now (SIGTERM, or SIGKILL with ``kill``)."""
         raise NotImplementedError(f"the {self.name!r} backend cannot terminate its workers")
