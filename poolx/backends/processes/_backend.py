@@ -187,7 +187,7 @@ class ProcessBackend(Backend):
                     self._fn_cache.popitem(last=False)
             return entry
 
-    def wake(self) -> None:
+    def _wake(self) -> None:
         """Any thread: wake the scheduler thread (the byte is written only if it may be asleep)."""
         if not self.wake_pending:
             with self.incoming_lock:
@@ -209,7 +209,7 @@ class ProcessBackend(Backend):
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         if not self._closed:
             self._closed = True
-            self._put(("shutdown", cancel_futures))  # (dropped if the scheduler has stopped)
+            self._put((self._scheduler.shutdown, cancel_futures))  # (dropped if the scheduler has stopped)
         if wait and self._scheduler.is_alive() and threading.current_thread() is not self._scheduler:
             self._scheduler.join()
 
@@ -221,7 +221,7 @@ class ProcessBackend(Backend):
     def prestart(self) -> None:
         """Start every worker now and keep them all alive (multiprocessing.Pool's way:
         initializers run at once, and a worker that exits is replaced even when idle)."""
-        self._put(("prestart", None))
+        self._put((self._scheduler.prestart, None))
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` s) until every prestarted worker is ready; True if they are."""
@@ -238,11 +238,11 @@ class ProcessBackend(Backend):
         return False
 
     def stop_tasks(self, tasks: list[Task]) -> None:
-        self._put(("stop_tasks", tasks))
+        self._put((self._scheduler.stop_tasks, tasks))
 
     def terminate_workers(self, kill: bool) -> None:
         self._closed = True
-        self._put(("terminate", kill))
+        self._put((self._scheduler.terminate, kill))
 
     # -- actors (see driver/_actors) --------------------------------------------------
 

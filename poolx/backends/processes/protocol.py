@@ -69,7 +69,7 @@ TASKS, STOP, CALLS = 1, 2, 3  # driver -> worker (TASKS) or actor (CALLS)
 ACK_BLOCKED = 4  # driver -> worker: every task sent before this one was taken back
 READY, INIT_FAILED, RESULTS = 11, 12, 13  # worker or actor -> driver
 RETIRING = 14  # worker -> driver: over its memory cap, it exits after this message
-# A task waiting in get()/wait() lends its worker's slot (see child Worker.block):
+# A task waiting in get()/wait() lends its worker's slot (see child/_worker's Worker.block):
 BLOCKED, UNBLOCKED = 15, 16  # worker -> driver
 # On a child's client channel (handles used inside tasks and actors):
 C_CALL, C_GET_ACTOR, C_SUBMIT, C_GET = 21, 22, 24, 25  # child -> driver

@@ -1,13 +1,13 @@
 """The driver side of actors on the processes backend.
 
-Each actor is a process of its own (``_actor_worker``), outside the task
+Each actor is a process of its own (``child/_actor``), outside the task
 workers, with one channel to the driver.  Calls made in the driver are sent
 by the calling thread itself, under the actor's lock (so calls from one
 thread arrive in order, and no thread switch sits on the latency path); the
 scheduler thread reads the results, as it does for tasks.
 
 Calls made inside a task or another actor arrive on that child's *client
-channel* (``_client``); the scheduler forwards them to the actor and the
+channel* (``child/_client``); the scheduler forwards them to the actor and the
 result bytes back, without unpickling them.
 
 One actor across restarts is an ``ActorSlot`` (``actor.impl``); each process
@@ -120,7 +120,7 @@ class ActorSupervisor:
         proc = self.spawn(actor)
         with actor.lock:
             slot.proc = proc
-        self.s.request(("actor_register", proc))
+        self.s.request(self.register, proc)
 
     def register(self, proc: ActorProcess) -> None:
         """Scheduler thread: watch a new actor process (its socket, exit, client channel)."""
@@ -216,7 +216,7 @@ class ActorSupervisor:
         proc.write()
         if proc.outbox and not proc.writing:
             proc.writing = True
-            self.s.request(("actor_write", proc))
+            self.s.request(self.want_write, proc)
 
     def want_write(self, proc: ActorProcess) -> None:
         """Scheduler thread: watch for room in ``proc``'s socket."""
@@ -369,7 +369,7 @@ class ActorSupervisor:
         if proc is not None:
             signal_process(proc.process, kill=True)
         else:
-            self.s.request(("actor_settle", actor))
+            self.s.request(self.settle, actor)
 
     def check_timeouts(self) -> None:
         """Scheduler thread: kill the actors whose running call is over ``call_timeout``.
@@ -409,7 +409,7 @@ class ActorSupervisor:
                     if not pending:
                         self.write(proc)
         if proc is None:
-            self.s.request(("actor_settle", actor))
+            self.s.request(self.settle, actor)
 
     def settle(self, actor: Actor) -> None:
         """Scheduler thread: an actor without a process that is now dead: fail its backlog."""

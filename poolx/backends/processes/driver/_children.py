@@ -161,7 +161,11 @@ class Children(SchedulerState):
                 f"the ref #{ref_id} is no longer held in the driver: a ref inside a container stays "
                 "valid while the driver holds it or the task that received it runs"))
             return
-        future.add_done_callback(lambda f: self.request(("ref_ready", (conn, req_id, f))))
+        future.add_done_callback(lambda f: self.request(self.reply_ref_later, (conn, req_id, f)))
+
+    def reply_ref_later(self, args: tuple[Conn, int, Any]) -> None:
+        """Scheduler thread: the ref a child asked for is done (a command: see ``request``)."""
+        self.reply_ref(*args)
 
     def reply_ref(self, conn: Conn, req_id: int, future: Any) -> None:
         if future.cancelled():

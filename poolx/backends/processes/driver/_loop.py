@@ -55,6 +55,7 @@ import selectors
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from .... import _fds
@@ -219,42 +220,40 @@ class Scheduler(Dispatch, Workers, Blame, Children, threading.Thread):
         incoming = self.incoming
         while incoming:
             item = incoming.popleft()
-            if type(item) is tuple:
-                self.command(*item)
+            if type(item) is tuple:  # a command: (a method to run on this thread, its argument)
+                item[0](item[1])
             else:
                 self.queue.append(item)
 
-    def request(self, item: tuple[str, Any]) -> None:
-        """Any thread: hand the loop a command (see ``command``)."""
-        self.incoming.append(item)
-        self.backend.wake()
+    def request(self, command: Callable[[Any], None], arg: Any) -> None:
+        """Any thread: have the loop run ``command(arg)`` on its thread, in its next pass.
 
-    def command(self, name: str, arg: Any) -> None:
-        if name == "actor_register":
-            self.actors.register(arg)
-        elif name == "actor_write":
-            self.actors.want_write(arg)
-        elif name == "actor_settle":
-            self.actors.settle(arg)
-        elif name == "shutdown":
-            self.closing = True
-            if arg:  # cancel_futures
-                self.cancel_queued()
-        elif name == "stop_tasks":
-            self.stop_tasks(arg)
-        elif name == "ref_ready":
-            self.reply_ref(*arg)
-        elif name == "prestart":
-            # Start them now, not in a later pass: a close() right after the
-            # constructor must still see every initializer run, as the stdlib's.
-            self.keep_workers = self.max_workers
-            self.start_workers()
-        elif name == "terminate":
-            self.closing = self.terminating = True
+        The commands are the methods that say "on the scheduler thread" (of
+        this object or its ``actors``); ``ProcessBackend`` hands them over the
+        same way, through ``incoming``.
+        """
+        self.incoming.append((command, arg))
+        self.backend._wake()  # (the backend's: tests/test_faults.py calls it too)
+
+    # -- commands (scheduler thread, handed over through ``incoming``) ------------------
+
+    def shutdown(self, cancel_futures: bool) -> None:
+        self.closing = True
+        if cancel_futures:
             self.cancel_queued()
-            for w in list(self.workers.values()):
-                self.signal(w, kill=arg)
-            self.actors.kill_all(arg)
+
+    def prestart(self, _: Any = None) -> None:
+        # Start them now, not in a later pass: a close() right after the
+        # constructor must still see every initializer run, as the stdlib's.
+        self.keep_workers = self.max_workers
+        self.start_workers()
+
+    def terminate(self, kill: bool) -> None:
+        self.closing = self.terminating = True
+        self.cancel_queued()
+        for w in list(self.workers.values()):
+            self.signal(w, kill=kill)
+        self.actors.kill_all(kill)
 
     def stop_tasks(self, tasks: list[Task]) -> None:
         """Cancel the queued ones; kill the workers holding the others.

@@ -33,7 +33,7 @@ CRASH_DUMP_BYTES = 8192
 SOCKET_BUFFER = 4 << 20
 
 # Driver ends of every live channel: a process forked from the driver must not
-# hold them, or a worker would not see its driver hang up (see _worker watchdog).
+# hold them, or a worker would not see its driver hang up (see child/_boot's watchdog).
 driver_socks: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import selectors
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class SchedulerState:
     collectives: Any
 
     if TYPE_CHECKING:  # defined by one part, called by another
-        def request(self, item: tuple[str, Any]) -> None: ...
+        def request(self, command: Callable[[Any], None], arg: Any) -> None: ...
         def fail(self, task: Task, error: BaseException) -> None: ...
         def fail_queue(self, error: BaseException) -> None: ...
         def on_results(self, w: WorkerHandle, records: list[Any], msg: list[Any]) -> None: ...

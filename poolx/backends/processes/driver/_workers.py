@@ -236,7 +236,7 @@ class Workers(SchedulerState):
         a task blocked in ``ray.get``, so a tree of tasks deeper than
         max_workers cannot deadlock.  Every task sent to ``w`` besides the
         running one is taken back and queued again (one of them may be what
-        the task waits for); ``w`` skips them (see ``Worker.block``).
+        the task waits for); ``w`` skips them (see the child's ``Worker.block``).
         """
         back = [t for tid, t in w.outstanding.items() if tid != running_id]
         for task in back:
