@@ -95,17 +95,6 @@ class ActorSupervisor:
 
     # -- starting ---------------------------------------------------------------
 
-    def setup(self, actor: Actor) -> P.ActorSetup:
-        try:
-            # The spec travels among the process's start arguments (again at each
-            # restart): its out-of-band buffers (large arrays) go with it as bytes.
-            data, bufs = dumps((actor.cls, actor.args, actor.kwargs))
-            spec = (data, [bytes(b.raw()) for b in bufs])
-        except (Exception, SystemExit) as exc:
-            raise _spec_error(actor, exc) from exc
-        return P.ActorSetup(spec, actor.label, actor.max_concurrency, actor.options.num_cpus,
-                          self.s.backend.hook_bytes)
-
     def spawn(self, actor: Actor) -> ActorProcess:
         """Start a process for ``actor`` (any thread); it is registered by the scheduler."""
         slot: ActorSlot = actor.impl
@@ -115,7 +104,7 @@ class ActorSupervisor:
 
     def start(self, actor: Actor) -> None:
         """Caller's thread: start the actor's first process; calls may be sent to it at once."""
-        slot = ActorSlot(self.setup(actor))
+        slot = ActorSlot(actor_setup(actor, self.s.backend.hook_bytes))
         actor.impl = slot
         proc = self.spawn(actor)
         with actor.lock:
@@ -524,6 +513,18 @@ class ActorSupervisor:
     def wait(self, actor: Actor, timeout: float | None) -> None:
         slot: ActorSlot = actor.impl
         slot.gone.wait(timeout)
+
+
+def actor_setup(actor: Actor, hook: bytes | None) -> P.ActorSetup:
+    """What the actor's process gets at start (``hook``: the executor's child hook, pickled)."""
+    try:
+        # The spec travels among the process's start arguments (again at each
+        # restart): its out-of-band buffers (large arrays) go with it as bytes.
+        data, bufs = dumps((actor.cls, actor.args, actor.kwargs))
+        spec = (data, [bytes(b.raw()) for b in bufs])
+    except (Exception, SystemExit) as exc:
+        raise _spec_error(actor, exc) from exc
+    return P.ActorSetup(spec, actor.label, actor.max_concurrency, actor.options.num_cpus, hook)
 
 
 def death_error(proc: ActorProcess, exitcode: int | None) -> ActorDiedError:
