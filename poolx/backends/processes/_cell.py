@@ -75,6 +75,7 @@ def read_log(cell: mmap.mmap, fd: int) -> list[tuple[Any, ...]]:
         except Exception:  # (a task that scribbled over the log: its records are lost, no more)
             break
         pos += size
+        # A protocol.ResultRecord (nine fields) with no out-of-band buffers (n_oob == 0):
         if type(record) is tuple and len(record) == 9 and type(record[0]) is int and record[3] == 0:
             records.append(record)
     return records

@@ -213,6 +213,8 @@ class Children(SchedulerState):
     def rendezvous(self) -> Any:
         """Where this executor's actors meet to form collective groups by name (made at first use)."""
         if self.collectives is None:
+            # Imported here: the collective layer (a front end's, over shared
+            # memory) is loaded only by executors whose actors form groups.
             from ....collective import Rendezvous
 
             self.collectives = Rendezvous()
