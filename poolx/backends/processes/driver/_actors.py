@@ -43,7 +43,7 @@ from ._endpoint import Conn, Endpoint
 from ._spawn import READY, STARTING, STOPPING, close_process, crash_dump_fd, signal_process
 
 if TYPE_CHECKING:
-    from ._loop import Scheduler
+    from ._state import SchedulerState
 
 logger = logging.getLogger("poolx")
 
@@ -83,12 +83,12 @@ class ActorSupervisor:
     """Actors of one processes backend: started, called, restarted; driven by its scheduler.
 
     ``s`` is the scheduler whose thread reads the actors' channels and
-    watches their exits: this object uses its selector, its telemetry, its
-    results (completed in its pass), its answers to children and its
-    spawner.
+    watches their exits, seen through what ``SchedulerState`` declares: this
+    object uses its selector, its telemetry, its results (completed in its
+    pass), its answers to children (``_children``) and its spawner.
     """
 
-    def __init__(self, scheduler: Scheduler, actor_main: Any) -> None:
+    def __init__(self, scheduler: SchedulerState, actor_main: Any) -> None:
         self.s = scheduler
         self.actor_main = actor_main  # the actor process's entry point (child/_actor.main)
         self.procs: dict[int, ActorProcess] = {}  # live actor processes, by id() (scheduler thread)

@@ -5,7 +5,9 @@ The scheduler thread is one object written in parts by job (``_dispatch``,
 derives from ``SchedulerState``, which declares the state ``Scheduler.__init__``
 sets and the methods one part calls in another, so that each part reads
 (and type-checks) on its own.  Nothing here runs: the declarations of
-methods exist for the type checker only.
+methods exist for the type checker only.  The ``ActorSupervisor``
+(``_actors``), an object of its own, sees the scheduler through this
+declaration too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ...._errors import ActorDiedError
     from ...._futures import Task
     from ...._telemetry import Telemetry
     from .. import _channel
@@ -82,3 +85,5 @@ class SchedulerState:
         def catch_up(self, conn: Conn, sent: int) -> None: ...
         def send_results(self, conn: Conn, records: list[Any], bufs: Sequence[Any] = ()) -> None: ...
         def close_conn(self, conn: Conn) -> None: ...
+        def reply_error(self, conn: Conn, child_id: int, error: BaseException) -> None: ...
+        def reply_died(self, conn: Conn, child_id: int, error: ActorDiedError) -> None: ...
