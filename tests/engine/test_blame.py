@@ -4,7 +4,7 @@ A worker holds the task it runs and the tasks sent ahead of it (the prefetch
 window, up to thousands of tiny tasks).  When it dies, the task it was running
 fails (or runs again within its ``max_retries``); the tasks it had not started
 run elsewhere as if never sent, whatever the crash rate; the tasks it had
-finished keep their outcomes (the results log: ``_worker.read_log``) and never
+finished keep their outcomes (the results log: ``_cell.read_log``) and never
 run again.  Each test counts runs through a log file the tasks append to.
 """
 
@@ -146,16 +146,16 @@ def test_a_crash_noticed_after_the_task_timeout_is_a_crash_not_a_timeout(monkeyp
     TaskTimeoutError: the timeout check ran first and found the dead worker's
     task still marked running.  The exit code says who ended it.
     """
-    from poolx.backends.processes import _scheduler
+    from poolx.backends.processes import driver
 
-    on_exit = _scheduler.Scheduler.on_exit
+    on_exit = driver.Scheduler.on_exit
 
     def late_on_exit(self, w):
         time.sleep(0.3)  # the loop, starved of CPU, comes late: the timeout check first
         self.check_timeouts()
         return on_exit(self, w)
 
-    monkeypatch.setattr(_scheduler.Scheduler, "on_exit", late_on_exit)
+    monkeypatch.setattr(driver.Scheduler, "on_exit", late_on_exit)
     log = str(tmp_path / "runs")
     with poolx.Executor(1, task_timeout=0.1) as ex:
         crash = next(i for i in range(100) if fate(i) == "crash")

@@ -736,16 +736,16 @@ def test_a_timeout_kill_that_lands_late_blames_only_the_task_over_time(monkeypat
     task finishes in between (a GIL switch, a VM pause), the kill lands while the
     worker runs the next task: that one is innocent and runs again; only the task
     seen over time fails.  Here the gap is widened to 30 ms to make it happen."""
-    from poolx.backends.processes import _scheduler
+    from poolx.backends.processes import driver
 
-    signal_worker = _scheduler.Scheduler.signal
+    signal_worker = driver.Scheduler.signal
 
     def late_signal(self, w, kill):
         if kill and w.timed_out:
             time.sleep(0.03)
         return signal_worker(self, w, kill)
 
-    monkeypatch.setattr(_scheduler.Scheduler, "signal", late_signal)
+    monkeypatch.setattr(driver.Scheduler, "signal", late_signal)
     with poolx.Executor(1, task_timeout=0.1) as ex:
         for i in range(10):
             slow = ex.submit(sleep_and_return, 0.11 + 0.005 * i, "slow")

@@ -60,7 +60,7 @@ def exit_once_returned(log: str, i: int) -> int:
     outcome is recorded and before the batched result is sent (FLUSH_SECONDS).
     """
     _ran(log, i)
-    worker = sys.modules["poolx.backends.processes._worker"].current
+    worker = sys.modules["poolx._context"].here.worker
     words = worker.views.words
     running = words[0]
 

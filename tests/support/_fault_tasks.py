@@ -144,12 +144,10 @@ def corrupt_own_channel(how):
     """Write something that is not a poolx message to this worker's socket to the driver."""
     import struct
 
-    from poolx.backends.processes import _worker
+    from poolx import _context
 
-    sock = _worker.current.sock
+    sock = _context.here.worker.sock
     if how == "client channel":  # the channel actor handles inside tasks use
-        from poolx import _context
-
         sock, how = _context.here.client.sock, "huge frame"
     if how == "huge frame":
         data = struct.pack("<II", 1, 0) + struct.pack("<Q", 1 << 63)
@@ -170,16 +168,14 @@ def forge_frame_header(how, marker):
     """
     import struct
 
-    from poolx.backends.processes import _worker
+    from poolx import _context
 
     if os.path.exists(marker):
         return "again"
     open(marker, "w").close()
     claim = 100_000_000 if how == "100 MB frame" else 4096
-    sock = _worker.current.sock
+    sock = _context.here.worker.sock
     if how == "client channel":
-        from poolx import _context
-
         sock = _context.here.client.sock
     sock.sendall(struct.pack("<IIQ", 1, 0, claim) + b"\x80\x05" + bytes(14))
     return "forged"
@@ -192,7 +188,7 @@ class ChannelWriter:
         import gc
         import struct
 
-        from poolx.backends.processes._actor_worker import ActorWorker
+        from poolx.backends.processes.child._actor import ActorWorker
 
         worker = next(o for o in gc.get_objects() if isinstance(o, ActorWorker))
         worker.sock.sendall(struct.pack("<IIQ", 1, 0, 1 << 50))
@@ -203,7 +199,7 @@ class ChannelWriter:
         import gc
         import struct
 
-        from poolx.backends.processes._actor_worker import ActorWorker
+        from poolx.backends.processes.child._actor import ActorWorker
 
         worker = next(o for o in gc.get_objects() if isinstance(o, ActorWorker))
         worker.sock.sendall(struct.pack("<IIQ", 1, 0, 100_000_000) + bytes(16))

@@ -1,8 +1,10 @@
 """poolx's own process engine, the default backend.
 
 The caller's side lives here (pickling at submit, so a bad argument raises in
-the caller); the scheduler thread is in ``_scheduler``, the child in
-``_worker``, the wire format in ``_channel``.
+the caller); the scheduler thread is in ``driver/``, the children in
+``child/``, the messages in ``protocol`` and their framing in ``_channel``.
+This module is where the two sides meet: it hands the children's entry
+points to the driver, which never imports them.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from ..._futures import Task
 from ..._serialization import cacheable, describe, dumps, first_unpicklable, unpicklable_argument
 from ..._telemetry import Telemetry
 from .. import Backend, BackendOptions
-from ._scheduler import Scheduler
-from ._worker import WorkerSetup
+from .child._actor import main as actor_main
+from .child._boot import with_main
+from .child._worker import main as worker_main
+from .driver import ChildEntries, Scheduler
+from .protocol import WorkerSetup
 
 # Functions kept pickled in the driver (by identity), newest first out.
 DRIVER_FN_CACHE = 1024
@@ -65,7 +70,7 @@ def _preload_worker_module() -> None:
 
         server: Any = forkserver._forkserver
         if server._forkserver_pid is None and server._preload_modules == ["__main__"]:
-            server._preload_modules = ["__main__", "poolx.backends.processes._worker"]
+            server._preload_modules = ["__main__", "poolx.backends.processes.child._worker"]
     except AttributeError:
         pass
 
@@ -118,7 +123,8 @@ class ProcessBackend(Backend):
         os.set_blocking(self._wake_w, False)
         self._closed = False
         self._scheduler = Scheduler(ctx, options.max_workers, setup, options.max_tasks_per_child,
-                                    telemetry, self._incoming, self._wake_r, self)
+                                    telemetry, self._incoming, self._wake_r, self,
+                                    ChildEntries(worker_main, actor_main, with_main))
         self._scheduler.start()
 
     # -- the caller's side ------------------------------------------------------
@@ -182,6 +188,7 @@ class ProcessBackend(Backend):
             return entry
 
     def _wake(self) -> None:
+        """Any thread: wake the scheduler thread (the byte is written only if it may be asleep)."""
         if not self.wake_pending:
             with self.incoming_lock:
                 self._wake_locked()
@@ -202,7 +209,7 @@ class ProcessBackend(Backend):
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         if not self._closed:
             self._closed = True
-            self._put(("shutdown", cancel_futures))  # (dropped if the scheduler has stopped)
+            self._put((self._scheduler.shutdown, cancel_futures))  # (dropped if the scheduler has stopped)
         if wait and self._scheduler.is_alive() and threading.current_thread() is not self._scheduler:
             self._scheduler.join()
 
@@ -214,7 +221,7 @@ class ProcessBackend(Backend):
     def prestart(self) -> None:
         """Start every worker now and keep them all alive (multiprocessing.Pool's way:
         initializers run at once, and a worker that exits is replaced even when idle)."""
-        self._put(("prestart", None))
+        self._put((self._scheduler.prestart, None))
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` s) until every prestarted worker is ready; True if they are."""
@@ -231,13 +238,13 @@ class ProcessBackend(Backend):
         return False
 
     def stop_tasks(self, tasks: list[Task]) -> None:
-        self._put(("stop_tasks", tasks))
+        self._put((self._scheduler.stop_tasks, tasks))
 
     def terminate_workers(self, kill: bool) -> None:
         self._closed = True
-        self._put(("terminate", kill))
+        self._put((self._scheduler.terminate, kill))
 
-    # -- actors (see _actors) ------------------------------------------------------
+    # -- actors (see driver/_actors) --------------------------------------------------
 
     def start_actor(self, actor: Actor) -> None:
         if not self._scheduler.is_alive() or self._closed:

@@ -133,6 +133,11 @@ def encode(frames: Sequence[Any], n_fds: int = 0) -> list[bytes | memoryview]:
     return [header, *frames]
 
 
+def encode_single(frame: bytes) -> bytes:
+    """One message of one frame and no fds as one bytes object: a small message goes in one send()."""
+    return _HEAD.pack(1, 0) + _LEN.pack(len(frame)) + frame
+
+
 def out_frames(bufs: Sequence[Any], frames: list[Any], fds: list[int], keys: dict[Any, int]) -> None:
     """Append the frames for ``bufs`` (a task's or result's buffers) to a message being built.
 

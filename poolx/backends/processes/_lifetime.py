@@ -1,6 +1,6 @@
 """How long poolx's child processes live: never longer than their driver.
 
-The watchdog thread of each child (``_worker._start_watchdog``) ends it when
+The watchdog thread of each child (``child._boot.start_watchdog``) ends it when
 the driver hangs up, but it is a Python thread: a task stuck in a C call
 that holds the GIL keeps it from running, and the child outlived a driver
 killed with ``kill -9`` until that call returned (issue 19, item 8), with

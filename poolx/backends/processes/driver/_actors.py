@@ -1,13 +1,13 @@
 """The driver side of actors on the processes backend.
 
-Each actor is a process of its own (``_actor_worker``), outside the task
+Each actor is a process of its own (``child/_actor``), outside the task
 workers, with one channel to the driver.  Calls made in the driver are sent
 by the calling thread itself, under the actor's lock (so calls from one
 thread arrive in order, and no thread switch sits on the latency path); the
 scheduler thread reads the results, as it does for tasks.
 
 Calls made inside a task or another actor arrive on that child's *client
-channel* (``_client``); the scheduler forwards them to the actor and the
+channel* (``child/_client``); the scheduler forwards them to the actor and the
 result bytes back, without unpickling them.
 
 One actor across restarts is an ``ActorSlot`` (``actor.impl``); each process
@@ -26,59 +26,40 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import pickle
 import selectors
 import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ... import _shm
-from ..._actors import DEAD, Actor, ActorCall
-from ..._errors import ActorDiedError, RemoteTraceback, SerializationError, TaskTimeoutError, describe_exit
-from ..._serialization import dumps, loads, unpicklable_argument
-from . import _channel, _lifetime
-from . import _worker as W
-from ._actor_worker import ActorSetup
+from .... import _shm
+from ...._actors import DEAD, Actor, ActorCall
+from ...._errors import ActorDiedError, RemoteTraceback, SerializationError, TaskTimeoutError, describe_exit
+from ...._serialization import dumps, loads, unpicklable_argument
+from .. import _channel, _lifetime
+from .. import protocol as P
+from .._cell import read_cell
+from ._endpoint import Conn, Endpoint
+from ._spawn import READY, STARTING, STOPPING, close_process, crash_dump_fd, signal_process
 
 if TYPE_CHECKING:
-    from ._scheduler import Scheduler
+    from ._state import SchedulerState
 
 logger = logging.getLogger("poolx")
 
-STARTING, READY, STOPPING = "starting", "ready", "stopping"
 
-
-class Conn:
-    """The driver's end of a child's client channel (non-blocking, scheduler thread only)."""
-
-    def __init__(self, sock: socket.socket, owner: str) -> None:
-        sock.setblocking(False)
-        self.sock = sock
-        self.reader = _channel.FrameReader(sock)
-        self.outbox: list[Any] = []
-        self.writing = False
-        self.open = True
-        self.owner = owner
-        self.seen = 0  # messages read from it
-
-
-class ActorProcess:
-    """One process an actor runs in."""
+class ActorProcess(Endpoint):
+    """One process an actor runs in, and the driver's end of its channel."""
 
     def __init__(self, actor: Actor, process: Any, sock: socket.socket, client: Conn, cell: mmap.mmap,
                  fd: int) -> None:
+        super().__init__(sock)  # its outbox is written under actor.lock: callers write too
         self.actor = actor
         self.process = process
         self.pid = process.pid
-        self.sock = sock
-        self.reader = _channel.FrameReader(sock)
         self.client = client
         self.cell = cell
         self.fd = fd
-        self.outbox: list[Any] = []  # under actor.lock: callers write too
-        self.writing = False
-        self.channel_open = True
         self.inflight: dict[int, ActorCall] = {}
         self.state = STARTING
         self.init_error: tuple[Any, ...] | None = None
@@ -91,50 +72,44 @@ class ActorProcess:
 class ActorSlot:
     """An actor across its restarts: ``actor.impl`` on the processes backend."""
 
-    def __init__(self, setup: ActorSetup) -> None:
+    def __init__(self, setup: P.ActorSetup) -> None:
         self.setup = setup
         self.proc: ActorProcess | None = None
         self.backlog: list[ActorCall] = []
         self.gone = threading.Event()  # set when the actor is dead and its process reaped
 
 
-class ActorHost:
-    """Actors of one processes backend; driven by its scheduler."""
+class ActorSupervisor:
+    """Actors of one processes backend: started, called, restarted; driven by its scheduler.
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    ``s`` is the scheduler whose thread reads the actors' channels and
+    watches their exits, seen through what ``SchedulerState`` declares: this
+    object uses its selector, its telemetry, its results (completed in its
+    pass), its answers to children (``_children``) and its spawner.
+    """
+
+    def __init__(self, scheduler: SchedulerState, actor_main: Any) -> None:
         self.s = scheduler
+        self.actor_main = actor_main  # the actor process's entry point (child/_actor.main)
         self.procs: dict[int, ActorProcess] = {}  # live actor processes, by id() (scheduler thread)
 
     # -- starting ---------------------------------------------------------------
 
-    def setup(self, actor: Actor) -> ActorSetup:
-        try:
-            # The spec travels among the process's start arguments (again at each
-            # restart): its out-of-band buffers (large arrays) go with it as bytes.
-            data, bufs = dumps((actor.cls, actor.args, actor.kwargs))
-            spec = (data, [bytes(b.raw()) for b in bufs])
-        except (Exception, SystemExit) as exc:
-            raise _spec_error(actor, exc) from exc
-        return ActorSetup(spec, actor.label, actor.max_concurrency, actor.options.num_cpus,
-                          self.s.backend.hook_bytes)
-
     def spawn(self, actor: Actor) -> ActorProcess:
         """Start a process for ``actor`` (any thread); it is registered by the scheduler."""
-        from . import _actor_worker
-
         slot: ActorSlot = actor.impl
-        process, sock, client, cell, fd = self.s.spawn_child(
-            _actor_worker.main, (slot.setup,), f"poolx-actor-{actor.id}")
+        process, sock, client, cell, fd = self.s.spawner.spawn(
+            self.actor_main, (slot.setup,), f"poolx-actor-{actor.id}")
         return ActorProcess(actor, process, sock, Conn(client, actor.label), cell, fd)
 
     def start(self, actor: Actor) -> None:
         """Caller's thread: start the actor's first process; calls may be sent to it at once."""
-        slot = ActorSlot(self.setup(actor))
+        slot = ActorSlot(actor_setup(actor, self.s.backend.hook_bytes))
         actor.impl = slot
         proc = self.spawn(actor)
         with actor.lock:
             slot.proc = proc
-        self.s.request(("actor_register", proc))
+        self.s.request(self.register, proc)
 
     def register(self, proc: ActorProcess) -> None:
         """Scheduler thread: watch a new actor process (its socket, exit, client channel)."""
@@ -188,11 +163,10 @@ class ActorHost:
 
     def send_calls(self, proc: ActorProcess, calls: list[ActorCall]) -> None:
         """Queue ``calls`` on ``proc``'s channel and write what the socket takes (under actor.lock)."""
-        if len(calls) == 1 and not calls[0].state[1] and not proc.outbox and proc.channel_open:
+        if len(calls) == 1 and not calls[0].state[1] and not proc.outbox and proc.open:
             # The common case, a small call on an idle channel: one bytes object, one send().
             call = calls[0]
-            control = pickle.dumps((W.CALLS, [(call.id, call.method, call.state[0], 0)]), 5)
-            message = _channel.HEAD.pack(1, 0) + _channel.LEN.pack(len(control)) + control
+            message = _channel.encode_single(P.control(P.CALLS, [(call.id, call.method, call.state[0], 0)]))
             proc.inflight[call.id] = call
             call.t_dispatch = time.perf_counter()
             try:
@@ -212,13 +186,13 @@ class ActorHost:
         now = time.perf_counter()
         for call in calls:
             payload, bufs = call.state
-            records.append((call.id, call.method, payload, len(bufs)))
+            records.append((call.id, call.method, payload, len(bufs)))  # a protocol.CallRecord
             if bufs:
                 _channel.out_frames(bufs, frames, fds, keys)
             proc.inflight[call.id] = call
             call.t_dispatch = now
-        control = pickle.dumps((W.CALLS, records), 5)
-        if not proc.channel_open:
+        control = P.control(P.CALLS, records)
+        if not proc.open:
             _channel.Fds(fds).close()
             return  # it is dying: on_exit fails (or retries) these calls
         pending = bool(proc.outbox)
@@ -228,19 +202,14 @@ class ActorHost:
 
     def write(self, proc: ActorProcess) -> None:
         """Write as much of the outbox as the socket takes (under actor.lock)."""
-        try:
-            _channel.write_some(proc.sock, proc.outbox)
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:  # the process is gone; its sentinel will tell
-            proc.outbox = []
+        proc.write()
         if proc.outbox and not proc.writing:
             proc.writing = True
-            self.s.request(("actor_write", proc))
+            self.s.request(self.want_write, proc)
 
     def want_write(self, proc: ActorProcess) -> None:
         """Scheduler thread: watch for room in ``proc``'s socket."""
-        if not proc.channel_open:
+        if not proc.open:
             return
         try:
             key = self.s.sel.get_key(proc.sock)
@@ -257,7 +226,7 @@ class ActorHost:
                 done = not proc.outbox
                 if done:
                     proc.writing = False
-            if done and proc.channel_open:
+            if done and proc.open:
                 self.s.sel.modify(proc.sock, selectors.EVENT_READ, self.s.sel.get_key(proc.sock).data)
         if mask & selectors.EVENT_READ:
             self.read(proc, limit=8)
@@ -280,14 +249,14 @@ class ActorHost:
         logger.warning("poolx: the actor %s (pid %s) %s; killing it", proc.actor.label, proc.pid, what)
         if channel:
             self.close_channel(proc)
-        self.s.signal_process(proc.process, kill=True)
+        signal_process(proc.process, kill=True)
 
     def check_stalls(self, limit: float) -> None:
         """Drop the actor channels on which a message started arriving, then stopped."""
         for proc in list(self.procs.values()):
-            if proc.channel_open and proc.reader.stall(time.monotonic(), limit) is not None:
+            if proc.open and proc.reader.stall(time.monotonic(), limit) is not None:
                 self.read(proc, limit=1)  # (see Scheduler.check_stalls)
-                stall = proc.reader.stall(time.monotonic(), limit) if proc.channel_open else None
+                stall = proc.reader.stall(time.monotonic(), limit) if proc.open else None
                 if stall is not None:
                     self.drop_lying(proc, f"sent {stall}")
 
@@ -299,9 +268,9 @@ class ActorHost:
                 return
 
     def close_channel(self, proc: ActorProcess) -> None:
-        if proc.channel_open:
+        if proc.open:
             with proc.actor.lock:
-                proc.channel_open = False
+                proc.open = False
                 proc.outbox = []
             self.s.sel.unregister(proc.sock)
 
@@ -309,16 +278,16 @@ class ActorHost:
         control = _channel.decode_control(msg[0])
         kind = control[0]
         self.s.telemetry.messages_received += 1
-        if kind == W.RESULTS:
+        if kind == P.RESULTS:
             if control[2] != proc.client.seen:
                 self.s.catch_up(proc.client, control[2])  # its own calls first (see Scheduler)
             self.on_results(proc, control[1], msg)
-        elif kind == W.READY:
+        elif kind == P.READY:
             if proc.state == STARTING:
                 proc.state = READY
             proc.pid = control[1]
             self.s.telemetry.actor_ready(proc.actor.id, proc.pid)
-        elif kind == W.INIT_FAILED:
+        elif kind == P.INIT_FAILED:
             proc.init_error = control[1:]
 
     def on_results(self, proc: ActorProcess, records: list[Any], msg: list[Any]) -> None:
@@ -329,6 +298,7 @@ class ActorHost:
         pop = proc.inflight.pop
         calls = [pop(r[0], None) for r in records]
         for call, record in zip(calls, records):
+            # A protocol.ResultRecord:
             _, status, data, n_oob, t_start, t_end, info, s_unpickle, s_pickle = record
             bufs = msg[oob : oob + n_oob]
             oob += n_oob
@@ -344,69 +314,14 @@ class ActorHost:
                 recs.append((child_id, status, data, n_oob, t_start, t_end, info, s_unpickle, s_pickle))
                 frames.extend(bufs)
                 call.t_done = time.perf_counter()
-                self.s.telemetry.task_done(call, status == W.OK)
+                self.s.telemetry.task_done(call, status == P.OK)
                 continue
-            ok, value = W.outcome(status, data, bufs, info, call.fn)  # type: ignore[arg-type]
+            ok, value = P.decode_outcome(status, data, bufs, info, call.fn, True)
             self.s.results.append((call, ok, value))
         for conn, (recs, frames) in forward.items():
             self.s.send_results(conn, recs, frames)
 
     # -- calls from children (scheduler thread) ----------------------------------------
-
-    def on_client_message(self, conn: Conn, msg: list[Any]) -> None:
-        conn.seen += 1
-        control = _channel.decode_control(msg[0])
-        kind = control[0]
-        directory = self.s.backend.options.actors
-        if kind == W.C_SUBMIT:
-            self.s.submit_from_child(conn, control, msg)
-            return
-        if kind == W.C_GET:
-            self.s.get_for_child(conn, control[1], control[2])
-            return
-        if kind == W.C_GET_ACTOR:
-            _, req_id, name = control
-            reply: tuple[Any, ...]
-            try:
-                found = directory.get(name)
-            except ValueError as exc:
-                reply = (W.ACTOR_INFO, req_id, False, str(exc))
-            else:
-                reply = (W.ACTOR_INFO, req_id, True, (found.id, found.label, found.name, found.methods))
-            self.s.send_conn(conn, [pickle.dumps(reply, 5)])
-        elif kind == W.C_RENDEZVOUS:
-            _, req_id, name, world_size, rank, timeout = control
-            try:
-                spec = self.s.rendezvous().join(name, world_size, rank, timeout)
-            except (ValueError, OSError) as exc:
-                reply = (W.ACTOR_INFO, req_id, False, str(exc))
-            else:
-                reply = (W.ACTOR_INFO, req_id, True, spec)
-            self.s.send_conn(conn, [pickle.dumps(reply, 5)])
-        elif kind == W.C_CALL:
-            _, actor_id, records = control
-            actor = directory.by_id.get(actor_id)
-            oob = 1
-            for child_id, method, payload, n_oob in records:
-                bufs = msg[oob : oob + n_oob]
-                oob += n_oob
-                if actor is None:
-                    self.reply_died(conn, child_id, ActorDiedError(
-                        f"the actor #{actor_id} is dead, or belongs to another executor",
-                        actor=f"#{actor_id}"))
-                    continue
-                call = ActorCall(actor, method, (), {})
-                call.origin = (conn, child_id)
-                call.state = (payload, bufs)
-                call.bytes_out = len(payload) + sum(len(b) for b in bufs)
-                self.s.telemetry.actor_call_submitted()
-                error = self.route(actor, call)
-                if error is not None:
-                    self.fail(call, error)
-
-    def reply_died(self, conn: Conn, child_id: int, error: ActorDiedError) -> None:
-        info = (str(error), error.actor, error.exitcode, error.pid)
-        self.s.send_results(conn, [(child_id, W.ACTOR_DIED, b"", 0, 0.0, 0.0, info, 0.0, 0.0)])
 
     def fail(self, call: ActorCall, error: BaseException) -> None:
         """Fail one call: complete its future, or tell the child that made it."""
@@ -418,7 +333,7 @@ class ActorHost:
         conn, child_id = call.origin
         if conn.open:
             if isinstance(error, ActorDiedError):
-                self.reply_died(conn, child_id, error)
+                self.s.reply_died(conn, child_id, error)
             else:
                 self.s.reply_error(conn, child_id, error)
         call.t_done = time.perf_counter()
@@ -441,9 +356,9 @@ class ActorHost:
                 proc.restart_after_kill = restart
                 slot.proc = None  # calls made from now on wait for the restart (or fail)
         if proc is not None:
-            self.s.signal_process(proc.process, kill=True)
+            signal_process(proc.process, kill=True)
         else:
-            self.s.request(("actor_settle", actor))
+            self.s.request(self.settle, actor)
 
     def check_timeouts(self) -> None:
         """Scheduler thread: kill the actors whose running call is over ``call_timeout``.
@@ -456,7 +371,7 @@ class ActorHost:
             limit = proc.actor.options.call_timeout
             if limit is None or proc.timed_out or proc.killed is not None or not proc.inflight:
                 continue
-            running_id, finished, started, _ = W.read_cell(proc.cell)
+            running_id, finished, started, _ = read_cell(proc.cell)
             if finished or running_id not in proc.inflight:
                 continue
             if now - started > limit:
@@ -477,13 +392,13 @@ class ActorHost:
             proc = slot.proc
             if proc is not None:
                 proc.state = STOPPING
-                if proc.channel_open:
+                if proc.open:
                     pending = bool(proc.outbox)
-                    _channel.queue(proc.outbox, [pickle.dumps((W.STOP,))], [])
+                    _channel.queue(proc.outbox, [P.STOP_FRAME], [])
                     if not pending:
                         self.write(proc)
         if proc is None:
-            self.s.request(("actor_settle", actor))
+            self.s.request(self.settle, actor)
 
     def settle(self, actor: Actor) -> None:
         """Scheduler thread: an actor without a process that is now dead: fail its backlog."""
@@ -499,12 +414,12 @@ class ActorHost:
     def on_exit(self, proc: ActorProcess) -> None:
         """Scheduler thread: an actor process ended; fail or retry its calls, restart it or not."""
         s = self.s
-        if proc.channel_open:
+        if proc.open:
             self.read(proc, limit=None)
             self.close_channel(proc)
         proc.process.join(1.0)
         if proc.process.exitcode is None:
-            s.signal_process(proc.process, kill=True)
+            signal_process(proc.process, kill=True)
             proc.process.join(1.0)
         s.sel.unregister(proc.process.sentinel)
         s.close_conn(proc.client)
@@ -512,7 +427,7 @@ class ActorHost:
         exitcode = _lifetime.exit_code(proc.process)  # None: unknown (its forkserver died first)
         actor = proc.actor
         slot: ActorSlot = actor.impl
-        error = self.death_error(proc, exitcode)
+        error = death_error(proc, exitcode)
         crashed = proc.killed is None and proc.state != STOPPING and proc.init_error is None
         if crashed:
             s.telemetry.actor_crashed()
@@ -566,7 +481,7 @@ class ActorHost:
         with actor.lock:
             if actor.status == DEAD:  # killed or stopped while restarting
                 proc.killed = proc.killed or "it was stopped while restarting"
-                self.s.signal_process(proc.process, kill=True)
+                signal_process(proc.process, kill=True)
             else:
                 slot.proc = proc
                 backlog, slot.backlog = slot.backlog, []
@@ -575,42 +490,6 @@ class ActorHost:
         self.register(proc)
         if actor.status == DEAD:
             self.settle(actor)
-
-    def death_error(self, proc: ActorProcess, exitcode: int | None) -> ActorDiedError:
-        actor = proc.actor
-        if proc.init_error is not None:
-            type_name, message, tb, data = proc.init_error
-            error = ActorDiedError(
-                f"the actor {actor.label} could not be created: its constructor raised {type_name}: "
-                f"{message}", actor=actor.label, exitcode=exitcode, pid=proc.pid)
-            cause: BaseException | None = None
-            if data is not None:
-                try:
-                    cause = loads(data)
-                except BaseException:
-                    cause = None
-            if cause is not None:
-                cause.__cause__ = RemoteTraceback(tb)
-                error.__cause__ = cause
-            else:
-                error.__cause__ = RemoteTraceback(tb)
-            return error
-        if proc.killed is not None:
-            return ActorDiedError(f"the actor {actor.label} was killed ({proc.killed})",
-                                  actor=actor.label, exitcode=exitcode, pid=proc.pid)
-        if proc.state == STOPPING:
-            death = actor.death
-            return ActorDiedError(str(death) if death else f"the actor {actor.label} was stopped",
-                                  actor=actor.label, exitcode=exitcode, pid=proc.pid)
-        running_id, finished, _, _ = W.read_cell(proc.cell)
-        call = proc.inflight.get(running_id)
-        where = f" while running {call.fn}()" if call is not None and not finished else ""
-        from ._scheduler import crash_dump_fd
-
-        how = describe_exit(exitcode, proc.killed_for)
-        return ActorDiedError(
-            f"the actor {actor.label} (pid {proc.pid}) died{where}: {how}{crash_dump_fd(proc.fd)}",
-            actor=actor.label, exitcode=exitcode, pid=proc.pid)
 
     def stop_all(self, why: str) -> None:
         """Scheduler thread, at shutdown: stop every actor after its pending calls."""
@@ -629,11 +508,59 @@ class ActorHost:
         for proc in list(self.procs.values()):
             if proc.killed is None:
                 proc.killed = why
-            self.s.signal_process(proc.process, kill=True)
+            signal_process(proc.process, kill=True)
 
     def wait(self, actor: Actor, timeout: float | None) -> None:
         slot: ActorSlot = actor.impl
         slot.gone.wait(timeout)
+
+
+def actor_setup(actor: Actor, hook: bytes | None) -> P.ActorSetup:
+    """What the actor's process gets at start (``hook``: the executor's child hook, pickled)."""
+    try:
+        # The spec travels among the process's start arguments (again at each
+        # restart): its out-of-band buffers (large arrays) go with it as bytes.
+        data, bufs = dumps((actor.cls, actor.args, actor.kwargs))
+        spec = (data, [bytes(b.raw()) for b in bufs])
+    except (Exception, SystemExit) as exc:
+        raise _spec_error(actor, exc) from exc
+    return P.ActorSetup(spec, actor.label, actor.max_concurrency, actor.options.num_cpus, hook)
+
+
+def death_error(proc: ActorProcess, exitcode: int | None) -> ActorDiedError:
+    """Why an actor process ended, as the error its calls fail with."""
+    actor = proc.actor
+    if proc.init_error is not None:
+        type_name, message, tb, data = proc.init_error
+        error = ActorDiedError(
+            f"the actor {actor.label} could not be created: its constructor raised {type_name}: "
+            f"{message}", actor=actor.label, exitcode=exitcode, pid=proc.pid)
+        cause: BaseException | None = None
+        if data is not None:
+            try:
+                cause = loads(data)
+            except BaseException:
+                cause = None
+        if cause is not None:
+            cause.__cause__ = RemoteTraceback(tb)
+            error.__cause__ = cause
+        else:
+            error.__cause__ = RemoteTraceback(tb)
+        return error
+    if proc.killed is not None:
+        return ActorDiedError(f"the actor {actor.label} was killed ({proc.killed})",
+                              actor=actor.label, exitcode=exitcode, pid=proc.pid)
+    if proc.state == STOPPING:
+        death = actor.death
+        return ActorDiedError(str(death) if death else f"the actor {actor.label} was stopped",
+                              actor=actor.label, exitcode=exitcode, pid=proc.pid)
+    running_id, finished, _, _ = read_cell(proc.cell)
+    call = proc.inflight.get(running_id)
+    where = f" while running {call.fn}()" if call is not None and not finished else ""
+    how = describe_exit(exitcode, proc.killed_for)
+    return ActorDiedError(
+        f"the actor {actor.label} (pid {proc.pid}) died{where}: {how}{crash_dump_fd(proc.fd)}",
+        actor=actor.label, exitcode=exitcode, pid=proc.pid)
 
 
 def _copy(error: ActorDiedError) -> ActorDiedError:
@@ -653,15 +580,3 @@ def _spec_error(actor: Actor, exc: BaseException) -> SerializationError:
         "picklable (or use backend='threads')."
     )
 
-
-def close_process(process: Any) -> None:
-    """Release a finished process's resources.
-
-    Inside a loky worker the global start method is loky's, whose Popen has
-    no close(): its resources go with the object instead.
-    """
-    if process.exitcode is not None:
-        try:
-            process.close()
-        except AttributeError:
-            pass

@@ -7,7 +7,7 @@ connect to each other, and nothing listens on an address).
 
 Calls are sent by the calling thread; a reader thread, started at the first
 call, completes the futures.  Imported by children only; it never imports the
-driver's modules.
+driver's modules (the messages are ``protocol``'s).
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ import socket
 import threading
 from typing import Any
 
-from ... import _context, _shm
-from ... import _serialization as ser
-from ..._errors import PoolxError, SerializationError
-from ..._futures import Future
-from . import _channel
-from . import _worker as W
+from .... import _context, _shm
+from .... import _serialization as ser
+from ...._actors import ActorHandle
+from ...._errors import PoolxError, SerializationError
+from ...._futures import Future
+from ...._objects import dependencies, send_resolved, when_done
+from .. import _channel
+from .. import protocol as P
 
 # How long get_actor() and init_collective_group() wait for the driver's answer (_ask).
 GET_ACTOR_TIMEOUT = 60.0
@@ -55,7 +57,7 @@ class ChildClient:
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
         call_id = next(self.ids)
-        control = pickle.dumps((W.C_CALL, actor_id, [(call_id, method, payload, len(bufs))]), ser.PROTOCOL)
+        control = P.control(P.C_CALL, actor_id, [(call_id, method, payload, len(bufs))])
         self._send(call_id, (future, what), [control], bufs)
         return future
 
@@ -65,8 +67,6 @@ class ChildClient:
         Futures among the arguments (of tasks submitted here) are waited for
         first, without blocking the caller; the result comes back here.
         """
-        from ..._objects import dependencies, send_resolved, when_done
-
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
         deps = dependencies(args, kwargs)
@@ -94,13 +94,13 @@ class ChildClient:
                 f"cannot pickle a task calling {what} submitted in a worker: {type(exc).__name__}: {exc}"
             ) from exc
         req_id = next(self.ids)
-        control = pickle.dumps((W.C_SUBMIT, req_id, what, payload, len(bufs), max_retries), ser.PROTOCOL)
+        control = P.control(P.C_SUBMIT, req_id, what, payload, len(bufs), max_retries)
         self._send(req_id, (future, what), [control], bufs)
 
     def fetch(self, ref: Future[Any]) -> None:
         """Ask the driver for the value of a ref received inside a container (a ChildRef)."""
         req_id = next(self.ids)
-        control = pickle.dumps((W.C_GET, req_id, ref.ref_id), ser.PROTOCOL)  # type: ignore[attr-defined]
+        control = P.control(P.C_GET, req_id, ref.ref_id)  # type: ignore[attr-defined]
         try:
             self._send(req_id, (ref, f"ref #{ref.ref_id}"), [control])  # type: ignore[attr-defined]
         except BaseException as exc:
@@ -114,13 +114,11 @@ class ChildClient:
         return worker.block()
 
     def get_actor(self, name: str) -> Any:
-        from ..._actors import ActorHandle
-
-        return ActorHandle(*self._ask(f"get_actor({name!r})", W.C_GET_ACTOR, name))
+        return ActorHandle(*self._ask(f"get_actor({name!r})", P.C_GET_ACTOR, name))
 
     def rendezvous(self, name: str, world_size: int, rank: int, timeout: float | None) -> Any:
         """Join the collective group ``name`` by name: the driver answers with where it meets."""
-        return self._ask(f"init_collective_group(group_name={name!r})", W.C_RENDEZVOUS,
+        return self._ask(f"init_collective_group(group_name={name!r})", P.C_RENDEZVOUS,
                          name, world_size, rank, timeout)
 
     def _ask(self, what: str, kind: int, *fields: Any) -> Any:
@@ -129,7 +127,7 @@ class ChildClient:
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
         req_id = next(self.ids)
-        self._send(req_id, (future, what), [pickle.dumps((kind, req_id, *fields))])
+        self._send(req_id, (future, what), [P.control(kind, req_id, *fields)])
         try:
             ok, info = future.result(GET_ACTOR_TIMEOUT)
         except TimeoutError:
@@ -168,9 +166,9 @@ class ChildClient:
                     reader.fill(nonblocking=False)
                     continue
                 control = pickle.loads(msg[0])
-                if control[0] == W.RESULTS:
+                if control[0] == P.RESULTS:
                     self._on_results(control[1], msg)
-                elif control[0] == W.ACTOR_INFO:
+                elif control[0] == P.ACTOR_INFO:
                     _, req_id, ok, info = control
                     with self.lock:
                         future = self.pending.pop(req_id)[0]
@@ -187,7 +185,7 @@ class ChildClient:
 
     def _on_results(self, records: list[Any], msg: list[Any]) -> None:
         oob = 1
-        for call_id, status, data, n_oob, _t0, _t1, info, _u, _p in records:
+        for call_id, status, data, n_oob, _t0, _t1, info, _u, _p in records:  # protocol.ResultRecord
             bufs = msg[oob : oob + n_oob]
             oob += n_oob
             with self.lock:
@@ -195,7 +193,7 @@ class ChildClient:
             if entry is None:
                 continue
             future, what, _ = entry
-            ok, value = W.outcome(status, data, bufs, info, what)
+            ok, value = P.decode_outcome(status, data, bufs, info, what, True)
             if ok:
                 future.set_result(value)
             else:

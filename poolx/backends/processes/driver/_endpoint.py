@@ -1,0 +1,68 @@
+"""The driver's end of one channel to a child: a non-blocking socket and its outbox.
+
+One class for the three kinds of channel the scheduler thread watches (a
+task worker's, an actor's, a child's client channel), so the non-blocking
+write path is written once: ``send`` queues a message and writes what the
+socket takes, ``flush`` writes more when the selector says there is room,
+and both watch for room (EVENT_WRITE) only while something is left to write.
+A slow reader never stalls the loop or the other channels.
+
+An actor's channel is also written by the threads that call it (under the
+actor's lock, see ``_actors``): they use ``write`` and ask the loop to
+watch for room.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+from typing import Any
+
+from .. import _channel
+
+
+class Endpoint:
+    """A channel's driver end: ``sock`` (non-blocking), its ``reader`` and ``outbox``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = _channel.FrameReader(sock)
+        self.outbox: list[Any] = []
+        self.writing = False  # the selector watches it for room (EVENT_WRITE)
+        self.open = True  # registered with the selector, and read
+
+    def write(self) -> None:
+        """Write as much of the outbox as the socket takes."""
+        try:
+            _channel.write_some(self.sock, self.outbox)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:  # the process is gone; its sentinel will tell
+            self.outbox = []
+
+    def send(self, sel: selectors.BaseSelector, frames: list[Any], fds: list[int] | None = None) -> None:
+        """Scheduler thread: queue one message and write what fits."""
+        if not self.open:
+            _channel.Fds(fds or []).close()
+            return
+        _channel.queue(self.outbox, frames, fds or [])
+        self.flush(sel)
+
+    def flush(self, sel: selectors.BaseSelector) -> None:
+        """Scheduler thread: write what fits; watch for room while something is left."""
+        self.write()
+        want_write = bool(self.outbox)
+        if want_write != self.writing and self.open:
+            self.writing = want_write
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
+            sel.modify(self.sock, events, sel.get_key(self.sock).data)
+
+
+class Conn(Endpoint):
+    """The driver's end of a child's client channel (actor handles, nested tasks, refs)."""
+
+    def __init__(self, sock: socket.socket, owner: str) -> None:
+        sock.setblocking(False)
+        super().__init__(sock)
+        self.owner = owner
+        self.seen = 0  # messages read from it
