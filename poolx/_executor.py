@@ -610,7 +610,8 @@ class ActorFactory:
         """
         return map_actors(self, cls, iterable, args=args, kwargs=kwargs or {}, min_size=min_size,
                           max_size=max_size if max_size is not None else self._executor.max_workers,
-                          batch_size=batch_size, ordered=ordered, idle_timeout=idle_timeout)
+                          batch_size=batch_size, ordered=ordered, idle_timeout=idle_timeout,
+                          kill=self._executor.kill)
 
 
 def _attempt(ex: Executor, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],

@@ -49,20 +49,21 @@ class PutRef(Future[Any]):
         payload, bufs = ser.dumps(obj, shm)
         # The snapshot must not change with obj: large buffers are copies in
         # shared memory (with ``shm``), or copied to bytes here.
-        self._blob: tuple[bytes, tuple[Any, ...]] = (
+        #: the pickled value and its buffers, made once: sent as they are (the driver's ref replies)
+        self.blob: tuple[bytes, tuple[Any, ...]] = (
             payload, tuple(b if _shm.is_shm(b) else b.raw().tobytes() for b in bufs))
-        self.nbytes = len(payload) + sum(len(b) for b in self._blob[1])
+        self.nbytes = len(payload) + sum(len(b) for b in self.blob[1])
         self._state = "FINISHED"
 
     def result(self, timeout: float | None = None) -> Any:
-        payload, bufs = self._blob
+        payload, bufs = self.blob
         return ser.loads(payload, bufs)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         return None
 
     def prepickled(self) -> Prepickled:
-        return Prepickled(*self._blob)
+        return Prepickled(*self.blob)
 
     def __repr__(self) -> str:
         return f"<poolx.PutRef {self.nbytes} bytes>"

@@ -47,11 +47,6 @@ class ActorHandle(Generic[T]):
         # On a cluster's worker: the engine's way to the actor (Backend.portable_handle)
         self._caller = caller
 
-    @classmethod
-    def _of(cls, actor: Actor) -> ActorHandle[Any]:
-        # Kept for _executor.py until it calls handle_of() (issue 20's layout step).
-        return handle_of(actor)
-
     def __getattr__(self, method: str) -> ActorMethod:
         if method.startswith("__") and method != "__call__":
             raise AttributeError(method)

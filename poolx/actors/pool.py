@@ -177,7 +177,8 @@ class _Member:
 
 def map_actors(factory: ActorFactory, cls: type, iterable: Iterable[Any], *, args: tuple[Any, ...],
                kwargs: dict[str, Any], min_size: int, max_size: int, batch_size: int | None,
-               ordered: bool, idle_timeout: float) -> Iterator[Any]:
+               ordered: bool, idle_timeout: float, kill: Callable[[Any], None]) -> Iterator[Any]:
+    """``ActorFactory.map_actors``' work; ``kill`` stops an actor at once (its executor's ``kill``)."""
     if not isinstance(cls, type) or "__call__" not in method_names(cls):
         raise TypeError(f"map_actors() needs a class whose instances are callable (define __call__), "
                         f"got {cls!r}")
@@ -193,12 +194,13 @@ def map_actors(factory: ActorFactory, cls: type, iterable: Iterable[Any], *, arg
         raise ValueError("map_actors() starts several actors: the name option cannot be used")
     pool = [_Member(factory.actor(cls, *args, **kwargs)) for _ in range(min_size)]
     return _run(factory, cls, args, kwargs, pool, iter(iterable), min_size, max_size, batch_size,
-                ordered, idle_timeout)
+                ordered, idle_timeout, kill)
 
 
 def _run(factory: ActorFactory, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
          pool: list[_Member], items: Iterator[Any], min_size: int, max_size: int,
-         batch_size: int | None, ordered: bool, idle_timeout: float) -> Iterator[Any]:
+         batch_size: int | None, ordered: bool, idle_timeout: float,
+         kill: Callable[[Any], None]) -> Iterator[Any]:
     inflight: dict[cf.Future[Any], tuple[int, _Member, int | None]] = {}
     finished: dict[int, tuple[cf.Future[Any], int | None]] = {}
     next_index = next_yield = 0
@@ -273,8 +275,7 @@ def _run(factory: ActorFactory, cls: type, args: tuple[Any, ...], kwargs: dict[s
             if clean or not member.inflight:
                 member.handle.release(wait=True)
             else:  # stopped early (an error, or the consumer let go): do not finish the rest
-                # (ActorFactory offers no public way to its executor's kill() yet: issue 20)
-                factory._executor.kill(member.handle)
+                kill(member.handle)
 
 
 def _results(future: cf.Future[Any], n: int | None) -> Iterator[Any]:

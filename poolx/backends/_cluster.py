@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import cloudpickle
 
 from .. import _context
-from .._errors import ActorDiedError, InitializerError, RemoteTraceback, SerializationError
+from .._errors import ActorDiedError, InitializerError, PoolxError, RemoteTraceback, SerializationError
 from .._futures import Future, Task
 from .._objects import resolve
 from .._serialization import describe, unpicklable_argument
@@ -114,14 +114,10 @@ class ClusterClient:
         return ActorHandle(actor_id, label, name, methods, None, caller)
 
     def call(self, actor_id: int, label: str, method: str, args: Any, kwargs: Any) -> Any:
-        from .._errors import PoolxError
-
         raise PoolxError(f"the actor handle {label} reached this {self.engine} worker without its way to the "
                          "actor; pass handles to tasks as arguments")
 
     def fetch(self, ref: Any) -> None:
-        from .._errors import PoolxError
-
         raise PoolxError(f"a ref inside a container cannot be fetched on a {self.engine} worker")
 
 
@@ -196,7 +192,7 @@ class ActorHost:
                  buffers: list[bytes], setup_payload: tuple[str, bytes] | None) -> None:
         _become_worker(engine)
         self._identity = identity
-        self._setup_payload = setup_payload
+        self.setup_payload = setup_payload
         self._setup = _setup(setup_payload)
         self._label = f"actor {identity[1]}"
         self._init_error: BaseException | None = None
@@ -212,7 +208,7 @@ class ActorHost:
         return self._identity
 
     def _hooked(self) -> Any:
-        return _running(self._setup_payload, self._setup, self._label)
+        return _running(self.setup_payload, self._setup, self._label)
 
     def call(self, data: bytes, *buffers: Any) -> tuple[Any, float, float, tuple[str, int]]:
         """One method call: ``data`` pickles ``(method, args, kwargs)``.  (One argument
@@ -343,11 +339,11 @@ class ClusterBackend(Backend):
         self._broken: BaseException | None = None
         self._lanes: dict[tuple[str, int], int] = {}  # worker process -> lane in the telemetry
         self.window = window(options.max_workers)
-        self._setup_payload: tuple[str, bytes] | None = None
+        self.setup_payload: tuple[str, bytes] | None = None
         if options.initializer is not None or options.child_hook is not None:
             setup = Setup(uuid.uuid4().hex, options.initializer, tuple(options.initargs), options.child_hook)
             try:
-                self._setup_payload = (setup.key, cloudpickle.dumps(setup))
+                self.setup_payload = (setup.key, cloudpickle.dumps(setup))
             except Exception as exc:
                 raise SerializationError(
                     f"cannot pickle the initializer {describe(options.initializer)} or its initargs "
@@ -408,7 +404,7 @@ class ClusterBackend(Backend):
             task.state = None
             task.t_dispatch = time.perf_counter()
             try:
-                handle = self.send(data, buffers, self._setup_payload, task)
+                handle = self.send(data, buffers, self.setup_payload, task)
             except BaseException as exc:
                 self._forget(task)
                 self._finish(task, exc, None)
@@ -668,8 +664,6 @@ class DeadCaller:
         return (DeadCaller, (self.message,))
 
     def call(self, label: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
-        from .._errors import ActorDiedError
-
         future = local_future()
         future.set_exception(ActorDiedError(self.message, actor=label))
         return future

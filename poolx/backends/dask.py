@@ -175,7 +175,7 @@ class DaskBackend(ClusterBackend):
         self.check_actor(actor)
         identity, spec, buffers = self.actor_spec(actor)
         key = f"poolx-actor-{actor.id}-{uuid.uuid4().hex[:8]}"
-        future = self._client.submit(ActorHost, "dask", identity, spec, buffers, self._setup_payload,
+        future = self._client.submit(ActorHost, "dask", identity, spec, buffers, self.setup_payload,
                                      actor=True, pure=False, key=key)
         if actor.name is not None:  # (tasks find it by name: find_actor)
             self._client.publish_dataset(**{_dataset(actor.name): [future, identity]}, override=True)

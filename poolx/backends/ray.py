@@ -275,7 +275,7 @@ class RayActor:
             ray_options["name"] = f"{_ray_name(actor.name)}{actor.id}"
         identity, spec, buffers = self.backend.actor_spec(actor)
         host = _remote_of(AsyncActorHost if actor.is_async else ActorHost)
-        return host.options(**ray_options).remote("ray", identity, spec, buffers, self.backend._setup_payload)
+        return host.options(**ray_options).remote("ray", identity, spec, buffers, self.backend.setup_payload)
 
     def call(self, call: Any, data: bytes, buffers: list[bytes]) -> None:
         ref = self.last = self.handle.call.remote(data, *buffers)

@@ -777,7 +777,7 @@ def _kill_scheduler(ex: poolx.Executor) -> Any:
         raise SchedulerBug("injected into the scheduler loop")
 
     scheduler.dispatch = dispatch  # an instance attribute: the loop looks it up each pass
-    ex._backend._wake()
+    ex._backend.wake()
     return scheduler
 
 

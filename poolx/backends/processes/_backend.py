@@ -18,11 +18,11 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from ... import _fds, _shm
-from ..._actors import Actor, ActorCall
 from ..._errors import InitializerError, SerializationError
 from ..._futures import Task
 from ..._serialization import cacheable, describe, dumps, first_unpicklable, unpicklable_argument
 from ..._telemetry import Telemetry
+from ...actors.directory import Actor, ActorCall
 from .. import Backend, BackendOptions
 from .child._actor import main as actor_main
 from .child._boot import with_main
@@ -187,7 +187,7 @@ class ProcessBackend(Backend):
                     self._fn_cache.popitem(last=False)
             return entry
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         """Any thread: wake the scheduler thread (the byte is written only if it may be asleep)."""
         if not self.wake_pending:
             with self.incoming_lock:

@@ -3,7 +3,7 @@
 It boots like a task worker (SIGINT ignored, progress cell, watchdog, client
 channel), builds the instance, says READY (or INIT_FAILED with the
 constructor's exception), then reads CALLS messages and runs each call through
-the runner that fits the class (``poolx._actor_core``): in this main thread,
+the runner that fits the class (``poolx.actors.runner``): in this main thread,
 one after another, for a plain class; on ``max_concurrency`` threads; or on
 an event loop for a class with ``async def`` methods.  Results go back batched
 as a task worker's do (``_worker.Worker.add``/``flush``); a runner on other threads
@@ -20,7 +20,7 @@ from typing import Any
 
 from .... import _serialization as ser
 from .... import _shm
-from ...._actor_core import InlineRunner, make_runner
+from ....actors.runner import InlineRunner, make_runner
 from .. import _channel
 from .. import protocol as P
 from .._cell import FINISHED, RUNNING, STARTED

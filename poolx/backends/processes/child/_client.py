@@ -20,10 +20,10 @@ from typing import Any
 
 from .... import _context, _shm
 from .... import _serialization as ser
-from ...._actors import ActorHandle
 from ...._errors import PoolxError, SerializationError
 from ...._futures import Future
 from ...._objects import dependencies, send_resolved, when_done
+from ....actors.handle import ActorHandle
 from .. import _channel
 from .. import protocol as P
 

@@ -33,9 +33,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .... import _shm
-from ...._actors import DEAD, Actor, ActorCall
 from ...._errors import ActorDiedError, RemoteTraceback, SerializationError, TaskTimeoutError, describe_exit
 from ...._serialization import dumps, loads, unpicklable_argument
+from ....actors.directory import DEAD, Actor, ActorCall
 from .. import _channel, _lifetime
 from .. import protocol as P
 from .._cell import read_cell

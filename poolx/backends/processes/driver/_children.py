@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from .... import _objects, _shm
-from ...._actors import ActorCall
 from ...._errors import ActorDiedError, SerializationError, TaskCancelledError
 from ...._futures import Task
 from ...._serialization import describe, dumps
+from ....actors.directory import ActorCall
 from .. import _channel
 from .. import protocol as P
 from ._endpoint import Conn
@@ -178,7 +178,7 @@ class Children(SchedulerState):
         bufs: Sequence[Any]
         try:
             if isinstance(future, _objects.PutRef):
-                data, bufs = future._blob  # stored once: sent as it is
+                data, bufs = future.blob  # stored once: sent as it is
             else:
                 data, bufs = dumps(future.result(), _shm.EXCLUSIVE)
         except Exception as exc:

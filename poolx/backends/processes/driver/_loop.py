@@ -233,7 +233,7 @@ class Scheduler(Dispatch, Workers, Blame, Children, threading.Thread):
         same way, through ``incoming``.
         """
         self.incoming.append((command, arg))
-        self.backend._wake()  # (the backend's: tests/test_faults.py calls it too)
+        self.backend.wake()
 
     # -- commands (scheduler thread, handed over through ``incoming``) ------------------
 
