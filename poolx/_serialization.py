@@ -24,6 +24,7 @@ import pickle
 import sys
 import threading
 import types
+from collections import ChainMap
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -76,8 +77,10 @@ def _code_reduce(code: types.CodeType) -> Any:
 
 class _Pickler(cloudpickle.Pickler):
     if _cloudpickle_code_reduce is not None:
-        dispatch_table = dict(cloudpickle.Pickler.dispatch_table)
-        dispatch_table[types.CodeType] = _code_reduce
+        # A live view, as cloudpickle's own: a reducer registered with copyreg
+        # after this module was imported still counts (a copy froze the table
+        # at import, so what pickled depended on when poolx was first used).
+        dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
 
     pins: list[Any] | None = None  # futures pickled by id (refs in containers), kept by the caller
 

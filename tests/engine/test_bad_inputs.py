@@ -64,6 +64,7 @@ Covered elsewhere, not repeated here (§3 item: file::test; P = test_processes.p
 from __future__ import annotations
 
 import concurrent.futures as cf
+import copyreg
 import dataclasses
 import faulthandler
 import functools
@@ -137,6 +138,19 @@ T = 20  # seconds: every wait in this file is bounded by it
 REMOTE_TB = (RemoteTraceback, mpp.RemoteTraceback)
 
 FRONTS = ("submit", "map", "pool.apply_async", "pool.map", "actor.call", "actor.init")
+
+
+@pytest.fixture(autouse=True)
+def stdlib_pickling_rules(monkeypatch):
+    """These tables state what pickles under the stdlib's rules.  Importing
+    dask's distributed (the cluster tests run earlier in the same session)
+    installs tblib's reducers process-wide, for tracebacks and for every
+    exception class then defined, and a traceback argument then pickles:
+    take them out of copyreg for the test, as in a program that never
+    imported distributed."""
+    for cls, reducer in list(copyreg.dispatch_table.items()):
+        if getattr(getattr(reducer, "func", reducer), "__module__", "").startswith("tblib"):  # (or a partial)
+            monkeypatch.delitem(copyreg.dispatch_table, cls)
 POOL_FRONTS = ("pool.apply_async", "pool.map")
 ACTOR_FRONTS = ("actor.call", "actor.init")
 

@@ -310,3 +310,23 @@ def test_map_whose_feeder_thread_cannot_start_fails_cleanly(monkeypatch):
     monkeypatch.undo()
     ex.shutdown(wait=True)  # must not raise, and must stop the workers (checked by no_leaks)
     assert ex.statistics().tasks_pending == 0
+
+
+class _Registered:
+    """Pickled through a reducer registered with copyreg (after poolx was imported)."""
+
+
+def _reduce_registered(obj: _Registered) -> tuple[object, tuple[str]]:
+    return (str, ("made by the registered reducer",))
+
+
+def test_a_copyreg_reducer_registered_after_import_is_used(executor, monkeypatch):
+    if executor.backend in ("serial", "threads"):
+        pytest.skip("the in-process backends pass arguments without pickling them")
+    # poolx's pickler once copied the dispatch table when its module loaded, so
+    # a reducer registered later was ignored (and with poolx's lazy imports,
+    # what pickled depended on when the executor was first used).
+    import copyreg
+
+    monkeypatch.setitem(copyreg.dispatch_table, _Registered, _reduce_registered)
+    assert executor.submit(repr, _Registered()).result(timeout=30) == "'made by the registered reducer'"
