@@ -496,7 +496,7 @@ def test_nested_tasks_on_one_worker_do_not_deadlock(start_method):
 
 EXIT_WITH_PENDING = """
     import sys, threading, time
-    import poolx
+    from poolx import Executor  # (loads the executor module, which registers poolx's exit hook)
 
     def slow(x):
         time.sleep(0.3)
@@ -523,7 +523,7 @@ EXIT_WITH_PENDING = """
 
     if __name__ == "__main__":
         entered = start_as_the_script_ends() if sys.argv[2] == "late-start" else None
-        ex = poolx.Executor(1, mp_context=sys.argv[1])
+        ex = Executor(1, mp_context=sys.argv[1])
         futs = [ex.submit(slow, word) for word in ("apple", "pear")]
         if sys.argv[2] == "nowait":
             ex.shutdown(wait=False)
