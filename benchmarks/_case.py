@@ -179,7 +179,10 @@ class Pool:
 def import_libraries(impl):
     """Import what ``open_pool(impl)`` needs, so no timer counts an import."""
     if impl.startswith("poolx"):
-        import poolx  # noqa: F401
+        import poolx
+
+        # The package face loads its front ends on first use: load them here.
+        poolx.Executor, poolx.Pool  # noqa: B018
     elif impl == "ProcessPoolExecutor":
         import concurrent.futures  # noqa: F401
     elif impl.startswith("multiprocessing.Pool"):

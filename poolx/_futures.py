@@ -153,7 +153,7 @@ class Task:
         self.max_retries = 0  # times it may run again after dying with its worker (-1: no limit)
         self.origin: Any = None  # processes backend: where a task submitted in a child came from
         self.shm = 0  # how large arguments travel (poolx._shm mode; 0: the backend's default)
-        # A map() chunk's items not to run again (poolx._map): index -> why.
+        # A map() chunk's items not to run again (poolx._chunks): index -> why.
         # None: not a chunk; {}: a chunk nothing was taken out of yet.
         self.skip: dict[int, tuple[Any, ...]] | None = None
         self.state: Any = None  # backend-private

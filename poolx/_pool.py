@@ -262,7 +262,7 @@ class Pool:
         future.add_done_callback(lambda f: self._on_done(f, deliver, threaded))
 
     def _start(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if getattr(func, "_poolx_chunk", False):  # a map chunk: its items can be quarantined (poolx._map)
+        if getattr(func, "_poolx_chunk", False):  # a map chunk: its items can be quarantined (poolx._chunks)
             return self._executor.submit_task(func, args, kwargs, self._max_retries, chunk=True).future
         return self._executor.submit(func, *args, **kwargs)
 

@@ -2,7 +2,7 @@
 
 Two places rerun on an exception: the driver, for a task of its own
 (``retrying``: ``Executor.submit`` and the Ray-style API's ``f.remote()``), and
-the worker, for one ``map()`` item (``poolx._map``, which calls ``is_one_of``).
+the worker, for one ``map()`` item (``poolx._chunks``, which calls ``is_one_of``).
 Reruns after a worker's death are the engine's, not this module's: a task's
 ``max_retries`` budget is passed down with each attempt.  What this module
 does not do is parse the option: ``poolx._arguments.retry_exceptions`` does.

@@ -37,7 +37,11 @@ import time
 import traceback
 from typing import Any
 
-from .... import _context, _shm
+from .... import (
+    _chunks,  # noqa: F401  (every map() chunk runs it: loaded at boot, so a forkserver preloads it)
+    _context,
+    _shm,
+)
 from .... import _serialization as ser
 from ...._futures import worker_thread
 from .. import _channel
