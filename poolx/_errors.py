@@ -17,8 +17,9 @@ catch, so code written for ``concurrent.futures`` keeps working::
     │   ├── CollectiveError                          a collective operation among actors failed
     │   │   └── CollectiveTimeoutError (+ TimeoutError)  a rank waited longer than the group's timeout
     │   └── RemoteError                              a task's exception that could not travel as itself
-    └── RemoteTraceback                              the ``__cause__`` of a re-raised task exception:
-                                                     the worker's formatted traceback
+    └── RemoteTraceback      (= concurrent.futures.process._RemoteTraceback)  the ``__cause__``
+                                                     of a re-raised task exception: the worker's
+                                                     formatted traceback
 
 A task's own exception is re-raised in the caller as its original type, with
 the worker's traceback attached as ``__cause__`` (a ``RemoteTraceback``), as
@@ -31,22 +32,25 @@ import concurrent.futures as cf
 import multiprocessing
 import pickle
 import signal
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
+from typing import TYPE_CHECKING
 
 
 class PoolxError(Exception):
     """Base class of the errors poolx raises itself."""
 
 
-class RemoteTraceback(Exception):
-    """Carries the traceback text of an exception raised in a worker."""
+# The ``__cause__`` of a re-raised task exception, carrying the worker's
+# formatted traceback (``.tb``): the stdlib's own class, which
+# ProcessPoolExecutor attaches, so code (and CPython's test_traceback, which
+# checks the exact type) written for the stdlib sees the same thing.
+if TYPE_CHECKING:  # (typeshed types the stdlib's __init__ with a traceback object, not its text)
+    class RemoteTraceback(Exception):
+        tb: str
 
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
+        def __init__(self, tb: str) -> None: ...
+else:
+    RemoteTraceback = _RemoteTraceback
 
 
 class WorkerDiedError(PoolxError, BrokenProcessPool):

@@ -183,13 +183,7 @@ EXCLUDED: dict[str, str] = {
 KNOWN_DEVIATIONS: dict[str, str] = {}
 
 # Tests that run with one stdlib attribute pointed at poolx's equivalent.
-PATCHED: dict[str, list[tuple[str, str, object]]] = {
-    # The type check is on the stdlib's private _RemoteTraceback; the rest of the
-    # test (the worker's traceback text in __cause__.tb, printed by
-    # sys.excepthook) is the semantics, and is checked as is.
-    "ProcessPoolExecutorTest.test_traceback":
-        [("concurrent.futures.process", "_RemoteTraceback", poolx.RemoteTraceback)],
-}
+PATCHED: dict[str, list[tuple[str, str, object]]] = {}
 
 
 # --------------------------------------------------------------------------

@@ -330,3 +330,14 @@ def test_a_copyreg_reducer_registered_after_import_is_used(executor, monkeypatch
 
     monkeypatch.setitem(copyreg.dispatch_table, _Registered, _reduce_registered)
     assert executor.submit(repr, _Registered()).result(timeout=30) == "'made by the registered reducer'"
+
+
+def test_the_remote_traceback_is_the_stdlibs_type(executor):
+    # Code written for ProcessPoolExecutor checks the cause's type (CPython's test_traceback).
+    from concurrent.futures.process import _RemoteTraceback
+
+    with pytest.raises(ValueError) as info:
+        executor.submit(raise_value_error, "boom").result(timeout=30)
+    if executor.backend not in ("serial", "threads"):
+        assert type(info.value.__cause__) is _RemoteTraceback
+        assert "raise_value_error" in info.value.__cause__.tb
