@@ -66,6 +66,22 @@ EXIT_GRACE = 5.0
 EXIT_KILL_WAIT = 5.0
 
 _live: weakref.WeakSet[Executor] = weakref.WeakSet()
+
+
+def _forget_the_parents_executors() -> None:
+    """In a forked child, the copies of the parent's executors are not its own.
+
+    Its exit hook (``_at_exit``, inherited too) would shut them down: a copy
+    whose lock a parent thread held at the fork waits on it for ever, and
+    the parent kills the worker after STOP_TIMEOUT (CPython's test_hang_gh94440
+    under fork saw a 5 s shutdown).  An executor made in the child is its own.
+    """
+    global _live
+    _live = weakref.WeakSet()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_the_parents_executors)
 _interpreter_exiting = False
 _exit_deadline: float | None = None  # the end of EXIT_GRACE (see _end_left_running)
 

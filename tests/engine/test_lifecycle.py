@@ -14,6 +14,8 @@ import psutil
 import pytest
 from _helpers import run_script
 
+import poolx
+
 
 def _alive(pids):
     alive = []
@@ -339,3 +341,19 @@ def test_a_child_started_from_a_thread_that_has_ended_lives_on(start_method):
         time.sleep(0.5)  # (a killed actor would be known dead by now: not needed to pass)
         assert box[1].increment.remote().result(timeout=30) == 7
         assert ex.statistics().actors_died == 0
+
+
+def _executors_here() -> int:
+    from poolx import _executor
+
+    return len(_executor._live)
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_worker_does_not_shut_down_its_parents_executors():
+    # A forked worker inherits the driver's registry of live executors and the
+    # exit hook that shuts them down: at its exit it shut down its copy of the
+    # executor it serves, and blocked on a lock a driver thread held at the
+    # fork (then the driver killed it after STOP_TIMEOUT).  It starts with none.
+    with poolx.Executor(1, mp_context="fork") as ex:
+        assert ex.submit(_executors_here).result(timeout=30) == 0
