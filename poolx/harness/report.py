@@ -506,12 +506,16 @@ def chart_timelines(runs: list[Run]) -> str | None:
 
 
 CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;
-color:#222;padding:0 1em}
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em 1em;color:#222}
+p,ul,h1,h2,h3,.chart{max-width:1100px}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0;display:block;overflow-x:auto}
+.table-wrap{overflow-x:auto;max-width:100%;margin:.5em 0}
+table{border-collapse:collapse;font-size:.85em}
 th,td{padding:.25em .6em;border-bottom:1px solid #eee;text-align:right;white-space:nowrap}
 th:first-child,td:first-child{text-align:left}th{background:#f6f6f6}
+table.environment{max-width:1100px}
+table.environment td{text-align:left;vertical-align:top}
+table.environment td+td{white-space:normal;overflow-wrap:anywhere}
 .flag{color:#b30000;font-weight:600}.muted{color:#777;font-size:.85em}code{background:#f3f3f3;padding:0 .2em}
 ul.verdicts li{margin:.3em 0}.chart svg{max-width:100%;height:auto}
 .swatch{display:inline-block;width:.9em;height:.9em;margin-right:.3em;vertical-align:middle}
@@ -522,7 +526,17 @@ def _table_html(headers: list[str], rows: list[list[str]], cls: str) -> str:
     e = _html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    # (in a box of its own that scrolls sideways: a table wider than the window is never cut off)
+    return (f'<div class="table-wrap"><table class="{cls}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{body}</tbody></table></div>')
+
+
+def env_value(value: Any) -> str:
+    """An environment fact as the report shows it: a mapping as "name version, ..."
+    ("-" for a package that is absent or a variable that is unset)."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {'-' if v is None else v}" for k, v in value.items())
+    return str(value)
 
 
 def html(results: dict[str, Any], rows: list[Row], runs: list[Run]) -> str:
@@ -666,7 +680,7 @@ def html(results: dict[str, Any], rows: list[Row], runs: list[Run]) -> str:
         "<li><a href='trace.json'>trace.json</a>: Chrome/Perfetto trace, one lane per process</li>",
         "</ul>",
         "<h2 id='environment'>Environment</h2>",
-        _table_html(["", ""], [[k, str(v)] for k, v in environment.items()], "environment"),
+        _table_html(["", ""], [[k, env_value(v)] for k, v in environment.items()], "environment"),
         "</body></html>",
     ]
     return "\n".join(parts)
