@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from .. import Executor
 from ..backends import get_backend
-from . import bench, env, profile
+from . import bench, compare, env, profile
 from .profile import CLUSTER_BACKENDS, require_engine
 from .scenario import load_module
 
@@ -110,9 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cp = argparse.ArgumentParser(
             prog="poolx profile compare",
             description="Compare two 'poolx profile' runs (before and after a change).",
+            epilog=compare.RULE,
         )
-        profile.add_compare_arguments(cp)
-        return profile.compare(cp.parse_args(argv[2:]))
+        compare.add_arguments(cp)
+        return compare.run(cp.parse_args(argv[2:]))
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "profile":

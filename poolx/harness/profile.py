@@ -404,31 +404,3 @@ def _progress(total: int, enabled: bool) -> Any:
         leave=False,
         disable=None if os.environ.get("CI") is None else True,
     )
-
-
-# -- compare ---------------------------------------------------------------------------
-
-
-def add_compare_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("before", help="results.json of the first run (or its folder)")
-    p.add_argument("after", help="results.json of the second run (or its folder)")
-
-
-def compare(args: argparse.Namespace) -> int:
-    try:
-        a, b = _load_results(args.before), _load_results(args.after)
-    except (OSError, ValueError) as exc:
-        print(f"poolx profile compare: error: {exc}", file=sys.stderr)
-        return 2
-    print(report.compare(a, b, args.before, args.after))
-    return 0
-
-
-def _load_results(spec: str) -> dict[str, Any]:
-    path = Path(spec)
-    if path.is_dir():
-        path = path / "results.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise ValueError(f"{path} is not a poolx profile results.json (schema {SCHEMA})")
-    return data

@@ -329,33 +329,6 @@ def trace(runs: list[Run]) -> dict[str, Any]:
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
-def compare(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str) -> str:
-    rows_a = {r["key"]: r for r in a["rows"]}
-    rows_b = {r["key"]: r for r in b["rows"]}
-    keys = [k for k in rows_a if k in rows_b] + [k for k in rows_b if k not in rows_a]
-    cells = []
-    for key in keys:
-        ra, rb = rows_a.get(key), rows_b.get(key)
-        if ra is None or rb is None:
-            cells.append(
-                [key, seconds(ra["wall"]) if ra else "-", seconds(rb["wall"]) if rb else "-", "-", ""]
-            )
-            continue
-        change = rb["wall"] / ra["wall"] if ra["wall"] else None
-        overlap = rb["wall_min"] <= ra["wall_max"] and ra["wall_min"] <= rb["wall_max"]
-        note = (
-            "within noise (ranges overlap)" if overlap else ("faster" if change and change < 1 else "slower")
-        )
-        cells.append([key, seconds(ra["wall"]), seconds(rb["wall"]), ratio(change), note])
-    head = (
-        f"A: {name_a} ({a['scenario']['name']}, {a['created']})\n"
-        f"B: {name_b} ({b['scenario']['name']}, {b['created']})\n"
-    )
-    if a["scenario"]["name"] != b["scenario"]["name"] or a["scenario"]["size"] != b["scenario"]["size"]:
-        head += "note: the two runs are of different scenarios or sizes\n"
-    return head + "\n" + table(["mode", "A wall", "B wall", "B / A", ""], cells)
-
-
 # -- report.html -----------------------------------------------------------------------
 
 
