@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from . import folders
+from ._args import positive_int
 
 # What an implementation needs beyond the standard library and poolx's own
 # dependencies: (module to find, how to install it).
@@ -66,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="implementations to run, poolx included (default: every installed one; "
                              "--list shows them)")
     parser.add_argument("--cases", metavar="A,B,...", help="cases to run (default: all; --list shows them)")
-    parser.add_argument("--repeats", type=int, default=None, metavar="N",
+    parser.add_argument("--repeats", type=positive_int, default=None, metavar="N",
                         help="fresh-process repeats of every measurement (default 5, --quick 1)")
     parser.add_argument("--quick", action="store_true",
                         help="the suite's smaller sizes (about 10x smaller), 1 repeat unless --repeats: a "
@@ -284,8 +285,6 @@ def run(args: argparse.Namespace) -> int:
         list_suite(suite, args.quick)
         return 0
     try:
-        if args.repeats is not None and args.repeats < 1:
-            raise UsageError(f"--repeats must be at least 1, not {args.repeats}")
         cases, impls, notes = plan(suite, args)
         out_dir = output_dir(suite, args.out)
     except UsageError as exc:

@@ -19,9 +19,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .. import Executor
+from .. import Executor, __version__
 from ..backends import get_backend
 from . import bench, compare, env, profile
+from ._args import positive_int
 from .profile import CLUSTER_BACKENDS, require_engine
 from .scenario import load_module
 
@@ -82,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[2:9]),
     )
+    parser.add_argument("--version", action="version", version=f"poolx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{profile,bench,info,demo}")
     p = sub.add_parser(
         "profile",
@@ -97,8 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_arguments(b)
     sub.add_parser("info", help="Python, CPUs, start method, versions, thread limits")
     d = sub.add_parser("demo", help="run the pi example serially and on an Executor")
-    d.add_argument("--workers", type=int, default=None, help="default: the usable CPUs")
-    d.add_argument("--samples", type=int, default=None, help="random points (default: ~2 s of work)")
+    d.add_argument("--workers", type=positive_int, default=None, help="default: the usable CPUs")
+    d.add_argument("--samples", type=positive_int, default=None, help="random points (default: ~2 s of work)")
     d.add_argument("--backend", default="processes", help="processes (default), threads, serial, dask, ray")
     d.add_argument("--address", default=None, help="dask or ray: the cluster (default: a local one)")
     return parser
@@ -127,6 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             import numpy  # noqa: F401
         except ImportError:
-            parser.error("the demo needs numpy: pip install 'poolx[examples]'")
+            parser.error("the demo needs numpy: pip install numpy (poolx's 'examples' extra)")
         return demo(args.workers, args.samples or load_module("pi").SIZE, args.backend, args.address)
     return 2

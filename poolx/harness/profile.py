@@ -34,6 +34,7 @@ from typing import Any
 
 from ..backends import get_backend
 from . import analyze, env, measure, profiles, report
+from ._args import positive_int, positive_ints
 from ._hook import ProfilerHook
 from .scenario import MODES, Scenario, load
 
@@ -52,10 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--workers",
+        type=positive_ints,
         default=None,
         help="comma-separated worker counts (default: the scenario's, or 1 and the usable CPUs)",
     )
-    p.add_argument("--repeat", type=int, default=3, help="timed runs per mode and worker count (default 3)")
+    p.add_argument("--repeat", type=positive_int, default=3,
+                   help="timed runs per mode and worker count (default 3)")
     p.add_argument(
         "--profile",
         default="none",
@@ -80,7 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=("fork", "forkserver", "spawn"),
         help="for the processes backend (default: poolx's, forkserver on Linux)",
     )
-    p.add_argument("--size", type=int, default=None, help="input size (default: the scenario's SIZE)")
+    p.add_argument("--size", type=positive_int, default=None,
+                   help="input size (default: the scenario's SIZE)")
     p.add_argument("--out", default=None, help="folder for the files (default: ./poolx-profile-SCENARIO)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -155,22 +159,12 @@ def _configure(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(
             f"scenario {scenario.name!r} has no form for mode(s) {', '.join(missing)}; drop them from --modes"
         )
-    if args.workers:
-        try:
-            workers = sorted({int(w) for w in parse_list(args.workers, "workers")})
-        except ValueError as exc:
-            raise ValueError(
-                f"--workers takes comma-separated positive integers, got {args.workers!r}"
-            ) from exc
-        if workers[0] < 1:
-            raise ValueError(f"--workers takes positive integers, got {args.workers!r}")
-    else:
-        workers = sorted(set(scenario.workers or (1, env.usable_cpus())))
-    if args.repeat < 1:
-        raise ValueError(f"--repeat must be at least 1, got {args.repeat}")
+    # (--workers, --repeat and --size were checked by argparse: _args.py)
+    workers = args.workers or sorted(set(scenario.workers or (1, env.usable_cpus())))
     size = args.size if args.size is not None else scenario.size
     if size < 1:
-        raise ValueError(f"--size must be positive, got {size}")
+        raise ValueError(f"scenario {scenario.name!r}: its SIZE must be at least 1, not {size}; "
+                         "fix SIZE or pass --size")
     address = getattr(args, "address", None)
     if args.backend in CLUSTER_BACKENDS:
         require_engine(args.backend)  # (before the backend's module is imported)

@@ -455,9 +455,9 @@ def test_command_line_errors_name_the_culprit(tmp_path):
     cases = [
         (["profile", "nope"], "unknown scenario 'nope'"),
         (["profile", "pi", "--modes", "serial,tasks"], "unknown value 'tasks'"),
-        (["profile", "pi", "--workers", "two"], "--workers takes comma-separated positive integers"),
+        (["profile", "pi", "--workers", "two"], "argument --workers: takes comma-separated"),
         (["profile", "pi", "--backend", "gpu"], "unknown backend 'gpu'"),
-        (["profile", "pi", "--repeat", "0"], "--repeat must be at least 1"),
+        (["profile", "pi", "--repeat", "0"], "argument --repeat: must be at least 1"),
     ]
     foreign = tmp_path / "mine"
     foreign.mkdir()
