@@ -190,17 +190,7 @@ def _configure(args: argparse.Namespace) -> dict[str, Any]:
                 f"{args.profile} profile covers the driver only",
                 file=sys.stderr,
             )
-    out = Path(args.out or f"poolx-profile-{Path(scenario.name).name.replace(':', '-')}")
-    if out.exists():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES)
-        if foreign:
-            raise ValueError(
-                f"--out {out} exists and holds files poolx profile did not write "
-                f"({', '.join(foreign[:3])}); choose another folder"
-            )
-        for sub in ("cpu", "mem"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_folder(args.out, scenario.name)
     return {
         "scenario": scenario,
         "modes": modes,
@@ -214,6 +204,32 @@ def _configure(args: argparse.Namespace) -> dict[str, Any]:
         "out": out,
         "progress": not args.no_progress,
     }
+
+
+def _out_folder(given: str | None, scenario: str) -> Path:
+    """The folder for the files, made ready: refused (ValueError) when it is a file, holds files
+    poolx profile did not write, or cannot be made."""
+    out = Path(given or f"poolx-profile-{Path(scenario).name.replace(':', '-')}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(
+            f"--out {out} is a file, not a folder: poolx profile writes report.html, results.json and "
+            "trace.json into a folder; give a folder's name (a new one is made)"
+        )
+    if out.exists():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES)
+        if foreign:
+            raise ValueError(
+                f"--out {out} exists and holds files poolx profile did not write "
+                f"({', '.join(foreign[:3])}); choose another folder"
+            )
+        for sub in ("cpu", "mem"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file on the way, no permission, a read-only disk
+        raise ValueError(f"--out {out}: cannot make the folder ({exc.strerror or exc}); give another "
+                         "folder") from None
+    return out
 
 
 #: The cluster backends: the module each needs, and the message when it is missing

@@ -32,6 +32,7 @@ a user's scenario file on its path.
 from __future__ import annotations
 
 import importlib
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ from . import folders
 BUILTIN = ("pi", "retrieve")
 MODES = ("serial", "task", "actor")
 _FORM = {"serial": "serial", "task": "tasks", "actor": "actors"}
+_POOLX = Path(__file__).resolve().parent.parent  # the poolx package
 
 
 @dataclass
@@ -78,7 +80,7 @@ def load(spec: str) -> Scenario:
     module_spec, _, attr = spec.partition(":")
     if attr and not Path(spec).exists():
         try:
-            module = importlib.import_module(module_spec)
+            module = _loading(spec, importlib.import_module, module_spec)
         except ModuleNotFoundError as exc:
             raise ValueError(f"scenario {spec!r}: cannot import module {module_spec!r} ({exc})") from exc
         try:
@@ -116,14 +118,53 @@ def load_module(spec: str) -> ModuleType:
     if spec.endswith(".py") or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"scenario file {spec!r} does not exist")
-        return _by_value(folders.load_file(path, f"poolx_scenario_{path.stem}"))
+        return _by_value(_loading(spec, folders.load_file, path, f"poolx_scenario_{path.stem}"))
     try:
-        return _by_value(importlib.import_module(spec))
+        return _by_value(_loading(spec, importlib.import_module, spec))
     except ModuleNotFoundError as exc:
         raise ValueError(
             f"unknown scenario {spec!r}: give a built-in name ({', '.join(BUILTIN)}), "
             "a path to a .py file, or an importable module"
         ) from exc
+
+
+class ScenarioError(ValueError):
+    """The scenario's own code failed while it was loaded: a syntax error, or an exception
+    at its top level.  The command prints it as one line (no traceback: the
+    fault is in the user's file, and the line says where)."""
+
+
+def _loading(spec: str, load_: Callable[..., ModuleType], *args: Any) -> ModuleType:
+    """``load_(*args)``, with the scenario's own failures turned into a ScenarioError naming the
+    file and line.  A module that is not there at all (ModuleNotFoundError for
+    ``spec`` itself) passes through: the callers say which names are valid."""
+    try:
+        return load_(*args)
+    except SyntaxError as exc:
+        where = f"{exc.filename or spec}, line {exc.lineno}" if exc.lineno else (exc.filename or spec)
+        raise ScenarioError(
+            f"scenario {spec!r} has a syntax error ({where}): {exc.msg}; fix the file "
+            f"('python -m py_compile {exc.filename or spec}' shows it)"
+        ) from None
+    except ModuleNotFoundError as exc:
+        module = spec.partition(":")[0]
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            raise
+        raise ScenarioError(
+            f"scenario {spec!r} imports {exc.name!r}, which is not installed here: install the "
+            "package that provides it (or fix the import)"
+        ) from None
+    except Exception as exc:
+        # The scenario's fault when its top-level code (or a module it imports) was running:
+        # a module-level frame outside poolx.  Otherwise poolx failed: its traceback stays.
+        frames = [f for f in traceback.extract_tb(exc.__traceback__)
+                  if f.name == "<module>" and not Path(f.filename).resolve().is_relative_to(_POOLX)]
+        if not frames:
+            raise
+        raise ScenarioError(
+            f"scenario {spec!r} raised {type(exc).__name__} while loading, at {frames[0].filename}, "
+            f"line {frames[0].lineno}: {exc}; fix the scenario's top-level code"
+        ) from None
 
 
 def _by_value(module: ModuleType) -> ModuleType:
