@@ -55,6 +55,9 @@ def load(spec: str) -> dict[str, Any]:
     path = Path(spec)
     if path.is_dir():
         path = path / "results.json"
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist: give a results.json that poolx profile wrote, or the "
+                         "folder holding it (that run's --out)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -87,7 +90,10 @@ def judge(ra: dict[str, Any] | None, rb: dict[str, Any] | None) -> tuple[float |
 def _cells(r: dict[str, Any] | None) -> list[str]:
     if r is None:
         return ["-", "-"]
-    return [seconds(r["wall"]), f"{seconds(r['wall_min'])}..{seconds(r['wall_max'])} ({r.get('repeats', 1)})"]
+    runs = r.get("repeats", 1)
+    if runs < 2:
+        return [seconds(r["wall"]), "1 run"]
+    return [seconds(r["wall"]), f"{seconds(r['wall_min'])}..{seconds(r['wall_max'])} ({runs} runs)"]
 
 
 def render(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str) -> str:
@@ -105,6 +111,6 @@ def render(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str) -> st
     )
     if a["scenario"]["name"] != b["scenario"]["name"] or a["scenario"]["size"] != b["scenario"]["size"]:
         head += "note: the two runs are of different scenarios or sizes\n"
-    headers = ["mode", "A wall", "A range (runs)", "B wall", "B range (runs)", "B / A", "verdict"]
+    headers = ["mode", "A wall", "A range", "B wall", "B range", "B / A", "verdict"]
     foot = "\n\nverdict: see 'poolx profile compare --help' for the rule"
     return head + "\n" + table(headers, cells) + foot
