@@ -264,12 +264,13 @@ def markdown_table(rows: list[list[str]]) -> str:
 def list_suite(suite: ModuleType, quick: bool) -> None:
     sizes = suite.QUICK if quick else suite.FULL
     print("cases (default: all):")
+    width = max(len(case) for case in suite.CASE_IMPLS)  # (the columns line up, whatever the names)
     for case, (title, unit, higher) in suite.CASE_INFO.items():
         if case not in suite.CASE_IMPLS:
             continue
         why = missing_case(case)
         better = f"{'higher' if higher else 'lower'} is better"
-        print(f"  {case:<16} {unit:<12} {better:<17} "
+        print(f"  {case:<{width}} {unit:<12} {better:<17} "
               f"{title.format(**sizes)}" + (f"  [{why}]" if why else ""))
     print("peers (default: every installed one):")
     for impl in suite.IMPLS:
