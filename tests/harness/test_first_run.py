@@ -365,3 +365,16 @@ def test_bench_list_lines_its_columns_up_whatever_the_case_names(capsys):
     assert len(lines) > 5
     # The unit column starts at one offset on every line (a long case name pushed it right).
     assert len({re.match(r"  \S+ +", line).end() for line in lines}) == 1, lines
+
+
+@pytest.mark.timeout(120)
+def test_retrieve_runs_at_a_size_above_its_six_items(tmp_path):
+    # --size 8 failed every mode with "IndexError: list index out of range".
+    # (In a subprocess: the report's charts would leave matplotlib's font files open here.)
+    proc = subprocess.run(
+        [sys.executable, "-m", "poolx", "profile", "retrieve", "--size", "8", "--modes", "serial",
+         "--repeat", "1", "--no-progress", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=100,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "failed" not in proc.stdout and "size 8" in proc.stdout, proc.stdout
