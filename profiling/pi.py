@@ -14,7 +14,15 @@ The three forms the ``poolx profile`` harness compares:
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
+
+# numpy is imported where it is used (count_inside), so that a worker's first
+# chunk pays for the import as a real program's would.  Without numpy every run
+# would fail after running: say so as the scenario loads, before any run.
+if importlib.util.find_spec("numpy") is None:
+    raise ModuleNotFoundError("the pi scenario needs numpy: pip install numpy (poolx's 'examples' extra)",
+                              name="numpy")
 
 #: Default input size (random points): about 2 s of serial work on the 2-core CI machine.
 SIZE = 100_000_000

@@ -378,3 +378,13 @@ def test_retrieve_runs_at_a_size_above_its_six_items(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "failed" not in proc.stdout and "size 8" in proc.stdout, proc.stdout
+
+
+def test_profile_pi_without_numpy_stops_before_any_run(capsys, tmp_path, monkeypatch):
+    # It ran every mode, each failing on the import, then gave verdicts on the actor rows.
+    monkeypatch.setitem(sys.modules, "numpy", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "poolx_builtin_scenario_pi", raising=False)  # (loaded afresh)
+    code, out, err = run_cli(capsys, "profile", "pi", "--out", str(tmp_path / "out"))
+    assert code == 2 and out == "", out
+    assert err.count("\n") == 1 and "needs numpy: pip install numpy" in err, err
+    assert not (tmp_path / "out").exists()
