@@ -31,15 +31,16 @@ from . import folders
 from ._args import positive_int
 
 # What an implementation needs beyond the standard library and poolx's own
-# dependencies: (module to find, how to install it).
+# dependencies: (module to find, how to install it: the package by its own name,
+# which works today; poolx's extra of that name will once poolx is published).
 _NEEDS = {
-    "ray": ("ray", "pip install 'poolx[ray]'"),
-    "dask": ("distributed", "pip install 'poolx[dask]'"),
+    "ray": ("ray", "pip install ray"),
+    "dask": ("distributed", "pip install 'dask[distributed]'"),
     "loky": ("loky", "pip install loky"),
-    "joblib": ("joblib", "pip install 'poolx[joblib]'"),
+    "joblib": ("joblib", "pip install joblib"),
 }
 # The pi and transfer cases run numpy, whatever the implementation.
-_CASE_NEEDS = {case: ("numpy", "pip install 'poolx[examples]'")
+_CASE_NEEDS = {case: ("numpy", "pip install numpy")
                for case in ("pi", "transfer_args", "transfer_returns", "transfer_put")}
 # Shorter spellings accepted by --peers (the names themselves are matched case-insensitively).
 _ALIASES = {

@@ -69,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         default="processes",
-        help="processes (default), threads, serial, dask, ray (the last two need poolx[dask] / poolx[ray])",
+        help="processes (default), threads, serial, dask, ray (the last two need Dask or Ray: "
+        "poolx's dask and ray extras)",
     )
     p.add_argument(
         "--address",
@@ -235,8 +236,10 @@ def _out_folder(given: str | None, scenario: str) -> Path:
 #: The cluster backends: the module each needs, and the message when it is missing
 #: (as the backends say it, before any run starts).
 CLUSTER_BACKENDS = {
-    "dask": ("distributed", "--backend dask needs Dask's distributed scheduler: pip install 'poolx[dask]'"),
-    "ray": ("ray", "--backend ray needs Ray: pip install 'poolx[ray]'"),
+    "dask": ("distributed", "--backend dask needs Dask's distributed scheduler: pip install "
+             "'dask[distributed]' (once poolx is published: pip install 'poolx[dask]')"),
+    "ray": ("ray", "--backend ray needs Ray: pip install ray (once poolx is published: "
+            "pip install 'poolx[ray]')"),
 }
 
 
@@ -253,11 +256,14 @@ def require_engine(backend: str) -> None:
 
 
 def _require_profiler(kind: str) -> None:
-    module, extra = ("pyinstrument", "profile") if kind == "cpu" else ("memray", "profile")
+    module = "pyinstrument" if kind == "cpu" else "memray"
     try:
         __import__(module)
     except ImportError:
-        raise ImportError(f"--profile {kind} needs {module}: pip install 'poolx[{extra}]'") from None
+        # (the package's own name: it installs from the index today, as the extra will once
+        # poolx is published)
+        raise ImportError(f"--profile {kind} needs {module}: pip install {module} (poolx's 'profile' "
+                          "extra)") from None
 
 
 def _plan(config: dict[str, Any]) -> tuple[list[tuple[str, int, int]], list[tuple[str, int]]]:

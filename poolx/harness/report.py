@@ -539,7 +539,8 @@ def html(results: dict[str, Any], rows: list[Row], runs: list[Run]) -> str:
         "from the processes.</p>",
     ]
     if not _have_matplotlib():
-        parts.append("<p class='flag'>The charts need matplotlib: pip install 'poolx[profile]'.</p>")
+        parts.append("<p class='flag'>The charts need matplotlib: pip install matplotlib (poolx's "
+                     "'profile' extra).</p>")
     scaling = chart_scaling(rows)
     if scaling:
         parts += [
