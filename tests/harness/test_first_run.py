@@ -388,3 +388,12 @@ def test_profile_pi_without_numpy_stops_before_any_run(capsys, tmp_path, monkeyp
     assert code == 2 and out == "", out
     assert err.count("\n") == 1 and "needs numpy: pip install numpy" in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind, module", [("cpu", "pyinstrument"), ("mem", "memray")])
+def test_a_missing_profiler_names_an_install_that_works_today(capsys, tmp_path, monkeypatch, kind, module):
+    # It said "pip install 'poolx[profile]'", which fails while poolx is not on the package index.
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    code, _, err = run_cli(capsys, "profile", "pi", "--profile", kind, "--out", str(tmp_path / "out"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"pip install {module} " in err and "poolx[" not in err, err
