@@ -111,6 +111,10 @@ def render(a: dict[str, Any], b: dict[str, Any], name_a: str, name_b: str) -> st
     )
     if a["scenario"]["name"] != b["scenario"]["name"] or a["scenario"]["size"] != b["scenario"]["size"]:
         head += "note: the two runs are of different scenarios or sizes\n"
-    headers = ["mode", "A wall", "A range", "B wall", "B range", "B / A", "verdict"]
-    foot = "\n\nverdict: see 'poolx profile compare --help' for the rule"
-    return head + "\n" + table(headers, cells) + foot
+    headers = ["mode", "A wall", "A range", "B wall", "B range", "B / A"]
+    lines = table(headers, [c[:-1] for c in cells]).splitlines()
+    # (the verdicts are sentences: left-aligned after the figures)
+    verdicts = ["verdict"] + [c[-1] for c in cells]
+    body = "\n".join(f"{line}  {verdict}" for line, verdict in zip(lines, verdicts))
+    return head + "\n" + body + "\n\nverdict: see 'poolx profile compare --help' for the rule"
+
