@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import selectors
 import socket
+import weakref
 from typing import Any
 
 from .. import _channel
@@ -66,3 +67,6 @@ class Conn(Endpoint):
         super().__init__(sock)
         self.owner = owner
         self.seen = 0  # messages read from it
+        # The refs its child shared and the driver holds (``_refs.adopt``), by key: failed if the
+        # child goes before their outcome comes.
+        self.shared: weakref.WeakValueDictionary[Any, Any] = weakref.WeakValueDictionary()
