@@ -126,7 +126,7 @@ class Children(SchedulerState):
         except BaseException as exc:
             self.reply_error(conn, child_id, exc)
             return
-        future.add_done_callback(lambda f: self.request(self.reply_ref_later, (conn, child_id, f)))
+        future.add_done_callback(lambda f: self.answer_later(conn, child_id, f))
 
     def resolve_shared(self, control: tuple[Any, ...], msg: list[Any]) -> None:
         """The outcome of a ref a child shared (C_RESOLVE): complete the driver's stand-in."""
@@ -215,7 +215,17 @@ class Children(SchedulerState):
             return
         if type(ref_id) is tuple:
             _refs.read_once(ref_id)  # held by the callback until answered
-        future.add_done_callback(lambda f: self.request(self.reply_ref_later, (conn, req_id, f)))
+        future.add_done_callback(lambda f: self.answer_later(conn, req_id, f))
+
+    def answer_later(self, conn: Conn, req_id: int, future: Any) -> None:
+        """Any thread: ``future`` (a ref a child asked for, a call it made to another executor's
+        actor) is done: have the loop send the answer.  Nothing once the loop has ended: its
+        children are gone (a Pool terminated while its task's call was still running)."""
+        backend = self.backend
+        if backend is None or not conn.open:
+            return
+        self.incoming.append((self.reply_ref_later, (conn, req_id, future)))
+        backend.wake()
 
     def reply_ref_later(self, args: tuple[Conn, int, Any]) -> None:
         """Scheduler thread: the ref a child asked for is done (a command: see ``request``)."""
