@@ -24,6 +24,7 @@ from _ray_refs import (
     returns_put,
     returns_ref,
     returns_waiting_ref,
+    sums_refs_in_a_list,
 )
 
 import poolx
@@ -78,6 +79,8 @@ def _ref_round_trips(ray, tmp_path, inline=False):
     assert ray.get(keeper.pass_on.remote(other, 11)) == 110
     assert ray.get(keeper.log.remote()) == [70, 8]
     assert ray.get(other.log.remote()) == [110]
+    # Refs made in a task, inside a list, to a task and to an actor: they get them as refs.
+    assert ray.get(sums_refs_in_a_list.remote(keeper, 3)) == (30, 30)
 
 
 def test_refs_made_inside_tasks_and_actors_leave_them(ray, tmp_path):

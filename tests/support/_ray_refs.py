@@ -79,6 +79,9 @@ class Keeper:
     def log(self):
         return self.seen
 
+    def total(self, refs):
+        return sum(poolx.get(refs))
+
     def make_ref(self, x):
         return times_ten.remote(x)
 
@@ -129,3 +132,16 @@ class PlainKeeper:
 def pool_returns_waiting_ref(path):
     """A Pool task returning the ref of a task it started, which waits for `path`."""
     return wait_for_file.remote(path, 1)
+
+
+@poolx.remote
+def total(refs):
+    return sum(poolx.get(refs))
+
+
+@poolx.remote
+def sums_refs_in_a_list(keeper, n):
+    """Refs made here, inside a list, to a task and to an actor: each gets them as refs."""
+    by_task = poolx.get(total.remote([times_ten.remote(i) for i in range(n)]))
+    by_actor = poolx.get(keeper.total.remote([times_ten.remote(i) for i in range(n)]))
+    return by_task, by_actor

@@ -59,10 +59,12 @@ class Children(SchedulerState):
             self.get_for_child(conn, control[1], control[2])
             return
         if kind == P.C_SHARE:
-            conn.shared[control[1]] = _refs.adopt(control[1])
+            future = _refs.adopt(control[1])
+            if not future.done():
+                conn.shared[control[1]] = future
             return
         if kind == P.C_RESOLVE:
-            self.resolve_shared(control, msg)
+            self.resolve_shared(conn, control, msg)
             return
         if kind == P.C_GET_ACTOR:
             _, req_id, name = control
@@ -128,10 +130,10 @@ class Children(SchedulerState):
             return
         future.add_done_callback(lambda f: self.answer_later(conn, child_id, f))
 
-    def resolve_shared(self, control: tuple[Any, ...], msg: list[Any]) -> None:
+    def resolve_shared(self, conn: Conn, control: tuple[Any, ...], msg: list[Any]) -> None:
         """The outcome of a ref a child shared (C_RESOLVE): complete the driver's stand-in."""
         _, key, status, data, n_oob, info = control
-        future = _refs.lookup(key)
+        future = conn.shared.pop(key, None)
         if future is None or future.done():
             return  # nobody holds it any more
         ok, value = P.decode_outcome(status, data, msg[1 : 1 + n_oob], info, "a ref made in a task", True)
@@ -142,7 +144,8 @@ class Children(SchedulerState):
 
     def fail_shared(self, conn: Conn) -> None:
         """A child is gone: the refs it shared whose outcome never came fail (Ray: OwnerDiedError)."""
-        for future in list(conn.shared.values()):
+        shared, conn.shared = conn.shared, {}
+        for future in shared.values():
             if not future.done():
                 future.set_exception(PoolxError(
                     f"the value of this ref is lost: the process that made it ({conn.owner}, with "
@@ -213,8 +216,8 @@ class Children(SchedulerState):
                 f"the ref #{ref_id} is no longer held in the driver: a ref inside a container stays "
                 "valid while the driver holds it or the task that received it runs"))
             return
-        if type(ref_id) is tuple:
-            _refs.read_once(ref_id)  # held by the callback until answered
+        if type(ref_id) is tuple:  # shared by a child: held by its conn until its outcome comes
+            _refs.read_once(ref_id)
         future.add_done_callback(lambda f: self.answer_later(conn, req_id, f))
 
     def answer_later(self, conn: Conn, req_id: int, future: Any) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import selectors
 import socket
-import weakref
 from typing import Any
 
 from .. import _channel
@@ -67,6 +66,6 @@ class Conn(Endpoint):
         super().__init__(sock)
         self.owner = owner
         self.seen = 0  # messages read from it
-        # The refs its child shared and the driver holds (``_refs.adopt``), by key: failed if the
-        # child goes before their outcome comes.
-        self.shared: weakref.WeakValueDictionary[Any, Any] = weakref.WeakValueDictionary()
+        # The refs its child shared whose outcome has not come yet (``_refs.adopt``), by key: held
+        # until it comes (a child may be waiting for one), failed if the child goes first.
+        self.shared: dict[Any, Any] = {}
