@@ -1,7 +1,9 @@
 """What a Ray user hits next, in the engine (issue 21, item 9): refs made inside tasks and actors
 leave them as in Ray (returned, or passed to an actor call), and a handle made by one executor
-reaches its actor from the workers of another (a Pool, a second Executor).  Real Ray is the
-control: each program here runs the same on it."""
+reaches its actor from the workers of another (a Pool, a second Executor).  Real Ray was the
+control for the Ray-style programs here (the same results, run by hand: Ray is too slow to start
+for the suite); the Pool and Executor ones have no Ray counterpart but Ray's rule, any worker
+can call any handle."""
 
 from __future__ import annotations
 
@@ -49,14 +51,22 @@ def ray_in_process(backend):
     poolx.shutdown()
 
 
-def _ref_round_trips(ray, tmp_path, inline=False):
+@pytest.fixture
+def gate(tmp_path):
+    """A file that tasks and actor methods wait for; created at the latest when the test ends
+    (before the executor's shutdown, which waits for them, when requested after its fixture)."""
+    path = tmp_path / "gate"
+    yield path
+    path.touch()
+
+
+def _ref_round_trips(ray, gate, inline=False):
     """The ref programs: each result is what Ray gives for the same program (``inline``: the
     serial backend runs a task when it is submitted, so no ref is still running when returned)."""
     # A ref returned by a task is a ref in the driver: get() of it gives the inner task's value.
     inner = ray.get(returns_ref.remote(3))
     assert isinstance(inner, cf.Future) and ray.get(inner) == 30
     # ... also when the inner task is still running when the outer one returns.
-    gate = tmp_path / "gate"
     if inline:
         gate.touch()
     inner = ray.get(returns_waiting_ref.remote(str(gate), 4))
@@ -83,19 +93,18 @@ def _ref_round_trips(ray, tmp_path, inline=False):
     assert ray.get(sums_refs_in_a_list.remote(keeper, 3)) == (30, 30)
 
 
-def test_refs_made_inside_tasks_and_actors_leave_them(ray, tmp_path):
-    _ref_round_trips(ray, tmp_path)
+def test_refs_made_inside_tasks_and_actors_leave_them(ray, gate):
+    _ref_round_trips(ray, gate)
 
 
 @IN_PROCESS
-def test_refs_made_inside_tasks_and_actors_leave_them_in_process(ray_in_process, backend, tmp_path):
-    _ref_round_trips(ray_in_process, tmp_path, inline=backend == "serial")
+def test_refs_made_inside_tasks_and_actors_leave_them_in_process(ray_in_process, backend, gate):
+    _ref_round_trips(ray_in_process, gate, inline=backend == "serial")
 
 
-def test_calls_waiting_for_a_ref_keep_their_order(ray, tmp_path):
+def test_calls_waiting_for_a_ref_keep_their_order(ray, gate):
     """A task calls an actor with a ref still running, then with a plain value: the actor gets the
     calls in the order made (Ray's order for one caller), the first with the ref's value."""
-    gate = tmp_path / "gate"
     keeper = Keeper.remote()
     both = calls_in_order.remote(keeper, str(gate))
     done, _ = ray.wait([both], timeout=1.0)
@@ -105,9 +114,8 @@ def test_calls_waiting_for_a_ref_keep_their_order(ray, tmp_path):
     assert ray.get(keeper.log.remote()) == [10, 2]
 
 
-def test_a_ref_whose_maker_exits_before_its_value_fails_instead_of_hanging(start_method, tmp_path):
+def test_a_ref_whose_maker_exits_before_its_value_fails_instead_of_hanging(start_method, gate):
     """Ray: OwnerDiedError.  poolx: the ref fails, saying its maker is gone, and get() returns."""
-    gate = tmp_path / "gate"
     with poolx.Pool(1, maxtasksperchild=1, context=start_method) as pool:
         try:
             inner = pool.apply(pool_returns_waiting_ref, (str(gate),))
@@ -131,11 +139,10 @@ def test_a_pool_worker_calls_an_actor_of_the_ray_executor(ray, start_method):
     assert sorted(ray.get(keeper.log.remote())) == [0, 1, 2, 3, 4, 5, 6]
 
 
-def test_a_call_from_another_executor_queues_behind_the_running_call(ray, start_method, tmp_path):
+def test_a_call_from_another_executor_queues_behind_the_running_call(ray, start_method, gate):
     """The actor runs a long call; a Pool task calls it and returns without waiting; a call the
     driver makes after the task's result queues behind the task's call (as for the actor's own
     executor's tasks)."""
-    gate = tmp_path / "gate"
     keeper = Keeper.remote()
     held = keeper.hold.remote(str(gate))
     with poolx.Pool(1, context=start_method) as pool:
@@ -161,3 +168,4 @@ def test_a_handle_made_by_an_executor_reaches_its_actor_from_a_second_executor(s
             poolx.Executor(1, mp_context=start_method) as other:
         keeper = owner.actor(PlainKeeper)
         assert other.submit(call_take, (keeper, os.getpid())).result() == os.getpid()
+
