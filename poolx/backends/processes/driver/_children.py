@@ -21,7 +21,7 @@ from .... import _objects, _refs, _shm
 from ...._errors import ActorDiedError, PoolxError, SerializationError, TaskCancelledError
 from ...._futures import Task
 from ...._serialization import describe, dumps, loads
-from ....actors.directory import DEAD, Actor, ActorCall, local_actor
+from ....actors.directory import Actor, ActorCall, local_actor
 from .. import _channel
 from .. import protocol as P
 from ._endpoint import Conn
@@ -117,12 +117,7 @@ class Children(SchedulerState):
         API's executor, used in a Pool's worker, say): the call goes through that executor as if
         made here, and its result back to the child.  Calls from one child keep their order: each
         is handed to the actor (``Actor.call``) in the order read."""
-        if actor.status == DEAD and actor.directory.closed:
-            self.reply_died(conn, child_id, ActorDiedError(
-                f"the actor {actor.label} is dead: the executor that created it was shut down "
-                "(create the actor again, or shut its executor down after the calls)", actor=actor.label))
-            return
-        try:
+        try:  # (a dead actor fails the call with its death: "its executor was shut down", say)
             args, kwargs = loads(payload, bufs) if payload else ((), {})
             future = actor.call(method, args, kwargs)
         except BaseException as exc:
