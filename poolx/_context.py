@@ -38,6 +38,9 @@ class Client(Protocol):
 
     def fetch(self, ref: Any) -> None: ...
 
+    # (processes backend) a ref made here leaves unfinished: its key for the driver
+    def share(self, future: Any) -> Any: ...
+
 
 class ProcessContext:
     """This process's kind, its client (children only) and its task worker (if any)."""

@@ -65,6 +65,12 @@ class PutRef(Future[Any]):
     def prepickled(self) -> Prepickled:
         return Prepickled(*self.blob)
 
+    def reduce_by_value(self) -> tuple[Any, ...]:
+        """How a ``put`` made in a child leaves it (returned, or passed in a container): its stored
+        pickle, out of band, rebuilt as a PutRef on the other side (see ``_refs``)."""
+        payload, bufs = self.blob
+        return (_put_ref_of, (payload, *(pickle.PickleBuffer(_shm.view(b)) for b in bufs)))
+
     def __repr__(self) -> str:
         return f"<poolx.PutRef {self.nbytes} bytes>"
 
@@ -83,6 +89,15 @@ class Prepickled:
         # pickle, and a shared-memory buffer is found by the outer pickler
         # (_shm.lookup) and sent by reference.
         return (load_prepickled, (self.payload, *(pickle.PickleBuffer(_shm.view(b)) for b in self.bufs)))
+
+
+def _put_ref_of(payload: bytes, *bufs: Any) -> PutRef:
+    ref = PutRef.__new__(PutRef)
+    Future.__init__(ref)
+    ref.blob = (payload, tuple(b if _shm.is_shm(b) else memoryview(b).tobytes() for b in bufs))
+    ref.nbytes = len(payload) + sum(len(b) for b in ref.blob[1])
+    ref._state = "FINISHED"
+    return ref
 
 
 def load_prepickled(payload: bytes, *bufs: Any) -> Any:

@@ -2,9 +2,10 @@
 
 ``handle.method.remote(*args, **kwargs)`` calls the actor and returns a poolx
 ``Future``.  A handle pickles to the actor's id; unpickled in a task or in
-another actor of the same executor, it calls through that process's
-connection to the driver (``_context.here.client``), or on a cluster's worker
-through the engine's own way (``Backend.portable_handle``).
+another actor, of any executor of the driver's process, it calls through that
+process's connection to its driver (``_context.here.client``; the driver
+passes a call for another executor's actor to that executor), or on a
+cluster's worker through the engine's own way (``Backend.portable_handle``).
 
 The rest of poolx (the executor, the Ray-style API, collectives) reads a
 handle through the functions at the end of this module (``handle_of``,
@@ -31,8 +32,8 @@ T = TypeVar("T")
 class ActorHandle(Generic[T]):
     """A reference to a live actor: ``handle.method.remote(*args, **kwargs)``.
 
-    Picklable: pass it to a task (``submit``, ``map``) or to another actor of the
-    same executor, and calls made there reach the same actor.  Usable as a
+    Picklable: pass it to a task (``submit``, ``map``) or to another actor, of
+    any executor of this program, and calls made there reach the same actor.  Usable as a
     context manager: leaving the block releases the actor (the calls made so
     far finish, then it stops).
     """
@@ -75,7 +76,7 @@ class ActorHandle(Generic[T]):
         raise PoolxError(
             f"the actor handle {self._label} cannot be used in this process: it belongs to an "
             "executor of another process.  Pass handles only to tasks and actors of the "
-            "executor that created the actor."
+            "program that created the actor."
         )
 
     def __reduce__(self) -> tuple[Any, ...]:

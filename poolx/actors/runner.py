@@ -24,6 +24,7 @@ call fails with ``ActorDiedError`` chained to it.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import inspect
 import queue
 import threading
@@ -129,7 +130,7 @@ class Runner:
         t_start = time.perf_counter()
         try:
             value = self.method(name)(*args, **kwargs)
-            if inspect.isawaitable(value):
+            if inspect.isawaitable(value) and not isinstance(value, cf.Future):  # a ref is returned as a ref
                 value = self.loop().run_until_complete(_await(value))
         except BaseException as exc:
             _current.runner = outer
@@ -287,7 +288,7 @@ class AsyncRunner(Runner):
                 t_start = time.perf_counter()
                 try:
                     value = self.method(name)(*args, **kwargs)
-                    if inspect.isawaitable(value):
+                    if inspect.isawaitable(value) and not isinstance(value, cf.Future):
                         value = await value
                 except BaseException as exc:
                     self.on_done(ref, False, exc, t_start, time.perf_counter())

@@ -43,6 +43,8 @@ Messages (``kind``, then fields)::
                           C_SUBMIT req_id what payload n_oob max_retries
                           C_GET req_id ref_id
                           C_RENDEZVOUS req_id name world_size rank timeout
+                          C_SHARE key                    no answer
+                          C_RESOLVE key status data n_oob info   no answer
   driver -> child, on its client channel:
                           RESULTS records 0     answers to its calls, tasks and refs
                           ACTOR_INFO req_id ok info      answer to C_GET_ACTOR, C_RENDEZVOUS
@@ -74,6 +76,8 @@ BLOCKED, UNBLOCKED = 15, 16  # worker -> driver
 # On a child's client channel (handles used inside tasks and actors):
 C_CALL, C_GET_ACTOR, C_SUBMIT, C_GET = 21, 22, 24, 25  # child -> driver
 C_RENDEZVOUS = 26  # child -> driver: an actor joins a collective group by name (init_collective_group)
+# child -> driver: a ref made in the child leaves it unfinished (shared under a key), and its outcome
+C_SHARE, C_RESOLVE = 27, 28
 ACTOR_INFO = 23  # driver -> child: the answer to C_GET_ACTOR or C_RENDEZVOUS
 
 # -- outcome status codes (ResultRecord.status) -------------------------------------

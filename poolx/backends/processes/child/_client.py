@@ -12,15 +12,18 @@ driver's modules (the messages are ``protocol``'s).
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
 import pickle
 import socket
 import threading
+from collections import deque
 from typing import Any
 
 from .... import _context, _shm
 from .... import _serialization as ser
-from ...._errors import PoolxError, SerializationError
+from ...._errors import PoolxError, SerializationError, TaskCancelledError
 from ...._futures import Future
 from ...._objects import dependencies, send_resolved, when_done
 from ....actors.handle import ActorHandle
@@ -41,9 +44,50 @@ class ChildClient:
         self.reader: threading.Thread | None = None
         self.closed: str | None = None
         self.sent = 0  # messages sent; reported with each batch of results (see Worker.flush)
+        # Names the refs this process shares (see share): unique among the driver's children.
+        self.token = int.from_bytes(os.urandom(8), "little")
+        # Calls waiting for refs among their arguments, and the later calls to the same actor
+        # (kept back so that they reach it in the order they were made), by actor id.
+        self.held: dict[int, deque[tuple[Future[Any], list[Any], tuple[Any, ...]]]] = {}
+        self.hold_lock = threading.Lock()
 
     def call(self, actor_id: int, label: str, method: str, args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> Future[Any]:
+        """Call an actor through the driver; refs among the top-level arguments are waited for
+        first (without blocking the caller) and replaced by their values, as in Ray."""
+        future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
+        deps = dependencies(args, kwargs)
+        with self.hold_lock:  # (a release in progress sends under it: nothing overtakes it)
+            hold = bool(deps) or actor_id in self.held
+            if hold:
+                self.held.setdefault(actor_id, deque()).append(
+                    (future, deps, (actor_id, label, method, args, kwargs)))
+        if hold:
+            when_done(deps, lambda: self._release(actor_id))
+            return future
+        self._call(future, actor_id, label, method, args, kwargs)
+        return future
+
+    def _release(self, actor_id: int) -> None:
+        """Send the held calls to ``actor_id`` whose arguments are ready, in the order they were made."""
+        while True:
+            with self.hold_lock:
+                queue = self.held.get(actor_id)
+                if not queue or not all(d.done() for d in queue[0][1]):
+                    return
+                future, deps, call = queue.popleft()
+                if not queue:
+                    del self.held[actor_id]
+                # Sent under the lock: another thread releasing the same actor's calls waits.
+                what = f"{call[1].split('#')[0]}.{call[2]}()"
+                send = functools.partial(self._call, future, *call[:3])
+                error = send_resolved(deps, call[3], call[4], True, what, send)
+            if error is not None:
+                future.set_exception(error)
+
+    def _call(self, future: Future[Any], actor_id: int, label: str, method: str,
+              args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         what = f"{label.split('#')[0]}.{method}"
         if args or kwargs:
             try:
@@ -54,12 +98,9 @@ class ChildClient:
                 ) from exc
         else:
             payload, bufs = b"", ()
-        future: Future[Any] = Future()
-        future.set_running_or_notify_cancel()
         call_id = next(self.ids)
         control = P.control(P.C_CALL, actor_id, [(call_id, method, payload, len(bufs))])
         self._send(call_id, (future, what), [control], bufs)
-        return future
 
     def submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], max_retries: int) -> Future[Any]:
         """A task submitted inside this process: the driver queues it on this executor.
@@ -105,6 +146,58 @@ class ChildClient:
             self._send(req_id, (ref, f"ref #{ref.ref_id}"), [control])  # type: ignore[attr-defined]
         except BaseException as exc:
             ref.set_exception(exc)
+
+    def share(self, future: Any) -> tuple[int, int]:
+        """A future made here leaves this process unfinished (returned by a task, passed inside a
+        call): tell the driver, which holds a stand-in under the key returned, and send it the
+        outcome once there is one.  The key travels in place of the future (``_refs``)."""
+        key: tuple[int, int] | None = getattr(future, "_poolx_ref_id", None)
+        first = key is None
+        if key is None:
+            key = future._poolx_ref_id = (self.token, next(self.ids))
+        # Sent before the message that carries the key: the driver reads this channel in order,
+        # and the results of a task after the client messages it sent (Worker.flush counts them).
+        self._post([P.control(P.C_SHARE, key)])
+        if first:
+            future.add_done_callback(lambda f, k=key: self._resolve(k, f))
+        return key
+
+    def _resolve(self, key: tuple[int, int], future: Any) -> None:
+        """A future this process shared is done: send the driver its outcome."""
+        bufs: Any = ()
+        try:
+            if future.cancelled():
+                raise TaskCancelledError("the task of this ref was cancelled")
+            error = future.exception()
+            if error is None:
+                data, bufs = ser.dumps(future.result(), _shm.EXCLUSIVE)
+                status, info = P.OK, None
+            else:
+                status, data, bufs, info = P.exception_outcome(error)
+        except Exception as exc:
+            if not isinstance(exc, TaskCancelledError):
+                exc = SerializationError(f"the value of a ref made in this worker cannot be pickled "
+                                         f"to send it to the driver: {type(exc).__name__}: {exc}")
+            status, data, bufs, info = P.exception_outcome(exc)
+        try:
+            self._post([P.control(P.C_RESOLVE, key, status, data, len(bufs), info)], bufs)
+        except PoolxError:
+            pass  # the driver is gone, or this process is ending: it fails the ref (close_conn)
+
+    def _post(self, frames: list[Any], bufs: Any = ()) -> None:
+        """Send a message that has no answer."""
+        fds: list[int] = []
+        if bufs:
+            _channel.out_frames(bufs, frames, fds, {})
+        with self.lock:
+            if self.closed is not None:
+                _channel.Fds(fds).close()
+                raise PoolxError(self.closed)
+            try:
+                _channel.send_all(self.sock, _channel.encode(frames, len(fds)), fds)
+                self.sent += 1
+            except OSError as exc:
+                raise PoolxError(f"the connection to the driver is closed: {exc}") from exc
 
     def lend_slot(self) -> Any:
         """Before a wait in a task: lend this worker's slot (None in an actor, or off the main thread)."""

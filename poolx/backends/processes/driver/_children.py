@@ -17,11 +17,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .... import _objects, _shm
-from ...._errors import ActorDiedError, SerializationError, TaskCancelledError
+from .... import _objects, _refs, _shm
+from ...._errors import ActorDiedError, PoolxError, SerializationError, TaskCancelledError
 from ...._futures import Task
-from ...._serialization import describe, dumps
-from ....actors.directory import ActorCall
+from ...._serialization import describe, dumps, loads
+from ....actors.directory import Actor, ActorCall, local_actor
 from .. import _channel
 from .. import protocol as P
 from ._endpoint import Conn
@@ -58,6 +58,14 @@ class Children(SchedulerState):
         if kind == P.C_GET:
             self.get_for_child(conn, control[1], control[2])
             return
+        if kind == P.C_SHARE:
+            future = _refs.adopt(control[1])
+            if not future.done():
+                conn.shared[control[1]] = future
+            return
+        if kind == P.C_RESOLVE:
+            self.resolve_shared(conn, control, msg)
+            return
         if kind == P.C_GET_ACTOR:
             _, req_id, name = control
             try:
@@ -80,13 +88,18 @@ class Children(SchedulerState):
         elif kind == P.C_CALL:
             _, actor_id, records = control
             actor = directory.by_id.get(actor_id)
+            elsewhere = local_actor(actor_id) if actor is None else None
             oob = 1
             for child_id, method, payload, n_oob in records:  # protocol.CallRecord
                 bufs = msg[oob : oob + n_oob]
                 oob += n_oob
+                if elsewhere is not None:
+                    self.call_elsewhere(conn, child_id, elsewhere, method, payload, bufs)
+                    continue
                 if actor is None:
                     self.reply_died(conn, child_id, ActorDiedError(
-                        f"the actor #{actor_id} is dead, or belongs to another executor",
+                        f"the actor #{actor_id} is not alive in this program: it was killed or its "
+                        "executor was shut down (or its handle comes from another program)",
                         actor=f"#{actor_id}"))
                     continue
                 call = ActorCall(actor, method, (), {})
@@ -97,6 +110,42 @@ class Children(SchedulerState):
                 error = self.actors.route(actor, call)
                 if error is not None:
                     self.actors.fail(call, error)
+
+    def call_elsewhere(self, conn: Conn, child_id: int, actor: Actor, method: str, payload: bytes,
+                       bufs: Sequence[Any]) -> None:
+        """A child calls an actor of another executor of this process (a handle made by the Ray-style
+        API's executor, used in a Pool's worker, say): the call goes through that executor as if
+        made here, and its result back to the child.  Calls from one child keep their order: each
+        is handed to the actor (``Actor.call``) in the order read."""
+        try:  # (a dead actor fails the call with its death: "its executor was shut down", say)
+            args, kwargs = loads(payload, bufs) if payload else ((), {})
+            future = actor.call(method, args, kwargs)
+        except BaseException as exc:
+            self.reply_error(conn, child_id, exc)
+            return
+        future.add_done_callback(lambda f: self.answer_later(conn, child_id, f))
+
+    def resolve_shared(self, conn: Conn, control: tuple[Any, ...], msg: list[Any]) -> None:
+        """The outcome of a ref a child shared (C_RESOLVE): complete the driver's stand-in."""
+        _, key, status, data, n_oob, info = control
+        future = conn.shared.pop(key, None)
+        if future is None or future.done():
+            return  # nobody holds it any more
+        ok, value = P.decode_outcome(status, data, msg[1 : 1 + n_oob], info, "a ref made in a task", True)
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def fail_shared(self, conn: Conn) -> None:
+        """A child is gone: the refs it shared whose outcome never came fail (Ray: OwnerDiedError)."""
+        shared, conn.shared = conn.shared, {}
+        for future in shared.values():
+            if not future.done():
+                future.set_exception(PoolxError(
+                    f"the value of this ref is lost: the process that made it ({conn.owner}, with "
+                    ".remote() or an actor call inside it) exited before the value was ready.  Wait for it "
+                    "there (get()) before returning it, or keep that process alive"))
 
     def drop_client(self, conn: Conn, exc: _channel.ChannelCorrupt) -> None:
         """A child's client channel lied (see drop_lying): close it and kill the child."""
@@ -131,6 +180,7 @@ class Children(SchedulerState):
         conn.send(self.sel, frames, fds)
 
     def close_conn(self, conn: Conn) -> None:
+        self.fail_shared(conn)
         if conn.open:
             conn.open = False
             conn.outbox = []
@@ -161,7 +211,19 @@ class Children(SchedulerState):
                 f"the ref #{ref_id} is no longer held in the driver: a ref inside a container stays "
                 "valid while the driver holds it or the task that received it runs"))
             return
-        future.add_done_callback(lambda f: self.request(self.reply_ref_later, (conn, req_id, f)))
+        if type(ref_id) is tuple:  # shared by a child: held by its conn until its outcome comes
+            _refs.read_once(ref_id)
+        future.add_done_callback(lambda f: self.answer_later(conn, req_id, f))
+
+    def answer_later(self, conn: Conn, req_id: int, future: Any) -> None:
+        """Any thread: ``future`` (a ref a child asked for, a call it made to another executor's
+        actor) is done: have the loop send the answer.  Nothing once the loop has ended: its
+        children are gone (a Pool terminated while its task's call was still running)."""
+        backend = self.backend
+        if backend is None or not conn.open:
+            return
+        self.incoming.append((self.reply_ref_later, (conn, req_id, future)))
+        backend.wake()
 
     def reply_ref_later(self, args: tuple[Conn, int, Any]) -> None:
         """Scheduler thread: the ref a child asked for is done (a command: see ``request``)."""
@@ -172,6 +234,9 @@ class Children(SchedulerState):
             self.reply_error(conn, req_id, TaskCancelledError("the task of this ref was cancelled"))
             return
         error = future.exception()
+        if isinstance(error, ActorDiedError):
+            self.reply_died(conn, req_id, error)
+            return
         if error is not None:
             self.reply_error(conn, req_id, error)
             return

@@ -66,3 +66,6 @@ class Conn(Endpoint):
         super().__init__(sock)
         self.owner = owner
         self.seen = 0  # messages read from it
+        # The refs its child shared whose outcome has not come yet (``_refs.adopt``), by key: held
+        # until it comes (a child may be waiting for one), failed if the child goes first.
+        self.shared: dict[Any, Any] = {}
