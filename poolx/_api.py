@@ -517,6 +517,7 @@ def cancel(ref: Any, *, force: bool = False, recursive: bool = True) -> None:
         raise TypeError(f"cancel() takes a ref (a future from .remote()), got {type(ref).__name__}")
     if isinstance(ref, PutRef):
         raise TypeError("cancel(): this ref comes from put(), not from a task")
+    ref = ref.__dict__.get("_poolx_inner", ref)  # (a task that waited for resources: its own future)
     if ref.done() or ref.cancel():
         return
     task_id = getattr(ref, "_poolx_task", None)

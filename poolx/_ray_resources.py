@@ -88,21 +88,20 @@ class Resources:
         with self._lock:
             return {k: self.totals[k] - self._used[k] for k in self.totals}
 
-    def run(self, need: Need, launch: Callable[[], cf.Future[Any]]) -> cf.Future[Any]:
-        """``launch()`` now if ``need`` is free, else a ref that it completes once it ran."""
+    def run(self, need: Need, launch: Callable[[], cf.Future[Any]]) -> Future[Any]:
+        """A ref that ``launch()`` completes once ``need`` is free (at once if it is).
+
+        The ref completes after the resources are given back, so a caller that
+        saw it done sees them available.
+        """
+        proxy: Future[Any] = mark_ref(Future())
         with self._lock:
             if not self._fits(need):
-                proxy: Future[Any] = mark_ref(Future())
                 self._waiting.append((need, launch, proxy))
                 return proxy
             self._take(need)
-        try:
-            future = launch()
-        except BaseException:
-            self._release(need)
-            raise
-        future.add_done_callback(lambda _: self._release(need))
-        return future
+        self._start(need, launch, proxy, at_call=True)
+        return proxy
 
     def _fits(self, need: Need) -> bool:
         return all(self._used[k] + v <= self.totals[k] + 1e-9 for k, v in need.items())
@@ -126,19 +125,23 @@ class Resources:
         for item in ready:
             self._start(*item)
 
-    def _start(self, need: Need, launch: Callable[[], cf.Future[Any]], proxy: Future[Any]) -> None:
+    def _start(self, need: Need, launch: Callable[[], cf.Future[Any]], proxy: Future[Any],
+               at_call: bool = False) -> None:
+        """Run ``launch()`` for ``proxy``; an error at the call is raised there (``at_call``)."""
         if not proxy.set_running_or_notify_cancel():  # cancelled while it waited
             self._release(need)
             return
         try:
             future = launch()
         except BaseException as exc:
-            proxy.set_exception(exc)
             self._release(need)
+            if at_call:
+                raise
+            proxy.set_exception(exc)
             return
-        task = future.__dict__.get("_poolx_task")
-        if task is not None:
-            proxy._poolx_task = task  # type: ignore[attr-defined]  # (for cancel(force=True))
+        # cancel() reaches the task through its ref (poolx._api.cancel).
+        proxy._poolx_task = future.__dict__.get("_poolx_task")  # type: ignore[attr-defined]
+        proxy._poolx_inner = future  # type: ignore[attr-defined]
 
         def copy(f: cf.Future[Any]) -> None:
             self._release(need)
