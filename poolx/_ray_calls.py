@@ -30,16 +30,23 @@ Checker = Callable[..., None]
 
 
 def signature_check(fn: Any, drop_first: bool = False) -> Checker | None:
-    """A function that accepts exactly the calls ``fn`` accepts; None when its signature is unknown."""
+    """A function that accepts exactly the calls ``fn`` accepts; None when its signature is unknown.
+
+    ``drop_first``: ``fn`` is a method's function, called without its ``self``.
+    """
+    params = _parameters(fn, drop_first)
+    return None if params is None else _compile(params)
+
+
+def _parameters(fn: Any, drop_first: bool) -> list[inspect.Parameter] | None:
     try:
-        sig = inspect.signature(fn)
+        params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # (builtins and some C callables have none)
         return None
-    params = list(sig.parameters.values())
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     if drop_first and params and params[0].kind in positional:
         params = params[1:]
-    return _compile(params)
+    return params
 
 
 def _compile(params: list[inspect.Parameter]) -> Checker | None:
@@ -68,7 +75,7 @@ def _compile(params: list[inspect.Parameter]) -> Checker | None:
 
 
 def checked(check: Checker | None, where: str, fn: Any, args: tuple[Any, ...],
-            kwargs: dict[str, Any]) -> None:
+            kwargs: dict[str, Any], drop_first: bool = False) -> None:
     """Raise ``TypeError`` at the call, naming it, when ``args``/``kwargs`` do not fit ``fn``."""
     if check is None:
         return
@@ -76,15 +83,9 @@ def checked(check: Checker | None, where: str, fn: Any, args: tuple[Any, ...],
         check(*args, **kwargs)
     except TypeError as exc:
         message = str(exc).replace("check() ", "", 1)
-        raise TypeError(f"{where}: {message}; the signature is {where.split('.remote')[0]}"
-                        f"{_signature_text(fn)}") from None
-
-
-def _signature_text(fn: Any) -> str:
-    try:
-        return str(inspect.signature(fn))
-    except (TypeError, ValueError):
-        return "(...)"
+        params = _parameters(fn, drop_first) or []
+        shown = inspect.Signature(params, __validate_parameters__=False)
+        raise TypeError(f"{where}: {message}; the signature is {where.split('.remote')[0]}{shown}") from None
 
 
 def method(*args: Any, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -134,18 +135,20 @@ class RayActorHandle(ActorHandle[Any]):
 class RayActorMethod:
     """``handle.method`` of a ``RayActorHandle``: ``.remote()`` checks, calls and splits."""
 
-    __slots__ = ("_check", "_fn", "_num_returns", "_plain", "_where")
+    __slots__ = ("_check", "_drop", "_fn", "_num_returns", "_plain", "_where")
 
-    def __init__(self, plain: Any, check: Checker | None, fn: Any, num_returns: int, where: str) -> None:
+    def __init__(self, plain: Any, check: Checker | None, fn: Any, drop: bool, num_returns: int,
+                 where: str) -> None:
         self._plain = plain
         self._check = check
         self._fn = fn
+        self._drop = drop  # (fn takes self)
         self._num_returns = num_returns
         self._where = where
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Call the method on the actor: its ref, or ``num_returns`` refs."""
-        checked(self._check, self._where, self._fn, args, kwargs)
+        checked(self._check, self._where, self._fn, args, kwargs, self._drop)
         ref = mark_ref(self._plain.remote(*args, **kwargs))
         if self._num_returns == 1:
             return ref
@@ -159,7 +162,7 @@ class RayActorMethod:
         n = self._num_returns if num_returns is None else num_returns
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"num_returns must be an integer >= 1, got {n!r}")
-        return RayActorMethod(self._plain, self._check, self._fn, n, self._where)
+        return RayActorMethod(self._plain, self._check, self._fn, self._drop, n, self._where)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._plain(*args, **kwargs)  # (raises: methods are called with .remote())
@@ -168,11 +171,12 @@ class RayActorMethod:
         return repr(self._plain)
 
 
-def _method_rules(cls: type | None, name: str) -> tuple[Checker | None, Any, int, str]:
-    """For ``cls.name``: its checker, the function, its ``num_returns`` and its label."""
+def _method_rules(cls: type | None, name: str) -> tuple[Checker | None, Any, bool, int, str]:
+    """For ``cls.name``: its checker, the function (and whether it takes self), its
+    ``num_returns`` and its label."""
     where = f"{cls.__qualname__ if cls else 'actor'}.{name}.remote()"
     if cls is None:
-        return None, None, 1, where
+        return None, None, False, 1, where
     static = inspect.getattr_static(cls, name, None)
     if isinstance(static, staticmethod):
         fn, drop = static.__func__, False
@@ -181,7 +185,7 @@ def _method_rules(cls: type | None, name: str) -> tuple[Checker | None, Any, int
     else:
         fn, drop = static, True
     n = getattr(getattr(fn, "__func__", fn), NUM_RETURNS_ATTR, 1)
-    return signature_check(fn, drop_first=drop), fn, n, where
+    return signature_check(fn, drop_first=drop), fn, drop, n, where
 
 
 def split(future: cf.Future[Any], n: int, name: str) -> list[Future[Any]]:
