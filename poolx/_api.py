@@ -28,7 +28,7 @@ from ._errors import GetTimeoutError, PoolxError, RayTaskError, TaskCancelledErr
 from ._executor import Executor
 from ._futures import Future, Task, lent_slot
 from ._objects import ObjectRef, PutRef, dependencies, request, resolve
-from ._ray_calls import RayActorHandle, checked, mark_ref, method, signature_check, split
+from ._ray_calls import RayActorHandle, bad_call, mark_ref, method, signature_check, split
 from ._ray_resources import Resources, declared, requested
 from ._retry import retrying
 from .actors.handle import ActorHandle, owner_of
@@ -275,7 +275,12 @@ class RemoteFunction:
         here, as in Ray.  A task that asks for resources (``num_gpus``,
         ``resources``) waits for them in the driver (``poolx._ray_resources``).
         """
-        checked(self._check, self._where, self._function, args, kwargs)
+        check = self._check
+        if check is not None:  # (inline: this is every task's path)
+            try:
+                check(*args, **kwargs)
+            except TypeError as exc:
+                raise bad_call(exc, self._where, self._function) from None
         options = self._options
         future: cf.Future[Any]
         if ("num_gpus" in options or "resources" in options) and (need := self._needs()):
@@ -342,7 +347,11 @@ class RemoteClass:
         if _context.in_child():
             raise PoolxError("poolx actors are created by the driver: create the actor there and pass "
                              "its handle to the task")
-        checked(self._check, self._where, self._cls, args, kwargs)
+        if self._check is not None:
+            try:
+                self._check(*args, **kwargs)
+            except TypeError as exc:
+                raise bad_call(exc, self._where, self._cls) from None
         options = {k: v for k, v in self._options.items() if k not in ("lifetime", "num_gpus", "resources")}
         executor = _get_executor()
         _resources.check(requested(self._options, self._where), self._where)

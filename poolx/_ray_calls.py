@@ -74,18 +74,11 @@ def _compile(params: list[inspect.Parameter]) -> Checker | None:
     return namespace["check"]
 
 
-def checked(check: Checker | None, where: str, fn: Any, args: tuple[Any, ...],
-            kwargs: dict[str, Any], drop_first: bool = False) -> None:
-    """Raise ``TypeError`` at the call, naming it, when ``args``/``kwargs`` do not fit ``fn``."""
-    if check is None:
-        return
-    try:
-        check(*args, **kwargs)
-    except TypeError as exc:
-        message = str(exc).replace("check() ", "", 1)
-        params = _parameters(fn, drop_first) or []
-        shown = inspect.Signature(params, __validate_parameters__=False)
-        raise TypeError(f"{where}: {message}; the signature is {where.split('.remote')[0]}{shown}") from None
+def bad_call(exc: TypeError, where: str, fn: Any, drop_first: bool = False) -> TypeError:
+    """The ``TypeError`` for a call a checker refused (``exc``): the call, the reason, the signature."""
+    message = str(exc).replace("check() ", "", 1)
+    shown = inspect.Signature(_parameters(fn, drop_first) or [], __validate_parameters__=False)
+    return TypeError(f"{where}: {message}; the signature is {where.split('.remote')[0]}{shown}")
 
 
 def method(*args: Any, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -148,7 +141,12 @@ class RayActorMethod:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Call the method on the actor: its ref, or ``num_returns`` refs."""
-        checked(self._check, self._where, self._fn, args, kwargs, self._drop)
+        check = self._check
+        if check is not None:
+            try:
+                check(*args, **kwargs)
+            except TypeError as exc:
+                raise bad_call(exc, self._where, self._fn, self._drop) from None
         ref = mark_ref(self._plain.remote(*args, **kwargs))
         if self._num_returns == 1:
             return ref
