@@ -360,7 +360,9 @@ class RemoteClass:
         handle = executor.options(**options).actor(self._cls, *args, **kwargs)
         # The API's handle: its calls are checked and its refs print as Ray's (it pickles as a plain one).
         handle.__class__ = RayActorHandle
-        _actors.add(owner_of(handle))
+        record = owner_of(handle)
+        if record is not None:
+            _actors.add(record)
         return handle
 
     def options(self, **options: Any) -> RemoteClass:
