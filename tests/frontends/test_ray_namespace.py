@@ -37,6 +37,11 @@ def raise_value_error(message):
 
 
 @ray.remote
+def get_of_a_failing_task(message):
+    return ray.get(raise_value_error.remote(message))  # raises RayTaskError(ValueError) here
+
+
+@ray.remote
 def sleep_then(seconds, value):
     time.sleep(seconds)
     return value
@@ -199,6 +204,13 @@ def test_get_raises_a_task_error_of_both_ray_task_error_and_the_tasks_class(api)
         ray.get(raise_custom.remote())
     assert isinstance(custom.value, ray.RayTaskError)
     assert (custom.value.code, custom.value.detail, str(custom.value)) == (7, "seven", "code 7")
+
+
+@pytest.mark.parametrize("backend", ["threads", "processes"])
+def test_a_task_error_raised_in_a_task_comes_back_as_a_task_error(api):
+    with pytest.raises(ray.exceptions.RayTaskError) as info:
+        ray.get(get_of_a_failing_task.remote("deep"))
+    assert isinstance(info.value, ValueError) and str(info.value) == "deep"
 
 
 @pytest.mark.parametrize("backend", ["processes"])
