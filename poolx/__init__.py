@@ -14,10 +14,13 @@ import typing as _typing
 
 from ._errors import (
     ActorDiedError,
+    ActorError,
     DeserializationError,
     GetTimeoutError,
     InitializerError,
+    ObjectLostError,
     PoolxError,
+    RayTaskError,
     RemoteError,
     RemoteTraceback,
     SerializationError,
@@ -31,6 +34,7 @@ from ._telemetry import Statistics
 from .backends import Backend, BackendOptions, available_backends, register_backend
 
 if _typing.TYPE_CHECKING:
+    from . import exceptions, util
     from ._api import (
         RemoteClass,
         RemoteFunction,
@@ -42,9 +46,11 @@ if _typing.TYPE_CHECKING:
         init,
         is_initialized,
         kill,
+        method,
         put,
         remote,
         shutdown,
+        timeline,
         wait,
     )
     from ._executor import ActorFactory, Executor, default_max_workers
@@ -58,6 +64,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "ActorDiedError",
+    "ActorError",
     "ActorFactory",
     "ActorHandle",
     "ActorMethod",
@@ -70,10 +77,12 @@ __all__ = [
     "Future",
     "GetTimeoutError",
     "InitializerError",
+    "ObjectLostError",
     "ObjectRef",
     "Pool",
     "PoolxError",
     "PutRef",
+    "RayTaskError",
     "RemoteClass",
     "RemoteError",
     "RemoteFunction",
@@ -90,15 +99,19 @@ __all__ = [
     "cancel",
     "cluster_resources",
     "default_max_workers",
+    "exceptions",
     "get",
     "get_actor",
     "init",
     "is_initialized",
     "kill",
+    "method",
     "put",
     "register_backend",
     "remote",
     "shutdown",
+    "timeline",
+    "util",
     "wait",
 ]
 
@@ -119,17 +132,24 @@ _LAZY = {
     "ThreadPool": "poolx._pool",
     **dict.fromkeys(
         ["RemoteClass", "RemoteFunction", "available_resources", "cancel", "cluster_resources", "get",
-         "get_actor", "init", "is_initialized", "kill", "put", "remote", "shutdown", "wait"],
+         "get_actor", "init", "is_initialized", "kill", "method", "put", "remote", "shutdown",
+         "timeline", "wait"],
         "poolx._api"),
 }
+# Ray's namespaces (``ray.util``, ``ray.exceptions``): subpackages loaded on first use.
+_SUBPACKAGES = ("exceptions", "util")
 
 
 def __getattr__(name: str) -> _typing.Any:
+    import importlib
+
+    if name in _SUBPACKAGES:
+        value = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = value
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # found without __getattr__ next time
     return value

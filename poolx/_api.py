@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import copy
 import functools
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import _arguments, _context, _shm
-from ._errors import GetTimeoutError, PoolxError, TaskCancelledError
+from ._errors import GetTimeoutError, PoolxError, RayTaskError, TaskCancelledError, WorkerDiedError
 from ._executor import Executor
 from ._futures import Future, Task, lent_slot
 from ._objects import ObjectRef, PutRef, dependencies, request, resolve
+from ._ray_calls import RayActorHandle, bad_call, mark_ref, method, signature_check, split
+from ._ray_resources import Resources, declared, requested
 from ._retry import retrying
 from .actors.handle import ActorHandle, owner_of
 from .actors.handle import get_actor as actor_named
@@ -40,9 +44,11 @@ __all__ = [
     "init",
     "is_initialized",
     "kill",
+    "method",
     "put",
     "remote",
     "shutdown",
+    "timeline",
     "wait",
 ]
 
@@ -53,16 +59,23 @@ DEFAULT_MAX_RETRIES = 3
 
 _lock = threading.RLock()
 _executor: Any = None  # the Executor of init(), or of the first call that needed one
+_resources = Resources({})  # the logical resources init() declared (num_gpus, resources)
+# The actors made through this API, for shutdown() to kill (records: weakly).
+_actors: weakref.WeakSet[Any] = weakref.WeakSet()
 
-TASK_OPTIONS = ("max_retries", "name", "num_cpus", "num_gpus", "num_returns", "retry_exceptions")
+TASK_OPTIONS = ("max_retries", "name", "num_cpus", "num_gpus", "num_returns", "resources", "retry_exceptions")
 ACTOR_OPTIONS = ("get_if_exists", "lifetime", "max_concurrency", "max_restarts", "max_task_retries",
-                 "name", "num_cpus", "num_gpus")
+                 "name", "num_cpus", "num_gpus", "resources")
+# init() arguments of Ray's that mean nothing on one machine without an
+# object store or a dashboard: accepted, no effect.
+IGNORED_INIT = ("object_store_memory", "include_dashboard", "log_to_driver", "logging_level")
 
 
 # -- the executor behind the API --------------------------------------------------
 
 
 def init(num_workers: int | None = None, backend: str | None = None, *, num_cpus: int | None = None,
+         num_gpus: float | None = None, resources: dict[str, float] | None = None,
          ignore_reinit_error: bool = False, local_mode: bool = False, **executor_options: Any) -> Any:
     """Start the executor the Ray-style API runs on; returns it (a ``poolx.Executor``).
 
@@ -74,6 +87,13 @@ def init(num_workers: int | None = None, backend: str | None = None, *, num_cpus
     ``max_tasks_per_child``, ``task_timeout``, ``max_memory_per_child``, ``init_timeout``);
     retries are per function, Ray's ``max_retries``/``retry_exceptions``.  Calling it twice raises, unless
     ``ignore_reinit_error=True``, as in Ray.
+
+    ``num_gpus`` and ``resources`` (``{"name": amount}``) declare logical
+    resources, counts as in Ray: tasks that ask for them
+    (``@remote(num_gpus=1)``) run only as many at once as they allow
+    (``poolx._ray_resources``).  Ray's ``object_store_memory``,
+    ``include_dashboard``, ``log_to_driver`` and ``logging_level`` are
+    accepted and have no effect.
     """
     global _executor
     if _in_worker():
@@ -93,6 +113,9 @@ def init(num_workers: int | None = None, backend: str | None = None, *, num_cpus
         if backend not in (None, "serial"):
             raise ValueError(f"init(local_mode=True, backend={backend!r}): local mode is the serial backend")
         backend = "serial"
+    for name in IGNORED_INIT:
+        executor_options.pop(name, None)
+    totals = declared(num_gpus, resources)
     allowed = {"mp_context", "initializer", "initargs", "max_tasks_per_child", "task_timeout",
                "max_memory_per_child", "init_timeout", "address"}
     unknown = sorted(set(executor_options) - allowed)
@@ -107,7 +130,9 @@ def init(num_workers: int | None = None, backend: str | None = None, *, num_cpus
                 return _executor
             raise RuntimeError("poolx.init() was already called (or a remote call started the executor): "
                                "call poolx.shutdown() first, or pass ignore_reinit_error=True")
+        global _resources
         _executor = Executor(num_workers, backend=backend, **executor_options)
+        _resources = Resources(totals)
         # Workers start now, as Ray's do at init(): the first tasks do not wait for them.
         _executor.prestart(INIT_READY_TIMEOUT)
         return _executor
@@ -128,12 +153,24 @@ def _in_worker() -> bool:
 
 
 def shutdown() -> None:
-    """Stop the executor of the Ray-style API after its work is done (no-op inside a task)."""
+    """Stop the executor of the Ray-style API (no-op inside a task).
+
+    As Ray's, it kills the actors made through this API at once, calls
+    running or not (their refs fail with ``ActorDiedError``); the tasks
+    already submitted run to the end first, and those still waiting for
+    resources are cancelled.
+    """
     global _executor
     with _lock:
         executor, _executor = _executor, None
-    if executor is not None:
-        executor.shutdown(wait=True)
+        actors, resources = list(_actors), _resources
+        _actors.clear()
+    if executor is None:
+        return
+    resources.cancel_waiting()
+    for actor in actors:
+        actor.directory.backend.stop_actor(actor, kill=True, restart=False)
+    executor.shutdown(wait=True)
 
 
 def _get_executor() -> Any:
@@ -144,13 +181,32 @@ def _get_executor() -> Any:
 
 
 def cluster_resources() -> dict[str, float]:
-    """``{"CPU": workers}``: what Ray's ``cluster_resources()`` reports for one machine."""
-    return {"CPU": float(_get_executor().max_workers)}
+    """``{"CPU": workers}`` and the resources ``init`` declared (``GPU``, custom ones), as Ray reports."""
+    return {"CPU": float(_get_executor().max_workers), **_resources.totals}
 
 
 def available_resources() -> dict[str, float]:
-    """``{"CPU": workers}`` (poolx does not track per-task resources)."""
-    return cluster_resources()
+    """``cluster_resources()`` less the ``GPU`` and custom resources running tasks hold.
+
+    ``CPU`` stays the number of workers: poolx does not count tasks' CPUs.
+    """
+    return {"CPU": float(_get_executor().max_workers), **_resources.available()}
+
+
+def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
+    """The finished tasks and actor calls as Chrome trace events (Ray's ``ray.timeline``).
+
+    One lane per worker and per actor (``Executor.export_trace``).  With
+    ``filename``, writes them there as JSON (open it in https://ui.perfetto.dev
+    or chrome://tracing) and returns None; without, returns the list of events.
+    """
+    executor = _executor
+    if executor is None:
+        raise RuntimeError("poolx.timeline() needs the executor: call poolx.init() (or run a task) first")
+    if filename is not None:
+        executor.export_trace(filename)
+        return None
+    return executor.telemetry.trace_events(executor.backend)
 
 
 # -- remote functions and classes --------------------------------------------------------
@@ -185,8 +241,7 @@ def _check(options: dict[str, Any], known: Sequence[str], what: str) -> dict[str
     if unknown:
         raise TypeError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
                         f"for {what}; poolx accepts: {', '.join(known)}")
-    if options.get("num_gpus"):
-        raise ValueError("num_gpus: poolx does not schedule GPUs; leave num_gpus out or set it to 0")
+    requested(options, what)  # (checks num_gpus and resources)
     n = options.get("num_returns", 1)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"num_returns must be an integer >= 1, got {n!r}")
@@ -194,9 +249,11 @@ def _check(options: dict[str, Any], known: Sequence[str], what: str) -> dict[str
     if not isinstance(r, int) or isinstance(r, bool) or r < -1:
         raise ValueError(f"max_retries must be an integer >= 0, or -1 for no limit; got {r!r}")
     lifetime = options.get("lifetime")
-    if lifetime not in (None, "non_detached"):
-        raise ValueError(f"lifetime={lifetime!r}: poolx actors live as long as their executor "
-                         "(detached actors need a cluster)")
+    if lifetime not in (None, "non_detached", "detached"):
+        raise ValueError(f"lifetime={lifetime!r}: Ray's lifetimes are None, 'non_detached' and 'detached'")
+    # Every poolx actor lives until it is killed or the executor shuts down,
+    # whatever becomes of its handles: what "detached" means within one
+    # program.  Outliving the driver needs Ray itself (backend="ray").
     return dict(options)
 
 
@@ -208,25 +265,55 @@ class RemoteFunction:
         self._options = options
         self.__qualname__: str = getattr(function, "__qualname__", type(function).__qualname__)
         functools.update_wrapper(self, function)
+        self._check = signature_check(function)
+        self._where = f"{self.__qualname__}.remote()"
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the function as a task; returns its future (a list of them with ``num_returns``)."""
+        """Run the function as a task; returns its future (a list of them with ``num_returns``).
+
+        A call that does not fit the function's signature raises ``TypeError``
+        here, as in Ray.  A task that asks for resources (``num_gpus``,
+        ``resources``) waits for them in the driver (``poolx._ray_resources``).
+        """
+        check = self._check
+        if check is not None:  # (inline: this is every task's path)
+            try:
+                check(*args, **kwargs)
+            except TypeError as exc:
+                raise bad_call(exc, self._where, self._function) from None
+        options = self._options
+        future: cf.Future[Any]
+        if ("num_gpus" in options or "resources" in options) and (need := self._needs()):
+            _get_executor()
+            resources = _resources
+            resources.check(need, self._where)
+            future = resources.run(need, lambda: self._run(args, kwargs))
+        else:
+            future = self._run(args, kwargs)
+        n_returns = options.get("num_returns", 1)
+        return future if n_returns == 1 else split(future, n_returns, self.__qualname__)
+
+    def _needs(self) -> dict[str, float]:
+        """The resources a call holds while it runs: none inside a task (see poolx._ray_resources)."""
+        return {} if _context.in_child() else requested(self._options, self._where)
+
+    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
         options = self._options
         retries = options.get("max_retries", DEFAULT_MAX_RETRIES)
-        n_returns = options.get("num_returns", 1)
         retry_on = _arguments.retry_exceptions(options.get("retry_exceptions", False))
         if retry_on:
             fn = self._function
-            future = retrying(lambda budget: _attempt(fn, args, kwargs, budget), retries, retry_on,
-                              lambda: not _context.in_child() and not is_initialized())
+            future = mark_ref(retrying(lambda budget: _attempt(fn, args, kwargs, budget), retries, retry_on,
+                                       lambda: not _context.in_child() and not is_initialized()))
         else:
             future = _submit(self._function, args, kwargs, retries)
-        return future if n_returns == 1 else _split(future, n_returns, self.__qualname__)
+        return future
 
     def options(self, **options: Any) -> RemoteFunction:
         """The same function with these options for the next calls (Ray's ``f.options(...)``)."""
-        return RemoteFunction(self._function, {**self._options, **_check(options, TASK_OPTIONS,
-                                                                           "a remote function")})
+        new = copy.copy(self)  # (keeps the signature check made once)
+        new._options = {**self._options, **_check(options, TASK_OPTIONS, "a remote function")}
+        return new
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"remote functions are called with .remote(): use {self.__qualname__}.remote(...) "
@@ -246,24 +333,43 @@ class RemoteClass:
         self.__qualname__ = cls.__qualname__
         self.__doc__ = cls.__doc__
         self.__module__ = cls.__module__
+        self._check = signature_check(cls)
+        self._where = f"{cls.__qualname__}.remote()"
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle[Any]:
         """Start an actor owning ``Cls(*args, **kwargs)``; returns its handle.
 
-        Futures among the arguments are waited for here before the actor
-        starts (Ray starts it later, without waiting).
+        A call that does not fit the constructor raises ``TypeError`` here, as
+        in Ray.  Futures among the arguments are waited for here before the
+        actor starts (Ray starts it later, without waiting).  ``num_gpus`` and
+        ``resources`` are checked against what ``init`` declared, not held.
         """
         if _context.in_child():
             raise PoolxError("poolx actors are created by the driver: create the actor there and pass "
                              "its handle to the task")
-        options = {k: v for k, v in self._options.items() if k not in ("lifetime", "num_gpus")}
+        if self._check is not None:
+            try:
+                self._check(*args, **kwargs)
+            except TypeError as exc:
+                raise bad_call(exc, self._where, self._cls) from None
+        options = {k: v for k, v in self._options.items() if k not in ("lifetime", "num_gpus", "resources")}
+        executor = _get_executor()
+        _resources.check(requested(self._options, self._where), self._where)
         if dependencies(args, kwargs):
             args, kwargs = resolve(args, kwargs, prepickled=False)
-        return _get_executor().options(**options).actor(self._cls, *args, **kwargs)
+        handle = executor.options(**options).actor(self._cls, *args, **kwargs)
+        # The API's handle: its calls are checked and its refs print as Ray's (it pickles as a plain one).
+        handle.__class__ = RayActorHandle
+        record = owner_of(handle)
+        if record is not None:
+            _actors.add(record)
+        return handle
 
     def options(self, **options: Any) -> RemoteClass:
         """The same class with these actor options (``name=``, ``max_restarts=``, ...)."""
-        return RemoteClass(self._cls, {**self._options, **_check(options, ACTOR_OPTIONS, "an actor class")})
+        new = copy.copy(self)  # (keeps the signature check made once)
+        new._options = {**self._options, **_check(options, ACTOR_OPTIONS, "an actor class")}
+        return new
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"actors cannot be instantiated directly: instead of {self.__qualname__}(...), "
@@ -282,39 +388,11 @@ def _attempt(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, An
              retries: int) -> tuple[Future[Any], Task | None]:
     """Submit one task; its future, and its Task where it is this process's (in the driver)."""
     if _context.in_child():
-        return _context.here.client.submit(fn, args, kwargs, retries), None  # type: ignore[no-any-return,unused-ignore]
+        return mark_ref(_context.here.client.submit(fn, args, kwargs, retries)), None
     executor = _get_executor()
     task = executor.submit_task(fn, args, kwargs, retries, readonly_args=True)
     task.future._poolx_task = task.id  # for cancel()
     return task.future, task
-
-
-def _split(future: Future[Any], n: int, name: str) -> list[Future[Any]]:
-    """``num_returns=n``: one future per item of the task's result."""
-    parts: list[Future[Any]] = [Future() for _ in range(n)]
-
-    def on_done(f: cf.Future[Any]) -> None:
-        for part in parts:
-            part.set_running_or_notify_cancel()
-        try:
-            values = f.result()
-            if not isinstance(values, Sequence) or len(values) != n:
-                raise ValueError(f"{name} has num_returns={n} but returned "
-                                 f"{type(values).__name__} {_brief(values)}, not a sequence of {n} values")
-        except BaseException as exc:
-            for part in parts:
-                part.set_exception(exc)
-            return
-        for part, value in zip(parts, values):
-            part.set_result(value)
-
-    future.add_done_callback(on_done)
-    return parts
-
-
-def _brief(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) < 60 else text[:57] + "..."
 
 
 # -- get / wait / put / cancel / kill ------------------------------------------------------------
@@ -334,10 +412,14 @@ def _refs(value: Any, fn: str) -> list[cf.Future[Any]]:
 def get(refs: Any, *, timeout: float | None = None) -> Any:
     """The value of a ref, or a list of values for a list of refs (Ray's ``ray.get``).
 
-    Waits for them; a task's exception is raised here as itself (with the
-    worker's traceback as its ``__cause__``).  With ``timeout`` (seconds),
-    raises ``GetTimeoutError`` (a ``TimeoutError``) if they are not all ready
-    by then; the tasks go on.
+    Waits for them.  A task's exception is raised here as Ray raises it: an
+    instance of both ``RayTaskError`` and the exception's own class, so
+    ``except ValueError`` still catches it (``poolx.RayTaskError`` says how
+    close to Ray's it is); poolx's own errors are raised as themselves.  A
+    task that called ``sys.exit()`` raises ``WorkerCrashedError`` (poolx's
+    ``WorkerDiedError``), as in Ray.  With ``timeout`` (seconds), raises
+    ``GetTimeoutError`` (a ``TimeoutError``) if they are not all ready by
+    then; the tasks go on.
     """
     single = isinstance(refs, cf.Future)
     items = [refs] if single else _refs(refs, "get")
@@ -355,13 +437,29 @@ def get(refs: Any, *, timeout: float | None = None) -> Any:
                 raise
             except cf.CancelledError:
                 raise TaskCancelledError("get(): the task was cancelled before it ran") from None
-            except (TimeoutError, cf.TimeoutError):  # (distinct classes on Python 3.10)
+            except (TimeoutError, cf.TimeoutError) as exc:  # (distinct classes on Python 3.10)
                 if ref.done():
-                    raise  # the task itself raised a TimeoutError
+                    raise _task_error(exc) from exc.__cause__  # the task itself raised a TimeoutError
                 pending = sum(1 for r in items if not r.done())
                 raise GetTimeoutError(f"get() timed out after {timeout} s: {pending} of {len(items)} "
                                       "refs not ready") from None
+            except (Exception, SystemExit) as exc:
+                error = _task_error(exc)
+                if error is exc:
+                    raise
+                raise error from exc.__cause__
     return values[0] if single else values
+
+
+def _task_error(exc: BaseException) -> BaseException:
+    """What ``get`` raises for a ref whose task raised ``exc`` (Ray's types)."""
+    if isinstance(exc, SystemExit):
+        return WorkerDiedError(
+            f"the task called sys.exit({exc.code!r}): in Ray that ends its worker, and get() raises "
+            "WorkerCrashedError, as here (poolx's worker lives on and the task is not run again). "
+            "Return a value or raise an exception in the task instead",
+            exitcode=exc.code if isinstance(exc.code, int) else 1)
+    return RayTaskError.wrap(exc)
 
 
 def wait(refs: Any, *, num_returns: int = 1, timeout: float | None = None,
@@ -379,6 +477,8 @@ def wait(refs: Any, *, num_returns: int = 1, timeout: float | None = None,
     items = _refs(refs, "wait")
     if len({id(r) for r in items}) != len(items):
         raise ValueError("wait() needs a list of distinct refs; this one holds a ref more than once")
+    if isinstance(num_returns, float) and num_returns >= 1:
+        num_returns = int(num_returns)  # as Ray: len(refs) / 2 + 1 means its whole part
     if not isinstance(num_returns, int) or num_returns < 1:
         raise ValueError(f"num_returns must be an integer >= 1, got {num_returns!r}")
     if num_returns > len(items) and items:
@@ -428,6 +528,7 @@ def cancel(ref: Any, *, force: bool = False, recursive: bool = True) -> None:
         raise TypeError(f"cancel() takes a ref (a future from .remote()), got {type(ref).__name__}")
     if isinstance(ref, PutRef):
         raise TypeError("cancel(): this ref comes from put(), not from a task")
+    ref = ref.__dict__.get("_poolx_inner", ref)  # (a task that waited for resources: its own future)
     if ref.done() or ref.cancel():
         return
     task_id = getattr(ref, "_poolx_task", None)
@@ -480,7 +581,10 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle[Any]:
     """
     if namespace is not None:
         raise ValueError("get_actor(namespace=...): poolx has no namespaces; actor names are per executor")
-    return actor_named(name)
+    handle = actor_named(name)
+    if owner_of(handle) is not None:  # (in the driver: the API's handle, as Cls.remote() gives)
+        handle.__class__ = RayActorHandle
+    return handle
 
 
 @contextlib.contextmanager

@@ -12,8 +12,10 @@ catch, so code written for ``concurrent.futures`` keeps working::
     │   ├── GetTimeoutError      (+ TimeoutError)        poolx.get(timeout=) ran out (Ray's name)
     │   ├── SerializationError   (+ pickle.PicklingError)  a callable, argument or result cannot be pickled
     │   ├── DeserializationError (+ UnpicklingError, BrokenProcessPool)  a task or result cannot be unpickled
-    │   ├── ActorDiedError                           the actor a call was made on is dead (crash, kill,
+    │   ├── ActorError                               an actor could not finish a call (Ray's RayActorError)
+    │   │   └── ActorDiedError                       the actor a call was made on is dead (crash, kill,
     │   │                                            constructor error, stopped)
+    │   ├── ObjectLostError      (+ ValueError)      a ref's value is no longer held by the driver
     │   ├── CollectiveError                          a collective operation among actors failed
     │   │   └── CollectiveTimeoutError (+ TimeoutError)  a rank waited longer than the group's timeout
     │   └── RemoteError                              a task's exception that could not travel as itself
@@ -24,16 +26,23 @@ catch, so code written for ``concurrent.futures`` keeps working::
 A task's own exception is re-raised in the caller as its original type, with
 the worker's traceback attached as ``__cause__`` (a ``RemoteTraceback``), as
 ``concurrent.futures`` and ``multiprocessing`` do.
+
+Ray's names for the same failures are in ``poolx.exceptions`` (``RayError`` is
+``PoolxError``, ``WorkerCrashedError`` is ``WorkerDiedError``, ``RayActorError``
+is ``ActorError``, ...); there too is ``RayTaskError``, which ``poolx.get``
+wraps a task's exception in, as Ray does.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing
 import pickle
 import signal
+import types
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 
 class PoolxError(Exception):
@@ -147,7 +156,11 @@ class DeserializationError(PoolxError, pickle.UnpicklingError, BrokenProcessPool
     """
 
 
-class ActorDiedError(PoolxError):
+class ActorError(PoolxError):
+    """An actor could not finish a call (Ray's ``RayActorError``); see ``ActorDiedError``."""
+
+
+class ActorDiedError(ActorError):
     """The actor this call was made on died or was stopped before the call finished.
 
     ``actor`` names the actor; ``exitcode`` and ``pid`` describe its process when
@@ -168,6 +181,14 @@ class ActorDiedError(PoolxError):
 
 def _rebuild_actor_died(message: str, actor: str, exitcode: int | None, pid: int | None) -> ActorDiedError:
     return ActorDiedError(message, actor=actor, exitcode=exitcode, pid=pid)
+
+
+class ObjectLostError(PoolxError, ValueError):
+    """A ref's value is no longer held by the driver (Ray's ``ObjectLostError``).
+
+    A ref sent back to the driver inside a result after every other holder of
+    it let it go.  Also a ``ValueError``, what poolx raised for it before.
+    """
 
 
 class CollectiveError(PoolxError):
@@ -238,3 +259,110 @@ _SIGNAL_CAUSES = {
     "SIGTERM": "something sent it SIGTERM",
     "SIGFPE": "likely an arithmetic fault in C code",
 }
+
+
+class RayTaskError(PoolxError):
+    """A task's exception as ``poolx.get`` raises it: Ray's ``RayTaskError``.
+
+    As in Ray, what ``get`` raises is an instance of both this class and the
+    task's own exception class (its type is named ``RayTaskError(ValueError)``),
+    so ``except ValueError`` and ``except RayTaskError`` both catch it.
+    ``cause`` is the task's exception itself; ``traceback_str`` the worker's
+    formatted traceback.  Unlike Ray's, ``str()`` and ``args`` are the task
+    exception's own, other attributes read through to it, and ``__cause__``
+    stays the worker's traceback (a ``RemoteTraceback``).  The
+    ``concurrent.futures`` front end (``Future.result()``) raises the
+    exception as itself.
+    """
+
+    def __init__(self, function_name: str | None, traceback_str: str, cause: BaseException) -> None:
+        super().__init__(function_name, traceback_str, cause)
+        self.function_name = function_name
+        self.traceback_str = traceback_str
+        self.cause = cause
+
+    def as_instanceof_cause(self) -> BaseException:
+        """An exception of both this class and the cause's class (the cause itself if it cannot be)."""
+        dual = _dual_class(type(self.cause))
+        if dual is None:
+            return self.cause
+        try:
+            error = dual(self.cause)
+        except Exception:  # an exception class whose __new__ wants other arguments
+            return self.cause
+        error.traceback_str = self.traceback_str
+        error.function_name = self.function_name
+        error.__cause__ = self.cause.__cause__
+        return error.with_traceback(self.cause.__traceback__)
+
+    @staticmethod
+    def wrap(exc: BaseException) -> BaseException:
+        """What ``poolx.get`` raises for a task that raised ``exc``.
+
+        A user's ``Exception`` becomes a ``RayTaskError`` of its class; poolx's
+        own errors (a dead worker or actor, a cancelled task...) and
+        ``BaseException`` s such as ``KeyboardInterrupt`` stay as they are,
+        as in Ray.
+        """
+        if isinstance(exc, PoolxError) or not isinstance(exc, Exception):
+            return exc
+        tb = getattr(exc.__cause__, "tb", None)
+        return RayTaskError(None, tb if isinstance(tb, str) else "", exc).as_instanceof_cause()
+
+
+# The dual classes made so far, by the task exception's class (classes are few).
+_DUALS: dict[type, type | None] = {}
+
+
+def _dual_class(cause_type: type) -> type | None:
+    """``RayTaskError(cause_type)``: a subclass of both, or None where Python refuses one."""
+    if cause_type in _DUALS:
+        return _DUALS[cause_type]
+    name = f"RayTaskError({cause_type.__name__})"
+    try:
+        dual: type | None = type(name, (RayTaskError, cause_type), dict(_DUAL_METHODS, __qualname__=name))
+    except TypeError:  # (a final class, or one whose memory layout conflicts)
+        dual = None
+    if dual is not None:
+        dual.__module__ = "poolx.exceptions"
+    _DUALS[cause_type] = dual
+    return dual
+
+
+def _dual_init(self: RayTaskError, cause: BaseException) -> None:
+    # The cause's __init__ is not run again (it may want other arguments);
+    # what it set is copied: its __dict__, and the fields built-in exceptions
+    # keep in slots (OSError's errno, ImportError's name...), which
+    # __getattr__ would not reach.
+    self.__dict__.update(vars(cause))
+    for klass in type(cause).__mro__:
+        for name, field in vars(klass).items():
+            if isinstance(field, types.MemberDescriptorType):
+                with contextlib.suppress(AttributeError, TypeError):
+                    setattr(self, name, getattr(cause, name))
+    self.cause = cause
+    self.args = cause.args
+
+
+def _dual_getattr(self: RayTaskError, name: str) -> Any:
+    if name == "cause":  # (not set yet: while being built)
+        raise AttributeError(name)
+    return getattr(self.cause, name)
+
+
+def _dual_str(self: RayTaskError) -> str:
+    return str(self.cause)
+
+
+def _dual_reduce(self: RayTaskError) -> tuple[Any, ...]:
+    # A dual class exists only in this process: pickle the task's exception
+    # itself (a task that re-raises what get() raised sends back the original).
+    return (_as_itself, (self.cause,))
+
+
+def _as_itself(exc: BaseException) -> BaseException:
+    return exc
+
+
+_DUAL_METHODS = {"__init__": _dual_init, "__getattr__": _dual_getattr, "__str__": _dual_str,
+                 "__reduce__": _dual_reduce}

@@ -91,6 +91,14 @@ class Future(cf.Future[T]):
             except BaseException:
                 _LOGGER.exception("exception calling callback for %r", self)
 
+    def __repr__(self) -> str:
+        # A ref of the Ray-style API (marked by it: poolx._ray_calls.mark_ref,
+        # _api._attempt) prints as Ray's ObjectRef does; the hex is this
+        # ref's id in this process.  Other futures keep the stdlib's repr.
+        if "_poolx_task" in self.__dict__:
+            return f"ObjectRef({id(self):016x})"
+        return super().__repr__()
+
     def __await__(self) -> Generator[Any, None, T]:
         import asyncio  # lazily: asyncio costs ~20 ms to import and most users never await
 

@@ -117,10 +117,12 @@ def test_calling_remote_objects_directly_says_how(ray):
 
 
 def test_options_are_checked_and_named():
-    with pytest.raises(TypeError, match=r"'resources'.*accepts: max_retries"):
-        poolx.remote(resources={"x": 1})(lambda: 1)
+    with pytest.raises(TypeError, match=r"'scheduling_strategy'.*accepts: max_retries"):
+        poolx.remote(scheduling_strategy="SPREAD")(lambda: 1)
     with pytest.raises(ValueError, match="num_gpus"):
-        add.options(num_gpus=1)
+        add.options(num_gpus=-1)
+    with pytest.raises(ValueError, match="num_cpus= and num_gpus= instead of 'GPU'"):
+        add.options(resources={"GPU": 1})
     with pytest.raises(ValueError, match="num_returns"):
         add.options(num_returns=0)
     with pytest.raises(TypeError, match="keyword options"):
