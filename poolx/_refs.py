@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import _context
+from ._errors import ObjectLostError
 from ._futures import Future
 
 _registry: weakref.WeakValueDictionary[int, cf.Future[Any]] = weakref.WeakValueDictionary()
@@ -127,7 +128,7 @@ def child_ref(ref_id: Any) -> cf.Future[Any]:
         return ChildRef(ref_id)
     future = _registry.get(ref_id)
     if future is None:
-        raise ValueError(f"the ref #{ref_id} sent back to the driver is no longer held there")
+        raise ObjectLostError(f"the ref #{ref_id} sent back to the driver is no longer held there")
     if type(ref_id) is tuple:  # shared by a child (see adopt)
         read_once(ref_id)
     return future

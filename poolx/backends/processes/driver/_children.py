@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .... import _objects, _refs, _shm
-from ...._errors import ActorDiedError, PoolxError, SerializationError, TaskCancelledError
+from ...._errors import ActorDiedError, ObjectLostError, SerializationError, TaskCancelledError
 from ...._futures import Task
 from ...._serialization import describe, dumps, loads
 from ....actors.directory import Actor, ActorCall, local_actor
@@ -142,7 +142,7 @@ class Children(SchedulerState):
         shared, conn.shared = conn.shared, {}
         for future in shared.values():
             if not future.done():
-                future.set_exception(PoolxError(
+                future.set_exception(ObjectLostError(
                     f"the value of this ref is lost: the process that made it ({conn.owner}, with "
                     ".remote() or an actor call inside it) exited before the value was ready.  Wait for it "
                     "there (get()) before returning it, or keep that process alive"))
@@ -207,7 +207,7 @@ class Children(SchedulerState):
         """A child asks for the value of a ref it received inside a container."""
         future = _objects.lookup(ref_id)
         if future is None:
-            self.reply_error(conn, req_id, ValueError(
+            self.reply_error(conn, req_id, ObjectLostError(
                 f"the ref #{ref_id} is no longer held in the driver: a ref inside a container stays "
                 "valid while the driver holds it or the task that received it runs"))
             return
