@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import io
+import operator
 import pickle
 import threading
 import types
 from collections.abc import Callable
+from itertools import chain
 from typing import Any
 
 import cloudpickle
@@ -59,6 +61,7 @@ PROTOCOL = 5
 _SCALARS = frozenset({int, float, str, bytes, bool, complex, type(None)})
 _ARRAYS = (np.ndarray, np.memmap) if np is not None else ()
 _NDARRAY = np.ndarray if np is not None else None
+_ARGS, _KWARGS = operator.itemgetter(1), operator.itemgetter(2)
 
 
 class Memmapping:
@@ -191,11 +194,12 @@ def _plain(values: Any) -> bool:
     """A list of scalars, or of arrays that no file backs: nothing for the backward reducer."""
     if type(values) is not list:
         return False
-    for value in values:
-        kind = type(value)
-        if kind not in _SCALARS and (kind is not _NDARRAY or _get_backing_memmap(value) is not None):
-            return False
-    return True
+    kinds = set(map(type, values))  # (in C: cheaper than pickling the list again)
+    if kinds <= _SCALARS:
+        return True
+    if kinds - _SCALARS != {_NDARRAY}:
+        return False
+    return all(_get_backing_memmap(v) is None for v in values if type(v) is _NDARRAY)
 
 
 def _plain_calls(calls: Any) -> bool:
@@ -203,12 +207,13 @@ def _plain_calls(calls: Any) -> bool:
     items = getattr(calls, "items", None)
     if type(items) is not list:
         return False
-    for item in items:
-        _, args, kwargs = item
-        if any(type(a) not in _SCALARS for a in args) or any(
-                type(v) not in _SCALARS for v in kwargs.values()):
+    try:
+        if not set(map(type, chain.from_iterable(map(_ARGS, items)))) <= _SCALARS:
             return False
-    return True
+        kwargs = [k for k in map(_KWARGS, items) if k]
+    except (TypeError, IndexError):  # not joblib's (func, args, kwargs) triples
+        return False
+    return all(set(map(type, k.values())) <= _SCALARS for k in kwargs)
 
 
 _marked = False
