@@ -72,7 +72,9 @@ CPU_SHARE_VAR = "LOKY_MAX_CPU_COUNT"
 #: Keyword arguments the backend takes (``parallel_config(backend="poolx", **these)``).
 BACKEND_KWARGS = ("executor", "idle_worker_timeout", "mp_context", "initializer", "initargs",
                   "max_tasks_per_child", "task_timeout", "max_retries", "retry_exceptions",
-                  "max_memory_per_child", "init_timeout", "engine", "address")
+                  "max_memory_per_child", "init_timeout", "engine", "address",
+                  # memory-mapping (Parallel's own, which win, as loky takes them too)
+                  "max_nbytes", "mmap_mode", "temp_folder")
 
 
 def register() -> None:
@@ -210,6 +212,7 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
         if not self._wrap or np is None:
             return
         context_id = getattr(parallel, "_id", None) or uuid.uuid4().hex
+        kwargs = {**self.backend_kwargs, **kwargs}
         self._memmapping = Memmapping(context_id, kwargs.get("temp_folder"),
                                       kwargs.get("max_nbytes", MAX_NBYTES), kwargs.get("mmap_mode", "r"),
                                       kwargs.get("verbose", 0))
