@@ -128,25 +128,33 @@ class Batch:
     def __call__(self) -> Any:  # in the worker
         _mark_process_worker()
         results = self.calls()
-        return results if _plain(results) else _Results(results)
+        return results if _plain(results) else BatchResults(results)
 
     def __reduce__(self) -> Any:  # in the driver, when poolx pickles the task
         if self.memmapping is None or _plain_calls(self.calls):
             return (Batch, (self.calls,))
-        return (_load_batch, self.memmapping.dump(self.calls))
+        try:
+            return (_load_batch, self.memmapping.dump(self.calls))
+        except Exception:
+            # Something in the batch cannot be pickled: let poolx's pickler
+            # meet it, so that its error names the culprit as without arrays.
+            return (Batch, (self.calls,))
 
 
-class _Results:
-    """A batch's results, pickled with joblib's backward reducer (temporary memmaps as arrays)."""
+class BatchResults(list[Any]):
+    """A batch's results, pickled with joblib's backward reducer (temporary memmaps as arrays).
 
-    __slots__ = ("value",)
+    A list, so that when one cannot be pickled poolx names it ("item 3 of a BatchResults").
+    """
 
-    def __init__(self, value: Any) -> None:
-        self.value = value
+    __slots__ = ()
 
     def __reduce__(self) -> Any:
         buffers: list[Any] = []
-        return (_load, (_dump(self.value, buffers, _backward), buffers))
+        try:
+            return (_load, (_dump(list(self), buffers, _backward), buffers))
+        except Exception:
+            return (list, (list(self),))  # poolx's pickler then meets what cannot be pickled
 
 
 def _backward(array: Any) -> Any:

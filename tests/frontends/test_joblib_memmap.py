@@ -167,3 +167,15 @@ def test_multiprocessing_backend_in_a_poolx_worker_warns():
     for out, messages in results:
         assert out == [0, 1, 2]
         assert len(messages) == 1 and "Multiprocessing-backed parallel loops cannot be nested" in messages[0]
+
+
+def lock_of(_):
+    return threading.Lock()
+
+
+def test_unpicklable_values_are_still_named():
+    """The reducers step aside when something cannot be pickled: poolx's error names it."""
+    with pytest.raises(poolx.SerializationError, match=r"_thread\.lock, item 0 of a"):
+        Parallel(n_jobs=2, backend="poolx")(delayed(lock_of)(i) for i in range(2))
+    with pytest.raises(poolx.SerializationError, match=r"cannot pickle '_thread\.lock'"):
+        Parallel(n_jobs=2, backend="poolx")(delayed(seen)(np.ones(BIG), threading.Lock()) for _ in range(2))
