@@ -31,6 +31,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from . import _context
 from ._executor import Executor
 from ._futures import Future, Task
+from ._joblib.batch import Batch, Memmapping, np
 
 __all__ = ["BACKEND_NAME", "IDLE_WORKER_TIMEOUT", "PoolxBackend", "register", "shutdown_workers"]
 
@@ -60,6 +62,8 @@ BACKEND_NAME = "poolx"
 #: Seconds the backend's own workers stay alive after the last ``Parallel``
 #: call that used them (loky's default too).
 IDLE_WORKER_TIMEOUT = 300.0
+#: Parallel's default max_nbytes (its "1M"): larger array arguments are memory-mapped.
+MAX_NBYTES = 1_000_000
 # Seconds abort_everything waits for the stopped batches' callbacks (see _wait_for_callbacks).
 ABORT_WAIT = 5.0
 #: Environment variable that caps what ``joblib.cpu_count()`` (and so
@@ -68,7 +72,9 @@ CPU_SHARE_VAR = "LOKY_MAX_CPU_COUNT"
 #: Keyword arguments the backend takes (``parallel_config(backend="poolx", **these)``).
 BACKEND_KWARGS = ("executor", "idle_worker_timeout", "mp_context", "initializer", "initargs",
                   "max_tasks_per_child", "task_timeout", "max_retries", "retry_exceptions",
-                  "max_memory_per_child", "init_timeout", "engine", "address")
+                  "max_memory_per_child", "init_timeout", "engine", "address",
+                  # memory-mapping (Parallel's own, which win, as loky takes them too)
+                  "max_nbytes", "mmap_mode", "temp_folder")
 
 
 def register() -> None:
@@ -128,6 +134,8 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
         self._tasks: set[Task] = set()
         self._tasks_lock = threading.Lock()
         self._call_kwargs: dict[str, Any] = {}
+        self._memmapping: Memmapping | None = None
+        self._wrap = False  # batches go as Batch (the executor pickles them to other processes)
         self.parallel: Any = None
         if executor is not None:
             # All of the executor's workers unless told otherwise; joblib's
@@ -149,6 +157,13 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
             warnings.warn("poolx-backed parallel loops cannot start processes in a daemonic "
                           "process (a multiprocessing.Pool worker), setting n_jobs=1", stacklevel=3)
             return 1
+        if (self._given is None and n_jobs != 1 and not (self.in_main_thread() or not self.nesting_level)
+                and not _context.in_child()):
+            # In a batch of joblib's threading backend: as loky, no processes
+            # started from such a thread.
+            warnings.warn("poolx-backed parallel loops cannot be nested below threads, "
+                          "setting n_jobs=1", stacklevel=3)
+            return 1
         size = self._given.max_workers if self._given is not None else joblib.cpu_count()
         if n_jobs < 0:
             n_jobs = max(size + 1 + n_jobs, 1)
@@ -160,7 +175,7 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
                   require: Any = None, **parallel_kwargs: Any) -> int:
         """Called by ``Parallel`` before each call: find or start the executor."""
         # parallel_kwargs are Parallel's own (max_nbytes, mmap_mode, temp_folder,
-        # verbose, context, ...), ignored: memory-mapping is loky's, and poolx
+        # verbose, context, ...): memory-mapping as loky's; context ignored, poolx
         # picks its start method itself (mp_context= to choose); and any keyword
         # given to Parallel(...), which win over parallel_config's, as for loky.
         if "executor" in parallel_kwargs:
@@ -171,6 +186,7 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
         n = self.effective_n_jobs(n_jobs)
         if self._given is not None:
             self._executor = self._given
+            self._start_memmapping(parallel, parallel_kwargs)
             return n
         if n == 1:
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
@@ -181,12 +197,37 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
             raise FallbackToBackend(ThreadingBackend(nesting_level=(self.nesting_level or 0) + 1))
         self._lease = _shared.acquire(self._settings(n))
         self._executor = self._lease.executor
+        self._start_memmapping(parallel, parallel_kwargs)
         return n
+
+    def _start_memmapping(self, parallel: Any, kwargs: dict[str, Any]) -> None:
+        """joblib's memory-mapping of large arrays, as loky's, when batches go to other processes.
+
+        One temp folder per Parallel instance (its ``_id``, as loky's context):
+        a managed ``with Parallel(...)`` is configured once, so its calls share it.
+        """
+        self._close_memmapping()
+        assert self._executor is not None
+        self._wrap = self._executor.backend == "processes"
+        if not self._wrap or np is None:
+            return
+        context_id = getattr(parallel, "_id", None) or uuid.uuid4().hex
+        kwargs = {**self.backend_kwargs, **kwargs}
+        self._memmapping = Memmapping(context_id, kwargs.get("temp_folder"),
+                                      kwargs.get("max_nbytes", MAX_NBYTES), kwargs.get("mmap_mode", "r"),
+                                      kwargs.get("verbose", 0))
+
+    def _close_memmapping(self) -> None:
+        memmapping, self._memmapping = self._memmapping, None
+        if memmapping is not None:
+            memmapping.close()
 
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], None] | None = None) -> Future[Any]:
         executor = self._executor
         if executor is None:
             raise RuntimeError("the poolx joblib backend was not configured: use it through joblib.Parallel")
+        if self._wrap:
+            func = Batch(func, self._memmapping)
         task = executor.submit_task(func, (), {})
         with self._tasks_lock:
             self._tasks.add(task)
@@ -227,6 +268,7 @@ class PoolxBackend(AutoBatchingMixin, ParallelBackendBase):
         self.reset_batch_stats()
         lease, self._lease = self._lease, None
         self._executor = None
+        self._close_memmapping()
         if lease is not None:
             lease.release()
 
