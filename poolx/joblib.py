@@ -48,7 +48,7 @@ try:
     )
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "poolx.joblib needs joblib 1.4 or later: pip install 'poolx[joblib]'"
+        "poolx.joblib needs joblib 1.4 or later: pip install 'joblib>=1.4' (poolx's 'joblib' extra)"
     ) from exc
 
 from . import _context
