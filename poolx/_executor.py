@@ -40,6 +40,7 @@ from ._map import (
     length,
     results_buffered,
     results_fed,
+    unsendable,
 )
 from ._objects import PutRef, dependencies, when_done
 from ._retry import Retry, retrying
@@ -274,11 +275,19 @@ class Executor(cf.Executor):
     # -- submitting -------------------------------------------------------------
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        """Schedule ``fn(*args, **kwargs)``; returns a Future for its result."""
-        if self._retry_on:  # a future that reruns the task when it raises one of retry_exceptions
-            return retrying(lambda budget: _attempt(self, fn, args, kwargs, budget), self._max_retries,
-                            self._retry_on, lambda: self.closed)
-        return self.submit_task(fn, args, kwargs, self._max_retries).future
+        """Schedule ``fn(*args, **kwargs)``; returns a Future for its result.
+
+        A call that cannot be pickled (its function or an argument) gets a
+        future failed with ``SerializationError`` (a ``PicklingError``), as
+        ProcessPoolExecutor reports it through the future.
+        """
+        try:
+            if self._retry_on:  # a future that reruns the task when it raises one of retry_exceptions
+                return retrying(lambda budget: _attempt(self, fn, args, kwargs, budget), self._max_retries,
+                                self._retry_on, lambda: self.closed)
+            return self.submit_task(fn, args, kwargs, self._max_retries).future
+        except SerializationError as exc:
+            return unsendable(fn, exc).future
 
     def put(self, obj: Any) -> PutRef:
         """Store ``obj`` once; returns a ref to pass to tasks instead of the object.

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._chunks import ChunkError, chunk_runner
-from ._errors import RemoteTraceback
+from ._errors import RemoteTraceback, SerializationError
 from ._futures import Task
 from ._retry import Retry
 
@@ -114,10 +114,26 @@ def in_chunks(items: Iterator[Any], sizer: ChunkSizer) -> Iterator[tuple[int, li
         start += len(chunk)
 
 
+def unsendable(fn: Callable[..., Any], error: SerializationError) -> Task:
+    """A task that could not be pickled, never sent: its future failed with ``error``.
+
+    ProcessPoolExecutor reports a call it cannot pickle through the call's
+    future, not from submit() or map() (CPython's test_error_at_task_pickle):
+    a loop that submits many items keeps the futures of the others.
+    """
+    task = Task(fn, (), {})
+    task.future.set_running_or_notify_cancel()
+    task.future.set_exception(error)
+    return task
+
+
 def submit_chunk(ex: Executor, runner: Callable[..., Any], chunk: tuple[int, list[Any]],
                  sizer: ChunkSizer, max_retries: int) -> Task:
     start, items = chunk
-    task = ex.submit_task(runner, (items, start), {}, max_retries, chunk=True)
+    try:
+        task = ex.submit_task(runner, (items, start), {}, max_retries, chunk=True)
+    except SerializationError as exc:  # an item cannot be pickled: map() raises it at its chunk
+        return unsendable(runner, exc)
     # Measured when the chunk finishes, whether or not anyone consumes results yet.
     task.future.add_done_callback(lambda _f: sizer.observe(task, len(items)))
     return task

@@ -145,12 +145,8 @@ class Pool:
         if callback is None and error_callback is None:
             # Nothing to run when it completes: the result reads the task's
             # future directly (no callback, no thread hop).
-            try:
-                return _FutureResult(self._executor.submit(func, *args, **(kwds or {})))
-            except SerializationError as exc:  # as the stdlib: the pickling error is the outcome
-                failed = ApplyResult(self, None, None)
-                failed._set(False, exc.__cause__ if exc.__cause__ is not None else exc)
-                return failed
+            # (a call that cannot be pickled gets a failed future: as_stdlib gives its pickling error)
+            return _FutureResult(self._executor.submit(func, *args, **(kwds or {})))
         result = ApplyResult(self, callback, error_callback)
         self._submit(func, tuple(args), dict(kwds or {}), result._set, True)
         return result

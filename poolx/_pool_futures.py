@@ -31,9 +31,12 @@ def terminated() -> BaseException:
 
 def as_stdlib(exc: BaseException) -> BaseException:
     """A worker's exception as multiprocessing.Pool would give it."""
-    if isinstance(exc, SerializationError) and "could not be pickled in the worker" in str(exc):
-        return MaybeEncodingError(exc, "the result")
     cause = exc.__cause__
+    if isinstance(exc, SerializationError):
+        if "could not be pickled in the worker" in str(exc):
+            return MaybeEncodingError(exc, "the result")
+        if cause is not None and not isinstance(cause, RemoteTraceback):
+            return cause  # a task that could not be sent: the pickling error itself, as the stdlib's
     if isinstance(cause, RemoteTraceback):
         exc.__cause__ = MPRemoteTraceback(cause.tb)
     return exc
