@@ -170,3 +170,36 @@ class UnorderedFutures(OrderedFutures):
         return value[0] if self._single else value
 
     __next__ = next
+
+
+class ChunkItems:
+    """``imap``'s iterator with ``chunksize > 1``: the items of its chunks, one at a time.
+
+    The stdlib returns a generator here, without ``next(timeout)``; this
+    iterator has it too (raising ``multiprocessing.TimeoutError``), as Ray's
+    Pool has for any chunksize.  Like the generator, it ends after the first
+    error it raises (a failed chunk); a timeout does not end it.
+    """
+
+    def __init__(self, chunks: Any) -> None:
+        self._chunks = chunks  # an iterator of lists, with next(timeout)
+        self._items: deque[Any] = deque()
+        self._ended = False
+
+    def __iter__(self) -> ChunkItems:
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        while not self._items:
+            if self._ended:
+                raise StopIteration
+            try:
+                self._items.extend(self._chunks.next(timeout))
+            except MPTimeoutError:
+                raise
+            except BaseException:
+                self._ended = True
+                raise
+        return self._items.popleft()
+
+    __next__ = next
