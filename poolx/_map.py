@@ -19,6 +19,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 from ._chunks import ChunkError, chunk_runner
@@ -227,10 +228,15 @@ class Feeder:
                 target=self.feed, name="poolx-map-feeder", daemon=True)
             try:
                 self.thread.start()
-            except BaseException:  # e.g. "can't start new thread": undo, then say so
+            except BaseException as exc:  # e.g. "can't start new thread": undo, then say so
                 self.thread = None
                 self.stop()
                 _cancel_all(self.tasks)
+                if isinstance(exc, RuntimeError):  # (the stdlib raises it then too: gh-109047)
+                    raise BrokenProcessPool(
+                        f"map() could not start its feeder thread ({exc}): the interpreter is exiting, "
+                        "or this process has run out of threads. The executor's other work is "
+                        "unaffected; call map() again once threads can start.") from exc
                 raise
         else:
             self.thread = None
