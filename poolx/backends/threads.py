@@ -53,10 +53,15 @@ class ThreadBackend(LocalActorBackend):
         """Start every thread now (ThreadPoolExecutor starts one per submit, while
         none is idle); each runs the initializer at its start (ThreadPool's
         ``wait_for_workers``)."""
-        pool = self._pool
+        pool: Any = self._pool
         with self._lock:
-            for _ in range(pool._max_workers - len(pool._threads)):  # type: ignore[attr-defined,unused-ignore]
-                pool._adjust_thread_count()  # type: ignore[attr-defined,unused-ignore]
+            while len(pool._threads) < pool._max_workers:
+                # A new thread counts itself idle (3.13's releases the pool's
+                # semaphore once it waits for work), and the pool starts no
+                # thread while one is idle: take those counts back first.
+                while pool._idle_semaphore.acquire(timeout=0):
+                    pass
+                pool._adjust_thread_count()
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` s) until every thread has run the initializer; True if so."""
