@@ -145,7 +145,6 @@ EXCLUDED: dict[str, str] = {
     "ProcessPoolShutdownTest.test_processes_terminate":
         "counts the private _processes right after submitting calls that cannot be pickled (a "
         "Semaphore argument), as test_saturation (see there); it then joins them",
-    "ProcessPoolShutdownTest.test_context_manager_shutdown": _HARDCODED.format("_processes"),
     "ProcessPoolShutdownTest.test_del_shutdown":
         _HARDCODED.format("_processes, _call_queue and _executor_manager_thread"),
     "ProcessPoolShutdownTest.test_shutdown_no_wait":
@@ -205,6 +204,13 @@ class PoolxExecutor(poolx.Executor):
     def _executor_manager_thread(self):
         # (test_shutdown_deadlock_pickle joins it: poolx's scheduler thread plays its part)
         return self._backend._scheduler
+
+
+# test_context_manager_shutdown builds concurrent.futures.ProcessPoolExecutor
+# itself (not executor_type); pointed at poolx, it runs a map and a with-block
+# shutdown, and joins the workers through the _processes view.
+PATCHED["ProcessPoolShutdownTest.test_context_manager_shutdown"] = [
+    ("concurrent.futures", "ProcessPoolExecutor", PoolxExecutor)]
 
 
 class _WorkerHandle:
