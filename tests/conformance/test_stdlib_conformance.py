@@ -146,9 +146,13 @@ EXCLUDED: dict[str, str] = {
         "counts the private _processes right after submitting calls that cannot be pickled (a "
         "Semaphore argument), as test_saturation (see there); it then joins them",
     "ProcessPoolShutdownTest.test_del_shutdown":
-        _HARDCODED.format("_processes, _call_queue and _executor_manager_thread"),
+        _HARDCODED.format("_call_queue (and _processes, _executor_manager_thread)") + "; poolx "
+        "has no call queue to join, so it cannot be pointed at poolx as "
+        "test_context_manager_shutdown is",
     "ProcessPoolShutdownTest.test_shutdown_no_wait":
-        _HARDCODED.format("_processes, _call_queue and _executor_manager_thread"),
+        _HARDCODED.format("_call_queue (and _processes, _executor_manager_thread)") + "; poolx "
+        "has no call queue to join, so it cannot be pointed at poolx as "
+        "test_context_manager_shutdown is",
     "ProcessPoolExecutorTest.test_max_tasks_per_child_defaults_to_spawn_context":
         "reads the private _mp_context (the harness's view answers it) and expects 'spawn', the "
         "stdlib's default up to 3.13 with max_tasks_per_child; poolx defaults to forkserver on "
