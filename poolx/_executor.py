@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from . import _arguments, _shm
-from ._errors import ActorDiedError, SerializationError
+from ._errors import ActorDiedError, InitializerError, SerializationError
 from ._futures import Future, Task
 from ._held import HeldTasks
 from ._map import (
@@ -40,6 +40,7 @@ from ._map import (
     length,
     results_buffered,
     results_fed,
+    unsendable,
 )
 from ._objects import PutRef, dependencies, when_done
 from ._retry import Retry, retrying
@@ -274,11 +275,15 @@ class Executor(cf.Executor):
     # -- submitting -------------------------------------------------------------
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        """Schedule ``fn(*args, **kwargs)``; returns a Future for its result."""
-        if self._retry_on:  # a future that reruns the task when it raises one of retry_exceptions
-            return retrying(lambda budget: _attempt(self, fn, args, kwargs, budget), self._max_retries,
-                            self._retry_on, lambda: self.closed)
-        return self.submit_task(fn, args, kwargs, self._max_retries).future
+        """Schedule ``fn(*args, **kwargs)``; returns a Future for its result (failed with
+        ``SerializationError`` if the call cannot be pickled, as the stdlib reports it)."""
+        try:
+            if self._retry_on:  # a future that reruns the task when it raises one of retry_exceptions
+                return retrying(lambda budget: _attempt(self, fn, args, kwargs, budget), self._max_retries,
+                                self._retry_on, lambda: self.closed)
+            return self.submit_task(fn, args, kwargs, self._max_retries).future
+        except SerializationError as exc:
+            return unsendable(fn, exc).future
 
     def put(self, obj: Any) -> PutRef:
         """Store ``obj`` once; returns a ref to pass to tasks instead of the object.
@@ -392,17 +397,17 @@ class Executor(cf.Executor):
         API's ``cancel(force=True)`` read it."""
         return self._backend.supports_terminate
 
-    def prestart(self, ready_timeout: float | None = None) -> None:
-        """Start every worker now, on backends that start them on demand (processes).
+    def prestart(self, ready_timeout: float | None = None, *, strict: bool = False) -> None:
+        """Start every worker now, on backends that start them on demand (processes, threads).
 
-        With ``ready_timeout``, wait at most that many seconds for them to be
-        ready (their initializers run).  Used by Pool (the stdlib's Pool
-        starts its workers in its constructor) and the Ray-style API's
-        ``init()`` (Ray's workers start there).
-        """
+        With ``ready_timeout``, wait at most that many seconds (``math.inf``: until ready or
+        failed) for their initializers to run; with ``strict``, raise ``InitializerError`` if
+        they are not then.  Used by Pool (its constructor starts the workers; with
+        ``wait_for_workers=True`` it waits, strict) and the Ray-style API's ``init()``."""
         self._backend.prestart()
-        if ready_timeout is not None:
-            self._backend.wait_ready(ready_timeout)
+        if ready_timeout is not None and not self._backend.wait_ready(ready_timeout) and strict:
+            raise InitializerError(getattr(self._backend, "broken", None) or f"the workers were not ready "
+                                   f"within {ready_timeout} s: their initializer is slow, or never returns")
 
     @property
     def retry_policy(self) -> Retry:

@@ -19,10 +19,11 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 from ._chunks import ChunkError, chunk_runner
-from ._errors import RemoteTraceback
+from ._errors import RemoteTraceback, SerializationError
 from ._futures import Task
 from ._retry import Retry
 
@@ -114,10 +115,26 @@ def in_chunks(items: Iterator[Any], sizer: ChunkSizer) -> Iterator[tuple[int, li
         start += len(chunk)
 
 
+def unsendable(fn: Callable[..., Any], error: SerializationError) -> Task:
+    """A task that could not be pickled, never sent: its future failed with ``error``.
+
+    ProcessPoolExecutor reports a call it cannot pickle through the call's
+    future, not from submit() or map() (CPython's test_error_at_task_pickle):
+    a loop that submits many items keeps the futures of the others.
+    """
+    task = Task(fn, (), {})
+    task.future.set_running_or_notify_cancel()
+    task.future.set_exception(error)
+    return task
+
+
 def submit_chunk(ex: Executor, runner: Callable[..., Any], chunk: tuple[int, list[Any]],
                  sizer: ChunkSizer, max_retries: int) -> Task:
     start, items = chunk
-    task = ex.submit_task(runner, (items, start), {}, max_retries, chunk=True)
+    try:
+        task = ex.submit_task(runner, (items, start), {}, max_retries, chunk=True)
+    except SerializationError as exc:  # an item cannot be pickled: map() raises it at its chunk
+        return unsendable(runner, exc)
     # Measured when the chunk finishes, whether or not anyone consumes results yet.
     task.future.add_done_callback(lambda _f: sizer.observe(task, len(items)))
     return task
@@ -211,10 +228,15 @@ class Feeder:
                 target=self.feed, name="poolx-map-feeder", daemon=True)
             try:
                 self.thread.start()
-            except BaseException:  # e.g. "can't start new thread": undo, then say so
+            except BaseException as exc:  # e.g. "can't start new thread": undo, then say so
                 self.thread = None
                 self.stop()
                 _cancel_all(self.tasks)
+                if isinstance(exc, RuntimeError):  # (the stdlib raises it then too: gh-109047)
+                    raise BrokenProcessPool(
+                        f"map() could not start its feeder thread ({exc}): the interpreter is exiting, "
+                        "or this process has run out of threads. The executor's other work is "
+                        "unaffected; call map() again once threads can start.") from exc
                 raise
         else:
             self.thread = None

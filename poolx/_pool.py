@@ -26,6 +26,7 @@ The start method is the stdlib's too: ``multiprocessing``'s default context
 from __future__ import annotations
 
 import itertools
+import math
 import multiprocessing
 import os
 import queue
@@ -44,7 +45,15 @@ from . import _arguments
 from ._errors import SerializationError
 from ._executor import Executor
 from ._map import Runners
-from ._pool_futures import OrderedFutures, UnorderedFutures, as_stdlib, outcome, settle, terminated
+from ._pool_futures import (
+    ChunkItems,
+    OrderedFutures,
+    UnorderedFutures,
+    as_stdlib,
+    outcome,
+    settle,
+    terminated,
+)
 
 # The stdlib's state names (tests and users read pool._state against these).
 INIT, RUN, CLOSE, TERMINATE = "INIT", "RUN", "CLOSE", "TERMINATE"
@@ -78,7 +87,11 @@ class Pool:
       a worker above it after a task retires and is replaced, and the tasks it
       had been sent run on others;
     - ``progress=True`` on ``map``, ``starmap``, ``imap`` and
-      ``imap_unordered``: a tqdm progress bar.
+      ``imap_unordered``: a tqdm progress bar;
+    - ``wait_for_workers=True``: the constructor returns once every worker
+      has started and run its initializer (Ray's Pool waits so); an
+      initializer that raises makes it raise ``InitializerError``.  By default
+      it returns at once, as the stdlib's (its initializers run meanwhile).
     """
 
     _backend_name = "processes"
@@ -88,7 +101,8 @@ class Pool:
                  context: Any = None, *, task_timeout: float | None = None,
                  max_memory_per_child: int | str | None = None, max_retries: int = 0,
                  retry_exceptions: Any = False, init_timeout: float | None = None,
-                 backend: str | None = None, address: str | None = None) -> None:
+                 backend: str | None = None, address: str | None = None,
+                 wait_for_workers: bool = False) -> None:
         self._state = INIT  # before anything can raise: __del__ reads it
         if backend is None:  # (POOLX_BACKEND=dask moves an unchanged program, as for Executor)
             backend = self._backend_name if type(self)._backend_name != "processes" else (
@@ -121,7 +135,14 @@ class Pool:
         # its chunk whole, as the stdlib's (not partial: poolx._map).
         self._runners = Runners(RUNNER_CACHE, (self._max_retries, retry_on) if retry_on else None,
                                 partial=False)
-        self._executor.prestart()  # as the stdlib: every worker (and its initializer) starts now
+        # As the stdlib: every worker (and its initializer) starts now.  With
+        # wait_for_workers, return once all are ready, as Ray's Pool does (its
+        # poolx.util.multiprocessing alias passes it); a failed initializer raises.
+        try:
+            self._executor.prestart(math.inf if wait_for_workers else None, strict=True)
+        except BaseException:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            raise
         # Callbacks run here, in order, as the stdlib runs them on its result
         # thread; the thread holds no reference to the pool.
         self._callback_thread = threading.Thread(target=_run_callbacks, args=(self._callbacks,),
@@ -145,12 +166,8 @@ class Pool:
         if callback is None and error_callback is None:
             # Nothing to run when it completes: the result reads the task's
             # future directly (no callback, no thread hop).
-            try:
-                return _FutureResult(self._executor.submit(func, *args, **(kwds or {})))
-            except SerializationError as exc:  # as the stdlib: the pickling error is the outcome
-                failed = ApplyResult(self, None, None)
-                failed._set(False, exc.__cause__ if exc.__cause__ is not None else exc)
-                return failed
+            # (a call that cannot be pickled gets a failed future: as_stdlib gives its pickling error)
+            return _FutureResult(self._executor.submit(func, *args, **(kwds or {})))
         result = ApplyResult(self, callback, error_callback)
         self._submit(func, tuple(args), dict(kwds or {}), result._set, True)
         return result
@@ -335,15 +352,13 @@ class Pool:
                                       name="poolx-pool-feeder", daemon=True)
             self._feeders.append(feeder)
             feeder.start()
-            return ordered if chunksize == 1 else (item for chunk in ordered for item in chunk)
+            return ordered if chunksize == 1 else ChunkItems(ordered)
         result = kind(self)
         feeder = threading.Thread(target=self._feed, args=(func, iter(iterable), chunksize, result, bar),
                                   name="poolx-pool-feeder", daemon=True)
         self._feeders.append(feeder)
         feeder.start()
-        if chunksize == 1:
-            return result
-        return (item for chunk in result for item in chunk)
+        return result if chunksize == 1 else ChunkItems(result)
 
     def _feed_futures(self, func: Callable[..., Any], items: Iterator[Any], chunksize: int,
                       ordered: OrderedFutures) -> None:
@@ -429,8 +444,8 @@ class ThreadPool(Pool):
     _backend_name = "threads"
 
     def __init__(self, processes: int | None = None, initializer: Callable[..., object] | None = None,
-                 initargs: Iterable[Any] = ()) -> None:
-        super().__init__(processes, initializer, initargs)
+                 initargs: Iterable[Any] = (), *, wait_for_workers: bool = False) -> None:
+        super().__init__(processes, initializer, initargs, wait_for_workers=wait_for_workers)
 
 
 def _progress_bar(progress: bool, total: int | None, func: Callable[..., Any]) -> Any:

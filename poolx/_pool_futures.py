@@ -31,9 +31,12 @@ def terminated() -> BaseException:
 
 def as_stdlib(exc: BaseException) -> BaseException:
     """A worker's exception as multiprocessing.Pool would give it."""
-    if isinstance(exc, SerializationError) and "could not be pickled in the worker" in str(exc):
-        return MaybeEncodingError(exc, "the result")
     cause = exc.__cause__
+    if isinstance(exc, SerializationError):
+        if "could not be pickled in the worker" in str(exc):
+            return MaybeEncodingError(exc, "the result")
+        if cause is not None and not isinstance(cause, RemoteTraceback):
+            return cause  # a task that could not be sent: the pickling error itself, as the stdlib's
     if isinstance(cause, RemoteTraceback):
         exc.__cause__ = MPRemoteTraceback(cause.tb)
     return exc
@@ -165,5 +168,38 @@ class UnorderedFutures(OrderedFutures):
             raise head
         value = outcome(head, 0)
         return value[0] if self._single else value
+
+    __next__ = next
+
+
+class ChunkItems:
+    """``imap``'s iterator with ``chunksize > 1``: the items of its chunks, one at a time.
+
+    The stdlib returns a generator here, without ``next(timeout)``; this
+    iterator has it too (raising ``multiprocessing.TimeoutError``), as Ray's
+    Pool has for any chunksize.  Like the generator, it ends after the first
+    error it raises (a failed chunk); a timeout does not end it.
+    """
+
+    def __init__(self, chunks: Any) -> None:
+        self._chunks = chunks  # an iterator of lists, with next(timeout)
+        self._items: deque[Any] = deque()
+        self._ended = False
+
+    def __iter__(self) -> ChunkItems:
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        while not self._items:
+            if self._ended:
+                raise StopIteration
+            try:
+                self._items.extend(self._chunks.next(timeout))
+            except MPTimeoutError:
+                raise
+            except BaseException:
+                self._ended = True
+                raise
+        return self._items.popleft()
 
     __next__ = next

@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import threading
+import time
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
@@ -28,6 +29,7 @@ class ThreadBackend(LocalActorBackend):
     def __init__(self, options: BackendOptions, telemetry: Telemetry) -> None:
         super().__init__(options, telemetry)
         self._init_error: BaseException | None = None
+        self._initialized = 0  # threads whose initializer returned (wait_ready)
         self._pool = cf.ThreadPoolExecutor(
             options.max_workers,
             thread_name_prefix="poolx-thread",
@@ -44,6 +46,38 @@ class ThreadBackend(LocalActorBackend):
         except BaseException as exc:
             self._init_error = exc
             raise
+        with self._lock:
+            self._initialized += 1
+
+    def prestart(self) -> None:
+        """Start every thread now (ThreadPoolExecutor starts one per submit, while
+        none is idle); each runs the initializer at its start (ThreadPool's
+        ``wait_for_workers``)."""
+        pool: Any = self._pool
+        with self._lock:
+            while len(pool._threads) < pool._max_workers:
+                # A new thread counts itself idle (3.13's releases the pool's
+                # semaphore once it waits for work), and the pool starts no
+                # thread while one is idle: take those counts back first.
+                while pool._idle_semaphore.acquire(timeout=0):
+                    pass
+                pool._adjust_thread_count()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until every thread has run the initializer; True if so."""
+        deadline = time.monotonic() + timeout
+        while self.options.initializer is not None and self._init_error is None:
+            if self._initialized >= self.options.max_workers:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return self._init_error is None
+
+    @property
+    def broken(self) -> str | None:
+        """Why the pool broke (an initializer raised), or None."""
+        return None if self._init_error is None else str(self._broken())
 
     def _broken(self) -> InitializerError:
         exc = self._init_error

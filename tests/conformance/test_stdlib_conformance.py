@@ -23,7 +23,7 @@ of them live in test_concurrent_futures itself)::
 Each class is built as the stdlib's own ``create_executor_tests`` builds its
 ``ProcessPool{Fork,Forkserver,Spawn}*Test`` classes, ``(suite, start-method
 mixin, BaseTestCase)``, with ``executor_type = PoolxExecutor`` (poolx.Executor
-plus read-only views under three stdlib private names, see its docstring) and
+plus read-only views under four stdlib private names, see its docstring) and
 two harness classes around them (``_PoolxSetUp``, ``_PoolxTearDown``).
 
 Tests that only inspect the stdlib's private machinery, or that check one of
@@ -132,46 +132,32 @@ _HARDCODED = ("builds a concurrent.futures.ProcessPoolExecutor itself (not execu
 EXCLUDED: dict[str, str] = {
     # -- deliberate differences (documented) ----------------------------------
     "ProcessPoolExecutorTest.test_killed_child":
-        "deliberate difference: a dead worker fails only the task it ran (WorkerDiedError) and "
-        "the pool keeps serving; the stdlib breaks the whole pool and refuses new submits",
-    "ExecutorDeadlockTest.test_error_at_task_pickle":
-        "deliberate difference: an unpicklable argument raises poolx.SerializationError "
-        "(a PicklingError) from submit(); the stdlib raises it from result()",
-    "ExecutorDeadlockTest.test_shutdown_deadlock_pickle":
-        "deliberate difference (an unpicklable argument raises from submit(), so the test's "
-        "future never exists), and it joins the private _executor_manager_thread",
+        "reads the private _processes (to pick a worker to kill), then checks a deliberate "
+        "difference: a dead worker fails only the task it ran (WorkerDiedError) and the pool "
+        "keeps serving; the stdlib breaks the whole pool and refuses new submits",
+    # -- private attributes ---------------------------------------------------
     "ProcessPoolExecutorTest.test_saturation":
-        "deliberate difference: its tasks (a multiprocessing Semaphore's bound acquire) cannot "
-        "be pickled, which the stdlib only reports in result() (the test never calls it) and "
-        "poolx raises from submit(); it also counts the private _processes",
+        "counts the private _processes right after submitting calls that cannot be pickled (a "
+        "Semaphore's bound acquire): the stdlib starts a process per submit (up to max_workers) "
+        "before its feeder thread pickles the call; poolx pickles at submit, so a call that "
+        "cannot be pickled never reaches the engine and no worker starts for it.  The public "
+        "outcome matches: each future fails with the pickling error (test_error_at_task_pickle)",
     "ProcessPoolShutdownTest.test_processes_terminate":
-        "deliberate difference: its task argument (a multiprocessing Semaphore) cannot be "
-        "pickled, which the stdlib only reports in result() (the test never calls it) and poolx "
-        "raises from submit(); it also counts and joins the private _processes",
-    # -- timing of the stdlib's implementation --------------------------------
-    "ProcessPoolShutdownTest.test_cancel_futures":
-        "relies on the stdlib handing max_workers+1 calls to its queue inside submit(), which "
-        "marks them running before shutdown(cancel_futures=True) is called; poolx starts "
-        "workers from its scheduler thread, so all 50 futures may still be pending and be "
-        "cancelled, which the documented contract allows (\"cancel all pending futures that "
-        "the executor has not started running\")",
-    # -- stdlib internals -----------------------------------------------------
-    "ProcessPoolShutdownTest.test_context_manager_shutdown": _HARDCODED.format("_processes"),
+        "counts the private _processes right after submitting calls that cannot be pickled (a "
+        "Semaphore argument), as test_saturation (see there); it then joins them",
     "ProcessPoolShutdownTest.test_del_shutdown":
-        _HARDCODED.format("_processes, _call_queue and _executor_manager_thread"),
+        _HARDCODED.format("_call_queue (and _processes, _executor_manager_thread)") + "; poolx "
+        "has no call queue to join, so it cannot be pointed at poolx as "
+        "test_context_manager_shutdown is",
     "ProcessPoolShutdownTest.test_shutdown_no_wait":
-        _HARDCODED.format("_processes, _call_queue and _executor_manager_thread"),
+        _HARDCODED.format("_call_queue (and _processes, _executor_manager_thread)") + "; poolx "
+        "has no call queue to join, so it cannot be pointed at poolx as "
+        "test_context_manager_shutdown is",
     "ProcessPoolExecutorTest.test_max_tasks_per_child_defaults_to_spawn_context":
-        _PRIVATE.format("_mp_context") + "; the intent (max_tasks_per_child never uses fork by "
-        "default) holds: poolx defaults to forkserver on Linux",
-    "ProcessPoolExecutorTest.test_python_finalization_error":
-        "mocks threading's thread-start primitive so that the second thread an executor "
-        "starts fails (for the stdlib: its queue feeder thread), and expects the stdlib's "
-        "BrokenProcessPool; poolx's second thread is its map() feeder, so the test measures "
-        "an unrelated failure point.  (Under fork the forked workers inherit the mock and "
-        "die while starting; poolx then breaks the executor after 3 tries: see "
-        "test_processes.py::test_workers_that_die_while_starting_break_the_executor_"
-        "even_during_shutdown.)",
+        "reads the private _mp_context (the harness's view answers it) and expects 'spawn', the "
+        "stdlib's default up to 3.13 with max_tasks_per_child; poolx defaults to forkserver on "
+        "Linux (Python 3.14's default).  The intent (max_tasks_per_child never uses fork by "
+        "default) holds",
     "ExecutorDeadlockTest.test_gh105829_should_not_deadlock_if_wakeup_pipe_full":
         _PRIVATE.format("it mocks _ExecutorManagerThread.run and _ThreadWakeup; against poolx "
                         "the mocks do nothing and the test is a plain map()"),
@@ -193,8 +179,9 @@ class PoolxExecutor(poolx.Executor):
     """poolx.Executor plus read-only views under the stdlib's private names.
 
     A few stdlib tests read ``_processes`` (only to count workers or join
-    them), ``_broken`` (to wait until an initializer failure broke the pool) or
-    ``_mp_context``.  These views answer from poolx's own state; nothing else is
+    them), ``_broken`` (to wait until an initializer failure broke the pool),
+    ``_mp_context`` or ``_executor_manager_thread`` (only to join it: poolx's
+    scheduler thread).  These views answer from poolx's own state; nothing else is
     changed.  Every instance is recorded, so that the harness can shut down the
     executors a failing test left running.
     """
@@ -216,6 +203,18 @@ class PoolxExecutor(poolx.Executor):
     @property
     def _mp_context(self):
         return self._backend.context
+
+    @property
+    def _executor_manager_thread(self):
+        # (test_shutdown_deadlock_pickle joins it: poolx's scheduler thread plays its part)
+        return self._backend._scheduler
+
+
+# test_context_manager_shutdown builds concurrent.futures.ProcessPoolExecutor
+# itself (not executor_type); pointed at poolx, it runs a map and a with-block
+# shutdown, and joins the workers through the _processes view.
+PATCHED["ProcessPoolShutdownTest.test_context_manager_shutdown"] = [
+    ("concurrent.futures", "ProcessPoolExecutor", PoolxExecutor)]
 
 
 class _WorkerHandle:

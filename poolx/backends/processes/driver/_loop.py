@@ -78,6 +78,12 @@ logger = logging.getLogger("poolx")
 LIVENESS_POLL = 1.0
 # How often (at most) the loop looks for tasks over task_timeout, in seconds.
 TIMEOUT_POLL = 0.05
+# Tasks beyond max_workers that shutdown(cancel_futures=True) counts as already
+# handed out, and so runs: the stdlib's EXTRA_QUEUED_CALLS (its call queue holds
+# max_workers + 1 calls, marked running as they enter it).  Matching it makes
+# which futures get cancelled the same as with ProcessPoolExecutor (CPython's
+# test_cancel_futures), whether or not poolx's workers have started yet.
+EXTRA_QUEUED_CALLS = 1
 
 
 class Scheduler(Dispatch, Workers, Blame, Children, threading.Thread):
@@ -240,7 +246,8 @@ class Scheduler(Dispatch, Workers, Blame, Children, threading.Thread):
     def shutdown(self, cancel_futures: bool) -> None:
         self.closing = True
         if cancel_futures:
-            self.cancel_queued()
+            in_flight = sum(len(w.outstanding) for w in self.workers.values())
+            self.cancel_queued(handed_out=self.max_workers + EXTRA_QUEUED_CALLS - in_flight)
 
     def prestart(self, _: Any = None) -> None:
         # Start them now, not in a later pass: a close() right after the
@@ -280,9 +287,20 @@ class Scheduler(Dispatch, Workers, Blame, Children, threading.Thread):
                 w.cancelled |= hit
                 self.signal(w, kill=True)
 
-    def cancel_queued(self) -> None:
+    def cancel_queued(self, handed_out: int = 0) -> None:
+        """Cancel the queued tasks not yet sent, but for the first ``handed_out``
+        (shutdown's, see EXTRA_QUEUED_CALLS): those are marked running, as the
+        stdlib's call queue marks them, and run."""
         keep: deque[Task] = deque()
         for task in self.queue:
+            if handed_out > 0 and not task.t_dispatch and not task.future.done():
+                handed_out -= 1
+                if task.future.set_running_or_notify_cancel():
+                    task.t_dispatch = time.perf_counter()  # (dispatch() then sends it as it is)
+                    keep.append(task)
+                else:
+                    self.telemetry.task_cancelled()
+                continue
             if not task.t_dispatch and task.future.cancel():
                 # Notified too, unlike the stdlib's cancel_futures: wait() and
                 # as_completed() count a cancelled future only once notified.
