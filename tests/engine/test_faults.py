@@ -381,13 +381,13 @@ def test_an_initializer_that_hangs_breaks_the_executor_after_init_timeout(start_
 # -- F3: what cannot be pickled ---------------------------------------------------------
 
 
-def test_what_cannot_be_pickled_fails_at_submit_and_nothing_is_queued(start_method):
+def test_what_cannot_be_pickled_fails_its_future_and_nothing_is_queued(start_method):
     with poolx.Executor(1, mp_context=start_method) as ex:
         for _ in range(100):  # (loky's queue-full deadlock test: 100 failures, then 100 successes)
             with pytest.raises(SerializationError, match="argument 0"):
-                ex.submit(takes, threading.Lock())
+                ex.submit(takes, threading.Lock()).result(timeout=30)
         with pytest.raises(SerializationError) as info:
-            ex.submit(takes, SystemExitWhenPickled())  # SystemExit in __reduce__ is caught too
+            ex.submit(takes, SystemExitWhenPickled()).result(timeout=30)  # SystemExit in __reduce__ is caught too
         assert "SystemExitWhenPickled" in str(info.value)
         assert [f.result(timeout=30) for f in [ex.submit(square, i) for i in range(100)]] == [
             i * i for i in range(100)]
@@ -454,7 +454,7 @@ def test_a_task_waiting_for_futures_of_its_own_executor_does_not_deadlock(start_
         firsts = [ex.submit(sleep_and_return, 0.2, i) for i in range(3)]
         assert ex.submit(wait_for_refs, firsts).result(timeout=60) == [0, 1, 2]
         with pytest.raises(SerializationError, match=r"a poolx\.Executor cannot be sent to a task"):
-            ex.submit(takes, ex)
+            ex.submit(takes, ex).result(timeout=30)
 
 
 def test_a_thread_task_waiting_for_its_own_executor_borrows_a_thread():

@@ -120,15 +120,15 @@ def test_a_function_is_unpickled_once_per_worker_not_per_task(start_method):
     assert 1 <= proc.stdout.count("unpickled") <= 4, proc.stdout
 
 
-def test_unpicklable_argument_raises_at_submit_naming_it():
+def test_unpicklable_argument_fails_its_future_naming_it():
     with poolx.Executor(1) as ex:
         with pytest.raises(SerializationError) as info:
-            ex.submit(add, 1, threading.Lock())
+            ex.submit(add, 1, threading.Lock()).result(timeout=30)
         message = str(info.value)
         assert "argument 1" in message and "lock" in message.lower() and "add" in message
         assert isinstance(info.value, pickle.PicklingError)
         with pytest.raises(SerializationError, match="keyword argument 'b'"):
-            ex.submit(add, 1, b=threading.Lock())
+            ex.submit(add, 1, b=threading.Lock()).result(timeout=30)
         assert ex.submit(add, 1, 2).result(timeout=30) == 3
 
 
