@@ -20,7 +20,7 @@ from typing import Any
 from ... import _fds, _shm
 from ..._errors import InitializerError, SerializationError
 from ..._futures import Task
-from ..._serialization import cacheable, describe, dumps, first_unpicklable, unpicklable_argument
+from ..._serialization import IN_BAND, cacheable, describe, dumps, first_unpicklable, unpicklable_argument
 from ..._telemetry import Telemetry
 from ...actors.directory import Actor, ActorCall
 from .. import Backend, BackendOptions
@@ -94,6 +94,9 @@ class ProcessBackend(Backend):
         elif isinstance(ctx, str):
             ctx = multiprocessing.get_context(ctx)
         self.context = ctx
+        # Forked workers have the script's module: its functions go by name
+        # (no pickling of the globals they read); others by value (_serialization).
+        self._main_by_ref = ctx.get_start_method() == "fork"
         self.broken: str | None = None
         self.initializer_name = describe(options.initializer) if options.initializer else ""
         self.hook_bytes = dumps(options.child_hook)[0] if options.child_hook is not None else None
@@ -138,7 +141,7 @@ class ProcessBackend(Backend):
         obj = (task.args, task.kwargs) if key else (fn, task.args, task.kwargs)
         pins: list[Any] = []
         try:
-            payload, bufs = dumps(obj, task.shm or _shm.PRIVATE, pins)
+            payload, bufs = dumps(obj, task.shm or _shm.PRIVATE, pins, self._main_by_ref)
         except (Exception, SystemExit) as exc:  # (a __reduce__ calling sys.exit: loky's ExitAtPickle)
             raise _pickling_error(fn, task.args, task.kwargs, exc) from exc
         task.state = (key, fn_bytes, payload, bufs)
@@ -171,7 +174,8 @@ class ProcessBackend(Backend):
                 self._fn_cache.move_to_end(fn)
                 return entry
         try:
-            data, _ = dumps(fn)
+            # (in band: the worker loads it without buffers, and keeps it by key)
+            data, _ = dumps(fn, IN_BAND, main_by_ref=self._main_by_ref)
         except Exception as exc:
             raise SerializationError(
                 f"the callable {describe(fn)} cannot be pickled to send it to a worker: "
