@@ -53,11 +53,90 @@ def default_start_method() -> str:
     return "spawn"
 
 
-def default_context() -> Any:
+def default_context(initargs: tuple[Any, ...] = (), max_tasks: int | None = None) -> Any:
+    """The context used when ``mp_context`` is None: ``default_start_method``'s,
+    or fork when ``initargs`` hold a lock only fork can carry (``fork_only_lock``).
+
+    tqdm's ``process_map`` hands every worker ``multiprocessing.RLock()``
+    (made by the default context: fork on Linux up to Python 3.13), which a
+    worker can only inherit through fork: under forkserver or spawn it cannot
+    be sent at all (issue 21, item 6).  ProcessPoolExecutor forks there, so
+    poolx does too, for this executor only.  The trade-off is fork's: a
+    thread of the program that holds a lock at the fork (a logging handler, a
+    C library's pool) leaves it held for ever in the worker, which is why
+    poolx prefers forkserver otherwise.  Not with ``max_tasks_per_child``,
+    which rules fork out for an Executor, as for ProcessPoolExecutor.
+    """
     method = default_start_method()
+    if method != "fork" and max_tasks is None and "fork" in multiprocessing.get_all_start_methods() \
+            and fork_only_lock(initargs) is not None:
+        method = "fork"
     if method == "forkserver":
         _preload_worker_module()
     return multiprocessing.get_context(method)
+
+
+# How far fork_only_lock looks into the initargs: tqdm passes the lock itself,
+# a Queue or a Condition holds its locks one level down, a user's object may
+# hold one of those; deeper or wider (a large list, a model) would cost time
+# at every executor's construction for locks nobody passes that way.
+LOCK_SEARCH_DEPTH = 3
+LOCK_SEARCH_WIDTH = 64
+
+
+def fork_only_lock(obj: Any, depth: int = LOCK_SEARCH_DEPTH) -> Any:
+    """A multiprocessing lock in ``obj`` made by the fork context, if any (else None).
+
+    Such a lock (Lock, RLock, Semaphore; inside a Condition, Event, Queue or
+    shared Value, which is returned then) can reach a child only through
+    fork: multiprocessing unlinks its semaphore at once, so no other process
+    can open it.
+    """
+    from multiprocessing.synchronize import SemLock
+
+    if isinstance(obj, SemLock):
+        return obj if _made_by_fork(obj) else None
+    if depth == 0 or isinstance(obj, (str, bytes, bytearray, int, float)):
+        return None
+    if isinstance(obj, dict):
+        items: Any = obj.values()
+    elif isinstance(obj, (tuple, list, set, frozenset)):
+        items = obj
+    else:
+        items = getattr(obj, "__dict__", {}).values()
+    for i, item in enumerate(items):
+        if i == LOCK_SEARCH_WIDTH:
+            break
+        found = fork_only_lock(item, depth - 1)
+        if found is not None:  # (name the Queue, Event, ... that holds it, not its inner lock)
+            return obj if type(obj).__module__.startswith("multiprocessing.") else found
+    return None
+
+
+def _made_by_fork(lock: Any) -> bool:
+    made_by_fork = getattr(lock, "_is_fork_ctx", None)  # (Python 3.11+)
+    if made_by_fork is not None:
+        return bool(made_by_fork)
+    try:  # Python 3.10: a fork context's semaphore was unlinked as it was made
+        name = lock._semlock.name
+        return bool(name) and not os.path.exists("/dev/shm/sem." + name.lstrip("/"))
+    except (AttributeError, OSError):
+        return False
+
+
+def check_inherited_locks(ctx: Any, initargs: tuple[Any, ...], fork_allowed: bool) -> None:
+    """Refuse (a one-line ValueError) initargs holding a fork-only lock for workers not forked."""
+    method = ctx.get_start_method()
+    lock = fork_only_lock(initargs) if method != "fork" else None
+    if lock is None:
+        return
+    own = f"make it with multiprocessing.get_context({method!r}).{type(lock).__name__}()"
+    fix = f"pass mp_context='fork', or {own}" if fork_allowed else \
+        f"{own} (max_tasks_per_child rules out fork)"
+    raise ValueError(
+        f"initargs hold a {describe(type(lock))} made by the fork context (multiprocessing's default "
+        f"on Linux before Python 3.14), which only a worker started with fork can inherit, but this "
+        f"executor starts its workers with {method!r}: {fix}")
 
 
 def _preload_worker_module() -> None:
@@ -90,9 +169,11 @@ class ProcessBackend(Backend):
         super().__init__(options, telemetry)
         ctx = options.mp_context
         if ctx is None:
-            ctx = default_context()
+            ctx = default_context(options.initargs, options.max_tasks_per_child)
         elif isinstance(ctx, str):
             ctx = multiprocessing.get_context(ctx)
+        check_inherited_locks(ctx, options.initargs,
+                              options.mp_context is not None or options.max_tasks_per_child is None)
         self.context = ctx
         # Forked workers have the script's module: its functions go by name
         # (no pickling of the globals they read); others by value (_serialization).
