@@ -315,6 +315,25 @@ def unpicklable_argument(args: Sequence[Any], kwargs: dict[str, Any]) -> str | N
     return f"{named[i][0]} ({describe(type(value))})"
 
 
+def unpicklable_global(fn: Any) -> str | None:
+    """For a function of the script: name the global it reads that cannot be pickled, if any.
+
+    ("the global 'LOCK' (_thread.lock)"): no worker runs the script, so its
+    functions travel with the values of the globals they read.
+    """
+    if type(fn) is not types.FunctionType or fn.__globals__ is not _script_namespace():
+        return None
+    for name in fn.__code__.co_names:
+        value = fn.__globals__.get(name, fn)
+        if value is fn or isinstance(value, types.ModuleType):
+            continue
+        try:
+            dumps(value)
+        except Exception:
+            return f"the global {name!r} ({describe(type(value))})"
+    return None
+
+
 def describe(obj: Any) -> str:
     """A short name for an object in error messages: ``module.qualname`` or its type."""
     name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)

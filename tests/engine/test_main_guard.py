@@ -218,3 +218,34 @@ def test_a_function_sent_by_value_keeps_a_large_buffer_it_reads(start_method):
 
     with poolx.Executor(1, mp_context=start_method) as ex:
         assert ex.submit(checksum, 1).result(timeout=60) == 10
+
+
+UNPICKLABLE_GLOBAL = """
+    import sys, threading
+    import poolx
+
+    LOCK = threading.Lock()
+
+    def locked(x):
+        with LOCK:
+            return x
+
+    if __name__ == "__main__":
+        with poolx.Executor(1, mp_context=sys.argv[1]) as ex:
+            try:
+                print(ex.submit(locked, 1).result())
+            except poolx.SerializationError as exc:
+                print(exc)
+"""
+
+
+def test_a_script_global_that_cannot_be_pickled_is_named_with_the_fix(start_method, tmp_path):
+    # Forked workers find the function in their copy of the script; others get
+    # it by value, with the globals it reads: the error names the global.
+    proc, _ = run(UNPICKLABLE_GLOBAL, tmp_path, start_method, str(tmp_path / "runs.txt"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if start_method == "fork":
+        assert proc.stdout == "1\n"
+    else:
+        assert "it reads the global 'LOCK' (_thread.lock) of your script" in proc.stdout
+        assert "create the object in an initializer or in the task, or pass mp_context='fork'" in proc.stdout

@@ -20,7 +20,15 @@ from typing import Any
 from ... import _fds, _shm
 from ..._errors import InitializerError, SerializationError
 from ..._futures import Task
-from ..._serialization import IN_BAND, cacheable, describe, dumps, first_unpicklable, unpicklable_argument
+from ..._serialization import (
+    IN_BAND,
+    cacheable,
+    describe,
+    dumps,
+    first_unpicklable,
+    unpicklable_argument,
+    unpicklable_global,
+)
 from ..._telemetry import Telemetry
 from ...actors.directory import Actor, ActorCall
 from .. import Backend, BackendOptions
@@ -258,11 +266,7 @@ class ProcessBackend(Backend):
             # (in band: the worker loads it without buffers, and keeps it by key)
             data, _ = dumps(fn, IN_BAND, main_by_ref=self._main_by_ref)
         except Exception as exc:
-            raise SerializationError(
-                f"the callable {describe(fn)} cannot be pickled to send it to a worker: "
-                f"{type(exc).__name__}: {exc}. Define it at module level, or use "
-                "backend='threads' for work that must share unpicklable state."
-            ) from exc
+            raise _function_error(fn, exc) from exc
         with self._fn_lock:
             entry = self._fn_cache.get(fn)
             if entry is None:
@@ -372,6 +376,20 @@ class ProcessBackend(Backend):
 
     def worker_pids(self) -> list[int]:
         return [w.pid for w in list(self._scheduler.workers.values()) if w.pid]
+
+
+def _function_error(fn: Any, exc: BaseException) -> SerializationError:
+    culprit = unpicklable_global(fn)
+    if culprit is not None:  # (a function of the script: it travels with its globals' values)
+        return SerializationError(
+            f"the callable {describe(fn)} cannot be pickled to send it to a worker: it reads "
+            f"{culprit} of your script, which cannot be pickled ({type(exc).__name__}: {exc}). "
+            "Workers do not run your script, so its functions travel with the globals they read: "
+            "create the object in an initializer or in the task, or pass mp_context='fork'.")
+    return SerializationError(
+        f"the callable {describe(fn)} cannot be pickled to send it to a worker: "
+        f"{type(exc).__name__}: {exc}. Define it at module level, or use "
+        "backend='threads' for work that must share unpicklable state.")
 
 
 def _pickling_error(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
