@@ -107,6 +107,18 @@ def _script_namespace() -> dict[str, Any] | None:
 _script_namespace()  # (poolx is usually imported by the script itself, while __file__ is set)
 
 
+def _main_class_by_reference(cls: type) -> bool:
+    return cls.__module__ == "__main__" and getattr(sys.modules["__main__"], cls.__qualname__, None) is cls
+
+
+_forked: list[bool] = [False]  # a worker forked from the driver: dumps' default main_by_ref
+
+
+def forked_from_driver() -> None:
+    """In a worker forked from the driver: what it sends goes to processes that have its ``__main__``."""
+    _forked[0] = True
+
+
 def adopt_script_namespace(ns: dict[str, Any]) -> None:
     """In a worker: ``ns`` (its stand-in for the driver's script) is where the script's functions live."""
     _script[:] = [ns]
@@ -183,7 +195,12 @@ class _Pickler(cloudpickle.Pickler):
         dispatch_table = ChainMap({types.CodeType: _code_reduce}, cloudpickle.Pickler.dispatch_table)
 
     pins: list[Any] | None = None  # futures pickled by id (refs in containers), kept by the caller
-    main_by_ref = False  # for forked workers: the script's top-level functions by name
+    main_by_ref = False  # the receiver has this process's __main__: its top-level functions by name
+    # A forked worker's classes of the script, by name: what it sends goes to
+    # the driver (which has every class of its script) or to its fork siblings.
+    # Not from the driver to forked workers: a class defined after their fork
+    # (under the guard) is not in their copy.
+    classes_by_ref = False
 
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is types.FunctionType and obj.__module__ == "__main__":
@@ -191,6 +208,10 @@ class _Pickler(cloudpickle.Pickler):
                 return NotImplemented  # the standard pickler saves it as __main__.<name>
             if _function_getstate is not None and obj.__globals__ is _script_namespace():
                 return _script_function_reduce(obj)
+        elif self.classes_by_ref and isinstance(obj, type) and _main_class_by_reference(obj):
+            # (by value, a class the driver never pickled came back as a new class:
+            # under fork, a task's exception of the script escaped ``except MyError``)
+            return NotImplemented
         elif type(obj) is _LRU and obj.__module__ == "__main__" and not self.main_by_ref:
             wrapped = getattr(obj, "__wrapped__", None)
             if getattr(wrapped, "__globals__", None) is _script_namespace():
@@ -232,11 +253,12 @@ class _Dump:
         return False
 
     def run(self, obj: Any, shm: int = 0, pins: list[Any] | None = None,
-            main_by_ref: bool = False) -> tuple[bytes, Sequence[Any]]:
+            main_by_ref: bool | None = None) -> tuple[bytes, Sequence[Any]]:
         self.busy = True
         self.shm = shm
         self.pickler.pins = pins
-        self.pickler.main_by_ref = main_by_ref
+        self.pickler.main_by_ref = _forked[0] if main_by_ref is None else main_by_ref
+        self.pickler.classes_by_ref = _forked[0] and main_by_ref is None
         try:
             self.pickler.dump(obj)
             # An empty tuple, not a fresh list, when nothing went out of band: one
@@ -261,7 +283,7 @@ _NO_BUFFERS: tuple[pickle.PickleBuffer, ...] = ()
 
 
 def dumps(obj: Any, shm: int = 0, pins: list[Any] | None = None,
-          main_by_ref: bool = False) -> tuple[bytes, Sequence[Any]]:
+          main_by_ref: bool | None = None) -> tuple[bytes, Sequence[Any]]:
     """Pickle ``obj``; returns the pickle bytes and its out-of-band buffers.
 
     With ``shm`` (``_shm.PRIVATE`` or ``_shm.SHARED``), for a process
@@ -269,7 +291,10 @@ def dumps(obj: Any, shm: int = 0, pins: list[Any] | None = None,
     Futures inside ``obj`` pickle as refs; with ``pins``, they are appended
     to it (the caller keeps them alive while the pickle may be read).
     With ``main_by_ref`` (a receiver forked from this process), functions
-    defined at the top level of the script go by name (``_main_by_reference``).
+    defined at the top level of the script go by name (``_main_by_reference``);
+    by default only in a worker forked from the driver, whose pickles go to
+    the driver or to its fork siblings, and which sends the script's classes
+    by name too.
     """
     dump = _per_thread.dump
     if dump.busy:  # re-entrant use (a __reduce__ that pickles): a fresh pickler

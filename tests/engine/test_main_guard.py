@@ -249,3 +249,40 @@ def test_a_script_global_that_cannot_be_pickled_is_named_with_the_fix(start_meth
     else:
         assert "it reads the global 'LOCK' (_thread.lock) of your script" in proc.stdout
         assert "create the object in an initializer or in the task, or pass mp_context='fork'" in proc.stdout
+
+
+SCRIPT_CLASSES_BACK = """
+    import sys
+    import poolx
+
+    class Refused(Exception):
+        pass
+
+    class Point:
+        def __init__(self, x):
+            self.x = x
+
+    def refuse(x):
+        raise Refused(x)
+
+    def make(x):
+        return Point(x)
+
+    if __name__ == "__main__":
+        with poolx.Executor(1, mp_context=sys.argv[1]) as ex:
+            try:
+                ex.submit(refuse, 1).result(timeout=60)
+            except Refused:
+                print("caught")
+            print(type(ex.submit(make, 2).result(timeout=60)) is Point)
+"""
+
+
+def test_a_script_class_that_comes_back_from_a_worker_is_the_scripts_own(start_method, tmp_path):
+    # Under fork (ProcessPoolExecutor's default up to 3.13, and Pool's), a
+    # forked worker sent the script's classes by value, and the driver, which
+    # had never pickled them, made new classes: ``except Refused`` missed the
+    # task's exception.  A forked worker now sends them by name.
+    proc, _ = run(SCRIPT_CLASSES_BACK, tmp_path, start_method, str(tmp_path / "runs.txt"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["caught", "True"], proc.stderr[-3000:]

@@ -88,6 +88,8 @@ def boot(sock: socket.socket, client: socket.socket, progress: Any,
     start_watchdog(sock)
     # Actor handles unpickled in this process call through the client channel.
     _context.enter(kind, ChildClient(client))
+    if getattr(sys.modules.get("__main__"), "__name__", None) == "__main__":  # forked (see with_main)
+        ser.forked_from_driver()
     return sock, client, cell
 
 
