@@ -188,7 +188,7 @@ class ProcessBackend(Backend):
         self._main_by_ref = ctx.get_start_method() == "fork"
         self.broken: str | None = None
         self.initializer_name = describe(options.initializer) if options.initializer else ""
-        self.hook_bytes = dumps(options.child_hook)[0] if options.child_hook is not None else None
+        self.hook_bytes = dumps(options.child_hook, IN_BAND)[0] if options.child_hook is not None else None
         try:
             setup = WorkerSetup.build(options.initializer, options.initargs,
                                       options.max_tasks_per_child, self.hook_bytes, options.max_memory)
