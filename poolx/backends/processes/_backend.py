@@ -20,7 +20,15 @@ from typing import Any
 from ... import _fds, _shm
 from ..._errors import InitializerError, SerializationError
 from ..._futures import Task
-from ..._serialization import cacheable, describe, dumps, first_unpicklable, unpicklable_argument
+from ..._serialization import (
+    IN_BAND,
+    cacheable,
+    describe,
+    dumps,
+    first_unpicklable,
+    unpicklable_argument,
+    unpicklable_global,
+)
 from ..._telemetry import Telemetry
 from ...actors.directory import Actor, ActorCall
 from .. import Backend, BackendOptions
@@ -53,11 +61,90 @@ def default_start_method() -> str:
     return "spawn"
 
 
-def default_context() -> Any:
+def default_context(initargs: tuple[Any, ...] = (), max_tasks: int | None = None) -> Any:
+    """The context used when ``mp_context`` is None: ``default_start_method``'s,
+    or fork when ``initargs`` hold a lock only fork can carry (``fork_only_lock``).
+
+    tqdm's ``process_map`` hands every worker ``multiprocessing.RLock()``
+    (made by the default context: fork on Linux up to Python 3.13), which a
+    worker can only inherit through fork: under forkserver or spawn it cannot
+    be sent at all (issue 21, item 6).  ProcessPoolExecutor forks there, so
+    poolx does too, for this executor only.  The trade-off is fork's: a
+    thread of the program that holds a lock at the fork (a logging handler, a
+    C library's pool) leaves it held for ever in the worker, which is why
+    poolx prefers forkserver otherwise.  Not with ``max_tasks_per_child``,
+    which rules fork out for an Executor, as for ProcessPoolExecutor.
+    """
     method = default_start_method()
+    if method != "fork" and max_tasks is None and "fork" in multiprocessing.get_all_start_methods() \
+            and fork_only_lock(initargs) is not None:
+        method = "fork"
     if method == "forkserver":
         _preload_worker_module()
     return multiprocessing.get_context(method)
+
+
+# How far fork_only_lock looks into the initargs: tqdm passes the lock itself,
+# a Queue or a Condition holds its locks one level down, a user's object may
+# hold one of those; deeper or wider (a large list, a model) would cost time
+# at every executor's construction for locks nobody passes that way.
+LOCK_SEARCH_DEPTH = 3
+LOCK_SEARCH_WIDTH = 64
+
+
+def fork_only_lock(obj: Any, depth: int = LOCK_SEARCH_DEPTH) -> Any:
+    """A multiprocessing lock in ``obj`` made by the fork context, if any (else None).
+
+    Such a lock (Lock, RLock, Semaphore; inside a Condition, Event, Queue or
+    shared Value, which is returned then) can reach a child only through
+    fork: multiprocessing unlinks its semaphore at once, so no other process
+    can open it.
+    """
+    from multiprocessing.synchronize import SemLock
+
+    if isinstance(obj, SemLock):
+        return obj if _made_by_fork(obj) else None
+    if depth == 0 or isinstance(obj, (str, bytes, bytearray, int, float)):
+        return None
+    if isinstance(obj, dict):
+        items: Any = obj.values()
+    elif isinstance(obj, (tuple, list, set, frozenset)):
+        items = obj
+    else:
+        items = getattr(obj, "__dict__", {}).values()
+    for i, item in enumerate(items):
+        if i == LOCK_SEARCH_WIDTH:
+            break
+        found = fork_only_lock(item, depth - 1)
+        if found is not None:  # (name the Queue, Event, ... that holds it, not its inner lock)
+            return obj if type(obj).__module__.startswith("multiprocessing.") else found
+    return None
+
+
+def _made_by_fork(lock: Any) -> bool:
+    made_by_fork = getattr(lock, "_is_fork_ctx", None)  # (Python 3.11+)
+    if made_by_fork is not None:
+        return bool(made_by_fork)
+    try:  # Python 3.10: a fork context's semaphore was unlinked as it was made
+        name = lock._semlock.name
+        return bool(name) and not os.path.exists("/dev/shm/sem." + name.lstrip("/"))
+    except (AttributeError, OSError):
+        return False
+
+
+def check_inherited_locks(ctx: Any, initargs: tuple[Any, ...], fork_allowed: bool) -> None:
+    """Refuse (a one-line ValueError) initargs holding a fork-only lock for workers not forked."""
+    method = ctx.get_start_method()
+    lock = fork_only_lock(initargs) if method != "fork" else None
+    if lock is None:
+        return
+    own = f"make it with multiprocessing.get_context({method!r}).{type(lock).__name__}()"
+    fix = f"pass mp_context='fork', or {own}" if fork_allowed else \
+        f"{own} (max_tasks_per_child rules out fork)"
+    raise ValueError(
+        f"initargs hold a {describe(type(lock))} made by the fork context (multiprocessing's default "
+        f"on Linux before Python 3.14), which only a worker started with fork can inherit, but this "
+        f"executor starts its workers with {method!r}: {fix}")
 
 
 def _preload_worker_module() -> None:
@@ -90,13 +177,18 @@ class ProcessBackend(Backend):
         super().__init__(options, telemetry)
         ctx = options.mp_context
         if ctx is None:
-            ctx = default_context()
+            ctx = default_context(options.initargs, options.max_tasks_per_child)
         elif isinstance(ctx, str):
             ctx = multiprocessing.get_context(ctx)
+        check_inherited_locks(ctx, options.initargs,
+                              options.mp_context is not None or options.max_tasks_per_child is None)
         self.context = ctx
+        # Forked workers have the script's module: its functions go by name
+        # (no pickling of the globals they read); others by value (_serialization).
+        self._main_by_ref = ctx.get_start_method() == "fork"
         self.broken: str | None = None
         self.initializer_name = describe(options.initializer) if options.initializer else ""
-        self.hook_bytes = dumps(options.child_hook)[0] if options.child_hook is not None else None
+        self.hook_bytes = dumps(options.child_hook, IN_BAND)[0] if options.child_hook is not None else None
         try:
             setup = WorkerSetup.build(options.initializer, options.initargs,
                                       options.max_tasks_per_child, self.hook_bytes, options.max_memory)
@@ -138,7 +230,7 @@ class ProcessBackend(Backend):
         obj = (task.args, task.kwargs) if key else (fn, task.args, task.kwargs)
         pins: list[Any] = []
         try:
-            payload, bufs = dumps(obj, task.shm or _shm.PRIVATE, pins)
+            payload, bufs = dumps(obj, task.shm or _shm.PRIVATE, pins, self._main_by_ref)
         except (Exception, SystemExit) as exc:  # (a __reduce__ calling sys.exit: loky's ExitAtPickle)
             raise _pickling_error(fn, task.args, task.kwargs, exc) from exc
         task.state = (key, fn_bytes, payload, bufs)
@@ -171,13 +263,10 @@ class ProcessBackend(Backend):
                 self._fn_cache.move_to_end(fn)
                 return entry
         try:
-            data, _ = dumps(fn)
+            # (in band: the worker loads it without buffers, and keeps it by key)
+            data, _ = dumps(fn, IN_BAND, main_by_ref=self._main_by_ref)
         except Exception as exc:
-            raise SerializationError(
-                f"the callable {describe(fn)} cannot be pickled to send it to a worker: "
-                f"{type(exc).__name__}: {exc}. Define it at module level, or use "
-                "backend='threads' for work that must share unpicklable state."
-            ) from exc
+            raise _function_error(fn, exc) from exc
         with self._fn_lock:
             entry = self._fn_cache.get(fn)
             if entry is None:
@@ -287,6 +376,20 @@ class ProcessBackend(Backend):
 
     def worker_pids(self) -> list[int]:
         return [w.pid for w in list(self._scheduler.workers.values()) if w.pid]
+
+
+def _function_error(fn: Any, exc: BaseException) -> SerializationError:
+    culprit = unpicklable_global(fn)
+    if culprit is not None:  # (a function of the script: it travels with its globals' values)
+        return SerializationError(
+            f"the callable {describe(fn)} cannot be pickled to send it to a worker: it reads "
+            f"{culprit} of your script, which cannot be pickled ({type(exc).__name__}: {exc}). "
+            "Workers do not run your script, so its functions travel with the globals they read: "
+            "create the object in an initializer or in the task, or pass mp_context='fork'.")
+    return SerializationError(
+        f"the callable {describe(fn)} cannot be pickled to send it to a worker: "
+        f"{type(exc).__name__}: {exc}. Define it at module level, or use "
+        "backend='threads' for work that must share unpicklable state.")
 
 
 def _pickling_error(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],

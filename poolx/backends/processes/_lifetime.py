@@ -39,6 +39,7 @@ child it never heard about.  ``exit_code`` tells that apart.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import select
@@ -204,18 +205,77 @@ def starter_thread() -> threading.Thread:
     return _starter._thread()
 
 
-def start_process(process: Any) -> None:
-    """``process.start()``, from a thread that lives as long as this process."""
+def start_process(process: Any, run_main: bool = True) -> None:
+    """``process.start()``, from a thread that lives as long as this process.
+
+    Without ``run_main`` (poolx's own children), a spawn or forkserver child
+    does not run the program's main module first (see ``_start_without_main``).
+    """
     forkserver = getattr(process, "_start_method", None) == "forkserver"
     if forkserver:
         own_temp_dir()
-    _starter.call(process.start)
+    if run_main:
+        _starter.call(process.start)
+    else:
+        _filter_preparation_data()
+        _starter.call(functools.partial(_start_without_main, process))
     if forkserver:
         from multiprocessing import forkserver as fs
 
         pid = getattr(fs._forkserver, "_forkserver_pid", None)
         if pid is not None:
             _forkserver_of[process] = pid
+
+
+# -- the driver's side: children that do not run the script -------------------------------
+#
+# A spawn or forkserver child of multiprocessing first runs the program's main
+# module again (as __mp_main__), from the "preparation data" the parent sends
+# it, so that functions pickled by name as __main__.f are found; hence the
+# stdlib's rule that a script guards its top level with
+# ``if __name__ == "__main__":``.  A script without the guard created an
+# executor in every child, whose workers did the same, until poolx gave up
+# with InitializerError after some 230 lines of tracebacks (issue 21, item 1);
+# under fork, the stdlib's default on Linux up to 3.13, such scripts run.
+# poolx's children need no script: its functions travel by value (see
+# _serialization), as loky's.  So the preparation data of a poolx child names
+# no main module, and the child never runs one, guard or no guard; spawn too,
+# where the stdlib requires the guard.  multiprocessing offers no way to say
+# so for one process: its Popen classes read the data from
+# ``multiprocessing.spawn.get_preparation_data``, which poolx wraps once; the
+# wrapper changes the data only on a thread that is starting a poolx child.
+
+_preparing = threading.local()  # .poolx: this thread is starting a poolx child
+_filter_lock = threading.Lock()
+_filter_installed: list[bool] = []
+
+
+def _start_without_main(process: Any) -> None:
+    _preparing.poolx = True
+    try:
+        process.start()
+    finally:
+        _preparing.poolx = False
+
+
+def _filter_preparation_data() -> None:
+    """Wrap multiprocessing's ``get_preparation_data`` (once per process): see above."""
+    from multiprocessing import spawn
+
+    with _filter_lock:
+        if _filter_installed:
+            return
+        original = spawn.get_preparation_data
+
+        def get_preparation_data(name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            data: dict[str, Any] = original(name, *args, **kwargs)
+            if getattr(_preparing, "poolx", False):
+                data.pop("init_main_from_path", None)
+                data.pop("init_main_from_name", None)
+            return data
+
+        spawn.get_preparation_data = get_preparation_data
+        _filter_installed.append(True)
 
 
 # -- the driver's side: how a child ended -------------------------------------------------

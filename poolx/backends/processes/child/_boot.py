@@ -6,7 +6,8 @@ driver hangs up), ignores Ctrl-C (the driver's to handle), lifts its
 channels above stdio, maps its progress cell (``_cell``) and arms
 faulthandler after it, and sets ``poolx._context`` (its kind and its
 ``ChildClient``).  ``with_main`` is the entry point under spawn and
-forkserver when the driver's script must be imported first.  The exit hooks
+forkserver: it gives the child a stand-in for the driver's script, which the
+child never runs.  The exit hooks
 and the executor's child hook (the profiling harness) are here too.
 
 The task worker's loop is in ``_worker``, the actor's in ``_actor``.
@@ -14,6 +15,7 @@ The task worker's loop is in ``_worker``, the actor's in ``_actor``.
 
 from __future__ import annotations
 
+import builtins
 import faulthandler
 import logging
 import mmap
@@ -24,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+import types
 from typing import Any
 
 from .... import _context, _fds, _shm
@@ -34,24 +37,26 @@ from ..protocol import FdForChild
 from ._client import ChildClient
 
 
-def with_main(main_file: str, target: Any, *args: Any) -> None:
-    """Entry point of a spawn or forkserver child: import the script if spawn did not, then run.
+def with_main(main_file: str | None, target: Any, *args: Any) -> None:
+    """Entry point of a spawn or forkserver child: a stand-in for the driver's script, then run.
 
-    Functions defined in the driver's script travel by reference
-    (``__main__.f``), so the child must import the script, which spawn does
-    when ``__main__.__file__`` is set as the child starts.  CPython deletes it
-    once the script ends, and a start racing that deletion (a worker started
-    as a program ends with work pending, on a loaded machine) got no script:
-    every task then failed to unpickle and the program exited without running
-    them (issue 19, item 9).  ``main_file`` was read while the script ran.
+    The child does not run the script (see ``_lifetime``: multiprocessing
+    would, and a script without the ``if __name__ == "__main__":`` guard
+    then started executors in every child, which failed or recursed).  The
+    script's functions arrive by value (``_serialization``) and live in this
+    empty module, ``__main__`` here as spawn names it (``__mp_main__``), with
+    the script's ``__file__``: the globals they use are added to it as they
+    arrive, and what an initializer sets in it the tasks see.  If the child
+    already has the script (a forkserver that imported it), that is kept.
     """
-    if getattr(sys.modules["__main__"], "__file__", None) is None:
-        from multiprocessing import process, spawn
-
-        start_dir = getattr(process, "ORIGINAL_DIR", None)  # the driver's, as spawn sets it
-        if not os.path.isabs(main_file) and start_dir is not None:
-            main_file = os.path.join(start_dir, main_file)
-        spawn.import_main_path(os.path.normpath(main_file))  # as spawn would (as __mp_main__)
+    main = sys.modules.get("__main__")
+    if main_file is None or getattr(main, "__file__", None) != main_file:
+        main = types.ModuleType("__mp_main__")
+        main.__dict__["__builtins__"] = builtins
+        if main_file is not None:
+            main.__file__ = main_file
+        sys.modules["__main__"] = sys.modules["__mp_main__"] = main
+    ser.adopt_script_namespace(main.__dict__)
     target(*args)
 
 
@@ -83,6 +88,8 @@ def boot(sock: socket.socket, client: socket.socket, progress: Any,
     start_watchdog(sock)
     # Actor handles unpickled in this process call through the client channel.
     _context.enter(kind, ChildClient(client))
+    if getattr(sys.modules.get("__main__"), "__name__", None) == "__main__":  # forked (see with_main)
+        ser.forked_from_driver()
     return sock, client, cell
 
 

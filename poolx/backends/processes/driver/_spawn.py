@@ -17,7 +17,7 @@ import socket
 import sys
 import tempfile
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .... import _fds
@@ -54,7 +54,7 @@ class ChildEntries(NamedTuple):
 
     worker: Callable[..., None]  # a task worker's main
     actor: Callable[..., None]  # an actor process's main
-    with_main: Callable[..., None]  # imports the driver's script first, then runs one of them
+    with_main: Callable[..., None]  # spawn, forkserver: a stand-in for the driver's script, then one of them
 
 
 class Spawner:
@@ -62,15 +62,12 @@ class Spawner:
 
     def __init__(self, ctx: Any, with_main: Callable[..., None]) -> None:
         self.ctx = ctx
-        self.with_main = with_main  # the child's entry when it must import the script first
-        # Workers import the main script by its path (spawn, forkserver); the
-        # path is read now, while the script runs (see _main_file_restored).
-        main = sys.modules.get("__main__")
-        self.main_file = getattr(main, "__file__", None)
-        # Only a script is imported by its path (spawn imports a module run
-        # with -m by its name, and a package's __main__ not at all: ``python
-        # -m poolx`` must not run its command again in every child).
-        self.main_script = self.main_file if getattr(main, "__spec__", None) is None else None
+        self.with_main = with_main  # the child's entry under spawn and forkserver
+        # The script's path, for the stand-in module of a spawn or forkserver
+        # child (which never runs the script: see _lifetime); read now, while
+        # the script runs (CPython deletes __main__.__file__ as it ends).
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        self.main_file = main_file if isinstance(main_file, str) else None
 
     def spawn(self, target: Any, args: tuple[Any, ...], name: str) -> tuple[Any, ...]:
         """Start a child process (a task worker or an actor); any thread.
@@ -92,13 +89,12 @@ class Spawner:
             driver_socks.add(parent)
             driver_socks.add(client_parent)
             args = (child, client_child, FdForChild(fd), *args)
-            if self.main_script is not None and self.ctx.get_start_method() != "fork":
-                # The child imports the script itself if its start raced the
-                # script's end (see _main_file_restored): fork copies __main__.
-                target, args = self.with_main, (self.main_script, target, *args)
+            if self.ctx.get_start_method() != "fork":  # (fork copies the script's module)
+                target, args = self.with_main, (self.main_file, target, *args)
             process = self.ctx.Process(target=target, args=args, name=name)
-            with _main_file_restored(self.main_file), _start_held(self.ctx):
-                _lifetime.start_process(process)  # (from a thread that never ends: see _lifetime)
+            with _start_held(self.ctx):
+                # (from a thread that never ends; never running the script: see _lifetime)
+                _lifetime.start_process(process, run_main=False)
         except BaseException:  # no process: release what was made for it
             if cell is not None:
                 cell.close()
@@ -145,28 +141,6 @@ def crash_dump_fd(fd: int) -> str:
     except OSError:
         return ""
     return f"\n\nThe worker's Python stack when it died (faulthandler):\n{dump}" if dump else ""
-
-
-@contextlib.contextmanager
-def _main_file_restored(path: str | None) -> Iterator[None]:
-    """Give ``__main__`` back its ``__file__`` while a worker starts, if it lost it.
-
-    CPython deletes ``__main__.__file__`` once the script has run
-    (_PyRun_SimpleFileObject), before the threading atexit hooks that let
-    pending work finish.  A worker started then would not import the script,
-    and functions sent by reference as ``__main__.f`` would not be found.
-    The check and the start race the deletion (the main thread runs on):
-    a child that started without the script imports it (``child._boot.with_main``).
-    """
-    main = sys.modules.get("__main__")
-    if path is None or main is None or hasattr(main, "__file__"):
-        yield
-        return
-    main.__file__ = path
-    try:
-        yield
-    finally:
-        del main.__file__
 
 
 def _start_held(ctx: Any) -> Any:
