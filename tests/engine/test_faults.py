@@ -386,8 +386,8 @@ def test_what_cannot_be_pickled_fails_its_future_and_nothing_is_queued(start_met
         for _ in range(100):  # (loky's queue-full deadlock test: 100 failures, then 100 successes)
             with pytest.raises(SerializationError, match="argument 0"):
                 ex.submit(takes, threading.Lock()).result(timeout=30)
-        with pytest.raises(SerializationError) as info:
-            ex.submit(takes, SystemExitWhenPickled()).result(timeout=30)  # SystemExit in __reduce__ is caught too
+        with pytest.raises(SerializationError) as info:  # SystemExit in __reduce__ is caught too
+            ex.submit(takes, SystemExitWhenPickled()).result(timeout=30)
         assert "SystemExitWhenPickled" in str(info.value)
         assert [f.result(timeout=30) for f in [ex.submit(square, i) for i in range(100)]] == [
             i * i for i in range(100)]

@@ -444,13 +444,13 @@ def test_a_crash_while_pickling_the_result_blames_that_task_and_runs_it_once(sta
 
 
 WORKERS_CANNOT_START = """
+    import os
     import sys
     import poolx
 
-    if __name__ != "__main__":
-        raise SystemExit(3)  # the workers' import of this script fails
-
-    with poolx.Executor(2, mp_context=sys.argv[1]) as ex:
+    # Every worker dies in its initializer (workers no longer import the script,
+    # so a failing import of it cannot serve here).
+    with poolx.Executor(2, mp_context=sys.argv[1], initializer=os._exit, initargs=(3,)) as ex:
         fut = ex.submit(abs, -1)
     try:
         fut.result(timeout=30)
@@ -497,3 +497,13 @@ def test_a_closures_remote_traceback_shows_its_source_line():
         with pytest.raises(RuntimeError) as info:
             ex.submit(_make_raiser(), 7).result(timeout=30)
     assert "the source line the traceback must show" in str(info.value.__cause__)
+
+
+def test_initargs_with_a_large_array_reach_the_workers(start_method):
+    # The setup message is unpickled by the worker's boot, where no out-of-band
+    # buffer travels with it: a 800 kB array in initargs failed with "not enough
+    # out-of-band buffers" before the setup was pickled in band.
+    np = pytest.importorskip("numpy")
+    with poolx.Executor(1, mp_context=start_method, initializer=np.asarray,
+                        initargs=(np.ones(100_000),)) as ex:
+        assert ex.submit(abs, -1).result(timeout=60) == 1

@@ -159,7 +159,7 @@ def test_a_handle_whose_executor_was_shut_down_says_so(start_method):
     assert poolx.get(keeper.take.remote(1)) == 1
     poolx.shutdown()  # kills the API's actors, as Ray's does
     with poolx.Pool(1, context=start_method) as pool:
-        with pytest.raises(poolx.ActorDiedError, match="was killed|was shut down"):
+        with pytest.raises(poolx.ActorDiedError, match=r"was killed|was shut down"):
             pool.apply(call_take, ((keeper, 2),))
 
 

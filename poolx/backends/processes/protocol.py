@@ -286,9 +286,9 @@ class WorkerSetup:
     @classmethod
     def build(cls, initializer: Any, initargs: tuple[Any, ...], max_tasks: int | None,
               hook: bytes | None = None, max_memory: int | None = None) -> WorkerSetup:
-        fn, _ = ser.dumps(initializer)  # a SerializationError here names the initializer
+        fn, _ = ser.dumps(initializer, ser.IN_BAND)  # a SerializationError here names the initializer
         try:
-            args: bytes | tuple[Any, ...] = ser.dumps(initargs)[0]
+            args: bytes | tuple[Any, ...] = ser.dumps(initargs, ser.IN_BAND)[0]
         except Exception:
             args = initargs
         return cls(fn, args, max_tasks, hook, max_memory)

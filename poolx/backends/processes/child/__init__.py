@@ -1,7 +1,8 @@
 """The child side of the processes engine: what runs in a worker or actor process.
 
 - ``_boot``: what every child does first (dies with its driver, channels,
-  progress cell, ``poolx._context``), and the spawn entry ``with_main``;
+  progress cell, ``poolx._context``), and the spawn/forkserver entry
+  ``with_main``, which installs a stand-in ``__main__`` (no child runs the script);
 - ``_worker``: the task worker (``main``, its loop, its batched results);
 - ``_actor``: the actor process (``main``, its calls through a runner);
 - ``_client``: the child's client channel to the driver (actor handles used
