@@ -9,7 +9,6 @@ machine (``poolx.Pool(backend="ray", address=...)`` runs on a Ray cluster).
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Callable, Iterable
 from multiprocessing import JoinableQueue, TimeoutError
@@ -18,10 +17,6 @@ from typing import Any
 from .._pool import Pool as _PoolxPool
 
 __all__ = ["JoinableQueue", "Pool", "TimeoutError"]
-
-# Whether poolx.Pool takes wait_for_workers= (it was added alongside this
-# module; until it is there, this Pool waits for nothing more than poolx.Pool).
-_WAITS = "wait_for_workers" in inspect.signature(_PoolxPool.__init__).parameters
 
 
 class Pool(_PoolxPool):
@@ -37,7 +32,6 @@ class Pool(_PoolxPool):
             warnings.warn(f"Pool({', '.join(f'{n}=...' for n in ignored)}): ignored; poolx's Pool runs "
                           "its workers on this machine, one CPU each (poolx.Pool(backend='ray', "
                           "address=...) runs on a Ray cluster)", stacklevel=2)
-        if _WAITS:
-            options.setdefault("wait_for_workers", True)
+        options.setdefault("wait_for_workers", True)
         super().__init__(processes, initializer, () if initargs is None else initargs, maxtasksperchild,
                          context, **options)

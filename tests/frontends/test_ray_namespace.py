@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -70,15 +72,6 @@ class Doubler:
         return 2 * x
 
 
-def _initialize_counter():
-    global _initialized
-    _initialized = True
-
-
-def _was_initialized(_):
-    return globals().get("_initialized", False)
-
-
 # -- ray.util -----------------------------------------------------------------------------------
 
 
@@ -138,15 +131,17 @@ def test_util_multiprocessing_pool_takes_rays_arguments_and_says_what_it_ignores
         assert pool.apply(abs, (-4,)) == 4
 
 
-_WAITS = __import__("poolx.util.multiprocessing", fromlist=["_WAITS"])._WAITS
+def _slow_initializer_leaves_a_file(folder):
+    time.sleep(0.5)  # long enough that a constructor which does not wait returns first
+    pathlib.Path(folder, str(os.getpid())).touch()
 
 
-@pytest.mark.skipif(not _WAITS, reason="needs poolx.Pool(wait_for_workers=), added with this change")
-def test_util_multiprocessing_pool_returns_after_the_initializers_ran():
+def test_util_multiprocessing_pool_returns_after_the_initializers_ran(tmp_path):
     from poolx.util.multiprocessing import Pool
 
-    with Pool(2, initializer=_initialize_counter) as pool:
-        assert pool.map(_was_initialized, range(4)) == [True] * 4
+    with Pool(2, initializer=_slow_initializer_leaves_a_file, initargs=(str(tmp_path),)) as pool:
+        assert len(list(tmp_path.iterdir())) == 2  # both initializers ran before Pool() returned
+        assert pool.map(abs, [-1, -2]) == [1, 2]
 
 
 def test_util_joblib_register_ray_runs_joblib_on_poolx():
