@@ -51,7 +51,7 @@ from .._serialization import loads as poolx_loads
 try:
     import numpy as np
 except ImportError:  # pragma: no cover - numpy comes with scikit-learn, not with joblib
-    np = None  # type: ignore[assignment]
+    np = None  # type: ignore[assignment,unused-ignore]
 
 __all__ = ["Batch", "Memmapping"]
 
