@@ -182,10 +182,11 @@ def test_shutdown_cancel_futures_runs_the_tasks_the_stdlib_would_have_handed_out
         _shutdown_cancelling(ex, futures, release)
         outcomes.append(["cancelled" if f.cancelled() else f.result() for f in futures])
     stdlib, ours = outcomes
-    # The control: the stdlib runs the calls its manager thread had put in its
-    # queue (at most max_workers + 1, usually all of them), and cancels the rest.
-    ran = stdlib.index("cancelled")
-    assert 1 <= ran <= 3 and stdlib == list(range(ran)) + ["cancelled"] * (10 - ran)
+    # The control: the stdlib runs the calls its manager thread had handed out
+    # (its queue of max_workers + 1, plus those its workers had already taken:
+    # 4 of 10 under fork in one CI run), and cancels the rest.
+    ran = stdlib.index("cancelled") if "cancelled" in stdlib else len(stdlib)
+    assert ran >= 1 and stdlib == list(range(ran)) + ["cancelled"] * (10 - ran)
     assert ours == [0, 1, 2] + ["cancelled"] * 7
 
 
