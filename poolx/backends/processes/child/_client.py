@@ -184,8 +184,10 @@ class ChildClient:
         except PoolxError:
             pass  # the driver is gone, or this process is ending: it fails the ref (close_conn)
 
-    def _post(self, frames: list[Any], bufs: Any = ()) -> None:
-        """Send a message that has no answer."""
+    def _post(self, frames: list[Any], bufs: Any = (),
+              answer: tuple[int, tuple[Future[Any], str]] | None = None) -> None:
+        """Send a message; with ``answer`` (its request id and what waits for the reply), the
+        reply is expected: it is registered first, and the reader thread started."""
         fds: list[int] = []
         if bufs:
             _channel.out_frames(bufs, frames, fds, {})
@@ -193,10 +195,19 @@ class ChildClient:
             if self.closed is not None:
                 _channel.Fds(fds).close()
                 raise PoolxError(self.closed)
+            if answer is not None:
+                # The buffers stay referred to until the answer: a segment sent from
+                # here must not be reused while the call may still read it.
+                self.pending[answer[0]] = (*answer[1], bufs)
+                if self.reader is None:
+                    self.reader = threading.Thread(target=self._read, name="poolx-client", daemon=True)
+                    self.reader.start()
             try:
                 _channel.send_all(self.sock, _channel.encode(frames, len(fds)), fds)
                 self.sent += 1
             except OSError as exc:
+                if answer is not None:
+                    del self.pending[answer[0]]
                 raise PoolxError(f"the connection to the driver is closed: {exc}") from exc
 
     def lend_slot(self) -> Any:
@@ -230,25 +241,7 @@ class ChildClient:
         return info
 
     def _send(self, ref: int, entry: tuple[Future[Any], str], frames: list[Any], bufs: Any = ()) -> None:
-        fds: list[int] = []
-        if bufs:
-            _channel.out_frames(bufs, frames, fds, {})
-        with self.lock:
-            if self.closed is not None:
-                _channel.Fds(fds).close()
-                raise PoolxError(self.closed)
-            # The buffers stay referred to until the answer: a segment sent from
-            # here must not be reused while the call may still read it.
-            self.pending[ref] = (*entry, bufs)
-            if self.reader is None:
-                self.reader = threading.Thread(target=self._read, name="poolx-client", daemon=True)
-                self.reader.start()
-            try:
-                _channel.send_all(self.sock, _channel.encode(frames, len(fds)), fds)
-                self.sent += 1
-            except OSError as exc:
-                del self.pending[ref]
-                raise PoolxError(f"the connection to the driver is closed: {exc}") from exc
+        self._post(frames, bufs, (ref, entry))
 
     def _read(self) -> None:
         reader = _channel.FrameReader(self.sock)
