@@ -355,6 +355,14 @@ def backend(request) -> str:
     return request.param
 
 
+@pytest.fixture
+def api(backend):
+    """The Ray-style API's executor, 2 workers on ``backend``, shut down after the test."""
+    poolx.init(num_cpus=2, backend=backend)
+    yield poolx
+    poolx.shutdown()
+
+
 @pytest.fixture(params=START_METHODS)
 def start_method(request) -> str:
     return request.param

@@ -25,13 +25,6 @@ pytestmark = pytest.mark.timeout(120)
 CONCURRENT = pytest.mark.parametrize("backend", ["threads", "processes"])
 
 
-@pytest.fixture
-def api(backend):
-    poolx.init(num_cpus=2, backend=backend)
-    yield poolx
-    poolx.shutdown()
-
-
 @ray.remote
 def add(a, b, *, scale=1):
     return (a + b) * scale

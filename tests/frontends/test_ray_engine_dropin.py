@@ -45,13 +45,6 @@ def ray(start_method):
 
 
 @pytest.fixture
-def ray_in_process(backend):
-    poolx.init(num_cpus=2, backend=backend)
-    yield poolx
-    poolx.shutdown()
-
-
-@pytest.fixture
 def gate(tmp_path):
     """A file that tasks and actor methods wait for; created at the latest when the test ends
     (before the executor's shutdown, which waits for them, when requested after its fixture)."""
@@ -98,8 +91,8 @@ def test_refs_made_inside_tasks_and_actors_leave_them(ray, gate):
 
 
 @IN_PROCESS
-def test_refs_made_inside_tasks_and_actors_leave_them_in_process(ray_in_process, backend, gate):
-    _ref_round_trips(ray_in_process, gate, inline=backend == "serial")
+def test_refs_made_inside_tasks_and_actors_leave_them_in_process(api, backend, gate):
+    _ref_round_trips(api, gate, inline=backend == "serial")
 
 
 def test_calls_waiting_for_a_ref_keep_their_order(ray, gate):

@@ -21,13 +21,6 @@ import poolx as ray
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def api(backend):
-    poolx.init(num_cpus=2, backend=backend)
-    yield poolx
-    poolx.shutdown()
-
-
 @ray.remote
 def square(x):
     return x * x
