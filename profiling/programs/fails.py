@@ -6,11 +6,14 @@
 command's), and its report still shows the work that ran before the error.
 """
 
+import random
+
 import poolx
 
 
-def square(x):
-    return x * x
+def simulate(seed):
+    rng = random.Random(seed)
+    return [rng.gauss(0, 1) for _ in range(50_000)]
 
 
 def mean(values):
@@ -19,7 +22,7 @@ def mean(values):
 
 if __name__ == "__main__":
     with poolx.Executor(2) as executor:
-        squares = list(executor.map(square, range(2_000), chunksize=100))
-    print(f"{len(squares)} squares, sum {sum(squares)}")
-    evens = [s for s in squares if s % 2 == 0 and s < 0]
-    print(f"mean of the negative even squares: {mean(evens)}")  # ZeroDivisionError: there are none
+        samples = list(executor.map(simulate, range(8)))
+    print(f"{len(samples)} samples of {len(samples[0]):,} values")
+    outliers = [x for sample in samples for x in sample if abs(x) > 10]
+    print(f"mean outlier: {mean(outliers)}")  # ZeroDivisionError: there are none
