@@ -1,0 +1,232 @@
+"""poolx profile run: the user's own program, run unchanged (its argv, __main__, exit code and
+traceback as python gives them), observed, side by side on several settings, shown while it runs.
+
+Every program here is a real file run through ``python -m poolx profile run`` as a subprocess,
+and where python's own behaviour is the reference, the same program is run by python directly
+as the control.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from poolx.harness import command, live
+
+# What a program sees of itself; then it leaves the way its first argument says.
+OBSERVER = textwrap.dedent('''
+    import json, os, signal, sys
+    seen = {"argv": sys.argv, "name": __name__, "file": __file__,
+            "spec": getattr(__spec__, "name", None), "path0": sys.path[0],
+            "main": sys.modules["__main__"].__dict__ is globals()}
+    print(json.dumps(seen), flush=True)
+
+    def fail():
+        raise ValueError("boom: " + " ".join(sys.argv[1:]))
+
+    how = sys.argv[1] if len(sys.argv) > 1 else "return"
+    if how == "raise":
+        fail()
+    if how == "message":
+        sys.exit("the program's own message")
+    if how == "interrupt":
+        os.kill(os.getpid(), signal.SIGINT)
+        signal.pause()
+    if how.isdigit():
+        sys.exit(int(how))
+''')
+
+# No `if __name__ == "__main__":` guard: the stdlib's spawn would run this again in each worker.
+UNGUARDED = textwrap.dedent('''
+    import os, sys
+    import poolx
+
+    def square(x):
+        return x * x, os.getpid()
+
+    ex = poolx.Executor(2)
+    out = list(ex.map(square, range(20)))
+    ex.shutdown()
+    print(sum(v for v, _ in out), sorted({pid for _, pid in out}))
+''')
+
+
+def profile_run(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, CI="true")  # (CI: no live area, whatever the terminal)
+    return subprocess.run([sys.executable, "-m", "poolx", "profile", "run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def python(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The control: the same program run by python itself."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def results(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text(encoding="utf-8"))
+
+
+# -- the program as python runs it -------------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("how, code", [("3", 3), ("message", 1), ("raise", 1), ("interrupt", 130)])
+def test_argv_main_exit_code_and_traceback_are_the_programs(tmp_path, how, code):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "prog.py").write_text(OBSERVER)
+    program = ["sub/prog.py", how, "--out", "x", "-m", "y"]  # (options after the script are the program's)
+    control = python(*program, cwd=tmp_path)
+    proc = profile_run("--profile", "none", "--out", "out", *program, cwd=tmp_path)
+
+    # (python dies by SIGINT: a shell says 130)
+    assert control.returncode == (-2 if how == "interrupt" else code)
+    assert proc.returncode == code, proc.stderr
+    # The program's stdout is passed through untouched, and it saw what python shows it.
+    assert proc.stdout == control.stdout
+    seen = json.loads(proc.stdout.splitlines()[0])
+    assert seen["argv"] == program and seen["name"] == "__main__" and seen["main"]
+    assert seen["file"] == str(tmp_path / "sub" / "prog.py") and seen["spec"] is None
+    assert seen["path0"] == str((tmp_path / "sub").resolve())
+    # Its error output as python writes it (the traceback without the boot's frames).
+    assert control.stderr in proc.stderr
+    if how in ("raise", "interrupt"):
+        assert "Traceback" in control.stderr and "_boot" not in proc.stderr and "runpy" not in proc.stderr
+    ran = results(tmp_path / "out")["program"]
+    assert ran["exit_code"] == code and ran["argv"] == program
+    if how == "raise":
+        assert "ValueError: boom: raise --out x -m y" in ran["error"]
+
+
+@pytest.mark.timeout(120)
+def test_dash_m_runs_a_module_as_python_m_does(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "job.py").write_text(OBSERVER)
+    control = python("-m", "pkg.job", "4", "-x", cwd=tmp_path)
+    proc = profile_run("--profile", "none", "--out", "out", "-m", "pkg.job", "4", "-x", cwd=tmp_path)
+    assert (control.returncode, proc.returncode) == (4, 4), proc.stderr
+    assert proc.stdout == control.stdout
+    seen = json.loads(proc.stdout)
+    assert seen["spec"] == "pkg.job" and seen["argv"] == [str(tmp_path / "pkg" / "job.py"), "4", "-x"]
+    assert seen["name"] == "__main__" and seen["path0"] == str(tmp_path)
+
+
+# -- observed, on every start method -----------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_a_program_without_a_main_guard_is_observed_on_each_start_method(tmp_path, start_method):
+    (tmp_path / "unguarded.py").write_text(UNGUARDED)
+    proc = profile_run("--profile", "none", "--start-method", start_method, "--out", "out", "unguarded.py",
+                       cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    total_text, pid_text = proc.stdout.strip().split(" ", 1)
+    assert int(total_text) == sum(x * x for x in range(20))
+    pids = json.loads(pid_text)
+    got = results(tmp_path / "out")
+    assert got["program"]["exit_code"] == 0
+    assert got["config"]["start_method"] == start_method
+    [executor] = got["executors"]
+    assert executor["max_workers"] == 2 and executor["tasks"] == 20
+    assert got["summary"]["tasks"] == 20
+    # No worker of the program is left behind once the command returns.
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in pids if psutil.pid_exists(p)]
+
+
+# -- what if -----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+def test_what_if_puts_each_setting_side_by_side(tmp_path):
+    (tmp_path / "unguarded.py").write_text(UNGUARDED)
+    proc = profile_run("--profile", "none", "--backends", "serial,processes", "--workers", "1,2",
+                       "--out", "out", "unguarded.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    top = results(out)
+    assert top["kind"] == "whatif" and top["baseline"] == "serial-x1"
+    labels = [s["label"] for s in top["settings"]]
+    assert labels == ["serial-x1", "processes-x1", "processes-x2"]  # (serial once)
+    for setting in top["settings"]:
+        own = results(out / setting["label"])
+        assert own["config"]["workers"] == setting["workers"]
+        assert own["config"]["backend"] == setting["backend"]
+        assert setting["wall"] == own["program"]["wall"] and setting["tasks"] == 20
+    assert top["settings"][0]["speedup"] == 1.0
+    assert any(v.startswith("parallelism") for v in top["verdicts"])
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert all(f'href="{label}/report.html"' in page for label in labels)
+    assert "serial-x1" in proc.stderr and "speed-up" in proc.stderr  # (the terminal table)
+    # A rerun into the same folder replaces it, and refuses one holding someone else's files.
+    (out / "notes.txt").write_text("mine")
+    again = profile_run("--profile", "none", "--out", "out", "unguarded.py", cwd=tmp_path)
+    assert again.returncode == 2 and "notes.txt" in again.stderr
+
+
+# -- the live view -----------------------------------------------------------------------
+
+
+STATUS = {"t": 1.5, "executors": 1, "tasks_done": 7, "tasks_failed": 1, "tasks_queued": 3, "tasks_running": 2,
+          "workers": 2, "workers_busy": 2, "throughput": 4.5,
+          "memory": [{"label": "ex1 worker 0", "pid": 11, "rss": 45_000_000},
+                     {"label": "ex1 worker 1", "pid": 12, "rss": 47_000_000}]}
+
+
+def test_without_a_terminal_the_output_passes_through_and_status_lines_go_to_stderr(tmp_path, capfd):
+    status = tmp_path / "status.json"
+    status.write_text(json.dumps(STATUS))
+    child = [sys.executable, "-c", "import time; print('program out', flush=True); time.sleep(1.5)"]
+    assert live.watch(child, dict(os.environ), status, "test", live=False, every=0.3) == 0
+    out, err = capfd.readouterr()
+    assert out == "program out\n"
+    lines = err.splitlines()
+    assert len(lines) >= 2  # (one every 0.3 s of a 1.5 s run)
+    assert lines[0] == ("poolx profile run: 1.5 s: 7 tasks done (1 failed), 3 queued, 2 running; 2/2 workers "
+                        "busy; 4.5 tasks/s; memory: ex1 worker 0 45.0 MB, ex1 worker 1 47.0 MB")
+
+
+def test_the_live_area_shows_the_status(tmp_path):
+    rich_console = pytest.importorskip("rich.console")
+    with open(os.devnull, "w") as sink:
+        console = rich_console.Console(width=100, record=True, file=sink)
+        console.print(live.render(STATUS, "poolx profile run train.py"))
+    text = console.export_text()
+    assert "7 done (1 failed), 3 queued, 2 running, 4.5/s" in text
+    assert "2 of 2 busy" in text and "ex1 worker 1 (pid 12): 47.0 MB" in text
+
+
+# -- the command line --------------------------------------------------------------------
+
+
+def test_errors_name_the_culprit(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prog.py").write_text("")
+    cases = {
+        ("run", "missing.py"): "cannot find the script 'missing.py'",
+        ("run", "-m", "no_such_module_here"): "no module named 'no_such_module_here'",
+        ("run", "--backends", "serial,bogus", "prog.py"): "--backends: unknown backend 'bogus'",
+    }
+    for argv, message in cases.items():
+        assert command.main(["profile", *argv]) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "data.csv").write_text("x")
+    assert command.main(["profile", "run", "--out", "full", "prog.py"]) == 2
+    assert "holds files poolx profile did not write (data.csv)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        command.main(["profile", "run"])
+    assert exit_.value.code == 2 and "give the program to run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        command.main(["profile", "run", "--help"])
+    assert "poolx profile run [options] -m module [args...]" in capsys.readouterr().out
