@@ -35,7 +35,7 @@ import sys
 import traceback
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 SETTING_VAR = "POOLX_PROFILE_RUN"
 # Frames of the boot itself, cut from the program's traceback.
@@ -45,9 +45,12 @@ _OWN_FILES = {__file__, runpy.__file__, "<frozen runpy>"}
 def main() -> None:
     setting = json.loads(os.environ.pop(SETTING_VAR))  # (the program's own children do not see it)
     runner = _prepare(setting)
-    dropin = _install_dropin(setting)
-    session = _session(setting)
-    session.start()
+    try:
+        dropin = _install_dropin(setting)
+        session = _session(setting)
+        session.start()
+    except Exception as exc:  # (before any of the program ran: said as the command's own error)
+        _fail(f"cannot start profiling the program: {type(exc).__name__}: {exc}")
     try:
         runner()
     except SystemExit as exc:
@@ -172,7 +175,7 @@ def _die_by_sigint() -> None:
     sys.exit(128 + signal.SIGINT)  # (where a SIGINT does not end the process)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     print(f"poolx profile run: error: {message}", file=sys.stderr)
     sys.exit(2)
 
