@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -230,3 +231,36 @@ def test_errors_name_the_culprit(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         command.main(["profile", "run", "--help"])
     assert "poolx profile run [options] -m module [args...]" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(120)
+def test_on_a_terminal_the_program_output_is_relayed_above_the_live_area(tmp_path):
+    pty = pytest.importorskip("pty")
+    pytest.importorskip("rich")
+    (tmp_path / "talk.py").write_text(textwrap.dedent('''
+        import sys, time
+        for i in range(3):
+            print("line", i)
+            time.sleep(0.6)
+        print("to stderr", file=sys.stderr)
+        sys.exit(5)
+    '''))
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    command_line = [sys.executable, "-m", "poolx", "profile", "run", "--profile", "none", "--out", "out", "talk.py"]
+    proc = subprocess.Popen(command_line, cwd=tmp_path, env=env, stdout=follower, stderr=follower)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # (the terminal's other end closed: the command ended)
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    assert proc.wait(timeout=60) == 5
+    text = seen.decode(errors="replace")
+    assert all(f"line {i}" in text for i in range(3)) and "to stderr" in text
+    assert re.search(r"\d+ of \d+ busy", text) and "poolx profile run talk.py" in text  # (the live area)
