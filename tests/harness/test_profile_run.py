@@ -247,7 +247,8 @@ def test_on_a_terminal_the_program_output_is_relayed_above_the_live_area(tmp_pat
     '''))
     leader, follower = pty.openpty()
     env = {k: v for k, v in os.environ.items() if k != "CI"}
-    command_line = [sys.executable, "-m", "poolx", "profile", "run", "--profile", "none", "--out", "out", "talk.py"]
+    command_line = [sys.executable, "-m", "poolx", "profile", "run", "--profile", "none", "--out", "out",
+                    "talk.py"]
     proc = subprocess.Popen(command_line, cwd=tmp_path, env=env, stdout=follower, stderr=follower)
     os.close(follower)
     seen = b""
