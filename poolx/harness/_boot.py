@@ -44,9 +44,9 @@ _OWN_FILES = {__file__, runpy.__file__, "<frozen runpy>"}
 
 def main() -> None:
     setting = json.loads(os.environ.pop(SETTING_VAR))  # (the program's own children do not see it)
-    runner = _prepare(setting)
+    runner, source = _prepare(setting)
     try:
-        dropin = _install_dropin(setting)
+        dropin = _install_dropin(setting, source)
         session = _session(setting)
         session.start()
     except Exception as exc:  # (before any of the program ran: said as the command's own error)
@@ -71,8 +71,9 @@ def main() -> None:
     _stop(session, setting, dropin, 0, None)
 
 
-def _prepare(setting: dict[str, Any]) -> Callable[[], None]:
-    """Set argv and sys.path[0]; the function that runs the program (a bad target: exit 2 here)."""
+def _prepare(setting: dict[str, Any]) -> tuple[Callable[[], None], str | None]:
+    """Set argv and sys.path[0]; (the function that runs the program, its main source file);
+    a bad target: exit 2 here."""
     module, script, args = setting["module"], setting["script"], setting["args"]
     if module:
         try:
@@ -84,11 +85,11 @@ def _prepare(setting: dict[str, Any]) -> Callable[[], None]:
         if spec is None:
             _fail(f"-m {module}: no module named {module!r}{reason}; check the name")
         sys.argv = [module, *args]  # (runpy sets argv[0] to the module's file, as python -m does)
-        return lambda: _run_module(module)
+        return (lambda: _run_module(module)), spec.origin
     path = os.path.abspath(script)
     sys.argv = [script, *args]
     sys.path[0] = os.path.dirname(os.path.realpath(path)) if os.path.isfile(path) else path
-    return lambda: _run_script(path)
+    return (lambda: _run_script(path)), path if os.path.isfile(path) else None
 
 
 def _run_module(module: str) -> None:
@@ -108,12 +109,13 @@ def _run_script(path: str) -> None:
     exec(code, main.__dict__)
 
 
-def _install_dropin(setting: dict[str, Any]) -> Any:
+def _install_dropin(setting: dict[str, Any], source: str | None) -> Any:
+    """The drop-in, told the program's main file (scanned for private attributes of the pools)."""
     if not setting["drop_in"]:
         return None
     from .dropin import install
 
-    return install(None if setting["module"] else os.path.abspath(setting["script"]))
+    return install(source)
 
 
 def _session(setting: dict[str, Any]) -> Any:
