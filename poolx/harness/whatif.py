@@ -41,9 +41,11 @@ NOISE = 0.10
 #: A cost is named as what eats the parallel gain when it takes at least this
 #: share of the worker time: below it, it is not worth a user's attention.
 NOTABLE_SHARE = 0.15
-#: Threads whose program used less than this many CPU-seconds per second, on more
-#: than one worker, were serialized (by the GIL, for Python code).
-GIL_CPU_PER_WALL = 1.3
+#: Threads whose program kept about one CPU busy (this range of CPU-seconds per
+#: second of wall time), on more than one worker, were serialized: by the GIL, for
+#: Python code.  Below it the program waits (I/O, sleeps), which the GIL does not
+#: explain; above it, threads did run at once.
+GIL_CPU_PER_WALL = (0.7, 1.3)
 #: The buckets counted as transfer: the cost of moving a task's data, either way.
 TRANSFER = ("pickle", "unpickle", "transfer")
 #: The costs that are not the program's work, and what to do about each.
@@ -138,14 +140,15 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     if base is None or not others:
         return [*out, "nothing to compare: fewer than two settings ran to the end"]
     best = min(others, key=lambda r: r["wall"])
-    if best["speedup"] < 1 + NOISE:
+    gain = base["wall"] / best["wall"]
+    if gain < 1 + NOISE:
         out.append(f"parallelism does not pay for this program: the fastest other setting, {best['label']}, "
                    f"took {seconds(best['wall'])} against {seconds(base['wall'])} for {base['label']} "
-                   f"({best['speedup']:.2f}x)")
+                   f"({gain:.2f}x)")
     else:
         ideal = best.get("workers") or best.get("max_parallelism") or best.get("lanes")
-        of_ideal = f", {best['speedup'] / ideal:.0%} of the ideal {ideal}x" if ideal and ideal > 1 else ""
-        out.append(f"parallelism pays: {best['label']} took {seconds(best['wall'])}, {best['speedup']:.2f}x "
+        of_ideal = f", {gain / ideal:.0%} of the ideal {ideal}x" if ideal and ideal > 1 else ""
+        out.append(f"parallelism pays: {best['label']} took {seconds(best['wall'])}, {gain:.2f}x "
                    f"faster than {base['label']} ({seconds(base['wall'])}){of_ideal}")
     for r in others:
         out.extend(_costs(r))
@@ -158,7 +161,7 @@ def _costs(r: dict[str, Any]) -> list[str]:
     workers = r.get("workers") or r.get("lanes") or 0
     cpu = r.get("cpu_per_wall")
     threads = r.get("used", r["backend"]) == "threads"
-    if threads and workers > 1 and cpu is not None and cpu < GIL_CPU_PER_WALL:
+    if threads and workers > 1 and cpu is not None and GIL_CPU_PER_WALL[0] <= cpu < GIL_CPU_PER_WALL[1]:
         found.append(f"{r['label']}: the GIL: {workers} threads used {cpu:.2f} CPU-seconds per second of "
                      "wall time, so one ran at a time; Python code needs the processes backend")
     if r.get("tasks") is not None and 0 < r["tasks"] < workers:

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from poolx.harness import command, live
+from poolx.harness import command, live, whatif
 
 # What a program sees of itself; then it leaves the way its first argument says.
 OBSERVER = textwrap.dedent('''
@@ -265,3 +265,26 @@ def test_on_a_terminal_the_program_output_is_relayed_above_the_live_area(tmp_pat
     text = seen.decode(errors="replace")
     assert all(f"line {i}" in text for i in range(3)) and "to stderr" in text
     assert re.search(r"\d+ of \d+ busy", text) and "poolx profile run talk.py" in text  # (the live area)
+
+
+def test_what_if_verdicts_say_whether_parallelism_pays_and_what_eats_the_rest():
+    def setting(label, backend, workers, wall, **more):
+        return {"label": label, "backend": backend, "used": backend, "workers": workers, "exit_code": 0,
+                "wall": wall, "tasks": 8, "lanes": workers, "shares": {}, "cpu_per_wall": workers, **more}
+
+    rows = [setting("serial-x1", "serial", 1, 4.0),
+            setting("threads-x4", "threads", 4, 3.9, cpu_per_wall=1.02),
+            setting("processes-x4", "processes", 4, 1.6,
+                    shares={"startup": 0.3, "transfer": 0.05, "idle": 0.1}),
+            setting("processes-x16", "processes", 16, 1.7)]
+    found = whatif.combine("poolx profile run t.py", ["t.py"], rows)["verdicts"]
+    assert found[0] == ("parallelism pays: processes-x4 took 1.60 s, 2.50x faster than serial-x1 (4.00 s), "
+                        "62% of the ideal 4x")
+    assert any(v.startswith("threads-x4: the GIL: 4 threads used 1.02 CPU-seconds per second") for v in found)
+    assert any(v.startswith("processes-x4: startup took 30% of the worker time") for v in found)
+    assert not any("processes-x4: transfer" in v or "processes-x4: idle" in v for v in found)  # (under 15%)
+    assert any(v.startswith("processes-x16: more workers than tasks: 8 task(s) for 16") for v in found)
+    slower = whatif.verdicts([setting("serial-x1", "serial", 1, 1.0),
+                              setting("processes-x2", "processes", 2, 1.05)])
+    assert slower[0].startswith("parallelism does not pay for this program: the fastest other setting, "
+                                "processes-x2, took 1.05 s against 1.00 s for serial-x1")
