@@ -137,9 +137,12 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
            "results") for r in rows if r["exit_code"] != 0]
     base = baseline(rows)
     others = [r for r in rows if r is not base and r["wall"] and r["exit_code"] == 0]
-    if base is None or not others:
-        return [*out, "nothing to compare: fewer than two settings ran to the end"]
-    best = min(others, key=lambda r: r["wall"])
+    # (a one-worker setting beating the baseline is not parallelism: it is noise or warm caches)
+    parallel = [r for r in others if _parallel(r)]
+    if base is None or not parallel:
+        return [*out, "nothing to compare: no setting with more than one worker ran to the end beside "
+                "the baseline"] + [c for r in others for c in _costs(r)]
+    best = min(parallel, key=lambda r: r["wall"])
     gain = base["wall"] / best["wall"]
     if gain < 1 + NOISE:
         out.append(f"parallelism does not pay for this program: the fastest other setting, {best['label']}, "
@@ -155,12 +158,18 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _parallel(r: dict[str, Any]) -> bool:
+    """Whether the setting could run tasks at once: more than one worker, not serial."""
+    count = r.get("workers") or r.get("max_parallelism") or 0
+    return (r.get("used") or r["backend"]) != "serial" and count > 1
+
+
 def _costs(r: dict[str, Any]) -> list[str]:
     """What eats this setting's parallel gain, each with its figure."""
     found: list[str] = []
     workers = r.get("workers") or r.get("lanes") or 0
     cpu = r.get("cpu_per_wall")
-    threads = r.get("used", r["backend"]) == "threads"
+    threads = (r.get("used") or r["backend"]) == "threads"
     if threads and workers > 1 and cpu is not None and GIL_CPU_PER_WALL[0] <= cpu < GIL_CPU_PER_WALL[1]:
         found.append(f"{r['label']}: the GIL: {workers} threads used {cpu:.2f} CPU-seconds per second of "
                      "wall time, so one ran at a time; Python code needs the processes backend")
@@ -193,7 +202,8 @@ def cells(r: dict[str, Any]) -> list[str]:
 
 
 def terminal(results: dict[str, Any], out: Path) -> str:
-    lines = ["", f"what if: {results['command']} (speed-up over {results['baseline'] or '-'})",
+    lines = ["", f"what if: {results['command']} (speed-up over {results['baseline'] or '-'}; one run "
+             f"each: differences under {NOISE:.0%} are noise)",
              table(HEADERS, [cells(r) for r in results["settings"]]), "", "verdicts"]
     lines += [f"  - {v}" for v in results["verdicts"]]
     lines.append(f"\nfiles in {out}/: report.html (the settings side by side), results.json; each "
@@ -224,7 +234,8 @@ th:first-child, td:first-child {{ text-align: left; }}
 <h2>Verdicts</h2>
 <ul class="verdicts">{findings}</ul>
 <h2>The settings side by side</h2>
-<p>Speed-up over {esc(str(results['baseline'] or '-'))}.  Busy, start-up, transfer and idle are shares of the
+<p>Speed-up over {esc(str(results['baseline'] or '-'))}; each setting ran once, so differences under
+{NOISE:.0%} are noise.  Busy, start-up, transfer and idle are shares of the
 worker time (seconds summed over the executors' processes); CPU / wall is the CPU seconds of the driver and
 the workers per second of wall time.  Each setting's name opens its own report.</p>
 <table class="whatif"><thead><tr>{head}</tr></thead>

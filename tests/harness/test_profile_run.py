@@ -54,7 +54,7 @@ UNGUARDED = textwrap.dedent('''
         return x * x, os.getpid()
 
     ex = poolx.Executor(2)
-    out = list(ex.map(square, range(20)))
+    out = [f.result() for f in [ex.submit(square, i) for i in range(20)]]  # (20 tasks: map would chunk)
     ex.shutdown()
     print(sum(v for v, _ in out), sorted({pid for _, pid in out}))
 ''')
@@ -284,7 +284,7 @@ def test_what_if_verdicts_say_whether_parallelism_pays_and_what_eats_the_rest():
     assert any(v.startswith("processes-x4: startup took 30% of the worker time") for v in found)
     assert not any("processes-x4: transfer" in v or "processes-x4: idle" in v for v in found)  # (under 15%)
     assert any(v.startswith("processes-x16: more workers than tasks: 8 task(s) for 16") for v in found)
-    slower = whatif.verdicts([setting("serial-x1", "serial", 1, 1.0),
-                              setting("processes-x2", "processes", 2, 1.05)])
+    slower = whatif.verdicts([setting("serial-x1", "serial", 1, 1.0), setting("threads-x1", "threads", 1, 0.6),
+                              setting("processes-x2", "processes", 2, 1.05)])  # (one worker: not parallel)
     assert slower[0].startswith("parallelism does not pay for this program: the fastest other setting, "
                                 "processes-x2, took 1.05 s against 1.00 s for serial-x1")
