@@ -145,7 +145,8 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     best = min(parallel, key=lambda r: r["wall"])
     gain = base["wall"] / best["wall"]
     if gain < 1 + NOISE:
-        out.append(f"parallelism does not pay for this program: the fastest other setting, {best['label']}, "
+        out.append(f"parallelism does not pay for this program: the fastest setting with more than one "
+                   f"worker, {best['label']}, "
                    f"took {seconds(best['wall'])} against {seconds(base['wall'])} for {base['label']} "
                    f"({gain:.2f}x)")
     else:

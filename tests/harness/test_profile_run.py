@@ -284,7 +284,9 @@ def test_what_if_verdicts_say_whether_parallelism_pays_and_what_eats_the_rest():
     assert any(v.startswith("processes-x4: startup took 30% of the worker time") for v in found)
     assert not any("processes-x4: transfer" in v or "processes-x4: idle" in v for v in found)  # (under 15%)
     assert any(v.startswith("processes-x16: more workers than tasks: 8 task(s) for 16") for v in found)
-    slower = whatif.verdicts([setting("serial-x1", "serial", 1, 1.0), setting("threads-x1", "threads", 1, 0.6),
-                              setting("processes-x2", "processes", 2, 1.05)])  # (one worker: not parallel)
-    assert slower[0].startswith("parallelism does not pay for this program: the fastest other setting, "
+    slower = whatif.verdicts([setting("serial-x1", "serial", 1, 1.0),
+                              setting("threads-x1", "threads", 1, 0.6),  # (one worker: not parallelism)
+                              setting("processes-x2", "processes", 2, 1.05)])
+    assert slower[0].startswith("parallelism does not pay for this program: the fastest setting with more "
+                                "than one worker, "
                                 "processes-x2, took 1.05 s against 1.00 s for serial-x1")
