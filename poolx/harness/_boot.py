@@ -10,11 +10,13 @@ in the environment variable ``POOLX_PROFILE_RUN`` (JSON).  This module:
 4. runs the program as ``__main__``: a script in a fresh ``__main__`` module
    (``__file__`` absolute, ``__spec__`` None), a module with ``runpy``
    (``__spec__`` its spec);
-5. on any way out (return, ``sys.exit``, an exception, Ctrl-C) stops the
-   session with the exit code, the traceback text and the drop-in's notes,
-   and leaves as python would: the traceback printed without this module's
-   frames, ``sys.exit("message")`` printed and 1, ``KeyboardInterrupt`` by
-   SIGINT (a shell sees 130).
+5. on any way out (return, ``sys.exit``, an exception, Ctrl-C) leaves as
+   python would: the traceback printed without this module's frames,
+   ``sys.exit("message")`` printed and 1, ``KeyboardInterrupt`` 130 (python
+   dies by SIGINT, which a shell reports as 130); the session stops at exit,
+   in python's exit order (after the program's non-daemon threads, poolx's
+   exit hook and the program's own atexit handlers), with the exit code, the
+   traceback text and the drop-in's notes.
 
 The script runs in a module of its own that stays ``sys.modules["__main__"]``
 after it returns (as in ``python script.py``), so atexit handlers and pickles
@@ -23,6 +25,7 @@ by reference made late still find the program's ``__main__``.
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import importlib.machinery
 import importlib.util
@@ -51,24 +54,26 @@ def main() -> None:
         session.start()
     except Exception as exc:  # (before any of the program ran: said as the command's own error)
         _fail(f"cannot start profiling the program: {type(exc).__name__}: {exc}")
+    # The session stops at exit, in python's order: after the program's non-daemon threads
+    # ended and poolx's own exit hook shut its executors down (threading's exit), and after
+    # the program's atexit handlers (registered later, so run earlier).
+    outcome: dict[str, Any] = {"code": 0, "error": None}
+    atexit.register(_stop, session, setting, dropin, outcome)
     try:
         runner()
     except SystemExit as exc:
-        code = _exit_code(exc)
+        outcome["code"] = _exit_code(exc)
         if exc.code is not None and not isinstance(exc.code, int):
-            print(exc.code, file=sys.stderr)  # (as python does, before this run's summary)
-            exc = SystemExit(code)
-        _stop(session, setting, dropin, code, None)
-        raise exc from None
+            print(exc.code, file=sys.stderr)  # (as python does; then its exit status, 1)
+            raise SystemExit(outcome["code"]) from None
+        raise
     except KeyboardInterrupt as exc:
-        text = _report(exc)
-        _stop(session, setting, dropin, 128 + signal.SIGINT, text)
-        _die_by_sigint()
+        # (python then dies by SIGINT, which a shell reports as 130: poolx profile run says 130)
+        outcome.update(code=128 + signal.SIGINT, error=_report(exc))
+        sys.exit(outcome["code"])
     except BaseException as exc:
-        text = _report(exc)
-        _stop(session, setting, dropin, 1, text)
+        outcome.update(code=1, error=_report(exc))
         sys.exit(1)
-    _stop(session, setting, dropin, 0, None)
 
 
 def _prepare(setting: dict[str, Any]) -> tuple[Callable[[], None], str | None]:
@@ -126,12 +131,12 @@ def _session(setting: dict[str, Any]) -> Any:
                    live=setting["live"])
 
 
-def _stop(session: Any, setting: dict[str, Any], dropin: Any, code: int, error: str | None) -> None:
+def _stop(session: Any, setting: dict[str, Any], dropin: Any, outcome: dict[str, Any]) -> None:
     notes = list(dropin.notes) if dropin is not None else []
     if dropin is not None:
         dropin.uninstall()
     try:
-        session.stop(exit_code=code, error=error, notes=notes)
+        session.stop(exit_code=outcome["code"], error=outcome["error"], notes=notes)
     except Exception as exc:  # (the program's own outcome must still come out)
         print(f"poolx profile run: cannot write the profile in {setting['out']}: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr)
@@ -161,20 +166,15 @@ def _report(exc: BaseException) -> str:
     the boot's frames; its text, for the report."""
     tb = _trimmed(exc.__traceback__)
     exc.__traceback__ = tb
+    # (as python's own report of an uncaught exception does: poolx's exit hook reads
+    # sys.last_type to cancel the pending work after a Ctrl-C)
+    sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, tb
     try:
         sys.excepthook(type(exc), exc, tb)
     except Exception:  # (a broken hook: python then prints both)
         traceback.print_exception(type(exc), exc, tb)
     sys.stderr.flush()
     return "".join(traceback.format_exception(type(exc), exc, tb))
-
-
-def _die_by_sigint() -> None:
-    """Leave as python does after an uncaught KeyboardInterrupt: killed by SIGINT."""
-    sys.stdout.flush()
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGINT)
-    sys.exit(128 + signal.SIGINT)  # (where a SIGINT does not end the process)
 
 
 def _fail(message: str) -> NoReturn:

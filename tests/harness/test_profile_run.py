@@ -145,6 +145,37 @@ def test_a_program_without_a_main_guard_is_observed_on_each_start_method(tmp_pat
     assert not [p for p in pids if psutil.pid_exists(p)]
 
 
+@pytest.mark.timeout(120)
+def test_after_ctrl_c_the_pending_work_is_cancelled_as_under_python(tmp_path):
+    """The session stops in python's exit order: after poolx's exit hook, which cancels the
+    pending tasks of a program interrupted by Ctrl-C (instead of running them all first)."""
+    (tmp_path / "stopped.py").write_text(textwrap.dedent('''
+        import os, signal, sys, time
+        from poolx import Executor
+
+        def nap(i, folder):
+            time.sleep(0.2)
+            open(os.path.join(folder, f"{i}.done"), "w").close()
+
+        ex = Executor(2)
+        futures = [ex.submit(nap, i, sys.argv[1]) for i in range(40)]
+        futures[0].result()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+    '''))
+    done = {}
+    for name in ("control", "profiled"):
+        (tmp_path / name).mkdir()
+    control = python("stopped.py", "control", cwd=tmp_path)
+    proc = profile_run("--profile", "none", "--out", "out", "stopped.py", "profiled", cwd=tmp_path)
+    assert (control.returncode, proc.returncode) == (-2, 130), proc.stderr
+    for name in ("control", "profiled"):
+        done[name] = len(list((tmp_path / name).iterdir()))
+    assert 1 <= done["control"] < 40 and 1 <= done["profiled"] < 40, done
+    got = results(tmp_path / "out")
+    assert got["program"]["exit_code"] == 130 and "KeyboardInterrupt" in got["program"]["error"]
+
+
 # -- what if -----------------------------------------------------------------------------
 
 
