@@ -22,7 +22,9 @@ rest is what docs/executor.md and docs/multiprocessing.md say of poolx.Executor
 and poolx.Pool: the stdlib's semantics, and where they differ.  The program
 gets poolx's objects; ``isinstance(obj, ProcessPoolExecutor)`` (and
 ``multiprocessing.pool.Pool``) holds for them, as does
-``isinstance(obj, concurrent.futures.Executor)``.
+``isinstance(obj, concurrent.futures.Executor)``; ``type(obj)`` is poolx's class.
+poolx's own keyword-only extras (``task_timeout=``, ...) are not taken through
+the stdlib's names: a program that passes them fails there as it would without poolx.
 
 What is not substituted runs on the original, and ``notes`` says why:
 
@@ -134,7 +136,8 @@ class DropIn:
             self._replace(cf, "ProcessPoolExecutor", executor_class)
             self.substituted.append(EXECUTOR)
         if self._keep(POOL, mp_pool.Pool, Pool, reads, "Pool"):
-            self._replace(mp_pool, "Pool", substitute(self, mp_pool.Pool, Pool, "multiprocessing.pool.Pool"))
+            pool_class = substitute(self, mp_pool.Pool, _make_pool, "multiprocessing.pool.Pool")
+            self._replace(mp_pool, "Pool", pool_class)
             self.substituted.append(POOL)
         if "joblib" in sys.modules:
             self._patch_joblib()
@@ -216,6 +219,12 @@ def _make_executor(max_workers: int | None = None, mp_context: Any = None,
     return Executor(max_workers, mp_context, initializer, initargs, max_tasks_per_child=max_tasks_per_child)
 
 
+def _make_pool(processes: int | None = None, initializer: Callable[..., object] | None = None,
+               initargs: Any = (), maxtasksperchild: int | None = None, context: Any = None) -> Pool:
+    """``multiprocessing.pool.Pool(...)`` as a poolx.Pool (the stdlib's parameters only: no extras)."""
+    return Pool(processes, initializer, initargs, maxtasksperchild, context)
+
+
 class _Substitute(type):
     """The metaclass of a substitute: poolx's objects it made pass ``isinstance`` for it."""
 
@@ -240,7 +249,8 @@ def substitute(dropin: DropIn, original: type, make: Callable[..., Any], label: 
         return object.__new__(cls)  # (the original's own: neither class defines __new__)
 
     namespace = {"__new__": __new__, "__doc__": original.__doc__, "__module__": original.__module__,
-                 "__qualname__": original.__qualname__, "_dropin_made": made}
+                 "__qualname__": original.__qualname__, "_dropin_made": made,
+                 "__signature__": inspect.signature(original)}  # (help() shows the stdlib's, not __new__'s)
     replacement: type = _Substitute(original.__name__, (original,), namespace)
     return replacement
 
@@ -253,10 +263,11 @@ def loky_substitute(dropin: DropIn, loky: type, poolx_backend: type) -> type:
         foreign = sorted(set(kwargs) - LOKY_OPTIONS)
         if dropin.active and not foreign:
             return object.__new__(cls)  # then PoolxBackend.__init__ with the same arguments
-        if foreign and dropin.active:
+        backend = loky(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads, **kwargs)
+        if foreign and dropin.active:  # (after: joblib 1.4's loky refuses every option, as without us)
             dropin.note(f"A joblib Parallel ran on loky, not poolx: loky was given {', '.join(foreign)}, "
                         "which poolx's joblib backend does not take.")
-        return loky(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads, **kwargs)
+        return backend
 
     # (joblib's verbose output names the class: "Using backend PoolxBackend")
     return type(poolx_backend.__name__, (poolx_backend,), {"__new__": __new__, "__module__": __name__})
