@@ -33,7 +33,11 @@ What is not substituted runs on the original, and ``notes`` says why:
   internals);
 - a class whose private attribute the program reads (``pool._pool``,
   ``executor._processes``; an ast scan of the ``program`` file) when poolx's
-  object lacks it, or has it as a method with other parameters;
+  object lacks it, or has it as a method with other parameters.  The scan
+  knows names, not types: ``pool._processes`` (which poolx.Pool has) also
+  leaves ProcessPoolExecutor (whose ``_processes`` poolx.Executor lacks) on
+  the stdlib: the safe side, as the note says.  Modules the program imports
+  are not scanned;
 - a loky backend given options poolx's backend does not take (``reuse=``, ...).
 
 ``ThreadPool`` and ``ThreadPoolExecutor`` are threads: left as they are.
@@ -244,8 +248,8 @@ def substitute(dropin: DropIn, original: type, make: Callable[..., Any], label: 
             made.add(obj)
             return obj
         if cls is not replacement and dropin.active:
-            dropin.note(f"{cls.__module__}.{cls.__qualname__} ran on the stdlib, not poolx: it subclasses "
-                        f"{label}, and its overrides may rely on the stdlib's internals.")
+            dropin.note(f"{_named(cls)} ran on the stdlib, not poolx: it subclasses {label}, "
+                        "and its overrides may rely on the stdlib's internals.")
         return object.__new__(cls)  # (the original's own: neither class defines __new__)
 
     namespace = {"__new__": __new__, "__doc__": original.__doc__, "__module__": original.__module__,
@@ -253,6 +257,14 @@ def substitute(dropin: DropIn, original: type, make: Callable[..., Any], label: 
                  "__signature__": inspect.signature(original)}  # (help() shows the stdlib's, not __new__'s)
     replacement: type = _Substitute(original.__name__, (original,), namespace)
     return replacement
+
+
+def _named(cls: type) -> str:
+    """A class as its author knows it: ``MyPool (train.py)``, or ``package.module.MyPool``."""
+    where = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    if cls.__module__ == "__main__" and isinstance(where, str):
+        return f"{cls.__qualname__} ({Path(where).name})"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def loky_substitute(dropin: DropIn, loky: type, poolx_backend: type) -> type:

@@ -57,11 +57,12 @@ def report(**facts):
 '''
 
 
-def run(tmp_path: Path, body: str, *args: str,
-        check: bool = True) -> tuple[dict, subprocess.CompletedProcess[str]]:
+def run(tmp_path: Path, body: str, *args: str, check: bool = True,
+        **env_vars: str) -> tuple[dict, subprocess.CompletedProcess[str]]:
     script = tmp_path / "program.py"
     script.write_text(PRELUDE + textwrap.dedent(body))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               **env_vars)
     proc = subprocess.run([sys.executable, str(script), *(args or ("dropin",))], capture_output=True,
                           text=True, timeout=240, cwd=tmp_path, env=env)
     if check:
@@ -157,6 +158,29 @@ def test_multiprocessing_pool_runs_on_poolx(tmp_path, start_method):
     assert POOL in facts["substituted"] and facts["notes"] == []
 
 
+def test_defaults_are_the_stdlibs(tmp_path):
+    """No max_workers: the stdlib's CPU count (poolx's own would read LOKY_MAX_CPU_COUNT, set to 1
+    here); no mp_context: multiprocessing's default context (poolx's own is forkserver), or spawn
+    with max_tasks_per_child, as ProcessPoolExecutor does."""
+    facts, _ = run(tmp_path, '''
+        import concurrent.futures
+
+        if __name__ == "__main__":
+            with concurrent.futures.ProcessPoolExecutor() as ex:
+                size, seen = ex._max_workers, [ex.submit(where).result()]
+            with concurrent.futures.ProcessPoolExecutor(1, max_tasks_per_child=2) as ex:
+                spawned = [ex.submit(where).result()]
+            with multiprocessing.Pool() as pool:
+                pool_seen = [pool.apply(where)]
+            report(size=size, seen=seen, spawned=spawned, pool_seen=pool_seen,
+                   cpus=getattr(os, "process_cpu_count", os.cpu_count)(),
+                   default=multiprocessing.get_start_method())
+    ''', LOKY_MAX_CPU_COUNT="1")
+    assert facts["size"] == facts["cpus"] and facts["substituted"][:2] == [EXECUTOR, POOL]
+    assert on_poolx(facts["seen"], facts["default"]) and on_poolx(facts["pool_seen"], facts["default"])
+    assert on_poolx(facts["spawned"], "spawn")
+
+
 NO_GUARD = '''
 import concurrent.futures
 
@@ -204,8 +228,9 @@ def test_subclass_runs_on_the_original(tmp_path, method):
     assert facts["sub_pool"][0] == "MyPool" and not facts["sub_pool"][1][0].startswith("poolx")
     assert on_poolx([facts["plain"]], method)  # the class itself still runs on poolx
     notes = "\n".join(facts["notes"])
-    assert "__main__.MyExecutor ran on the stdlib" in notes and "subclasses concurrent.futures" in notes
-    assert "__main__.MyPool ran on the stdlib" in notes and len(facts["notes"]) == 2
+    assert "MyExecutor (program.py) ran on the stdlib, not poolx: it subclasses concurrent.futures." in notes
+    assert "MyPool (program.py) ran on the stdlib, not poolx: it subclasses multiprocessing." in notes
+    assert len(facts["notes"]) == 2
 
 
 def test_private_attribute_leaves_the_class(tmp_path):
