@@ -92,7 +92,12 @@ def install(program: str | os.PathLike[str] | None = None) -> DropIn:
             raise RuntimeError("poolx's drop-in is already installed in this process: call "
                                "uninstall() on the DropIn that install() returned, then install again")
         dropin = DropIn(program)
-        dropin._install()
+        try:
+            dropin._install()
+        except BaseException:  # (nothing half-installed is left behind)
+            dropin.active = False
+            dropin._undo_all()
+            raise
         _installed = dropin
     return dropin
 
@@ -124,10 +129,13 @@ class DropIn:
         global _installed
         with _install_lock:
             self.active = False
-            while self._undo:
-                self._undo.pop()()
+            self._undo_all()
             if _installed is self:
                 _installed = None
+
+    def _undo_all(self) -> None:
+        while self._undo:
+            self._undo.pop()()
 
     # -- installing ---------------------------------------------------------------
 
@@ -154,7 +162,8 @@ class DropIn:
     def _keep(self, name: str, original: type, ours: type, reads: dict[str, int], ours_name: str) -> bool:
         """Whether ``original`` can be replaced: the program reads none of its private
         attributes that poolx's class lacks (else noted, and left)."""
-        hits = {attr: line for attr, line in reads.items() if attr in lacking(original, ours)}
+        missing = lacking(original, ours) if reads else set()
+        hits = {attr: line for attr, line in reads.items() if attr in missing}
         if not hits:
             return True
         where = ", ".join(f"{attr} (line {line})" for attr, line in sorted(hits.items(), key=lambda x: x[1]))
@@ -194,8 +203,13 @@ class DropIn:
         if loky is None:  # (joblib without multiprocessing: its default is threads)
             self._discard(LOKY)
             return
-        backends["loky"] = loky_substitute(self, loky, PoolxBackend)
-        self._undo.append(lambda: backends.__setitem__("loky", loky))
+        ours = backends["loky"] = loky_substitute(self, loky, PoolxBackend)
+
+        def undo() -> None:
+            if backends.get("loky") is ours:  # (not a backend the program registered as "loky" since)
+                backends["loky"] = loky
+
+        self._undo.append(undo)
         if LOKY not in self.substituted:
             self.substituted.append(LOKY)
 
