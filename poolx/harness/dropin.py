@@ -346,7 +346,7 @@ class _ThenLoader(importlib.abc.Loader):
 
 
 def private_reads(program: str) -> dict[str, int]:
-    """The private attributes (``x._name``, ``getattr(x, "_name")``) the program reads, with
+    """The private attributes (``x._name``, ``getattr(x, "_name")``, ``hasattr``) the program reads, with
     the first line of each; reads on ``self`` and ``cls`` are the program's own classes'."""
     try:
         tree = ast.parse(Path(program).read_text(encoding="utf-8"), program)
@@ -358,7 +358,8 @@ def private_reads(program: str) -> dict[str, int]:
         if isinstance(node, ast.Attribute) and not (isinstance(node.value, ast.Name)
                                                     and node.value.id in ("self", "cls")):
             name = node.attr
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ("getattr", "hasattr")
               and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
               and isinstance(node.args[1].value, str)):
             name = node.args[1].value
