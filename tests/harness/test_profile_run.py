@@ -176,6 +176,31 @@ def test_after_ctrl_c_the_pending_work_is_cancelled_as_under_python(tmp_path):
     assert got["program"]["exit_code"] == 130 and "KeyboardInterrupt" in got["program"]["error"]
 
 
+@pytest.mark.timeout(180)
+def test_drop_in_observes_the_stdlib_pools_of_a_program_that_never_heard_of_poolx(tmp_path):
+    (tmp_path / "stdlib_pools.py").write_text(textwrap.dedent('''
+        import multiprocessing, sys
+        from concurrent.futures import ProcessPoolExecutor
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            with ProcessPoolExecutor(2) as ex:
+                a = [ex.submit(square, i).result() for i in range(6)]
+            with multiprocessing.get_context("spawn").Pool(2) as pool:
+                b = pool.map(square, range(6), chunksize=1)
+            print(a == b, sum(a))
+            sys.exit(4)
+    '''))
+    control = python("stdlib_pools.py", cwd=tmp_path)
+    proc = profile_run("--drop-in", "--profile", "none", "--out", "out", "stdlib_pools.py", cwd=tmp_path)
+    assert (control.returncode, proc.returncode) == (4, 4), proc.stderr
+    assert proc.stdout == control.stdout == "True 55\n"
+    got = results(tmp_path / "out")
+    assert [(e["front_end"], e["tasks"]) for e in got["executors"]] == [("Executor", 6), ("Pool", 6)]
+
+
 # -- what if -----------------------------------------------------------------------------
 
 
