@@ -126,8 +126,7 @@ def test_dash_m_runs_a_module_as_python_m_does(tmp_path):
 @pytest.mark.timeout(240)
 def test_a_program_without_a_main_guard_is_observed_on_each_start_method(tmp_path, start_method):
     (tmp_path / "unguarded.py").write_text(UNGUARDED)
-    proc = profile_run("--profile", "none", "--start-method", start_method, "--out", "out", "unguarded.py",
-                       cwd=tmp_path)
+    proc = profile_run("--start-method", start_method, "--out", "out", "unguarded.py", cwd=tmp_path)  # (cpu)
     assert proc.returncode == 0, proc.stderr
     total_text, pid_text = proc.stdout.strip().split(" ", 1)
     assert int(total_text) == sum(x * x for x in range(20))
@@ -138,6 +137,11 @@ def test_a_program_without_a_main_guard_is_observed_on_each_start_method(tmp_pat
     [executor] = got["executors"]
     assert executor["max_workers"] == 2 and executor["tasks"] == 20
     assert got["summary"]["tasks"] == 20
+    # The CPU profiles of the driver and of each worker (pyinstrument, the default --profile).
+    cpu = got["profiles"]["program"]
+    labels = sorted(p["label"].split(" (pid")[0] for p in cpu["processes"])
+    workers = [f"worker {i}" for i in range(got["summary"]["lanes"])]  # (each process it started)
+    assert labels == ["driver", *workers] and len(workers) >= len(pids) and not cpu["missing"]
     # No worker of the program is left behind once the command returns.
     deadline = time.monotonic() + 10
     while any(psutil.pid_exists(p) for p in pids) and time.monotonic() < deadline:
