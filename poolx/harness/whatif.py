@@ -168,6 +168,9 @@ def _parallel(r: dict[str, Any]) -> bool:
 def _costs(r: dict[str, Any]) -> list[str]:
     """What eats this setting's parallel gain, each with its figure."""
     found: list[str] = []
+    if r.get("used") and r["backend"] and r["used"] != r["backend"]:
+        found.append(f"{r['label']}: the program's executors ran on {r['used']}: an executor that names its "
+                     "backend keeps it (--backends sets only the default, POOLX_BACKEND)")
     workers = r.get("workers") or r.get("lanes") or 0
     cpu = r.get("cpu_per_wall")
     threads = (r.get("used") or r["backend"]) == "threads"

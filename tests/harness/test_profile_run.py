@@ -344,6 +344,10 @@ def test_what_if_verdicts_say_whether_parallelism_pays_and_what_eats_the_rest():
     assert any(v.startswith("processes-x4: startup took 30% of the worker time") for v in found)
     assert not any("processes-x4: transfer" in v or "processes-x4: idle" in v for v in found)  # (under 15%)
     assert any(v.startswith("processes-x16: more workers than tasks: 8 task(s) for 16") for v in found)
+    assert not any("an executor that names its backend keeps it" in v for v in found)
+    pinned = setting("threads-x2", "threads", 2, 1.0, used="processes")
+    assert ("threads-x2: the program's executors ran on processes: an executor that names its backend keeps "
+            "it (--backends sets only the default, POOLX_BACKEND)") in whatif.verdicts([rows[0], pinned])
     slower = whatif.verdicts([setting("serial-x1", "serial", 1, 1.0),
                               setting("threads-x1", "threads", 1, 0.6),  # (one worker: not parallelism)
                               setting("processes-x2", "processes", 2, 1.05)])
