@@ -224,11 +224,12 @@ def _backends(text: str | None) -> list[str | None]:
 
 
 def settings(backends: list[str | None], workers: list[int] | None) -> list[Setting]:
-    """Every backend with every worker count; serial once (its one lane ignores the count)."""
+    """Every backend with every worker count; serial once, as x1 (it runs every task in the
+    program's own thread, whatever the count)."""
     counts: list[int | None] = list(workers) if workers else [None]
     out: list[Setting] = []
     for backend in backends:
-        for count in counts[:1] if backend == "serial" else counts:
+        for count in ([1] if workers else [None]) if backend == "serial" else counts:
             out.append(Setting(backend, count))
     return out
 

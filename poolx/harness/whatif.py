@@ -46,6 +46,10 @@ NOTABLE_SHARE = 0.15
 #: Python code.  Below it the program waits (I/O, sleeps), which the GIL does not
 #: explain; above it, threads did run at once.
 GIL_CPU_PER_WALL = (0.7, 1.3)
+#: Workers in tasks at least this share of their time, using less than STARVED_CPU of a
+#: CPU each, did not compute for most of it: they waited, or shared the CPUs with other work.
+BUSY_WORKERS = 0.5
+STARVED_CPU = 0.6
 #: The buckets counted as transfer: the cost of moving a task's data, either way.
 TRANSFER = ("pickle", "unpickle", "transfer")
 #: The costs that are not the program's work, and what to do about each.
@@ -177,6 +181,12 @@ def _costs(r: dict[str, Any]) -> list[str]:
     if threads and workers > 1 and cpu is not None and GIL_CPU_PER_WALL[0] <= cpu < GIL_CPU_PER_WALL[1]:
         found.append(f"{r['label']}: the GIL: {workers} threads used {cpu:.2f} CPU-seconds per second of "
                      "wall time, so one ran at a time; Python code needs the processes backend")
+    busy = r.get("busy_share")
+    if (not threads and workers > 1 and cpu is not None and busy is not None and busy >= BUSY_WORKERS
+            and cpu < STARVED_CPU * workers):
+        found.append(f"{r['label']}: {workers} workers busy {busy:.0%} of their time used only {cpu:.2f} "
+                     "CPU-seconds per second: the tasks wait (I/O, sleeps, locks), or other work holds "
+                     "the machine's CPUs")
     if r.get("tasks") is not None and 0 < r["tasks"] < workers:
         found.append(f"{r['label']}: more workers than tasks: {r['tasks']} task(s) for {workers} workers, "
                      "so some never had work")
@@ -217,13 +227,18 @@ def terminal(results: dict[str, Any], out: Path) -> str:
 
 def html(results: dict[str, Any]) -> str:
     esc = _html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in HEADERS)
+    head = "".join(f"<th>{esc(h)}</th>" for h in HEADERS) + "<th></th>"
+    longest = max((r["wall"] or 0.0 for r in results["settings"]), default=0.0)
     body = ""
     for r in results["settings"]:
         row_cells = cells(r)
         name = esc(r["label"])
         link = f'<a href="{esc(r["folder"])}/report.html">{name}</a>' if r["wall"] else name
-        body += "<tr><td>" + link + "</td>" + "".join(f"<td>{esc(c)}</td>" for c in row_cells[1:]) + "</tr>\n"
+        # (the wall times as bars: the settings' order of speed at a glance)
+        width = 100 * (r["wall"] or 0.0) / longest if longest else 0.0
+        bar = f'<div class="bar" style="width:{width:.1f}%"></div>'
+        body += ("<tr><td>" + link + "</td>" + "".join(f"<td>{esc(c)}</td>" for c in row_cells[1:])
+                 + f'<td class="barcell">{bar}</td></tr>\n')
     findings = "".join(f"<li>{esc(v)}</li>" for v in results["verdicts"])
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(results['command'])}</title>
@@ -232,6 +247,8 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 70em; }}
 table {{ border-collapse: collapse; }}
 th, td {{ padding: 0.3em 0.8em; border-bottom: 1px solid #ddd; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }}
+td.barcell {{ width: 16em; text-align: left; }}
+div.bar {{ height: 0.9em; background: #2b8cbe; }}
 </style></head><body>
 <h1>What if: {esc(results['command'])}</h1>
 <p>{esc(results['created'])}; {esc(env.header(results['env']))}</p>

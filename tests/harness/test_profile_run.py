@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from _browser import load_page, require_browser
 
 from poolx.harness import command, live, whatif
 
@@ -229,6 +230,12 @@ def test_what_if_puts_each_setting_side_by_side(tmp_path):
     page = (out / "report.html").read_text(encoding="utf-8")
     assert all(f'href="{label}/report.html"' in page for label in labels)
     assert "serial-x1" in proc.stderr and "speed-up" in proc.stderr  # (the terminal table)
+    require_browser()  # (the page as a browser shows it)
+    shown = load_page(out / "report.html", selectors=["table.whatif tbody tr", "ul.verdicts li",
+                                                      "table.whatif a"])
+    assert shown.console_errors == []
+    assert shown.counts == {"table.whatif tbody tr": 3, "ul.verdicts li": len(top["verdicts"]),
+                            "table.whatif a": 3}
     # A rerun into the same folder replaces it, and refuses one holding someone else's files.
     (out / "notes.txt").write_text("mine")
     again = profile_run("--profile", "none", "--out", "out", "unguarded.py", cwd=tmp_path)
@@ -350,7 +357,10 @@ def test_what_if_verdicts_say_whether_parallelism_pays_and_what_eats_the_rest():
             "it (--backends sets only the default, POOLX_BACKEND)") in whatif.verdicts([rows[0], pinned])
     slower = whatif.verdicts([setting("serial-x1", "serial", 1, 1.0),
                               setting("threads-x1", "threads", 1, 0.6),  # (one worker: not parallelism)
-                              setting("processes-x2", "processes", 2, 1.05)])
+                              setting("processes-x2", "processes", 2, 1.05, busy_share=0.8,
+                                      cpu_per_wall=0.78)])
     assert slower[0].startswith("parallelism does not pay for this program: the fastest setting with more "
                                 "than one worker, "
                                 "processes-x2, took 1.05 s against 1.00 s for serial-x1")
+    assert ("processes-x2: 2 workers busy 80% of their time used only 0.78 CPU-seconds per second: the tasks "
+            "wait (I/O, sleeps, locks), or other work holds the machine's CPUs") in slower
