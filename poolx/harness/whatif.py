@@ -158,6 +158,11 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
         of_ideal = f", {gain / ideal:.0%} of the ideal {ideal}x" if ideal and ideal > 1 else ""
         out.append(f"parallelism pays: {best['label']} took {seconds(best['wall'])}, {gain:.2f}x "
                    f"faster than {base['label']} ({seconds(base['wall'])}){of_ideal}")
+    base_cpu = base.get("cpu_per_wall")
+    if (base.get("used") or base["backend"]) == "serial" and base_cpu is not None and base_cpu < STARVED_CPU:
+        out.append(f"{base['label']} used only {base_cpu:.2f} CPU-seconds per second: the program waits "
+                   "(I/O, sleeps), or other work held the CPUs; if that, the speed-ups compare runs that got "
+                   "different shares of the machine: rerun it on a quieter one")
     for r in others:
         out.extend(_costs(r))
     return out

@@ -362,5 +362,11 @@ def test_what_if_verdicts_say_whether_parallelism_pays_and_what_eats_the_rest():
     assert slower[0].startswith("parallelism does not pay for this program: the fastest setting with more "
                                 "than one worker, "
                                 "processes-x2, took 1.05 s against 1.00 s for serial-x1")
+    assert not any("rerun it on a quieter one" in v for v in found)  # (the baseline had its CPU)
+    starved = [setting("serial-x1", "serial", 1, 1.0, cpu_per_wall=0.5),
+               setting("threads-x2", "threads", 2, 0.6)]
+    assert ("serial-x1 used only 0.50 CPU-seconds per second: the program waits (I/O, sleeps), or other work "
+            "held the CPUs; if that, the speed-ups compare runs that got different shares of the machine: "
+            "rerun it on a quieter one") in whatif.verdicts(starved)
     assert ("processes-x2: 2 workers busy 80% of their time used only 0.78 CPU-seconds per second: the tasks "
             "wait (I/O, sleeps, locks), or other work holds the machine's CPUs") in slower
