@@ -59,6 +59,7 @@ if _typing.TYPE_CHECKING:
     from .actors.handle import ActorHandle, ActorMethod
     from .actors.options import ActorOptions
     from .actors.pool import ActorPool
+    from .harness.session import profile
 
 __version__ = "0.1.0.dev0"
 
@@ -106,6 +107,7 @@ __all__ = [
     "is_initialized",
     "kill",
     "method",
+    "profile",
     "put",
     "register_backend",
     "remote",
@@ -130,6 +132,7 @@ _LAZY = {
     "Pool": "poolx._pool",
     "PutRef": "poolx._objects",
     "ThreadPool": "poolx._pool",
+    "profile": "poolx.harness.session",  # (the profiling harness: loaded only by poolx.profile)
     **dict.fromkeys(
         ["RemoteClass", "RemoteFunction", "available_resources", "cancel", "cluster_resources", "get",
          "get_actor", "init", "is_initialized", "kill", "method", "put", "remote", "shutdown",

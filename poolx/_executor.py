@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, ParamSpec, TypeVar
 
-from . import _arguments, _shm
+from . import _arguments, _observe, _shm
 from ._errors import ActorDiedError, InitializerError, SerializationError
 from ._futures import Future, Task
 from ._held import HeldTasks
@@ -201,6 +201,10 @@ class Executor(cf.Executor):
         init_timeout: float | None = None,
         trace_capacity: int | None = TRACE_CAPACITY,
     ) -> None:
+        observer = self._observer = _observe.active()
+        if observer is not None:  # a profiling session (poolx.profile) may change these first
+            max_workers, mp_context, backend, trace_capacity, self._child_hook = _observe.configured(
+                observer, max_workers, mp_context, backend, trace_capacity, self._child_hook)
         # In the stdlib's order where it checks the same (see _arguments).
         max_workers = default_max_workers() if max_workers is None else _arguments.worker_count(max_workers)
         _arguments.context(mp_context)
@@ -246,6 +250,8 @@ class Executor(cf.Executor):
         # An executor dropped without shutdown() stops its workers once the
         # queued work is done (the backend never refers back to the executor).
         weakref.finalize(self, self._backend.shutdown, False, False)
+        if observer is not None:
+            observer.opened(self)
 
     # -- introspection ---------------------------------------------------------
 
@@ -347,6 +353,7 @@ class Executor(cf.Executor):
 
     _child_hook: Any = None
     _any_start_method: bool = False
+    _observer: _observe.Observer | None = None  # told when this executor closes (poolx._observe)
 
     def submit_task(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                     max_retries: int = 0, readonly_args: bool = False, chunk: bool = False) -> Task:
@@ -482,7 +489,7 @@ class Executor(cf.Executor):
         Returns at once with a handle; ``handle.method.remote(...)`` returns a
         Future.  On the processes backend the actor is a process of its own.
         """
-        return ActorFactory(self, ActorOptions()).actor(cls, *args, **kwargs)
+        return _start_actor(self, cls, args, kwargs, ActorOptions())
 
     def get_actor(self, name: str) -> ActorHandle[Any]:
         """A handle to this executor's live actor named ``name``."""
@@ -510,34 +517,6 @@ class Executor(cf.Executor):
         """
         return ActorFactory(self, ActorOptions()).map_actors(cls, iterable, **kwargs)
 
-    def _start_actor(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
-                     options: ActorOptions) -> ActorHandle[Any]:
-        if not isinstance(cls, type):
-            raise TypeError(
-                f"actor() needs a class, got {type(cls).__name__} {cls!r}; for a function, "
-                "use submit()"
-            )
-        if not self._backend.supports_actors:
-            raise ValueError(f"the {self._backend.name!r} backend does not run actors")
-        if (options.max_restarts or options.max_task_retries) and not self._backend.supports_actor_restarts:
-            raise ValueError(f"the {self._backend.name!r} backend cannot restart an actor: max_restarts and "
-                             "max_task_retries need backend='processes' or 'ray'")
-        if options.call_timeout is not None and not self._backend.supports_timeouts:
-            raise ValueError(f"the {self._backend.name!r} backend cannot stop a running call: call_timeout "
-                             "needs backend='processes'")
-        if self.closed:
-            raise RuntimeError("cannot create actors after shutdown")
-        actor, new = self._actors.create(cls, args, kwargs, options)
-        if new:
-            try:
-                self._backend.start_actor(actor)
-            except BaseException as exc:
-                with actor.lock:
-                    actor.mark_dead(ActorDiedError(f"the actor {actor.label} could not be started: {exc}",
-                                                   actor=actor.label))
-                raise
-        return handle_of(actor)
-
     def __reduce__(self) -> Any:
         raise TypeError(
             "a poolx.Executor cannot be sent to a task or an actor: pass actor handles instead, "
@@ -558,6 +537,9 @@ class Executor(cf.Executor):
         with self._shutdown_lock:
             self.closed = True
             self._left_running = not wait
+            observer, self._observer = self._observer, None
+        if observer is not None:  # (once, while the workers are still there to be read)
+            observer.closing(self)
         self._actors.close()
         if cancel_futures:
             self._held.cancel()
@@ -582,6 +564,9 @@ class Executor(cf.Executor):
         with self._shutdown_lock:
             self.closed = True
             self._left_running = True  # a task that ignores SIGTERM: killed at exit (_at_exit)
+            observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.closing(self)
         self._actors.close()
         self._held.cancel()
         self._backend.terminate_workers(kill)
@@ -612,7 +597,7 @@ class ActorFactory:
 
     def actor(self, cls: type[T], /, *args: Any, **kwargs: Any) -> ActorHandle[T]:
         """Start an actor of ``cls`` with these options (see ``Executor.actor``)."""
-        return self._executor._start_actor(cls, args, kwargs, self.options)
+        return _start_actor(self._executor, cls, args, kwargs, self.options)
 
     def map_actors(self, cls: type, iterable: Iterable[Any], *, args: tuple[Any, ...] = (),
                    kwargs: dict[str, Any] | None = None, min_size: int = 1, max_size: int | None = None,
@@ -633,6 +618,36 @@ class ActorFactory:
                           max_size=max_size if max_size is not None else self._executor.max_workers,
                           batch_size=batch_size, ordered=ordered, idle_timeout=idle_timeout,
                           kill=self._executor.kill)
+
+
+def _start_actor(ex: Executor, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 options: ActorOptions) -> ActorHandle[Any]:
+    """``Executor.actor()`` and ``options(...).actor()``: check, record and start the actor."""
+    if not isinstance(cls, type):
+        raise TypeError(
+            f"actor() needs a class, got {type(cls).__name__} {cls!r}; for a function, "
+            "use submit()"
+        )
+    if not ex._backend.supports_actors:
+        raise ValueError(f"the {ex._backend.name!r} backend does not run actors")
+    if (options.max_restarts or options.max_task_retries) and not ex._backend.supports_actor_restarts:
+        raise ValueError(f"the {ex._backend.name!r} backend cannot restart an actor: max_restarts and "
+                         "max_task_retries need backend='processes' or 'ray'")
+    if options.call_timeout is not None and not ex._backend.supports_timeouts:
+        raise ValueError(f"the {ex._backend.name!r} backend cannot stop a running call: call_timeout "
+                         "needs backend='processes'")
+    if ex.closed:
+        raise RuntimeError("cannot create actors after shutdown")
+    actor, new = ex._actors.create(cls, args, kwargs, options)
+    if new:
+        try:
+            ex._backend.start_actor(actor)
+        except BaseException as exc:
+            with actor.lock:
+                actor.mark_dead(ActorDiedError(f"the actor {actor.label} could not be started: {exc}",
+                                               actor=actor.label))
+            raise
+    return handle_of(actor)
 
 
 def _attempt(ex: Executor, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],

@@ -43,7 +43,7 @@ class Row:
 
     @property
     def key(self) -> str:
-        return f"{self.mode} x{self.workers}" if self.mode != "serial" else "serial"
+        return f"{self.mode} x{self.workers}" if self.mode not in ("serial", "program") else self.mode
 
 
 def median_run(runs: list[Run]) -> Run:
@@ -75,11 +75,16 @@ def dispatch_latencies(run: Run) -> list[float]:
     return out
 
 
-def summarize(runs: list[Run]) -> list[Row]:
-    """One Row per (mode, workers), from the runs with repeat >= 0 and no profiler."""
+#: The order of the rows (a program's run, poolx.harness.session, has one row: "program").
+MODE_ORDER = ("serial", "task", "actor", "program")
+
+
+def summarize(runs: list[Run], *, profiled: bool = False) -> list[Row]:
+    """One Row per (mode, workers), from the runs with repeat >= 0 and no profiler (with
+    ``profiled``, those with a profiler too: a program runs once)."""
     groups: dict[tuple[str, int], list[Run]] = {}
     for run in runs:
-        if run.repeat >= 0 and run.profile == "none":
+        if run.repeat >= 0 and (profiled or run.profile == "none"):
             groups.setdefault((run.mode, run.workers), []).append(run)
     rows = []
     serial_wall = None
@@ -109,7 +114,7 @@ def summarize(runs: list[Run]) -> list[Row]:
         rows.append(row)
         if mode == "serial":
             serial_wall = row.wall
-    rows.sort(key=lambda r: (["serial", "task", "actor"].index(r.mode), r.workers))
+    rows.sort(key=lambda r: (MODE_ORDER.index(r.mode), r.workers))
     for row in rows:
         if serial_wall and row.wall > 0:
             row.speedup = serial_wall / row.wall
@@ -249,17 +254,21 @@ def _share(r: Row, bucket: str) -> float:
     return r.seconds.get(bucket, 0.0) / total if total else 0.0
 
 
+#: What each cost besides compute is, and what to do about it.
+COST_HINTS = {
+    "startup": "starting the processes (reuse one executor across calls, or give each process more work)",
+    "unpickle": "unpickling arguments (send big inputs once: an actor's state, or poolx.put)",
+    "pickle": "pickling results (return less, or smaller types)",
+    "transfer": "tasks in transit to idle processes (tasks are too small: batch them with chunksize)",
+    "idle": "processes waiting for work (too few tasks for the workers, or uneven tasks)",
+}
+
+
 def _dominant(r: Row) -> str:
     """The largest cost that is not compute, as evidence."""
     overheads = {b: _share(r, b) for b in BUCKETS if b != "compute"}
     bucket = max(overheads, key=lambda b: overheads[b])
-    text = {
-        "startup": "starting the processes (reuse one executor across calls, or give each process more work)",
-        "unpickle": "unpickling arguments (send big inputs once: an actor's state, or poolx.put)",
-        "pickle": "pickling results (return less, or smaller types)",
-        "transfer": "tasks in transit to idle processes (tasks are too small: batch them with chunksize)",
-        "idle": "processes waiting for work (too few tasks for the workers, or uneven tasks)",
-    }[bucket]
+    text = COST_HINTS[bucket]
     return (
         f"The largest cost besides compute is {bucket}, {overheads[bucket]:.0%} of the worker time: {text}."
     )
@@ -294,3 +303,147 @@ def _difference(faster: Row, slower: Row) -> str:
 
 def _workers(n: int) -> str:
     return f"{n} worker" + ("" if n == 1 else "s")
+
+
+# -- a program's run (poolx.harness.session) ---------------------------------------------
+
+#: Tasks running at once, on average over the program's wall time (busy worker-seconds /
+#: wall), below which parallelism is said not to have paid: 1.2 leaves room for the noise of
+#: a short program; a program whose tasks overlapped less than that ran nearly serially.
+PAYS = 1.2
+#: The threads backend: the process used at most this many CPUs on average while its tasks
+#: overlapped PAYS or more: CPU-bound Python in threads runs one at a time (the GIL).
+#: Above it, something ran in parallel (C code that releases the GIL, NumPy).
+GIL_CPUS = 1.3
+#: A cost besides compute is named when it takes more than this share of the workers' time.
+LARGE_SHARE = 0.2
+#: The serial part of a program (no task running) is named above this share of its wall.
+SERIAL_SHARE = 0.3
+
+
+def program_summary(lanes_by_executor: list[list[Lane]], tasks: list[tuple[Any, ...]],
+                    wall: float, driver_cpu: float) -> dict[str, Any]:
+    """results.json's "summary" of a program: its lanes' buckets summed, busy share, CPU."""
+    lanes = [lane for group in lanes_by_executor for lane in group]
+    buckets = {b: sum(lane.seconds.get(b, 0.0) for lane in lanes) for b in BUCKETS}
+    total = sum(buckets.values())
+    found = (imbalance(group) for group in lanes_by_executor)
+    return {
+        "tasks": len(tasks),
+        "lanes": len(lanes),
+        "buckets": buckets,
+        "busy_share": sum(lane.busy for lane in lanes) / total if total else 0.0,
+        "busy": sum(lane.busy for lane in lanes),
+        "cpu_total": driver_cpu + sum(lane.cpu for lane in lanes if lane.cpu is not None),
+        "imbalance": next((text for text in found if text), None),
+        "max_parallelism": max_parallelism(tasks),
+        "parallel_seconds": covered(tasks, wall),
+    }
+
+
+def max_parallelism(tasks: list[tuple[Any, ...]]) -> int:
+    """The most tasks that ran at the same moment."""
+    edges = sorted([(t[4], 1) for t in tasks] + [(t[5], -1) for t in tasks])
+    running = top = 0
+    for _t, step in edges:  # (an end sorts before a start at the same instant)
+        running += step
+        top = max(top, running)
+    return top
+
+
+def covered(tasks: list[tuple[Any, ...]], wall: float) -> float:
+    """Seconds of [0, wall] during which at least one task ran."""
+    total, reach = 0.0, 0.0
+    for start, end in sorted((max(0.0, t[4]), min(wall, t[5])) for t in tasks):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def program_verdicts(program: dict[str, Any], executors: list[dict[str, Any]],
+                     summary: dict[str, Any]) -> list[str]:
+    """Short findings about a program's run, each with its figures."""
+    out = _ending(program)
+    wall = program["wall"]
+    if not executors:
+        out.append(
+            f"the program made no poolx executor, so nothing in it ran in parallel under poolx "
+            f"({wall:.2f} s of wall, {program['driver_cpu']:.2f} s of CPU, all in the driver). If it uses "
+            "concurrent.futures.ProcessPoolExecutor, multiprocessing.Pool or joblib, profile it with "
+            "--drop-in (poolx profile run --drop-in ...) to run those on poolx")
+        return out
+    if not summary["tasks"]:
+        out.append(f"the program made {len(executors)} poolx executor(s) but ran no task on them")
+        return out
+    out.append(_pays(program, executors, summary))
+    out += _costs(summary)
+    if summary["imbalance"]:
+        out.append(f"load imbalance: {summary['imbalance']}")
+    for ex in executors:
+        if ex["max_workers"] > 1 and 0 < ex["tasks"] < ex["max_workers"]:
+            out.append(
+                f"{_named(ex, executors)} ran {ex['tasks']} task(s) on {ex['max_workers']} workers: at most "
+                f"{ex['tasks']} of them had work. Split the work into more, smaller tasks (at least "
+                "as many as the workers), or use fewer workers")
+    serial = wall - summary["parallel_seconds"]
+    if wall > 0 and serial / wall > SERIAL_SHARE:
+        out.append(
+            f"no task ran for {serial:.2f} s of the program's {wall:.2f} s ({serial / wall:.0%}): that part "
+            f"runs in the driver alone, so more workers cannot speed it up; at most {wall / serial:.1f}x "
+            "faster with infinitely many (Amdahl's law). The driver's profile shows where it went")
+    return out
+
+
+def _ending(program: dict[str, Any]) -> list[str]:
+    code, error = program.get("exit_code"), program.get("error")
+    if error or code not in (None, 0):
+        last = (error or "").strip().splitlines()[-1:] or [""]
+        what = f"exit code {code}" if code not in (None, 0) else "an error"
+        return [f"the program ended with {what}{': ' + last[0] if last[0] else ''}; "
+                f"what ran until then is below"]
+    return []
+
+
+def _pays(program: dict[str, Any], executors: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """Whether the parallel part of the program ran in parallel: tasks at once while any ran,
+    and the CPUs used then (the serial rest is Amdahl's verdict, apart)."""
+    span = summary["parallel_seconds"]
+    at_once = summary["busy"] / span if span else 0.0
+    # (all the CPU put in the span: an upper bound when the driver computed outside it)
+    cpus = summary["cpu_total"] / span if span else 0.0
+    figures = (f"while tasks ran ({span:.2f} s of the program's {program['wall']:.2f} s), {at_once:.2f} "
+               f"ran at once on average (at most {summary['max_parallelism']}); the workers were busy "
+               f"{summary['busy_share']:.0%} of their lifetime; every process together used "
+               f"{summary['cpu_total']:.2f} s of CPU")
+    threads = [ex for ex in executors if ex["backend"] == "threads" and ex["tasks"]]
+    if threads and at_once >= PAYS and 0.8 <= cpus <= GIL_CPUS:
+        return (f"parallelism did not pay for the CPU: {figures}, about one CPU. The tasks ran in threads "
+                f"({_named(threads[0], executors)}) and the GIL let one of them run Python at a time: use "
+                "the processes backend (the default) for CPU-bound Python")
+    if at_once < PAYS:
+        return (f"parallelism did not pay: {figures}. The tasks rarely overlapped: see the costs below "
+                "and the timeline")
+    if cpus < 0.5 * at_once:
+        return (f"parallelism paid in waiting, not in computing: {figures}. The tasks wait (I/O, sleeps, "
+                "locks) more than they compute, so more workers than cores can still help")
+    return f"parallelism paid: {figures}"
+
+
+def _costs(summary: dict[str, Any]) -> list[str]:
+    buckets = summary["buckets"]
+    total = sum(buckets.values())
+    if not total:
+        return []
+    out = []
+    for bucket in sorted(COST_HINTS, key=lambda b: -buckets.get(b, 0.0)):
+        share = buckets.get(bucket, 0.0) / total
+        if share > LARGE_SHARE:
+            out.append(f"{bucket} took {buckets[bucket]:.2f} of the workers' {total:.2f} s ({share:.0%}): "
+                       f"{COST_HINTS[bucket]}")
+    return out
+
+
+def _named(ex: dict[str, Any], executors: list[dict[str, Any]]) -> str:
+    name = f"the {ex['front_end']} ({ex['backend']})"
+    return f"ex{ex['index']}, {name}" if len(executors) > 1 else name

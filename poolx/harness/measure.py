@@ -14,7 +14,9 @@ on; nothing here slows the run down):
 
 ``account()`` splits each lane's share of the run (the wall time) into
 start-up, unpickling, compute, pickling, transfer and idle; the six add up to
-the wall time, so the lanes add up to wall x lanes.
+the lane's window, its executor's lifetime: for a scenario's run the wall
+time, so the lanes add up to wall x lanes; for a program (``session``) from
+when the program made the executor to when it shut it down.
 """
 
 from __future__ import annotations
@@ -44,7 +46,13 @@ BUCKET_HELP = {
 
 @dataclass
 class Lane:
-    """One process's share of a run: a worker, an actor, or the driver (serial)."""
+    """One process's share of a run: a worker, an actor, or the driver (serial).
+
+    Its window is its executor's lifetime, ``start`` to ``end`` (seconds after
+    the run started; ``end`` None: the run's end): a scenario's executor lives
+    as long as the run, a program's from when the program made it to when it
+    was shut down.  ``account()`` splits that window, not the whole run.
+    """
 
     key: int  # worker index, minus the actor's id, or -0 for the driver
     label: str
@@ -54,6 +62,19 @@ class Lane:
     peak_rss: int | None = None  # bytes
     tasks: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # BUCKETS
+    start: float = 0.0
+    end: float | None = None
+    born: float | None = None  # when its process started, if later than ``start`` (else None)
+
+    @property
+    def starting(self) -> float:
+        """When its start-up began: its process's birth, else its window's start."""
+        return self.start if self.born is None else max(self.start, self.born)
+
+    def window(self, wall: float) -> tuple[float, float]:
+        """(start, end) of this lane's share of a run of ``wall`` seconds."""
+        end = wall if self.end is None else min(self.end, wall)
+        return min(self.start, end), end
 
     @property
     def busy(self) -> float:
@@ -101,7 +122,7 @@ def run_once(scenario: Scenario, mode: str, workers: int, size: int, *, backend:
             run.ok, run.error = False, _error(exc)
         run.wall = time.perf_counter() - t0
         run.driver_cpu = time.process_time() - cpu0
-        run.driver_peak_rss = _own_peak_rss()
+        run.driver_peak_rss = own_peak_rss()
         lane = Lane(0, "driver", os.getpid(), 0.0, run.driver_cpu, run.driver_peak_rss,
                     seconds={"compute": run.wall})
         run.lanes = [lane]
@@ -119,7 +140,7 @@ def run_once(scenario: Scenario, mode: str, workers: int, size: int, *, backend:
             except Exception as exc:
                 run.ok, run.error = False, _error(exc)
             run.wall = time.perf_counter() - t0
-            run.lanes, run.tasks = _lanes_and_tasks(ex, t0, run.wall)
+            run.lanes, run.tasks = lanes_and_tasks(ex, t0, run.wall)
         finally:
             try:
                 ex.shutdown(wait=True, cancel_futures=True)
@@ -127,7 +148,7 @@ def run_once(scenario: Scenario, mode: str, workers: int, size: int, *, backend:
                 if run.ok:
                     run.ok, run.error = False, f"shutting down the executor failed: {_error(exc)}"
         run.driver_cpu = time.process_time() - cpu0
-        run.driver_peak_rss = _own_peak_rss()
+        run.driver_peak_rss = own_peak_rss()
         account(run)
     if run.ok and expected is not None and not scenario.check(result, expected):
         run.ok = False
@@ -135,19 +156,43 @@ def run_once(scenario: Scenario, mode: str, workers: int, size: int, *, backend:
     return run, result
 
 
-def _lanes_and_tasks(ex: Any, t0: float, wall: float) -> tuple[list[Lane], list[tuple[Any, ...]]]:
+#: What is read of a worker or actor process while it lives: (CPU seconds, peak resident
+#: bytes, when it was born as a time.perf_counter() value); None where unknown.
+Facts = tuple[float | None, int | None, float | None]
+
+
+def read_processes(ex: Any) -> dict[int, Facts]:
+    """The facts of ``ex``'s worker and actor processes that can be read from here: the
+    processes backend's, and a cluster's only when they descend from this process (a
+    local cluster), not when they run on a cluster it connected to."""
     tel = ex.telemetry
-    records = tel.task_records()
+    pids = [*tel.worker_pids.values(), *tel.actor_pids.values()]
+    if not pids:  # (the threads and serial backends: no process of their own)
+        return {}
+    local: set[int] | None = None if ex.backend == "processes" else _descendants()
+    return {pid: (*process_facts(pid), process_born(pid)) for pid in pids
+            if pid and (local is None or pid in local)}
+
+
+def lanes_and_tasks(ex: Any, t0: float, wall: float, *, start: float = 0.0,
+                    facts: dict[int, Facts] | None = None) -> tuple[list[Lane], list[tuple[Any, ...]]]:
+    """The lanes of ``ex`` and its task records, in seconds after ``t0``.
+
+    ``start``: when ``ex`` was made (seconds after ``t0``); ``facts``: its processes'
+    facts read earlier (``read_processes``, while they lived), else read now.
+    """
+    tel = ex.telemetry
     tasks = [
         (fn, worker, t_sub - t0, (t_disp or t_sub) - t0, t_start - t0, t_end - t0, t_done - t0,
          b_out, b_in, ok, s_un, s_pi)
         for (_id, fn, worker, t_sub, t_disp, t_start, t_end, t_done, b_out, b_in, ok, s_un, s_pi)
-        in records if t_start
+        in tel.task_records() if t_start
     ]
+    if facts is None:
+        facts = read_processes(ex)
     keys = set(tel.ready_at) | {t[1] for t in tasks}
-    # The processes backend's workers are this machine's; a cluster's only when they descend
-    # from this process (a local cluster), not when they run on a cluster it connected to.
-    local: set[int] | None = None if ex.backend == "processes" else _descendants()
+    # Workers start on demand: they were asked for at the first submit at the latest.
+    asked = min((t[2] for t in tasks), default=wall)
     lanes = []
     for key in sorted(keys, key=lambda k: (k < 0, abs(k))):
         if key >= 0:
@@ -157,13 +202,17 @@ def _lanes_and_tasks(ex: Any, t0: float, wall: float) -> tuple[list[Lane], list[
             pid = tel.actor_pids.get(-key)
             label = f"actor {tel.actor_labels.get(-key, -key)}"
         ready = tel.ready_at.get(key)
-        ready_s = min(wall, ready - t0) if ready else 0.0
+        ready_s = min(wall, ready - t0) if ready else start
         # A cluster backend learns of a worker when its first task comes back: the
         # worker was ready by the time that task started.
         ready_s = min([ready_s, *(t[4] for t in tasks if t[1] == key)])
-        lane = Lane(key, label, pid, max(0.0, ready_s))
-        if pid and (local is None or pid in local):
-            lane.cpu, lane.peak_rss = process_facts(pid)
+        cpu, peak, born = facts.get(pid, (None, None, None)) if pid else (None, None, None)
+        # A worker started on demand (at the first submit, maybe seconds after the executor
+        # was made) was starting up from then, or from its birth if earlier; not from the
+        # executor's making: the executor had nothing for it to do before.
+        lane = Lane(key, label, pid, max(start, ready_s), cpu, peak, start=start)
+        if born is not None:
+            lane.born = min(max(start, min(born - t0, asked)), lane.ready)
         lanes.append(lane)
     return lanes, tasks
 
@@ -179,34 +228,35 @@ def _descendants() -> set[int]:
 
 
 def account(run: Run) -> None:
-    """Split each lane's wall time into BUCKETS (see the module docstring)."""
+    """Split each lane's window (its executor's lifetime) into BUCKETS (see the module docstring)."""
     by_lane: dict[int, list[tuple[Any, ...]]] = {}
     for t in run.tasks:
         by_lane.setdefault(t[1], []).append(t)
     for lane in run.lanes:
         mine = sorted(by_lane.get(lane.key, ()), key=lambda t: t[4])
+        lo, hi = lane.window(run.wall)
         s = dict.fromkeys(BUCKETS, 0.0)
-        s["startup"] = lane.ready
+        # (before its process was born, a worker started on demand had nothing to do: idle)
+        s["startup"] = _overlap(lane.starting, lane.ready, lo, hi)
         free_at = lane.ready  # when the lane last finished something
-        wall = run.wall
         for _fn, _w, submit, dispatch, start, end, _done, _bo, _bi, _ok, s_un, s_pi in mine:
-            # Phases are clipped to the run: a result pickled after the caller
+            # Phases are clipped to the window: a result pickled after the caller
             # already had what it needed (an actor's last call) is past its end.
-            s["unpickle"] += _overlap(start, start + s_un, wall)
-            s["compute"] += _overlap(start + s_un, end, wall)
-            s["pickle"] += _overlap(end, end + s_pi, wall)
+            s["unpickle"] += _overlap(start, start + s_un, lo, hi)
+            s["compute"] += _overlap(start + s_un, end, lo, hi)
+            s["pickle"] += _overlap(end, end + s_pi, lo, hi)
             waiting_from = max(dispatch, free_at, submit)
-            s["transfer"] += _overlap(waiting_from, start, wall)
+            s["transfer"] += _overlap(waiting_from, start, lo, hi)
             free_at = max(free_at, end + s_pi)
         used = sum(s.values())
-        s["idle"] = max(0.0, run.wall - used)
+        s["idle"] = max(0.0, (hi - lo) - used)
         lane.tasks = len(mine)
         lane.seconds = s
 
 
-def _overlap(a: float, b: float, wall: float) -> float:
-    """Length of [a, b] within [0, wall]."""
-    return max(0.0, min(b, wall) - max(a, 0.0))
+def _overlap(a: float, b: float, lo: float, hi: float) -> float:
+    """Length of [a, b] within [lo, hi]."""
+    return max(0.0, min(b, hi) - max(a, lo))
 
 
 def process_facts(pid: int) -> tuple[float | None, int | None]:
@@ -233,7 +283,21 @@ def process_facts(pid: int) -> tuple[float | None, int | None]:
     return cpu, peak
 
 
-def _own_peak_rss() -> int:
+def process_born(pid: int) -> float | None:
+    """When process ``pid`` started, as a ``time.perf_counter()`` value (Linux: its start
+    in clock ticks since boot, against CLOCK_BOOTTIME; to 1/100 s); None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # (after the command, which may hold spaces)
+        ticks = int(fields[19])  # field 22, starttime; fields[0] is field 3
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return time.perf_counter() - age
+
+
+def own_peak_rss() -> int:
+    """This process's peak resident memory, in bytes."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 

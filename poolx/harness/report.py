@@ -240,14 +240,17 @@ def run_dict(r: Run) -> dict[str, Any]:
     return d
 
 
+def run_title(run: Run) -> str:
+    """"serial", "task x4", or "program" (a program's run: poolx.harness.session)."""
+    return run.mode if run.mode in ("serial", "program") else f"{run.mode} x{run.workers}"
+
+
 def trace(runs: list[Run]) -> dict[str, Any]:
     """Chrome/Perfetto trace: one process per run, one thread (lane) per worker
     and actor; a slice per task with nested unpickle / compute / pickle."""
     events: list[dict[str, Any]] = []
     for pid, run in enumerate(runs, start=1):
-        name = (
-            "serial" if run.mode == "serial" else f"{run.mode} x{run.workers}"
-        ) + f" · run {run.repeat + 1}"
+        name = run_title(run) + ("" if run.mode == "program" else f" · run {run.repeat + 1}")
         events.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": name}})
         events.append(
             {"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0, "args": {"sort_index": pid}}
@@ -257,7 +260,7 @@ def trace(runs: list[Run]) -> dict[str, Any]:
             tid = lanes[lane.key]
             label = lane.label + (f" (pid {lane.pid})" if lane.pid else "")
             events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": label}})
-            if lane.ready > 0:
+            if lane.ready > lane.starting:
                 events.append(
                     {
                         "ph": "X",
@@ -265,8 +268,8 @@ def trace(runs: list[Run]) -> dict[str, Any]:
                         "cat": "startup",
                         "pid": pid,
                         "tid": tid,
-                        "ts": 0.0,
-                        "dur": lane.ready * 1e6,
+                        "ts": lane.starting * 1e6,
+                        "dur": (lane.ready - lane.starting) * 1e6,
                     }
                 )
         if run.mode == "serial":
@@ -342,7 +345,7 @@ def _svg(fig: Any) -> str:
     return text[text.index("<svg") :]
 
 
-def _have_matplotlib() -> bool:
+def have_matplotlib() -> bool:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -351,7 +354,7 @@ def _have_matplotlib() -> bool:
 
 
 def chart_scaling(rows: list[Row]) -> str | None:
-    if not _have_matplotlib():
+    if not have_matplotlib():
         return None
     parallel = [r for r in rows if r.mode != "serial" and r.speedup is not None]
     if not parallel:
@@ -390,7 +393,7 @@ def chart_scaling(rows: list[Row]) -> str | None:
 
 
 def chart_accounting(rows: list[Row]) -> str | None:
-    if not _have_matplotlib():
+    if not have_matplotlib():
         return None
     parallel = [r for r in rows if r.mode != "serial"]
     if not parallel:
@@ -424,7 +427,7 @@ def chart_accounting(rows: list[Row]) -> str | None:
 
 def chart_timelines(runs: list[Run]) -> str | None:
     """Gantt per run on one shared time axis; one row per process."""
-    if not _have_matplotlib():
+    if not have_matplotlib():
         return None
     if not runs:
         return None
@@ -445,8 +448,13 @@ def chart_timelines(runs: list[Run]) -> str | None:
     for ax, run in zip(axes[:, 0], runs):
         lanes = {lane.key: i for i, lane in enumerate(run.lanes)}
         for lane in run.lanes:
-            if lane.ready > 0:
-                ax.broken_barh([(0, lane.ready)], (lanes[lane.key] - 0.4, 0.8), color=PALETTE["startup"])
+            if lane.end is not None:  # a program's executor: its lifetime, as a frame
+                lo, hi = lane.window(run.wall)
+                ax.broken_barh([(lo, hi - lo)], (lanes[lane.key] - 0.45, 0.9), facecolor="none",
+                               edgecolor="#999999", linewidth=0.6)
+            if lane.ready > lane.starting:
+                ax.broken_barh([(lane.starting, lane.ready - lane.starting)], (lanes[lane.key] - 0.4, 0.8),
+                               color=PALETTE["startup"])
         if run.mode == "serial":
             ax.broken_barh([(0, run.wall)], (-0.4, 0.8), color=PALETTE["compute"])
         spans: dict[str, list[tuple[int, tuple[float, float]]]] = {
@@ -471,8 +479,7 @@ def chart_timelines(runs: list[Run]) -> str | None:
         ax.axvline(run.wall, color="#333333", lw=0.8, ls="--")
         ax.set_yticks(range(len(run.lanes)), [lane.label for lane in run.lanes], fontsize=7)
         ax.set_ylim(max(1, len(run.lanes)) - 0.5, -0.5)  # (a failed run may have no lanes)
-        title = "serial" if run.mode == "serial" else f"{run.mode} x{run.workers}"
-        ax.set_title(f"{title}: {run.wall:.3f} s", fontsize=9, loc="left")
+        ax.set_title(f"{run_title(run)}: {run.wall:.3f} s", fontsize=9, loc="left")
     axes[-1, 0].set_xlabel("seconds since the run started (dashed: end of the run)")
     fig.tight_layout()
     return _svg(fig)
@@ -495,7 +502,7 @@ ul.verdicts li{margin:.3em 0}.chart svg{max-width:100%;height:auto}
 """
 
 
-def _table_html(headers: list[str], rows: list[list[str]], cls: str) -> str:
+def table_html(headers: list[str], rows: list[list[str]], cls: str) -> str:
     e = _html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
@@ -510,6 +517,76 @@ def env_value(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k} {'-' if v is None else v}" for k, v in value.items())
     return str(value)
+
+
+def profiles_html(results: dict[str, Any]) -> list[str]:
+    """The report's profiles section: per profiled run, the hot functions and the processes
+    (CPU), or each process's peak and its largest allocation (memory), and links to the files."""
+    e = _html.escape
+    parts: list[str] = []
+    profiles = results.get("profiles") or {}
+    if profiles:
+        parts.append("<h2 id='profiles'>Profiles</h2>")
+        for p in results.get("profiled", []):
+            parts.append(
+                f"<p>{e(p['mode'])} x{p['workers']}: profiled run {seconds(p['wall'])}, "
+                f"{p['wall'] / p['timing_median']:.2f}x its timing median.</p>"
+            )
+        for mode, info in profiles.items():
+            which = "the program" if mode == "program" else f"{e(mode)} x{info['workers']}"
+            parts.append(f"<h3>{e(info['kind'])}: {which}</h3>")
+            if info["kind"] == "cpu":
+                if info.get("html"):
+                    parts.append(
+                        f"<p><a href='cpu/{e(info['html'])}'>call tree (pyinstrument, every process)</a> · "
+                        f"<a href='cpu/{e(info['speedscope'])}'>speedscope JSON</a> "
+                        "(one profile per process; open in speedscope.app)</p>"
+                    )
+                parts.append(
+                    table_html(
+                        ["share", "function", "where"],
+                        [[f"{h['share']:.1%}", h["function"], h["where"]] for h in info.get("hot", [])],
+                        "hot",
+                    )
+                )
+                parts.append(
+                    table_html(
+                        ["process", "samples", "profiled s"],
+                        [
+                            [p["label"], str(p["samples"]), f"{p['duration']:.3f}"]
+                            for p in info.get("processes", [])
+                        ],
+                        "cpu-processes",
+                    )
+                )
+            else:
+                cells = []
+                for p in info["processes"]:
+                    link = p.get("flamegraph")
+                    cells.append(
+                        [
+                            p["label"],
+                            str(p["pid"]),
+                            size(p.get("peak")),
+                            p.get("top_site", p.get("error", "")),
+                            link or "-",
+                        ]
+                    )
+                parts.append(
+                    table_html(
+                        ["process", "pid", "peak (memray)", "largest allocation at peak", "flamegraph"],
+                        cells,
+                        "mem",
+                    )
+                )
+                links = [p["flamegraph"] for p in info["processes"] if p.get("flamegraph")]
+                if links:
+                    parts.append(
+                        "<p>" + " · ".join(f"<a href='{e(x)}'>{e(Path(x).name)}</a>" for x in links) + "</p>"
+                    )
+            for label in info.get("missing", []):
+                parts.append(f"<p class='flag'>{e(label)} {e(info.get('missing_note', MISSING_NOTE))}.</p>")
+    return parts
 
 
 def html(results: dict[str, Any], rows: list[Row], runs: list[Run]) -> str:
@@ -531,14 +608,14 @@ def html(results: dict[str, Any], rows: list[Row], runs: list[Run]) -> str:
         "<h2 id='verdicts'>Verdicts</h2><ul class='verdicts'>",
         *(f"<li>{e(v)}</li>" for v in results["verdicts"]),
         "</ul><h2 id='results'>Results</h2>",
-        _table_html(RESULT_HEADERS, [result_cells(r) for r in rows], "results"),
+        table_html(RESULT_HEADERS, [result_cells(r) for r in rows], "results"),
         "<p class='muted'>speedup: serial median / this median; efficiency: speedup / workers; task p50/p95: "
         "duration of a task or actor call in its process; dispatch p50: from the moment a task could have "
         "started (submitted, its process free) to its start; CPU util: CPU time of the processes / (wall x "
         "processes); peak mem: the largest process's peak resident memory; pickled: bytes sent to / received "
         "from the processes.</p>",
     ]
-    if not _have_matplotlib():
+    if not have_matplotlib():
         parts.append("<p class='flag'>The charts need matplotlib: pip install matplotlib (poolx's "
                      "'profile' extra).</p>")
     scaling = chart_scaling(rows)
@@ -549,7 +626,7 @@ def html(results: dict[str, Any], rows: list[Row], runs: list[Run]) -> str:
         ]
     parts += [
         "<h2 id='accounting'>Where the worker time went</h2>",
-        _table_html(ACCOUNT_HEADERS, [account_cells(r) for r in rows if r.mode != "serial"], "accounting"),
+        table_html(ACCOUNT_HEADERS, [account_cells(r) for r in rows if r.mode != "serial"], "accounting"),
         "<p class='muted'>"
         + "; ".join(
             f"<span class='swatch' style='background:{PALETTE[b]}'></span><b>{b}</b>: {e(BUCKET_HELP[b])}"
@@ -585,68 +662,8 @@ def html(results: dict[str, Any], rows: list[Row], runs: list[Run]) -> str:
             continue
         flag = f" <span class='flag'>imbalance: {e(row.imbalance)}</span>" if row.imbalance else ""
         parts.append(f"<h3>{e(row.key)}{flag}</h3>")
-        parts.append(_table_html(LANE_HEADERS, lane_cells(row, row.wall), "lanes"))
-    profiles = results.get("profiles") or {}
-    if profiles:
-        parts.append("<h2 id='profiles'>Profiles</h2>")
-        for p in results.get("profiled", []):
-            parts.append(
-                f"<p>{e(p['mode'])} x{p['workers']}: profiled run {seconds(p['wall'])}, "
-                f"{p['wall'] / p['timing_median']:.2f}x its timing median.</p>"
-            )
-        for mode, info in profiles.items():
-            parts.append(f"<h3>{e(info['kind'])}: {e(mode)} x{info['workers']}</h3>")
-            if info["kind"] == "cpu":
-                if info.get("html"):
-                    parts.append(
-                        f"<p><a href='cpu/{e(info['html'])}'>call tree (pyinstrument, every process)</a> · "
-                        f"<a href='cpu/{e(info['speedscope'])}'>speedscope JSON</a> "
-                        "(one profile per process; open in speedscope.app)</p>"
-                    )
-                parts.append(
-                    _table_html(
-                        ["share", "function", "where"],
-                        [[f"{h['share']:.1%}", h["function"], h["where"]] for h in info.get("hot", [])],
-                        "hot",
-                    )
-                )
-                parts.append(
-                    _table_html(
-                        ["process", "samples", "profiled s"],
-                        [
-                            [p["label"], str(p["samples"]), f"{p['duration']:.3f}"]
-                            for p in info.get("processes", [])
-                        ],
-                        "cpu-processes",
-                    )
-                )
-            else:
-                cells = []
-                for p in info["processes"]:
-                    link = p.get("flamegraph")
-                    cells.append(
-                        [
-                            p["label"],
-                            str(p["pid"]),
-                            size(p.get("peak")),
-                            p.get("top_site", p.get("error", "")),
-                            link or "-",
-                        ]
-                    )
-                parts.append(
-                    _table_html(
-                        ["process", "pid", "peak (memray)", "largest allocation at peak", "flamegraph"],
-                        cells,
-                        "mem",
-                    )
-                )
-                links = [p["flamegraph"] for p in info["processes"] if p.get("flamegraph")]
-                if links:
-                    parts.append(
-                        "<p>" + " · ".join(f"<a href='{e(x)}'>{e(Path(x).name)}</a>" for x in links) + "</p>"
-                    )
-            for label in info.get("missing", []):
-                parts.append(f"<p class='flag'>{e(label)} {e(info.get('missing_note', MISSING_NOTE))}.</p>")
+        parts.append(table_html(LANE_HEADERS, lane_cells(row, row.wall), "lanes"))
+    parts += profiles_html(results)
     parts += [
         "<h2 id='files'>Files</h2><ul>",
         "<li><a href='results.json'>results.json</a>: every run's raw data "
@@ -654,7 +671,7 @@ def html(results: dict[str, Any], rows: list[Row], runs: list[Run]) -> str:
         "<li><a href='trace.json'>trace.json</a>: Chrome/Perfetto trace, one lane per process</li>",
         "</ul>",
         "<h2 id='environment'>Environment</h2>",
-        _table_html(["", ""], [[k, env_value(v)] for k, v in environment.items()], "environment"),
+        table_html(["", ""], [[k, env_value(v)] for k, v in environment.items()], "environment"),
         "</body></html>",
     ]
     return "\n".join(parts)

@@ -1,0 +1,495 @@
+"""``poolx.profile``: profile a program, or one block of it, as it is written.
+
+::
+
+    with poolx.profile("out/") as prof:     # or poolx profile run train.py
+        train()                             # any poolx executor made here is watched
+    print(prof.summary())
+
+A ``Session`` installs itself as the process's observer (``poolx._observe``),
+so it is told of every executor the program makes, whatever the front end
+(Executor, Pool, ThreadPool, the joblib backend, the Ray-style API):
+
+- when one is made, it may change its settings: every task's record kept
+  (``trace_capacity=None``), the profilers in every worker and actor process
+  (``_hook.ProfilerHook``, as ``poolx profile`` does), and the what-ifs it was
+  given (``workers``, a ``start_method`` where the program left none);
+- when one begins to shut down, it reads its worker and actor processes while
+  they still live (CPU time, peak memory, when each was born);
+- at ``stop()``, it splits each process's lifetime (its executor's, not the
+  program's) into start-up, unpickling, compute, pickling, transfer and idle
+  (``measure``), judges whether parallelism paid (``analyze``), and writes
+  results.json, trace.json, report.html and the cpu/ or mem/ profiles into
+  ``out`` (``report_program``).
+
+With ``live``, a daemon thread rewrites a small JSON status file every
+LIVE_INTERVAL seconds (what ``poolx profile run``'s live view shows).
+"""
+
+from __future__ import annotations
+
+import html as _html
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import _observe
+from ..backends import get_backend
+from . import analyze, env, measure, report, report_program
+from ._hook import ProfilerHook, slug
+from .profile import OWN_FILES, SCHEMA, collect_profiles
+
+PROFILES = ("cpu", "mem", "none")
+START_METHODS = ("fork", "forkserver", "spawn")
+#: Seconds between two writes of the live status file: often enough for a live view
+#: to look live, rare enough that reading every worker's /proc costs nothing visible.
+LIVE_INTERVAL = 0.5
+#: A worker process counts as busy in the live view when it used the CPU for more than
+#: this share of the last interval (a task that waits on I/O does not count).
+BUSY_CPU_SHARE = 0.2
+#: Lane keys of executor n (n >= 1) are offset by (n - 1) * KEY_STRIDE, so that
+#: the lanes of several executors never share one (worker indexes and actor ids
+#: stay far below it).
+KEY_STRIDE = 1_000_000
+#: The front end that made an executor, by the module whose frame called the constructor.
+FRONT_ENDS = {"poolx.joblib": "joblib", "poolx._api": "Ray-style API",
+              "poolx.harness.measure": "poolx profile"}
+
+
+@dataclass
+class Watched:
+    """An executor the program made, as the session saw it (times: time.perf_counter())."""
+
+    index: int
+    executor: Any  # held: an executor dropped without shutdown() is still read at stop()
+    front_end: str
+    created: float
+    closed: float | None = None
+    facts: dict[int, measure.Facts] | None = None  # read at closing, while the processes lived
+    lanes: list[measure.Lane] = field(default_factory=list)
+    tasks: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+class Session:
+    """One profiled program or block: ``start()``, the program runs, ``stop()`` writes the files."""
+
+    def __init__(self, out: str | os.PathLike[str], *, profile: str = "cpu", workers: int | None = None,
+                 start_method: str | None = None, title: str = "poolx.profile",
+                 argv: list[str] | None = None, live: str | os.PathLike[str] | None = None) -> None:
+        if profile not in PROFILES:
+            raise ValueError(f"profile={profile!r}: choose 'cpu' (pyinstrument), 'mem' (memray) or 'none'")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"workers={workers!r}: give every executor's worker count as an int >= 1, "
+                             "or None to keep the program's")
+        if start_method is not None and start_method not in START_METHODS:
+            raise ValueError(f"start_method={start_method!r}: choose one of {', '.join(START_METHODS)}")
+        self.out = Path(out)
+        self.profile = profile
+        self.workers = workers
+        self.start_method = start_method
+        self.title = title
+        self.argv = list(sys.argv if argv is None else argv)
+        self.live = Path(live) if live is not None else None
+        self.results: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        self._watched: list[Watched] = []
+        self._making = threading.local()  # when the executor being made in this thread began
+        self._hook: ProfilerHook | None = None
+        self._driver: ProfilerHook | None = None
+        self._live: _LiveFile | None = None
+        self._run: measure.Run | None = None
+        self._t0 = 0.0
+        self._cpu0 = 0.0
+        self._state = "new"
+
+    # -- the observer (poolx._observe): told by every Executor made while active ---------
+
+    def configure(self, settings: dict[str, Any]) -> None:
+        self._making.created = time.perf_counter()
+        settings["trace_capacity"] = None  # every task's record: the accounting needs them all
+        if self.workers is not None:
+            settings["max_workers"] = self.workers
+        backend = settings["backend"] or os.environ.get("POOLX_BACKEND") or "processes"
+        if self.start_method is not None and settings["mp_context"] is None and backend == "processes":
+            settings["mp_context"] = self.start_method
+        if self._hook is not None and settings["child_hook"] is None:
+            settings["child_hook"] = self._hook
+
+    def opened(self, executor: Any) -> None:
+        created = getattr(self._making, "created", None) or time.perf_counter()
+        self._making.created = None
+        with self._lock:
+            self._watched.append(Watched(len(self._watched) + 1, executor, _front_end(executor), created))
+
+    def closing(self, executor: Any) -> None:
+        closed = time.perf_counter()
+        facts = measure.read_processes(executor)
+        with self._lock:
+            for w in self._watched:
+                if w.executor is executor and w.closed is None:
+                    w.closed, w.facts = closed, facts
+
+    # -- the session ---------------------------------------------------------------------
+
+    def start(self) -> Session:
+        """Watch every executor made from now on in this process, and profile this thread."""
+        if self._state != "new":
+            done = "started" if self._state == "on" else "stopped"
+            raise RuntimeError(f"this profiling session has already {done}: a Session runs once; make "
+                               "another for another block")
+        _prepare(self.out)
+        if self.profile != "none":
+            _require_profiler(self.profile)
+            directory = self.out / self.profile / "program"
+            directory.mkdir(parents=True)
+            # (absolute: a worker's working directory may differ from the driver's)
+            self._hook = ProfilerHook(self.profile, str(directory.resolve()))
+            self._driver = ProfilerHook(self.profile, str(directory))
+        _observe.install(self)  # (RuntimeError when another session is active: nothing to undo here)
+        self._state = "on"
+        self._t0, self._cpu0 = time.perf_counter(), time.process_time()
+        if self.live is not None:
+            self._live = _LiveFile(self.live, self)
+            self._live.start()
+        if self._driver is not None:
+            self._driver.start("driver")
+        return self
+
+    def stop(self, *, exit_code: int | None = None, error: str | None = None,
+             notes: Sequence[str] = ()) -> dict[str, Any]:
+        """Stop watching, write the files into ``out`` and return the results (once: a second
+        call returns the same results).
+
+        ``exit_code`` given means the program has ended: the executors it left open
+        are shut down now, as the interpreter's exit would, so that their workers
+        write their profiles.  Without it (a block inside a program) they are left
+        running, and read as they are.
+        """
+        with self._lock:
+            if self._state == "off":
+                if self.results is None:
+                    raise RuntimeError("this profiling session's first stop() failed (its error was "
+                                       "raised then): the files in its folder may be missing")
+                return self.results
+            if self._state == "new":
+                raise RuntimeError("stop() before start(): nothing was profiled")
+            self._state = "off"
+        _observe.uninstall(self)
+        if exit_code is not None:
+            _shut_down_left_open(self._open())
+        wall = time.perf_counter() - self._t0
+        driver_cpu = time.process_time() - self._cpu0
+        if self._live is not None:
+            self._live.stop()
+        if self._driver is not None:
+            self._driver.stop()
+        for w in self._open():  # a block's executors, still running: read them as they are
+            w.facts = measure.read_processes(w.executor)
+        self.results = self._write(wall, driver_cpu, exit_code, error, list(notes))
+        with self._lock:
+            for w in self._watched:
+                w.executor = None  # (an executor the program dropped may now be collected)
+        return self.results
+
+    def summary(self) -> str:
+        """The terminal tables and the verdicts, as text (after ``stop()``)."""
+        if self.results is None or self._run is None:
+            return f"{self.title}: still running; stop() it (or leave its with block) for the summary"
+        return report_program.terminal(self.results, self._run, self.out)
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the report inline (in a frame of its own, so that its styles stay in it)."""
+        if self.results is None or self._run is None:
+            return f"<p>{_html.escape(self.summary())}</p>"
+        page = report_program.html(self.results, self._run)
+        return (f"<iframe srcdoc=\"{_html.escape(page, quote=True)}\" style='width:100%;height:640px;"
+                f"border:1px solid #ddd'></iframe><p>files in <code>{_html.escape(str(self.out))}</code></p>")
+
+    def __enter__(self) -> Session:
+        return self.start()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        text = "".join(traceback.format_exception(exc_type, exc, tb)) if exc_type is not None else None
+        self.stop(error=text)
+
+    def __repr__(self) -> str:
+        return f"<poolx.profile {self.title!r} out={str(self.out)!r} {self._state}>"
+
+    # -- building the results --------------------------------------------------------------
+
+    def _open(self) -> list[Watched]:
+        with self._lock:
+            return [w for w in self._watched if w.closed is None and w.executor is not None]
+
+    def _write(self, wall: float, driver_cpu: float, exit_code: int | None, error: str | None,
+               notes: list[str]) -> dict[str, Any]:
+        ok = error is None and exit_code in (None, 0)
+        run = measure.Run("program", 0, 0, self.profile, wall=wall, ok=ok, error=error,
+                          driver_cpu=driver_cpu, driver_peak_rss=measure.own_peak_rss())
+        with self._lock:
+            watched = list(self._watched)
+        for w in watched:
+            self._lanes_of(w, wall, several=len(watched) > 1)
+            run.lanes += w.lanes
+            run.tasks += w.tasks
+        run.workers = len(run.lanes)
+        measure.account(run)
+        self._run = run
+        program = {"argv": self.argv, "exit_code": exit_code, "error": error, "wall": wall,
+                   "driver_cpu": driver_cpu, "driver_peak_rss": run.driver_peak_rss}
+        executors = [_executor_dict(w, self._t0) for w in watched]
+        summary = analyze.program_summary([w.lanes for w in watched], run.tasks, wall, driver_cpu)
+        notes += self._notes(watched)
+        profiles = self._profiles(watched, run, notes)
+        results = {
+            "schema": SCHEMA, "kind": "program", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": self.title, "env": env.collect(), "program": program,
+            "config": {"profile": self.profile,
+                       "backend": ",".join(sorted({e["backend"] for e in executors})),
+                       "workers": self.workers, "start_method": self.start_method},
+            "executors": executors, "summary": summary,
+            "verdicts": analyze.program_verdicts(program, executors, summary), "notes": notes,
+            "profiles": profiles,
+            "rows": [report.row_dict(r) for r in analyze.summarize([run], profiled=True)],
+            "runs": [report.run_dict(run)],
+        }
+        (self.out / "results.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+        (self.out / "trace.json").write_text(json.dumps(report.trace([run])), encoding="utf-8")
+        (self.out / "report.html").write_text(report_program.html(results, run), encoding="utf-8")
+        return results
+
+    def _lanes_of(self, w: Watched, wall: float, several: bool) -> None:
+        """``w``'s lanes and tasks on the program's clock, keyed and labelled apart from the others'."""
+        start = w.created - self._t0
+        lanes, tasks = measure.lanes_and_tasks(w.executor, self._t0, wall, start=start, facts=w.facts)
+        # Its lifetime: until shut down (tasks that ran on after shutdown() began included).
+        end = wall if w.closed is None else max([w.closed - self._t0, *(t[5] + t[11] for t in tasks)])
+        offset = (w.index - 1) * KEY_STRIDE
+        moved = {lane.key: (lane.key + offset if lane.key >= 0 else lane.key - offset) for lane in lanes}
+        for lane in lanes:
+            lane.key, lane.end = moved[lane.key], min(end, wall)
+            lane.label = f"ex{w.index} {lane.label}" if several else lane.label
+        w.lanes = lanes
+        w.tasks = [(t[0], moved.get(t[1], t[1]), *t[2:]) for t in tasks]
+
+    def _notes(self, watched: list[Watched]) -> list[str]:
+        notes = []
+        if self.profile != "none":
+            inside = sorted({w.executor.backend for w in watched if not _uses_processes(w.executor.backend)})
+            if inside:
+                notes.append(f"the {', '.join(inside)} backend runs tasks in this process: the "
+                             f"{self.profile} profile of the driver covers them only where they ran in the "
+                             "driver's thread (serial); tasks in worker threads are not profiled")
+        for w in watched:
+            if w.closed is None:
+                notes.append(f"ex{w.index} ({w.front_end}) was still open when the profile stopped: it is "
+                             "counted to the end, and its worker processes, still running, have not written "
+                             "their profiles; shut it down inside the profiled block to have them")
+        return notes
+
+    def _profiles(self, watched: list[Watched], run: measure.Run, notes: list[str]) -> dict[str, Any]:
+        if self.profile == "none":
+            return {}
+        directory = self.out / self.profile / "program"
+        # The processes that should have left a profile: the local workers and actors of
+        # executors that were shut down (the others are still running).
+        lanes = [lane for w in watched if w.closed is not None and _uses_processes(w.executor.backend)
+                 for lane in w.lanes if lane.pid]
+        _relabel_files(directory, {lane.pid: lane.label for lane in lanes if lane.pid})
+        cluster = any(w.executor.backend in ("dask", "ray") for w in watched)
+        try:
+            info = collect_profiles(self.profile, directory, self.title, lanes, cluster)
+        except Exception as exc:  # (the timings and the report still stand)
+            notes.append(f"the {self.profile} profiles could not be read: {type(exc).__name__}: {exc}")
+            return {}
+        info.update(kind=self.profile, mode="program", workers=run.workers, wall=run.wall,
+                    folder=str(directory.relative_to(self.out)))
+        return {"program": info}
+
+    # -- the live status (LIVE_INTERVAL) ----------------------------------------------------
+
+    def status(self, cpu_seen: dict[int, float], interval: float) -> dict[str, Any]:
+        """What the live status file holds now; ``cpu_seen`` (pid -> CPU seconds at the last
+        call) is updated, to tell busy workers from idle ones."""
+        with self._lock:
+            watched = [w for w in self._watched if w.closed is None and w.executor is not None]
+            several = len(self._watched) > 1
+        done = failed = pending = workers = busy = 0
+        memory = []
+        for w in watched:
+            stats = w.executor.statistics()
+            done += stats.tasks_completed + stats.actor_calls_completed
+            failed += stats.tasks_failed + stats.actor_calls_failed
+            pending += stats.tasks_pending + stats.actor_calls_pending
+            alive = stats.workers_alive + stats.actors_alive
+            workers += alive
+            procs = _processes(w.executor.telemetry)
+            if not procs:  # (threads, serial: no process of their own; busy while work is pending)
+                busy += min(alive, stats.tasks_pending + stats.actor_calls_pending)
+            for label, pid in procs:
+                cpu, rss = _cpu_and_rss(pid)
+                if cpu is None:
+                    continue
+                if cpu - cpu_seen.get(pid, cpu) > BUSY_CPU_SHARE * interval:
+                    busy += 1
+                cpu_seen[pid] = cpu
+                memory.append({"label": f"ex{w.index} {label}" if several else label, "pid": pid, "rss": rss})
+        running = min(pending, busy)
+        return {"t": time.perf_counter() - self._t0, "executors": len(watched), "tasks_done": done,
+                "tasks_failed": failed, "tasks_queued": pending - running, "tasks_running": running,
+                "workers": workers, "workers_busy": busy, "memory": memory}
+
+
+def profile(out: str | os.PathLike[str] = "poolx-profile", **options: Any) -> Session:
+    """Profile a block of a program: ``with poolx.profile("out/") as prof: ...``.
+
+    Every poolx executor made in the block is watched: per worker CPU
+    (``profile="cpu"``, pyinstrument) or memory (``"mem"``, memray) profiles,
+    the task timeline, where each worker's time went, and verdicts, written into
+    ``out`` (report.html, results.json, trace.json) when the block ends;
+    ``prof.summary()`` gives the tables as text, and in Jupyter the session
+    shows the report.  ``options``: ``profile``, ``workers`` (every executor's
+    worker count: a what-if), ``start_method`` (for executors that give none),
+    ``title``, ``argv``, ``live`` (a status file, rewritten twice a second).
+    """
+    return Session(out, **options)
+
+
+class _LiveFile:
+    """The daemon thread that rewrites the live status file (tmp file + os.replace)."""
+
+    def __init__(self, path: Path, session: Session) -> None:
+        self.path = path
+        self.session = session
+        self.stopping = threading.Event()
+        self.cpu_seen: dict[int, float] = {}
+        self.done_before = 0
+        self.thread = threading.Thread(target=self._run, name="poolx-profile-live", daemon=True)
+
+    def start(self) -> None:
+        self.write(LIVE_INTERVAL)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.wait(LIVE_INTERVAL):
+            try:
+                self.write(LIVE_INTERVAL)
+            except Exception as exc:  # (a full disk: the live view stops, the program does not)
+                print(f"poolx profile: cannot write the live status {self.path}: {exc}", file=sys.stderr)
+                return
+
+    def write(self, interval: float) -> None:
+        status = self.session.status(self.cpu_seen, interval)
+        status["throughput"] = max(0, status["tasks_done"] - self.done_before) / interval
+        self.done_before = status["tasks_done"]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(status), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=10 * LIVE_INTERVAL)
+        try:
+            self.write(LIVE_INTERVAL)  # the final state
+        except Exception:
+            pass
+
+
+def _processes(tel: Any) -> list[tuple[str, int]]:
+    workers = [(f"worker {i}", pid) for i, pid in sorted(tel.worker_pids.items())]
+    actors = [(f"actor {tel.actor_labels.get(a, a)}", pid) for a, pid in sorted(tel.actor_pids.items())]
+    return workers + actors
+
+
+def _cpu_and_rss(pid: int) -> tuple[float | None, int]:
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            times, rss = proc.cpu_times(), proc.memory_info().rss
+        return times.user + times.system, int(rss)
+    except Exception:  # (gone, or psutil missing)
+        return None, 0
+
+
+def _front_end(executor: Any) -> str:
+    """Which front end made ``executor``: the first caller outside the executor that is one."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module == "poolx._pool":  # Pool or ThreadPool (or a subclass: its own name)
+            owner = frame.f_locals.get("self")
+            return type(owner).__name__ if owner is not None else "Pool"
+        if module in FRONT_ENDS:
+            return FRONT_ENDS[module]
+        if not module.startswith("poolx."):
+            break
+        frame = frame.f_back  # type: ignore[assignment]
+    return type(executor).__name__
+
+
+def _executor_dict(w: Watched, t0: float) -> dict[str, Any]:
+    return {"index": w.index, "backend": w.executor.backend, "max_workers": w.executor.max_workers,
+            "front_end": w.front_end, "created": w.created - t0,
+            "closed": None if w.closed is None else w.closed - t0,
+            "tasks": len(w.tasks), "failed": sum(1 for t in w.tasks if not t[9])}
+
+
+def _shut_down_left_open(watched: list[Watched]) -> None:
+    """The program ended: shut down what it left open, as the interpreter's exit would."""
+    for w in watched:
+        try:
+            w.executor.shutdown(wait=True)
+        except Exception as exc:
+            print(f"poolx profile: shutting down ex{w.index} failed: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+
+
+def _uses_processes(backend: str) -> bool:
+    return bool(get_backend(backend).uses_processes)
+
+
+def _relabel_files(directory: Path, labels: dict[int, str]) -> None:
+    """Name each profile file after its process's lane ("ex2 worker 0"): a worker labels its
+    file with what it knows ("worker 0"), and two executors each have a worker 0."""
+    if not directory.is_dir():
+        return
+    for path in directory.iterdir():
+        stem, dash, rest = path.name.rpartition("-p")
+        pid = rest.split("-")[0].split(".")[0]
+        if dash and pid.isdigit() and int(pid) in labels and stem != slug(labels[int(pid)]):
+            path.rename(path.with_name(f"{slug(labels[int(pid)])}-p{rest}"))
+
+
+def _prepare(out: Path) -> None:
+    """``out`` made ready: refused (ValueError) when it is a file or holds files a profile did
+    not write (so that nothing of the user's is overwritten); old profiles removed."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={str(out)!r} is a file: a profile writes report.html, results.json and "
+                         "trace.json into a folder; give a folder's name (a new one is made)")
+    if out.exists():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES)
+        if foreign:
+            raise ValueError(f"out={str(out)!r} holds files a profile did not write "
+                             f"({', '.join(foreign[:3])}); choose another folder")
+        for sub in ("cpu", "mem"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _require_profiler(kind: str) -> None:
+    module = "pyinstrument" if kind == "cpu" else "memray"
+    try:
+        __import__(module)
+    except ImportError:
+        raise ImportError(f"profile={kind!r} needs {module}: pip install {module} (poolx's 'profile' "
+                          "extra), or profile='none' for the timings alone") from None
