@@ -212,3 +212,31 @@ def test_the_executor_method():
         ins = _skewed(ex)
         assert isinstance(ex.insights(), Insights)
     _check_skewed(ins, "threads", 2)
+
+
+def test_start_up_counts_from_when_the_backend_started_the_worker():
+    # A backend that says when it started a worker's process (Telemetry.worker_started)
+    # gets start-up from then; one that does not, from the executor's creation (noted).
+    with poolx.Executor(1, backend="serial") as ex:
+        tel = ex.telemetry
+        time.sleep(0.05)
+        tel.worker_ready(7, 4242)  # as a backend does when a worker says READY
+        tel.worker_started(8)
+        tel.worker_ready(8, 4343)
+        ins = insights(ex)
+    assert ins.startup_from_creation and any("creation" in note for note in ins.notes)
+    lanes = {lane.label: lane for lane in ins.lanes}
+    assert lanes["worker 7"].startup >= 0.05 > lanes["worker 8"].startup >= 0
+    assert lanes["worker 8"].pid == 4343 and lanes["worker 8"].tasks == 0
+
+
+def test_every_backend_counts_every_task(executor):
+    # (the cluster backends too: a worker is known there by its first result)
+    futures = [executor.submit(slow, 0)] + [executor.submit(fast, i) for i in range(5)]
+    assert [f.result(timeout=60) for f in futures] == [0, *range(5)]
+    ins = insights(executor)
+    assert [(f.name, f.tasks) for f in ins.functions] == [("slow", 1), ("fast", 5)]
+    assert sum(lane.tasks for lane in ins.lanes) == 6
+    assert sum(lane.working for lane in ins.lanes) >= SLOW + 5 * FAST
+    assert all(lane.startup is None or lane.startup >= 0 for lane in ins.lanes)
+    assert str(ins).startswith(f"poolx insights: {executor.backend} backend")
