@@ -10,7 +10,6 @@ kept here.
 
 from __future__ import annotations
 
-import html
 import io
 import os
 import shutil
@@ -477,6 +476,8 @@ def _plain(heading: str, tables: Sequence[Table], notes: Sequence[str]) -> str:
 
 def html_tables(heading: str, tables: Sequence[Table], notes: Sequence[str] = ()) -> str:
     """The same as HTML (Jupyter's ``_repr_html_``)."""
+    import html  # (only here: html.entities' tables need not load at import poolx)
+
     e = html.escape
     parts = [f"<p><b>{e(heading)}</b></p>"]
     for table in tables:
