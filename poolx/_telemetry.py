@@ -288,22 +288,23 @@ class Telemetry:
                 self.bytes_sent += task.bytes_out
                 self.bytes_received += task.bytes_in
                 name = _name(task.fn)
-                t_start, t_end, s_pickle = task.t_start, task.t_end, task.s_pickle
-                append((task.id, name, worker, task.t_submit, task.t_dispatch,
+                t_dispatch, t_start, t_end = task.t_dispatch, task.t_start, task.t_end
+                s_unpickle, s_pickle = task.s_unpickle, task.s_pickle
+                append((task.id, name, worker, task.t_submit, t_dispatch,
                         t_start, t_end, task.t_done, task.bytes_out, task.bytes_in, ok,
-                        task.s_unpickle, s_pickle))
+                        s_unpickle, s_pickle))
                 if not t_start:
                     continue  # it never ran: no lane's time
                 run = t_end - t_start
                 lane = lanes.get(worker) or self._lane(worker, task)
                 lane[0] += 1  # LANE_TASKS ... (see LANE_*)
                 lane[1] += run
-                lane[2] += task.s_unpickle
+                lane[2] += s_unpickle
                 lane[3] += s_pickle
                 # On its way while the lane was free: from the later of its dispatch
                 # and the end of the lane's task before (a task sent ahead waits).
                 free_at = lane[5]
-                begin = task.t_dispatch
+                begin = t_dispatch
                 if free_at > begin:
                     begin = free_at
                 if t_start > begin:
