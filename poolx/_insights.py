@@ -144,18 +144,19 @@ class Insights:
 
     def _tables(self) -> list[Table]:
         lanes = Table("Time per lane (s)",
-                      ("lane", "pid", "tasks", "start-up", "waiting", "working", "transfer",
-                       "to start", "(un)pickle"),
+                      ("lane", "pid", "tasks", "start-up", "waiting", "working", "transfer"),
                       [(lane.label, str(lane.pid or "-"), str(lane.tasks), _s(lane.startup),
-                        _s(lane.waiting), _s(lane.working), _s(lane.transfer), _s(lane.to_start),
-                        _s(lane.unpickle + lane.pickle)) for lane in self.lanes])
+                        _s(lane.waiting), _s(lane.working), _s(lane.transfer)) for lane in self.lanes])
+        transfer = Table("Transfer per lane (s)", ("lane", "to start", "unpickling", "pickling"),
+                         [(lane.label, _s(lane.to_start), _s(lane.unpickle), _s(lane.pickle))
+                          for lane in self.lanes if lane.transfer > 0])
         functions = Table("Tasks by function (s)",
                           ("function", "tasks", "total", "mean", "max"),
                           [(f.name, f"{f.tasks:,}", _s(f.total), _s(f.mean), _s(f.max))
                            for f in self.functions[:FUNCTIONS_SHOWN]])
         slowest = Table("Slowest tasks (s)", ("function", "lane", "task", "seconds"),
                         [(t.function, t.lane, str(t.task_id), _s(t.seconds)) for t in self.slowest], labels=2)
-        return [table for table in (lanes, functions, slowest) if table.rows]
+        return [table for table in (lanes, transfer, functions, slowest) if table.rows]
 
     def __str__(self) -> str:
         return render_tables(self._heading(), self._tables(), self.notes)

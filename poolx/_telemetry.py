@@ -439,6 +439,7 @@ def render_tables(heading: str, tables: Sequence[Table], notes: Sequence[str] = 
     """``heading``, the tables and the notes as text: drawn by rich when it is
     installed, plain aligned columns otherwise."""
     try:
+        from rich import box
         from rich.console import Console
         from rich.table import Table as RichTable
     except ImportError:
@@ -448,9 +449,10 @@ def render_tables(heading: str, tables: Sequence[Table], notes: Sequence[str] = 
                       highlight=False, emoji=False, markup=False)
     console.print(heading)
     for table in tables:
-        drawn = RichTable(title=table.title, title_justify="left")
+        # (no vertical rules, no wrapping: a narrow terminal shortens labels, not rows)
+        drawn = RichTable(title=table.title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
         for i, column in enumerate(table.columns):
-            drawn.add_column(column, justify="left" if i < table.labels else "right")
+            drawn.add_column(column, justify="left" if i < table.labels else "right", no_wrap=True)
         for row in table.rows:
             drawn.add_row(*row)
         console.print(drawn)
