@@ -73,7 +73,7 @@ class FunctionInsight:
 
     name: str
     tasks: int
-    total: float  # seconds running them (start to end in the worker)
+    total: float  # seconds running them in the worker (unpickling their arguments not included)
     mean: float
     max: float
 
@@ -226,8 +226,9 @@ def _functions(functions: dict[str, tuple[float, ...]]) -> tuple[FunctionInsight
 def _slowest(records: list[tuple[Any, ...]], labels: dict[int, str]) -> tuple[SlowTask, ...]:
     # Record fields: RECORD_FIELDS (id, fn, worker, t_submit, t_dispatch, t_start, t_end, ...).
     ran = [r for r in records if r[5]]
-    ran.sort(key=lambda r: r[6] - r[5], reverse=True)
-    return tuple(SlowTask(r[0], r[1], labels.get(r[2], f"lane {r[2]}"), r[6] - r[5])
+    # (their working time, as the functions': t_end - t_start - s_unpickle)
+    ran.sort(key=lambda r: r[6] - r[5] - r[11], reverse=True)
+    return tuple(SlowTask(r[0], r[1], labels.get(r[2], f"lane {r[2]}"), r[6] - r[5] - r[11])
                  for r in ran[:SLOWEST_SHOWN])
 
 

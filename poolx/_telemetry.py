@@ -43,7 +43,9 @@ TRACE_CAPACITY = 1_000
 # start), when the lane was last free (the end of its last task's pickling), and
 # when its first task started (set once).
 LANE_TASKS, LANE_RUN, LANE_UNPICKLE, LANE_PICKLE, LANE_TO_START, LANE_FREE_AT, LANE_FIRST = range(7)
-# The running totals of one function (by name): tasks, seconds, the longest.
+# The running totals of one function (by name): tasks, seconds running them
+# (unpickling their arguments not included, as in a lane's working time: a
+# worker's first unpickling may import the function's module), the longest.
 FN_TASKS, FN_TOTAL, FN_MAX = range(3)
 # Distinct function names given their own totals; the tasks of any further
 # ones share OTHER_FUNCTIONS.  Names come from the program's code, so a real
@@ -313,6 +315,7 @@ class Telemetry:
                     lane[5] = t_end + s_pickle
                 fn = functions.get(name) or self._function(name)
                 fn[0] += 1  # FN_TASKS, FN_TOTAL, FN_MAX
+                run -= s_unpickle
                 fn[1] += run
                 if run > fn[2]:
                     fn[2] = run

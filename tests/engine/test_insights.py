@@ -64,6 +64,7 @@ def _check_skewed(ins: Insights, backend: str, workers: int) -> None:
     assert sum(lane.tasks for lane in lanes) == N_FAST + 1 == ins.statistics.tasks_completed
     working = sum(lane.working for lane in lanes)
     assert SLEPT * 0.99 <= working <= 2 * SLEPT + 2.0  # (loose: a loaded machine oversleeps)
+    assert sum(f.total for f in ins.functions) == pytest.approx(working)  # the same seconds
     # The lane that ran the slow task was given more: at least the slow sleep.
     busiest = next(lane for lane in lanes if lane.label == ins.slowest[0].lane)
     assert busiest.working >= SLOW * 0.99
