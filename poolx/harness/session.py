@@ -320,14 +320,17 @@ class Session:
         """What the live status file holds now; ``cpu_seen`` (pid -> CPU seconds at the last
         call) is updated, to tell busy workers from idle ones."""
         with self._lock:
-            watched = [w for w in self._watched if w.closed is None and w.executor is not None]
+            watched = [w for w in self._watched if w.executor is not None]
             several = len(self._watched) > 1
-        done = failed = pending = workers = busy = 0
+        done = failed = pending = workers = busy = opened = 0
         memory = []
-        for w in watched:
+        for w in watched:  # (the tasks of every executor so far; the workers of those still open)
             stats = w.executor.statistics()
             done += stats.tasks_completed + stats.actor_calls_completed
             failed += stats.tasks_failed + stats.actor_calls_failed
+            if w.closed is not None:
+                continue
+            opened += 1
             pending += stats.tasks_pending + stats.actor_calls_pending
             alive = stats.workers_alive + stats.actors_alive
             workers += alive
@@ -343,7 +346,7 @@ class Session:
                 cpu_seen[pid] = cpu
                 memory.append({"label": f"ex{w.index} {label}" if several else label, "pid": pid, "rss": rss})
         running = min(pending, busy)
-        return {"t": time.perf_counter() - self._t0, "executors": len(watched), "tasks_done": done,
+        return {"t": time.perf_counter() - self._t0, "executors": opened, "tasks_done": done,
                 "tasks_failed": failed, "tasks_queued": pending - running, "tasks_running": running,
                 "workers": workers, "workers_busy": busy, "memory": memory}
 
