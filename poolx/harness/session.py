@@ -299,10 +299,7 @@ class Session:
         if self.profile == "none":
             return {}
         directory = self.out / self.profile / "program"
-        # The processes that should have left a profile: the local workers and actors of
-        # executors that were shut down (the others are still running).
-        lanes = [lane for w in watched if w.closed is not None and _uses_processes(w.executor.backend)
-                 for lane in w.lanes if lane.pid]
+        lanes = [lane for w in watched if _uses_processes(w.executor.backend) for lane in w.lanes if lane.pid]
         _relabel_files(directory, {lane.pid: lane.label for lane in lanes if lane.pid})
         cluster = any(w.executor.backend in ("dask", "ray") for w in watched)
         try:
@@ -310,6 +307,10 @@ class Session:
         except Exception as exc:  # (the timings and the report still stand)
             notes.append(f"the {self.profile} profiles could not be read: {type(exc).__name__}: {exc}")
             return {}
+        # The workers of an executor still open have not ended, so have not written their
+        # profiles yet (a note says so): they are not missing for having died.
+        running = {lane.label for w in watched if w.closed is None for lane in w.lanes}
+        info["missing"] = [label for label in info["missing"] if label not in running]
         info.update(kind=self.profile, mode="program", workers=run.workers, wall=run.wall,
                     folder=str(directory.relative_to(self.out)))
         return {"program": info}
