@@ -62,6 +62,9 @@ KEY_STRIDE = 1_000_000
 #: The front end that made an executor, by the module whose frame called the constructor.
 FRONT_ENDS = {"poolx.joblib": "joblib", "poolx._api": "Ray-style API",
               "poolx.harness.measure": "poolx profile"}
+#: The stdlib's classes that --drop-in runs on poolx, by the function of poolx.harness.dropin
+#: that makes poolx's object for them.
+DROP_INS = {"_make_executor": "ProcessPoolExecutor (drop-in)", "_make_pool": "multiprocessing.Pool (drop-in)"}
 
 
 @dataclass
@@ -426,18 +429,21 @@ def _cpu_and_rss(pid: int) -> tuple[float | None, int]:
 
 
 def _front_end(executor: Any) -> str:
-    """Which front end made ``executor``: the first caller outside the executor that is one."""
+    """Which front end made ``executor``, from the poolx frames that called its constructor:
+    a drop-in's (the stdlib's class it stands for) first, else the innermost front end."""
     frame = sys._getframe(2)
-    while frame is not None:
-        module = frame.f_globals.get("__name__", "")
-        if module == "poolx._pool":  # Pool or ThreadPool (or a subclass: its own name)
-            owner = frame.f_locals.get("self")
-            return type(owner).__name__ if owner is not None else "Pool"
+    found = []
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("poolx."):
+        found.append((frame.f_globals["__name__"], frame.f_code.co_name, frame.f_locals.get("self")))
+        frame = frame.f_back  # type: ignore[assignment]
+    for module, function, _owner in found:
+        if module == "poolx.harness.dropin" and function in DROP_INS:
+            return DROP_INS[function]
+    for module, _function, owner in found:
+        if module == "poolx._pool" and owner is not None:  # Pool or ThreadPool (or a subclass)
+            return type(owner).__name__
         if module in FRONT_ENDS:
             return FRONT_ENDS[module]
-        if not module.startswith("poolx."):
-            break
-        frame = frame.f_back  # type: ignore[assignment]
     return type(executor).__name__
 
 
