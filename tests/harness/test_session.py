@@ -361,3 +361,24 @@ def test_live_status_counts_across_threads(tmp_path):
 def _make_one() -> None:
     with poolx.Executor(1, backend="threads") as ex:
         ex.submit(square, 1).result()
+
+
+def test_executors_made_by_the_drop_in_are_named_for_the_stdlib_class(tmp_path):
+    import concurrent.futures
+    import multiprocessing
+
+    from poolx.harness import dropin
+
+    installed = dropin.install()
+    try:
+        with poolx.profile(tmp_path / "out", profile="none", start_method="forkserver"):
+            with concurrent.futures.ProcessPoolExecutor(2) as ex:
+                assert ex.submit(square, 5).result() == 25
+            with multiprocessing.Pool(1) as pool:
+                assert pool.apply(square, (6,)) == 36
+            pool.join()
+    finally:
+        installed.uninstall()
+    executors = _results(tmp_path / "out")["executors"]
+    assert [(e["front_end"], e["tasks"]) for e in executors] == [
+        ("ProcessPoolExecutor (drop-in)", 1), ("multiprocessing.Pool (drop-in)", 1)]
