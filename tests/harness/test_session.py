@@ -27,13 +27,20 @@ pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _matplotlib_fonts_loaded():
-    """matplotlib keeps its font files open once it has drawn: draw once before the leak
-    guard's first look, so that they are not taken for this module's leaks."""
+def _once_per_process_files_opened(tmp_path_factory):
+    """matplotlib keeps its font files open once it has drawn, and memray a pipe once it has
+    tracked: both once per process.  Open them before the leak guard's first look, so that
+    they are not taken for this module's leaks."""
     from poolx.harness import report
     from poolx.harness.measure import Lane, Run
 
     report.chart_timelines([Run("program", 1, 0, "none", wall=1.0, lanes=[Lane(0, "worker 0", None, 0.1)])])
+    try:
+        import memray
+    except ImportError:
+        return
+    with memray.Tracker(str(tmp_path_factory.mktemp("memray") / "warm.bin")):
+        pass
 
 
 def spin_for_the_profile(n: int) -> int:
@@ -382,3 +389,27 @@ def test_executors_made_by_the_drop_in_are_named_for_the_stdlib_class(tmp_path):
     executors = _results(tmp_path / "out")["executors"]
     assert [(e["front_end"], e["tasks"]) for e in executors] == [
         ("ProcessPoolExecutor (drop-in)", 1), ("multiprocessing.Pool (drop-in)", 1)]
+
+
+def allocate_for_the_profile(megabytes: int) -> int:
+    block = bytearray(megabytes * 1_000_000)
+    return len(block)
+
+
+@pytest.mark.timeout(300)
+def test_memory_profiles_of_every_worker(tmp_path):
+    pytest.importorskip("memray")
+    out = tmp_path / "out"
+    with poolx.profile(out, profile="mem"):
+        with poolx.Executor(2, mp_context="spawn") as ex:
+            assert list(ex.map(allocate_for_the_profile, [30, 30, 30, 30], chunksize=1)) == [30_000_000] * 4
+    results = _results(out)
+    info = results["profiles"]["program"]
+    assert info["kind"] == "mem" and info["missing"] == []
+    rows = {p["label"]: p for p in info["processes"]}
+    lanes = [lane for lane in results["runs"][0]["lanes"] if lane["tasks"]]
+    for lane in lanes:  # each worker that ran a task: its own capture, its peak is that block
+        assert rows[lane["label"]]["peak"] >= 30_000_000, rows
+        assert "allocate_for_the_profile" in rows[lane["label"]]["top_site"]
+    assert "driver" in rows
+    assert (out / "mem" / "program").is_dir() and not (out / "cpu").exists()
