@@ -59,6 +59,11 @@ BUSY_CPU_SHARE = 0.2
 #: the lanes of several executors never share one (worker indexes and actor ids
 #: stay far below it).
 KEY_STRIDE = 1_000_000
+#: The task records an executor keeps for the accounting, the newest: about 330 bytes
+#: each (poolx._telemetry), so at most ~70 MB per executor.  Every task of most programs
+#: (a map's tasks are its chunks; a joblib call's, its batches); one that makes more
+#: one-item tasks is accounted for its last 200,000 only, and a note says so.
+TASK_RECORDS = 200_000
 #: The front end that made an executor, by the module whose frame called the constructor.
 FRONT_ENDS = {"poolx.joblib": "joblib", "poolx._api": "Ray-style API",
               "poolx.harness.measure": "poolx profile"}
@@ -117,7 +122,7 @@ class Session:
 
     def configure(self, settings: dict[str, Any]) -> None:
         self._making.created = time.perf_counter()
-        settings["trace_capacity"] = None  # every task's record: the accounting needs them all
+        settings["trace_capacity"] = TASK_RECORDS  # (the accounting needs every task's record)
         if self.workers is not None:
             settings["max_workers"] = self.workers
         backend = settings["backend"] or os.environ.get("POOLX_BACKEND") or "processes"
@@ -149,12 +154,14 @@ class Session:
             raise RuntimeError(f"this profiling session has already {done}: a Session runs once; make "
                                "another for another block")
         _prepare(self.out)
+        # (absolute: a worker's working directory may differ from the driver's, and the
+        # program may change its own before the files are written)
+        self.out = self.out.resolve()
         if self.profile != "none":
             _require_profiler(self.profile)
             directory = self.out / self.profile / "program"
             directory.mkdir(parents=True)
-            # (absolute: a worker's working directory may differ from the driver's)
-            self._hook = ProfilerHook(self.profile, str(directory.resolve()))
+            self._hook = ProfilerHook(self.profile, str(directory))
             self._driver = ProfilerHook(self.profile, str(directory))
         _observe.install(self)  # (RuntimeError when another session is active: nothing to undo here)
         self._state = "on"
@@ -292,6 +299,11 @@ class Session:
                              f"{self.profile} profile of the driver covers them only where they ran in the "
                              "driver's thread (serial); tasks in worker threads are not profiled")
         for w in watched:
+            dropped = w.executor.telemetry.trace_kept()["tasks_not_kept"]
+            if dropped > 0:
+                notes.append(f"ex{w.index} ran more than {TASK_RECORDS:,} tasks: its {dropped:,} oldest were "
+                             "not kept, so its workers' time before them counts as idle, and the timeline "
+                             "starts later (the executors table counts every task)")
             if w.closed is None:
                 notes.append(f"ex{w.index} ({w.front_end}) was still open when the profile stopped: it is "
                              "counted to the end, and its worker processes, still running, have not written "
@@ -448,10 +460,13 @@ def _front_end(executor: Any) -> str:
 
 
 def _executor_dict(w: Watched, t0: float) -> dict[str, Any]:
+    stats = w.executor.statistics()  # (counts every task, kept or not: TASK_RECORDS)
     return {"index": w.index, "backend": w.executor.backend, "max_workers": w.executor.max_workers,
             "front_end": w.front_end, "created": w.created - t0,
             "closed": None if w.closed is None else w.closed - t0,
-            "tasks": len(w.tasks), "failed": sum(1 for t in w.tasks if not t[9])}
+            "tasks": (stats.tasks_completed + stats.tasks_failed + stats.actor_calls_completed
+                      + stats.actor_calls_failed),
+            "failed": stats.tasks_failed + stats.actor_calls_failed}
 
 
 def _shut_down_left_open(watched: list[Watched]) -> None:

@@ -413,3 +413,17 @@ def test_memory_profiles_of_every_worker(tmp_path):
         assert "allocate_for_the_profile" in rows[lane["label"]]["top_site"]
     assert "driver" in rows
     assert (out / "mem" / "program").is_dir() and not (out / "cpu").exists()
+
+
+def test_a_program_with_more_tasks_than_kept_says_so(tmp_path, monkeypatch):
+    from poolx.harness import session
+
+    monkeypatch.setattr(session, "TASK_RECORDS", 5)
+    with poolx.profile(tmp_path / "out", profile="none"):
+        with poolx.Executor(2, backend="threads") as ex:
+            futures = [ex.submit(square, i) for i in range(12)]
+            assert [f.result() for f in futures] == [i * i for i in range(12)]
+    results = _results(tmp_path / "out")
+    assert results["executors"][0]["tasks"] == 12 and results["summary"]["tasks"] == 5
+    assert any("ran more than 5 tasks: its 7 oldest were not kept" in n for n in results["notes"])
+    _check_lanes_add_up(results)
