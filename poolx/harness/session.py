@@ -59,6 +59,9 @@ BUSY_CPU_SHARE = 0.2
 #: the lanes of several executors never share one (worker indexes and actor ids
 #: stay far below it).
 KEY_STRIDE = 1_000_000
+#: Seconds between two readings of the processes of an executor that began to shut down with
+#: work still queued (until they are gone): the CPU of their last FOLLOW_INTERVAL is lost.
+FOLLOW_INTERVAL = 0.05
 #: The task records an executor keeps for the accounting, the newest: about 330 bytes
 #: each (poolx._telemetry), so at most ~70 MB per executor.  Every task of most programs
 #: (a map's tasks are its chunks; a joblib call's, its batches); one that makes more
@@ -113,6 +116,8 @@ class Session:
         self._hook: ProfilerHook | None = None
         self._driver: ProfilerHook | None = None
         self._live: _LiveFile | None = None
+        self._followers: list[threading.Thread] = []  # (closing: executors with work still queued)
+        self._stopping = threading.Event()
         self._run: measure.Run | None = None
         self._t0 = 0.0
         self._cpu0 = 0.0
@@ -141,9 +146,26 @@ class Session:
         closed = time.perf_counter()
         facts = measure.read_processes(executor)
         with self._lock:
-            for w in self._watched:
-                if w.executor is executor and w.closed is None:
-                    w.closed, w.facts = closed, facts
+            watched = next((w for w in self._watched if w.executor is executor and w.closed is None), None)
+            if watched is None:
+                return
+            watched.closed, watched.facts = closed, facts
+            stats = executor.statistics()
+            if stats.tasks_pending + stats.actor_calls_pending and not self._stopping.is_set():
+                # shutdown(wait=True) with work still queued: the workers run it before they
+                # stop, so their CPU and peak memory are read until they are gone.
+                follower = threading.Thread(target=self._follow, args=(watched,), daemon=True,
+                                            name=f"poolx-profile-follow-ex{watched.index}")
+                self._followers.append(follower)
+                follower.start()
+
+    def _follow(self, w: Watched) -> None:
+        while not self._stopping.wait(FOLLOW_INTERVAL):
+            now = measure.read_processes(w.executor)
+            with self._lock:
+                w.facts = _latest(w.facts or {}, now)
+            if not any(cpu is not None for cpu, _peak, _born in now.values()):
+                return  # (all gone)
 
     # -- the session ---------------------------------------------------------------------
 
@@ -199,6 +221,9 @@ class Session:
         driver_cpu = time.process_time() - self._cpu0
         if self._live is not None:
             self._live.stop()
+        self._stopping.set()
+        for follower in list(self._followers):
+            follower.join(timeout=10 * FOLLOW_INTERVAL)
         if self._driver is not None:
             self._driver.stop()
         for w in self._open():  # a block's executors, still running: read them as they are
@@ -420,6 +445,19 @@ class _LiveFile:
             self.write(LIVE_INTERVAL)  # the final state
         except Exception:
             pass
+
+
+def _latest(before: dict[int, measure.Facts], now: dict[int, measure.Facts]) -> dict[int, measure.Facts]:
+    """Each process's facts at their largest (CPU and peak only grow; a gone process reads None)."""
+    merged = dict(before)
+    for pid, (cpu, peak, born) in now.items():
+        old_cpu, old_peak, old_born = merged.get(pid, (None, None, None))
+        merged[pid] = (_larger(cpu, old_cpu), _larger(peak, old_peak), born if old_born is None else old_born)
+    return merged
+
+
+def _larger(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _processes(tel: Any) -> list[tuple[str, int]]:

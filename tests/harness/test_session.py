@@ -427,3 +427,23 @@ def test_a_program_with_more_tasks_than_kept_says_so(tmp_path, monkeypatch):
     assert results["executors"][0]["tasks"] == 12 and results["summary"]["tasks"] == 5
     assert any("ran more than 5 tasks: its 7 oldest were not kept" in n for n in results["notes"])
     _check_lanes_add_up(results)
+
+
+def test_work_still_queued_at_shutdown_counts_in_the_workers_cpu(tmp_path):
+    out = tmp_path / "out"
+    with poolx.profile(out, profile="none"):
+        with poolx.Executor(2) as ex:
+            ex.prestart(60)
+            futures = [ex.submit(burn_cpu, 0.15) for _ in range(6)]
+        # (left the block at once: shutdown(wait=True) ran the six tasks, 0.9 s of CPU in all)
+        assert all(f.done() for f in futures)
+    lanes = _results(out)["runs"][0]["lanes"]
+    assert sum(lane["tasks"] for lane in lanes) == 6
+    assert sum(lane["cpu"] for lane in lanes) >= 0.8, lanes  # read until the workers were gone
+    _check_lanes_add_up(_results(out))
+
+
+def burn_cpu(seconds: float) -> None:
+    deadline = time.process_time() + seconds
+    while time.process_time() < deadline:
+        pass
