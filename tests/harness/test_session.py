@@ -165,6 +165,15 @@ def test_report_html_loads_in_a_browser(tmp_path):
     assert counts["table.executors tbody tr"] == 1 and counts["table.lanes tbody tr"] == 2
     assert counts["#chart-timelines svg"] == 1 and counts["ul.verdicts li"] >= 1
     assert counts["table.program tbody tr"] >= 5 and counts["table.hot tbody tr"] >= 1
+    # A program that failed before making any executor: its error, and what to try
+    failed = tmp_path / "failed"
+    with pytest.raises(KeyError), poolx.profile(failed, profile="none"):
+        raise KeyError("no such column")
+    result = load_page(failed / "report.html", selectors=["pre.error", "table.executors", "ul.verdicts li"])
+    assert result.console_errors == []
+    assert result.counts == {"pre.error": 1, "table.executors": 0, "ul.verdicts li": 2}
+    assert "KeyError: &#x27;no such column&#x27;" in result.dom or "KeyError: 'no such column'" in result.dom
+    assert "made no poolx executor" in result.dom
 
 
 def test_a_block_that_raises_keeps_the_error_and_writes_the_files(tmp_path):
