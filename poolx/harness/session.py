@@ -297,7 +297,9 @@ class Session:
             "runs": [report.run_dict(run)],
         }
         (self.out / "results.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
-        (self.out / "trace.json").write_text(json.dumps(report.trace([run])), encoding="utf-8")
+        spans = [(f"ex{e['index']} {e['front_end']} ({e['backend']}, {e['max_workers']} workers)",
+                  e["created"], wall if e["closed"] is None else e["closed"]) for e in executors]
+        (self.out / "trace.json").write_text(json.dumps(report.trace([run], spans)), encoding="utf-8")
         (self.out / "report.html").write_text(report_program.html(results, run), encoding="utf-8")
         return results
 

@@ -113,7 +113,11 @@ def test_a_block_with_an_executor_and_a_pool(tmp_path, start_method):
     names = {e["name"] for e in trace["traceEvents"] if e["ph"] == "X"}
     assert "compute" in names and "spin_for_the_profile [map]" in names, names
     threads = {e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "thread_name"}
-    assert {f"{label} (pid {lane['pid']})" for label, lane in lanes.items()} == threads
+    assert {f"{label} (pid {lane['pid']})" for label, lane in lanes.items()} | {"driver"} == threads
+    spans = [e for e in trace["traceEvents"] if e.get("cat") == "executor"]
+    assert [e["name"] for e in spans] == ["ex1 Executor (processes, 2 workers)",
+                                          "ex2 Pool (processes, 2 workers)"]
+    assert spans[0]["ts"] == pytest.approx(ex1["created"] * 1e6)
     assert "ex1" in prof.summary() and "verdicts" in prof.summary()
 
 
