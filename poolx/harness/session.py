@@ -160,8 +160,9 @@ class Session:
                 follower.start()
 
     def _follow(self, w: Watched) -> None:
+        executor = w.executor  # (stop() lets go of w.executor)
         while not self._stopping.wait(FOLLOW_INTERVAL):
-            now = measure.read_processes(w.executor)
+            now = measure.read_processes(executor)
             with self._lock:
                 w.facts = _latest(w.facts or {}, now)
             if not any(cpu is not None for cpu, _peak, _born in now.values()):
@@ -198,7 +199,8 @@ class Session:
     def stop(self, *, exit_code: int | None = None, error: str | None = None,
              notes: Sequence[str] = ()) -> dict[str, Any]:
         """Stop watching, write the files into ``out`` and return the results (once: a second
-        call returns the same results).
+        call returns the same results).  Call it from the thread that called ``start()``:
+        the driver's profile is of that thread.
 
         ``exit_code`` given means the program has ended: the executors it left open
         are shut down now, as the interpreter's exit would, so that their workers
@@ -252,8 +254,14 @@ class Session:
         return self.start()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        text = "".join(traceback.format_exception(exc_type, exc, tb)) if exc_type is not None else None
-        self.stop(error=text)
+        if exc_type is None:
+            self.stop()
+            return
+        try:
+            self.stop(error="".join(traceback.format_exception(exc_type, exc, tb)))
+        except Exception as failure:  # (the block's own error is the one to see)
+            print(f"poolx.profile: the profile could not be written: {type(failure).__name__}: {failure}",
+                  file=sys.stderr)
 
     def __repr__(self) -> str:
         return f"<poolx.profile {self.title!r} out={str(self.out)!r} {self._state}>"

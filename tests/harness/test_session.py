@@ -460,3 +460,15 @@ def burn_cpu(seconds: float) -> None:
     deadline = time.process_time() + seconds
     while time.process_time() < deadline:
         pass
+
+
+def test_a_profile_that_cannot_be_written_does_not_hide_the_blocks_error(tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="the block's own"), poolx.profile(out, profile="none"):
+        shutil.rmtree(out)  # (so the files cannot be written)
+        (tmp_path / "out").write_text("a file where the folder was")
+        raise ValueError("the block's own")
+    assert "poolx.profile: the profile could not be written" in capsys.readouterr().err
+    assert _observe.active() is None
