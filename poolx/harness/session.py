@@ -327,12 +327,12 @@ class Session:
 
     def _notes(self, watched: list[Watched]) -> list[str]:
         notes = []
-        if self.profile != "none":
-            inside = sorted({w.executor.backend for w in watched if not _uses_processes(w.executor.backend)})
-            if inside:
-                notes.append(f"the {', '.join(inside)} backend runs tasks in this process: the "
-                             f"{self.profile} profile of the driver covers them only where they ran in the "
-                             "driver's thread (serial); tasks in worker threads are not profiled")
+        if self.profile == "cpu":  # (memray's capture of the driver tracks every thread of it)
+            threads = sorted({w.executor.backend for w in watched if w.executor.backend == "threads"})
+            if threads:
+                notes.append("the threads backend runs tasks in threads of this process: the CPU profile "
+                             "(pyinstrument) is of the driver's own thread, so the tasks in worker threads "
+                             "are not in it; their time is in the lanes and the timeline")
         for w in watched:
             dropped = w.executor.telemetry.trace_kept()["tasks_not_kept"]
             if dropped > 0:
