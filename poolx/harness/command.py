@@ -3,13 +3,16 @@
   poolx profile SCENARIO   run a workload serially, as tasks and as actors, and
                            show where the time and memory went
                            (poolx profile compare A B compares two runs)
+  poolx profile run        profile your own program: run script.py [args]
+                           or -m module [args], unchanged
   poolx bench              poolx beside the libraries you would otherwise use
   poolx info               the machine and the installation, as poolx sees them
   poolx demo               the pi example serially and as tasks, in seconds
 
 Its parser and dispatch, and ``poolx demo``; ``poolx.cli.main`` (the console
 script's entry point) hands the command line here.  The commands' work lives
-in ``profile.py``, ``bench.py`` and ``env.py``.
+in ``profile.py``, ``program.py`` (``poolx profile run``), ``bench.py`` and
+``env.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Sequence
 
 from .. import Executor, __version__
 from ..backends import get_backend
-from . import bench, compare, env, profile
+from . import bench, compare, env, profile, program
 from ._args import positive_int
 from .profile import CLUSTER_BACKENDS, require_engine
 from .scenario import load_module
@@ -81,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="poolx",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:9]),
+        epilog="\n".join(__doc__.splitlines()[2:11]),
     )
     parser.add_argument("--version", action="version", version=f"poolx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{profile,bench,info,demo}")
@@ -90,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
         help="compare a workload's serial, task and actor runs",
         description="Run SCENARIO serially, as tasks and as actors; report where the "
         "time and memory went.  'poolx profile compare A B' compares two "
-        "runs' results.json.",
+        "runs' results.json; 'poolx profile run script.py [args]' profiles your own "
+        "program, unchanged (see 'poolx profile run --help').",
         epilog=SCENARIO_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -116,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         compare.add_arguments(cp)
         return compare.run(cp.parse_args(argv[2:]))
+    if argv[:2] == ["profile", "run"]:
+        # (its own parser: everything after the program's script or -m module is the program's)
+        return program.run(argv[2:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "profile":
