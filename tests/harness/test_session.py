@@ -473,3 +473,22 @@ def test_a_profile_that_cannot_be_written_does_not_hide_the_blocks_error(tmp_pat
         raise ValueError("the block's own")
     assert "poolx.profile: the profile could not be written" in capsys.readouterr().err
     assert _observe.active() is None
+
+
+def test_account_splits_each_lanes_own_lifetime():
+    """An executor made 3 s into a 10 s program and shut down at 7 s: its worker's 4 s are
+    split, not the program's 10; a worker started on demand at 5 s starts up from then."""
+    from poolx.harness.measure import Lane, Run, account
+
+    run = Run("program", 2, 0, "none", wall=10.0)
+    early = Lane(0, "worker 0", 1, ready=3.5, start=3.0, end=7.0)
+    late = Lane(1, "worker 1", 2, ready=5.5, start=3.0, end=7.0, born=5.0)
+    run.lanes = [early, late]
+    # (name, lane, submit, dispatch, start, end, done, bytes out, bytes in, ok, unpickle s, pickle s)
+    run.tasks = [("f", 0, 4.0, 4.0, 4.0, 5.0, 5.0, 0, 0, True, 0.0, 0.0),
+                 ("f", 1, 4.9, 5.0, 6.0, 6.5, 6.5, 0, 0, True, 0.0, 0.0)]
+    account(run)
+    assert early.seconds == {"startup": 0.5, "unpickle": 0.0, "compute": 1.0, "pickle": 0.0, "transfer": 0.0,
+                             "idle": 2.5}
+    assert late.seconds == {"startup": 0.5, "unpickle": 0.0, "compute": 0.5, "pickle": 0.0, "transfer": 0.5,
+                            "idle": 2.5}
