@@ -10,7 +10,8 @@ the section "the front ends' interface" (``submit_task``, ``stop_tasks``,
 Here: the Executor's own state, submitting, stopping, and the interpreter's
 exit.  Elsewhere: the map machinery (poolx._map), reruns on exceptions
 (poolx._retry), tasks waiting for their inputs (poolx._held), checks of the
-constructor's arguments (poolx._arguments); tasks run in a backend
+constructor's arguments (poolx._arguments), the profiling session told of
+each executor made and closing (poolx._observe); tasks run in a backend
 (poolx.backends).
 """
 
