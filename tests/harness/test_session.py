@@ -492,3 +492,26 @@ def test_account_splits_each_lanes_own_lifetime():
                              "idle": 2.5}
     assert late.seconds == {"startup": 0.5, "unpickle": 0.0, "compute": 0.5, "pickle": 0.0, "transfer": 0.5,
                             "idle": 2.5}
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, k: int) -> int:
+        self.n += k
+        return self.n
+
+
+def test_actors_are_lanes_labelled_with_their_executor(tmp_path):
+    with poolx.profile(tmp_path / "out", profile="none"):
+        with poolx.Executor(1, backend="threads") as ex:
+            ex.submit(square, 1).result()
+        with poolx.Executor(1) as ex:
+            counter = ex.actor(Counter)
+            assert [counter.add.remote(k).result() for k in (1, 2, 3)] == [1, 3, 6]
+    results = _results(tmp_path / "out")
+    actors = [lane for lane in results["runs"][0]["lanes"] if lane["label"].startswith("ex2 actor Counter#")]
+    assert len(actors) == 1 and actors[0]["tasks"] == 3 and actors[0]["key"] < 0
+    assert results["executors"][1]["tasks"] == 3
+    _check_lanes_add_up(results)
