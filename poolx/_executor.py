@@ -540,7 +540,7 @@ class Executor(cf.Executor):
             self._left_running = not wait
             observer, self._observer = self._observer, None
         if observer is not None:  # (once, while the workers are still there to be read)
-            observer.closing(self)
+            _observe.tell_closing(observer, self)
         self._actors.close()
         if cancel_futures:
             self._held.cancel()
@@ -567,7 +567,7 @@ class Executor(cf.Executor):
             self._left_running = True  # a task that ignores SIGTERM: killed at exit (_at_exit)
             observer, self._observer = self._observer, None
         if observer is not None:
-            observer.closing(self)
+            _observe.tell_closing(observer, self)
         self._actors.close()
         self._held.cancel()
         self._backend.terminate_workers(kill)

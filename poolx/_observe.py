@@ -28,6 +28,7 @@ makes an executor inside a forked worker must not report to a copy of it.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import Any, Protocol
 
@@ -82,6 +83,16 @@ def configured(observer: Observer, max_workers: Any, mp_context: Any, backend: A
     observer.configure(settings)
     return (settings["max_workers"], settings["mp_context"], settings["backend"],
             settings["trace_capacity"], settings["child_hook"])
+
+
+def tell_closing(observer: Observer, executor: Any) -> None:
+    """``observer.closing(executor)``; its failure is reported, never raised: a profiler's
+    error must not stop an executor from shutting down (its workers would be left running)."""
+    try:
+        observer.closing(executor)
+    except Exception as exc:
+        print(f"poolx: the profiling session failed to read a closing executor: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
 
 
 def _forget_in_child() -> None:

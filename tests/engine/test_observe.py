@@ -233,3 +233,22 @@ def test_an_executor_that_fails_its_checks_is_configured_but_never_opened(record
     with pytest.raises(ValueError):
         poolx.Executor(0)
     assert len(recorder.settings) == 1 and recorder.events == []
+
+
+class Failing(Recorder):
+    def closing(self, executor):
+        super().closing(executor)
+        raise ValueError("the observer's own bug")
+
+
+def test_an_observer_that_fails_at_closing_does_not_stop_the_shutdown(capsys):
+    failing = Failing()
+    _observe.install(failing)
+    try:
+        with poolx.Executor(1) as ex:
+            assert ex.submit(square, 4).result() == 16
+    finally:
+        _observe.uninstall(failing)
+    assert ex.closed and failing.seen("closing") == [ex]
+    assert "failed to read a closing executor: ValueError: the observer's own bug" in capsys.readouterr().err
+    # (the leak guard checks that its worker is gone)
