@@ -252,7 +252,7 @@ class Executor(cf.Executor):
         # queued work is done (the backend never refers back to the executor).
         weakref.finalize(self, self._backend.shutdown, False, False)
         if observer is not None:
-            observer.opened(self)
+            _observe.tell_opened(observer, self)
 
     # -- introspection ---------------------------------------------------------
 

@@ -236,12 +236,20 @@ def test_an_executor_that_fails_its_checks_is_configured_but_never_opened(record
 
 
 class Failing(Recorder):
+    def configure(self, settings):
+        settings["max_workers"] = 5
+        raise ValueError("the observer's own bug")
+
+    def opened(self, executor):
+        super().opened(executor)
+        raise ValueError("the observer's own bug")
+
     def closing(self, executor):
         super().closing(executor)
         raise ValueError("the observer's own bug")
 
 
-def test_an_observer_that_fails_at_closing_does_not_stop_the_shutdown(capsys):
+def test_an_observer_that_fails_does_not_fail_the_executor(capsys):
     failing = Failing()
     _observe.install(failing)
     try:
@@ -250,5 +258,8 @@ def test_an_observer_that_fails_at_closing_does_not_stop_the_shutdown(capsys):
     finally:
         _observe.uninstall(failing)
     assert ex.closed and failing.seen("closing") == [ex]
-    assert "failed to read a closing executor: ValueError: the observer's own bug" in capsys.readouterr().err
+    assert ex.max_workers == 1  # (a failed configure changes nothing)
+    err = capsys.readouterr().err
+    for what in ("configure a new executor", "record a new executor", "read a closing executor"):
+        assert f"failed to {what}: ValueError: the observer's own bug" in err
     # (the leak guard checks that its worker is gone)
