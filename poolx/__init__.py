@@ -4,6 +4,9 @@ The front door is :class:`Executor`, a drop-in ``concurrent.futures``
 executor whose tasks run on a pluggable backend (``processes`` by default,
 ``threads``, ``serial``).  ``poolx.remote``, ``get``, ``wait``, ``put`` and
 friends are Ray's API on top of it (``import poolx as ray``).
+``poolx.profile("out/")`` profiles a block of a program, every executor it
+makes included (``poolx.harness.session``; ``poolx profile run`` for a whole
+program).
 
 This module is the package's face: it lists the public names in ``__all__``;
 the executor, the pools, the actors and the Ray-style API are imported on

@@ -10,7 +10,8 @@ the section "the front ends' interface" (``submit_task``, ``stop_tasks``,
 Here: the Executor's own state, submitting, stopping, and the interpreter's
 exit.  Elsewhere: the map machinery (poolx._map), reruns on exceptions
 (poolx._retry), tasks waiting for their inputs (poolx._held), checks of the
-constructor's arguments (poolx._arguments); tasks run in a backend
+constructor's arguments (poolx._arguments), the profiling session told of
+each executor made and closing (poolx._observe); tasks run in a backend
 (poolx.backends).
 """
 
@@ -251,7 +252,7 @@ class Executor(cf.Executor):
         # queued work is done (the backend never refers back to the executor).
         weakref.finalize(self, self._backend.shutdown, False, False)
         if observer is not None:
-            observer.opened(self)
+            _observe.tell_opened(observer, self)
 
     # -- introspection ---------------------------------------------------------
 
@@ -539,7 +540,7 @@ class Executor(cf.Executor):
             self._left_running = not wait
             observer, self._observer = self._observer, None
         if observer is not None:  # (once, while the workers are still there to be read)
-            observer.closing(self)
+            _observe.tell_closing(observer, self)
         self._actors.close()
         if cancel_futures:
             self._held.cancel()
@@ -566,7 +567,7 @@ class Executor(cf.Executor):
             self._left_running = True  # a task that ignores SIGTERM: killed at exit (_at_exit)
             observer, self._observer = self._observer, None
         if observer is not None:
-            observer.closing(self)
+            _observe.tell_closing(observer, self)
         self._actors.close()
         self._held.cancel()
         self._backend.terminate_workers(kill)

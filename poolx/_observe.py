@@ -16,7 +16,9 @@ calls alone:
   ``kill_workers()`` begins, before the workers stop: their pids and their
   /proc facts (CPU time, peak memory) can still be read.
 
-With no observer, an executor pays one read of a module global when it is
+The observer's own failures are reported on stderr, never raised into the
+program (``tell_opened``, ``tell_closing``; ``configured`` keeps the program's
+settings).  With no observer, an executor pays one read of a module global when it is
 made, and nothing per task.  The engine side imports nothing of the harness:
 the observer is any object with these three methods.
 
@@ -28,6 +30,7 @@ makes an executor inside a forked worker must not report to a copy of it.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import Any, Protocol
 
@@ -79,9 +82,34 @@ def configured(observer: Observer, max_workers: Any, mp_context: Any, backend: A
     """The Executor's settings after ``observer.configure`` (called by ``Executor.__init__``)."""
     settings = {"max_workers": max_workers, "mp_context": mp_context, "backend": backend,
                 "trace_capacity": trace_capacity, "child_hook": child_hook}
-    observer.configure(settings)
+    try:
+        observer.configure(settings)
+    except Exception as exc:  # (the program's own settings, unchanged)
+        _report("configure a new executor", exc)
+        return max_workers, mp_context, backend, trace_capacity, child_hook
     return (settings["max_workers"], settings["mp_context"], settings["backend"],
             settings["trace_capacity"], settings["child_hook"])
+
+
+def tell_opened(observer: Observer, executor: Any) -> None:
+    """``observer.opened(executor)``; its failure is reported, never raised (as ``tell_closing``)."""
+    try:
+        observer.opened(executor)
+    except Exception as exc:
+        _report("record a new executor", exc)
+
+
+def tell_closing(observer: Observer, executor: Any) -> None:
+    """``observer.closing(executor)``; its failure is reported, never raised: a profiler's
+    error must not stop an executor from shutting down (its workers would be left running)."""
+    try:
+        observer.closing(executor)
+    except Exception as exc:
+        _report("read a closing executor", exc)
+
+
+def _report(what: str, exc: Exception) -> None:
+    print(f"poolx: the profiling session failed to {what}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def _forget_in_child() -> None:

@@ -31,6 +31,7 @@ import importlib.machinery
 import importlib.util
 import io
 import json
+import multiprocessing
 import os
 import runpy
 import signal
@@ -49,6 +50,10 @@ def main() -> None:
     setting = json.loads(os.environ.pop(SETTING_VAR))  # (the program's own children do not see it)
     runner, source = _prepare(setting)
     try:
+        if setting["start_method"]:
+            # The start method of every pool the program makes without naming one: the drop-in's and
+            # poolx.Pool's (they take multiprocessing's default context) as well as the stdlib's own.
+            multiprocessing.set_start_method(setting["start_method"], force=True)
         dropin = _install_dropin(setting, source)
         session = _session(setting)
         session.start()

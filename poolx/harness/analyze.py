@@ -315,6 +315,9 @@ PAYS = 1.2
 #: overlapped PAYS or more: CPU-bound Python in threads runs one at a time (the GIL).
 #: Above it, something ran in parallel (C code that releases the GIL, NumPy).
 GIL_CPUS = 1.3
+#: ... and at least this many: below, the threads mostly waited (I/O, sleeps), which threads do
+#: overlap.  Half a CPU, not one: on a busy machine the process gets less than the CPU it could use.
+GIL_FLOOR = 0.5
 #: A cost besides compute is named when it takes more than this share of the workers' time.
 LARGE_SHARE = 0.2
 #: The serial part of a program (no task running) is named above this share of its wall.
@@ -417,16 +420,17 @@ def _pays(program: dict[str, Any], executors: list[dict[str, Any]], summary: dic
                f"{summary['busy_share']:.0%} of their lifetime; every process together used "
                f"{summary['cpu_total']:.2f} s of CPU")
     threads = [ex for ex in executors if ex["backend"] == "threads" and ex["tasks"]]
-    if threads and at_once >= PAYS and 0.8 <= cpus <= GIL_CPUS:
-        return (f"parallelism did not pay for the CPU: {figures}, about one CPU. The tasks ran in threads "
-                f"({_named(threads[0], executors)}) and the GIL let one of them run Python at a time: use "
-                "the processes backend (the default) for CPU-bound Python")
+    if threads and at_once >= PAYS and GIL_FLOOR <= cpus <= GIL_CPUS:
+        return (f"parallelism did not pay for the CPU: {figures}, at most about one CPU. The tasks ran in "
+                f"threads ({_named(threads[0], executors)}) and the GIL lets one of them run Python at a "
+                "time: use the processes backend (the default) for CPU-bound Python")
     if at_once < PAYS:
         return (f"parallelism did not pay: {figures}. The tasks rarely overlapped: see the costs below "
                 "and the timeline")
     if cpus < 0.5 * at_once:
         return (f"parallelism paid in waiting, not in computing: {figures}. The tasks wait (I/O, sleeps, "
-                "locks) more than they compute, so more workers than cores can still help")
+                "locks) more than they compute, so more workers than cores can still help; or other "
+                "programs held the CPUs")
     return f"parallelism paid: {figures}"
 
 

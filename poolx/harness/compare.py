@@ -64,6 +64,10 @@ def load(spec: str) -> dict[str, Any]:
         raise ValueError(f"{path} is not JSON ({exc}): give a results.json poolx profile wrote") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ValueError(f"{path} is not a poolx profile results.json (schema {SCHEMA})")
+    if data.get("kind") == "whatif":
+        raise ValueError(f"{path} is a what-if run (poolx profile run --backends/--workers): its settings "
+                         "are side by side in its report.html; compare takes two scenario or program runs "
+                         "(one setting's folder inside it will do)")
     return data
 
 

@@ -64,11 +64,13 @@ class Lane:
     seconds: dict[str, float] = field(default_factory=dict)  # BUCKETS
     start: float = 0.0
     end: float | None = None
-    born: float | None = None  # when its process started, if later than ``start`` (else None)
+    # When its start-up began, if later than ``start``: its process's birth, or for a
+    # worker (started on demand) the first submit, if that was earlier.
+    born: float | None = None
 
     @property
     def starting(self) -> float:
-        """When its start-up began: its process's birth, else its window's start."""
+        """When its start-up began: ``born``, else its window's start."""
         return self.start if self.born is None else max(self.start, self.born)
 
     def window(self, wall: float) -> tuple[float, float]:
@@ -211,8 +213,8 @@ def lanes_and_tasks(ex: Any, t0: float, wall: float, *, start: float = 0.0,
         # was made) was starting up from then, or from its birth if earlier; not from the
         # executor's making: the executor had nothing for it to do before.
         lane = Lane(key, label, pid, max(start, ready_s), cpu, peak, start=start)
-        if born is not None:
-            lane.born = min(max(start, min(born - t0, asked)), lane.ready)
+        if born is not None:  # (an actor's process is started when the program makes the actor)
+            lane.born = min(max(start, min(born - t0, asked) if key >= 0 else born - t0), lane.ready)
         lanes.append(lane)
     return lanes, tasks
 

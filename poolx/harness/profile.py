@@ -178,7 +178,7 @@ def _configure(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--address is the cluster to run on, for --backend dask or ray; the "
                          f"{args.backend!r} backend runs on this machine")
     if args.profile in ("cpu", "mem"):
-        _require_profiler(args.profile)
+        require_profiler(args.profile)
         if address is not None:
             print(
                 f"note: the {args.profile} profiles come only from the cluster's workers that share this "
@@ -255,7 +255,7 @@ def require_engine(backend: str) -> None:
         raise ImportError(message)
 
 
-def _require_profiler(kind: str) -> None:
+def require_profiler(kind: str) -> None:
     module = "pyinstrument" if kind == "cpu" else "memray"
     try:
         __import__(module)

@@ -37,8 +37,7 @@ from typing import Any
 from ..backends import get_backend
 from . import live, whatif
 from ._args import positive_ints
-from .profile import CLUSTER_BACKENDS, OWN_FILES, parse_list, require_engine
-from .profile import _require_profiler as require_profiler
+from .profile import CLUSTER_BACKENDS, OWN_FILES, parse_list, require_engine, require_profiler
 
 #: The environment variable that carries a run's setting to ``_boot.py``.
 SETTING_VAR = "POOLX_PROFILE_RUN"

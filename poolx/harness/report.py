@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import html as _html
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,10 +246,16 @@ def run_title(run: Run) -> str:
     return run.mode if run.mode in ("serial", "program") else f"{run.mode} x{run.workers}"
 
 
-def trace(runs: list[Run]) -> dict[str, Any]:
+def trace(runs: list[Run], spans: Sequence[tuple[str, float, float]] = ()) -> dict[str, Any]:
     """Chrome/Perfetto trace: one process per run, one thread (lane) per worker
-    and actor; a slice per task with nested unpickle / compute / pickle."""
-    events: list[dict[str, Any]] = []
+    and actor; a slice per task with nested unpickle / compute / pickle.
+    ``spans`` (name, start, end), on a "driver" lane of the first run: a program's
+    executors, from when it made each to when it shut it down."""
+    events: list[dict[str, Any]] = [
+        {"ph": "X", "name": name, "cat": "executor", "pid": 1, "tid": 0, "ts": start * 1e6,
+         "dur": max(0.0, end - start) * 1e6} for name, start, end in spans]
+    if spans:
+        events.append({"ph": "M", "name": "thread_name", "pid": 1, "tid": 0, "args": {"name": "driver"}})
     for pid, run in enumerate(runs, start=1):
         name = run_title(run) + ("" if run.mode == "program" else f" · run {run.repeat + 1}")
         events.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": name}})

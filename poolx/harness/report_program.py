@@ -75,6 +75,8 @@ def terminal(results: dict[str, Any], run: Run, out: Path) -> str:
             for h in info["hot"][:5]:
                 where = f"  ({h['where']})" if h["where"] else ""
                 w(f"  {h['share']:6.1%}  {h['function']}{where}\n")
+        if info["kind"] == "mem":
+            w("\nmemory (mem profile): each process's peak, and its largest allocation then\n")
         for p in info.get("processes", []) if info["kind"] == "mem" else ():
             w(f"  {p['label']}: peak {size(p.get('peak'))}  {p.get('top_site', p.get('error', ''))}\n")
         for label in info.get("missing", []):

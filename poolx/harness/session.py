@@ -59,9 +59,20 @@ BUSY_CPU_SHARE = 0.2
 #: the lanes of several executors never share one (worker indexes and actor ids
 #: stay far below it).
 KEY_STRIDE = 1_000_000
+#: Seconds between two readings of the processes of an executor that began to shut down with
+#: work still queued (until they are gone): the CPU of their last FOLLOW_INTERVAL is lost.
+FOLLOW_INTERVAL = 0.05
+#: The task records an executor keeps for the accounting, the newest: about 330 bytes
+#: each (poolx._telemetry), so at most ~70 MB per executor.  Every task of most programs
+#: (a map's tasks are its chunks; a joblib call's, its batches); one that makes more
+#: one-item tasks is accounted for its last 200,000 only, and a note says so.
+TASK_RECORDS = 200_000
 #: The front end that made an executor, by the module whose frame called the constructor.
 FRONT_ENDS = {"poolx.joblib": "joblib", "poolx._api": "Ray-style API",
               "poolx.harness.measure": "poolx profile"}
+#: The stdlib's classes that --drop-in runs on poolx, by the function of poolx.harness.dropin
+#: that makes poolx's object for them.
+DROP_INS = {"_make_executor": "ProcessPoolExecutor (drop-in)", "_make_pool": "multiprocessing.Pool (drop-in)"}
 
 
 @dataclass
@@ -105,6 +116,8 @@ class Session:
         self._hook: ProfilerHook | None = None
         self._driver: ProfilerHook | None = None
         self._live: _LiveFile | None = None
+        self._followers: list[threading.Thread] = []  # (closing: executors with work still queued)
+        self._stopping = threading.Event()
         self._run: measure.Run | None = None
         self._t0 = 0.0
         self._cpu0 = 0.0
@@ -114,7 +127,7 @@ class Session:
 
     def configure(self, settings: dict[str, Any]) -> None:
         self._making.created = time.perf_counter()
-        settings["trace_capacity"] = None  # every task's record: the accounting needs them all
+        settings["trace_capacity"] = TASK_RECORDS  # (the accounting needs every task's record)
         if self.workers is not None:
             settings["max_workers"] = self.workers
         backend = settings["backend"] or os.environ.get("POOLX_BACKEND") or "processes"
@@ -133,9 +146,27 @@ class Session:
         closed = time.perf_counter()
         facts = measure.read_processes(executor)
         with self._lock:
-            for w in self._watched:
-                if w.executor is executor and w.closed is None:
-                    w.closed, w.facts = closed, facts
+            watched = next((w for w in self._watched if w.executor is executor and w.closed is None), None)
+            if watched is None:
+                return
+            watched.closed, watched.facts = closed, facts
+            stats = executor.statistics()
+            if stats.tasks_pending + stats.actor_calls_pending and not self._stopping.is_set():
+                # shutdown(wait=True) with work still queued: the workers run it before they
+                # stop, so their CPU and peak memory are read until they are gone.
+                follower = threading.Thread(target=self._follow, args=(watched,), daemon=True,
+                                            name=f"poolx-profile-follow-ex{watched.index}")
+                self._followers.append(follower)
+                follower.start()
+
+    def _follow(self, w: Watched) -> None:
+        executor = w.executor  # (stop() lets go of w.executor)
+        while not self._stopping.wait(FOLLOW_INTERVAL):
+            now = measure.read_processes(executor)
+            with self._lock:
+                w.facts = _latest(w.facts or {}, now)
+            if not any(cpu is not None for cpu, _peak, _born in now.values()):
+                return  # (all gone)
 
     # -- the session ---------------------------------------------------------------------
 
@@ -146,12 +177,14 @@ class Session:
             raise RuntimeError(f"this profiling session has already {done}: a Session runs once; make "
                                "another for another block")
         _prepare(self.out)
+        # (absolute: a worker's working directory may differ from the driver's, and the
+        # program may change its own before the files are written)
+        self.out = self.out.resolve()
         if self.profile != "none":
             _require_profiler(self.profile)
             directory = self.out / self.profile / "program"
             directory.mkdir(parents=True)
-            # (absolute: a worker's working directory may differ from the driver's)
-            self._hook = ProfilerHook(self.profile, str(directory.resolve()))
+            self._hook = ProfilerHook(self.profile, str(directory))
             self._driver = ProfilerHook(self.profile, str(directory))
         _observe.install(self)  # (RuntimeError when another session is active: nothing to undo here)
         self._state = "on"
@@ -166,7 +199,8 @@ class Session:
     def stop(self, *, exit_code: int | None = None, error: str | None = None,
              notes: Sequence[str] = ()) -> dict[str, Any]:
         """Stop watching, write the files into ``out`` and return the results (once: a second
-        call returns the same results).
+        call returns the same results).  Call it from the thread that called ``start()``:
+        the driver's profile is of that thread.
 
         ``exit_code`` given means the program has ended: the executors it left open
         are shut down now, as the interpreter's exit would, so that their workers
@@ -189,6 +223,9 @@ class Session:
         driver_cpu = time.process_time() - self._cpu0
         if self._live is not None:
             self._live.stop()
+        self._stopping.set()
+        for follower in list(self._followers):
+            follower.join(timeout=10 * FOLLOW_INTERVAL)
         if self._driver is not None:
             self._driver.stop()
         for w in self._open():  # a block's executors, still running: read them as they are
@@ -217,8 +254,14 @@ class Session:
         return self.start()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        text = "".join(traceback.format_exception(exc_type, exc, tb)) if exc_type is not None else None
-        self.stop(error=text)
+        if exc_type is None:
+            self.stop()
+            return
+        try:
+            self.stop(error="".join(traceback.format_exception(exc_type, exc, tb)))
+        except Exception as failure:  # (the block's own error is the one to see)
+            print(f"poolx.profile: the profile could not be written: {type(failure).__name__}: {failure}",
+                  file=sys.stderr)
 
     def __repr__(self) -> str:
         return f"<poolx.profile {self.title!r} out={str(self.out)!r} {self._state}>"
@@ -262,7 +305,9 @@ class Session:
             "runs": [report.run_dict(run)],
         }
         (self.out / "results.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
-        (self.out / "trace.json").write_text(json.dumps(report.trace([run])), encoding="utf-8")
+        spans = [(f"ex{e['index']} {e['front_end']} ({e['backend']}, {e['max_workers']} workers)",
+                  e["created"], wall if e["closed"] is None else e["closed"]) for e in executors]
+        (self.out / "trace.json").write_text(json.dumps(report.trace([run], spans)), encoding="utf-8")
         (self.out / "report.html").write_text(report_program.html(results, run), encoding="utf-8")
         return results
 
@@ -282,13 +327,18 @@ class Session:
 
     def _notes(self, watched: list[Watched]) -> list[str]:
         notes = []
-        if self.profile != "none":
-            inside = sorted({w.executor.backend for w in watched if not _uses_processes(w.executor.backend)})
-            if inside:
-                notes.append(f"the {', '.join(inside)} backend runs tasks in this process: the "
-                             f"{self.profile} profile of the driver covers them only where they ran in the "
-                             "driver's thread (serial); tasks in worker threads are not profiled")
+        if self.profile == "cpu":  # (memray's capture of the driver tracks every thread of it)
+            threads = sorted({w.executor.backend for w in watched if w.executor.backend == "threads"})
+            if threads:
+                notes.append("the threads backend runs tasks in threads of this process: the CPU profile "
+                             "(pyinstrument) is of the driver's own thread, so the tasks in worker threads "
+                             "are not in it; their time is in the lanes and the timeline")
         for w in watched:
+            dropped = w.executor.telemetry.trace_kept()["tasks_not_kept"]
+            if dropped > 0:
+                notes.append(f"ex{w.index} ran more than {TASK_RECORDS:,} tasks: its {dropped:,} oldest were "
+                             "not kept, so its workers' time before them counts as idle, and the timeline "
+                             "starts later (the executors table counts every task)")
             if w.closed is None:
                 notes.append(f"ex{w.index} ({w.front_end}) was still open when the profile stopped: it is "
                              "counted to the end, and its worker processes, still running, have not written "
@@ -299,10 +349,7 @@ class Session:
         if self.profile == "none":
             return {}
         directory = self.out / self.profile / "program"
-        # The processes that should have left a profile: the local workers and actors of
-        # executors that were shut down (the others are still running).
-        lanes = [lane for w in watched if w.closed is not None and _uses_processes(w.executor.backend)
-                 for lane in w.lanes if lane.pid]
+        lanes = [lane for w in watched if _uses_processes(w.executor.backend) for lane in w.lanes if lane.pid]
         _relabel_files(directory, {lane.pid: lane.label for lane in lanes if lane.pid})
         cluster = any(w.executor.backend in ("dask", "ray") for w in watched)
         try:
@@ -310,6 +357,10 @@ class Session:
         except Exception as exc:  # (the timings and the report still stand)
             notes.append(f"the {self.profile} profiles could not be read: {type(exc).__name__}: {exc}")
             return {}
+        # The workers of an executor still open have not ended, so have not written their
+        # profiles yet (a note says so): they are not missing for having died.
+        running = {lane.label for w in watched if w.closed is None for lane in w.lanes}
+        info["missing"] = [label for label in info["missing"] if label not in running]
         info.update(kind=self.profile, mode="program", workers=run.workers, wall=run.wall,
                     folder=str(directory.relative_to(self.out)))
         return {"program": info}
@@ -320,14 +371,17 @@ class Session:
         """What the live status file holds now; ``cpu_seen`` (pid -> CPU seconds at the last
         call) is updated, to tell busy workers from idle ones."""
         with self._lock:
-            watched = [w for w in self._watched if w.closed is None and w.executor is not None]
+            watched = [w for w in self._watched if w.executor is not None]
             several = len(self._watched) > 1
-        done = failed = pending = workers = busy = 0
+        done = failed = pending = workers = busy = opened = 0
         memory = []
-        for w in watched:
+        for w in watched:  # (the tasks of every executor so far; the workers of those still open)
             stats = w.executor.statistics()
             done += stats.tasks_completed + stats.actor_calls_completed
             failed += stats.tasks_failed + stats.actor_calls_failed
+            if w.closed is not None:
+                continue
+            opened += 1
             pending += stats.tasks_pending + stats.actor_calls_pending
             alive = stats.workers_alive + stats.actors_alive
             workers += alive
@@ -343,7 +397,7 @@ class Session:
                 cpu_seen[pid] = cpu
                 memory.append({"label": f"ex{w.index} {label}" if several else label, "pid": pid, "rss": rss})
         running = min(pending, busy)
-        return {"t": time.perf_counter() - self._t0, "executors": len(watched), "tasks_done": done,
+        return {"t": time.perf_counter() - self._t0, "executors": opened, "tasks_done": done,
                 "tasks_failed": failed, "tasks_queued": pending - running, "tasks_running": running,
                 "workers": workers, "workers_busy": busy, "memory": memory}
 
@@ -403,6 +457,19 @@ class _LiveFile:
             pass
 
 
+def _latest(before: dict[int, measure.Facts], now: dict[int, measure.Facts]) -> dict[int, measure.Facts]:
+    """Each process's facts at their largest (CPU and peak only grow; a gone process reads None)."""
+    merged = dict(before)
+    for pid, (cpu, peak, born) in now.items():
+        old_cpu, old_peak, old_born = merged.get(pid, (None, None, None))
+        merged[pid] = (_larger(cpu, old_cpu), _larger(peak, old_peak), born if old_born is None else old_born)
+    return merged
+
+
+def _larger(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else max(a, b)
+
+
 def _processes(tel: Any) -> list[tuple[str, int]]:
     workers = [(f"worker {i}", pid) for i, pid in sorted(tel.worker_pids.items())]
     actors = [(f"actor {tel.actor_labels.get(a, a)}", pid) for a, pid in sorted(tel.actor_pids.items())]
@@ -422,26 +489,32 @@ def _cpu_and_rss(pid: int) -> tuple[float | None, int]:
 
 
 def _front_end(executor: Any) -> str:
-    """Which front end made ``executor``: the first caller outside the executor that is one."""
+    """Which front end made ``executor``, from the poolx frames that called its constructor:
+    a drop-in's (the stdlib's class it stands for) first, else the innermost front end."""
     frame = sys._getframe(2)
-    while frame is not None:
-        module = frame.f_globals.get("__name__", "")
-        if module == "poolx._pool":  # Pool or ThreadPool (or a subclass: its own name)
-            owner = frame.f_locals.get("self")
-            return type(owner).__name__ if owner is not None else "Pool"
+    found = []
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("poolx."):
+        found.append((frame.f_globals["__name__"], frame.f_code.co_name, frame.f_locals.get("self")))
+        frame = frame.f_back  # type: ignore[assignment]
+    for module, function, _owner in found:
+        if module == "poolx.harness.dropin" and function in DROP_INS:
+            return DROP_INS[function]
+    for module, _function, owner in found:
+        if module == "poolx._pool" and owner is not None:  # Pool or ThreadPool (or a subclass)
+            return type(owner).__name__
         if module in FRONT_ENDS:
             return FRONT_ENDS[module]
-        if not module.startswith("poolx."):
-            break
-        frame = frame.f_back  # type: ignore[assignment]
     return type(executor).__name__
 
 
 def _executor_dict(w: Watched, t0: float) -> dict[str, Any]:
+    stats = w.executor.statistics()  # (counts every task, kept or not: TASK_RECORDS)
     return {"index": w.index, "backend": w.executor.backend, "max_workers": w.executor.max_workers,
             "front_end": w.front_end, "created": w.created - t0,
             "closed": None if w.closed is None else w.closed - t0,
-            "tasks": len(w.tasks), "failed": sum(1 for t in w.tasks if not t[9])}
+            "tasks": (stats.tasks_completed + stats.tasks_failed + stats.actor_calls_completed
+                      + stats.actor_calls_failed),
+            "failed": stats.tasks_failed + stats.actor_calls_failed}
 
 
 def _shut_down_left_open(watched: list[Watched]) -> None:

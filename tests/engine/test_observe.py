@@ -233,3 +233,33 @@ def test_an_executor_that_fails_its_checks_is_configured_but_never_opened(record
     with pytest.raises(ValueError):
         poolx.Executor(0)
     assert len(recorder.settings) == 1 and recorder.events == []
+
+
+class Failing(Recorder):
+    def configure(self, settings):
+        settings["max_workers"] = 5
+        raise ValueError("the observer's own bug")
+
+    def opened(self, executor):
+        super().opened(executor)
+        raise ValueError("the observer's own bug")
+
+    def closing(self, executor):
+        super().closing(executor)
+        raise ValueError("the observer's own bug")
+
+
+def test_an_observer_that_fails_does_not_fail_the_executor(capsys):
+    failing = Failing()
+    _observe.install(failing)
+    try:
+        with poolx.Executor(1) as ex:
+            assert ex.submit(square, 4).result() == 16
+    finally:
+        _observe.uninstall(failing)
+    assert ex.closed and failing.seen("closing") == [ex]
+    assert ex.max_workers == 1  # (a failed configure changes nothing)
+    err = capsys.readouterr().err
+    for what in ("configure a new executor", "record a new executor", "read a closing executor"):
+        assert f"failed to {what}: ValueError: the observer's own bug" in err
+    # (the leak guard checks that its worker is gone)

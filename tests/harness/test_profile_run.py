@@ -206,6 +206,34 @@ def test_drop_in_observes_the_stdlib_pools_of_a_program_that_never_heard_of_pool
     assert [(e["front_end"], e["tasks"]) for e in got["executors"]] == [("Executor", 6), ("Pool", 6)]
 
 
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_start_method_reaches_the_pools_that_name_none(tmp_path, method):
+    # The drop-in's executor and poolx.Pool take multiprocessing's default context: --start-method
+    # must be that default, not only the start method of poolx executors made with none.
+    (tmp_path / "how.py").write_text(textwrap.dedent('''
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        import poolx
+
+        def how(_=None):
+            with open("/proc/self/cmdline", "rb") as f:
+                cmd = f.read()
+            return "spawn" if b"spawn_main" in cmd else "forkserver" if b"forkserver" in cmd else "fork"
+
+        if __name__ == "__main__":
+            with ProcessPoolExecutor(1) as ex:
+                a = ex.submit(how).result()
+            with poolx.Pool(1) as pool:
+                b = pool.apply(how)
+            print(a, b)
+    '''))
+    proc = profile_run("--drop-in", "--profile", "none", "--start-method", method, "--out", "out",
+                       "how.py", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{method} {method}\n"
+
+
 # -- what if -----------------------------------------------------------------------------
 
 
@@ -236,6 +264,10 @@ def test_what_if_puts_each_setting_side_by_side(tmp_path):
     assert shown.console_errors == []
     assert shown.counts == {"table.whatif tbody tr": 3, "ul.verdicts li": len(top["verdicts"]),
                             "table.whatif a": 3}
+    # compare takes two runs of one setting each, and says so for a what-if folder
+    refused = subprocess.run([sys.executable, "-m", "poolx", "profile", "compare", "out", "out/serial-x1"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "what-if run" in refused.stderr, refused.stderr
     # A rerun into the same folder replaces it, and refuses one holding someone else's files.
     (out / "notes.txt").write_text("mine")
     again = profile_run("--profile", "none", "--out", "out", "unguarded.py", cwd=tmp_path)

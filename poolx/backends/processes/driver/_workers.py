@@ -104,6 +104,7 @@ class Workers(SchedulerState):
     def start_worker(self) -> None:
         index = self.next_index
         self.next_index += 1
+        self.telemetry.worker_started(index)  # its start-up runs from here to READY (insights)
         process, parent, client, cell, fd = self.spawner.spawn(
             self.worker_main, (index, self.setup), f"poolx-worker-{index}")
         w = WorkerHandle(index, process, parent, cell, fd, self.max_tasks, Conn(client, f"worker {index}"))
