@@ -119,7 +119,7 @@ def test_a_multiprocessing_pool_script_runs_on_poolx_under_drop_in(tmp_path):
     results = results_of(out, proc)
     assert results["program"]["exit_code"] == 0 and results["program"]["error"] is None
     assert results["program"]["argv"][1:] == ["200000", "16"]
-    check_work(results, front_end="Pool", tasks=16)
+    check_work(results, front_end="multiprocessing.Pool (drop-in)", tasks=16)
     check_cpu_profiles(out, results)
     check_report(out, results)
 
@@ -141,7 +141,7 @@ def test_a_process_pool_executor_script_without_a_main_guard_runs_under_drop_in(
     assert re.search(r"^8 digests, first [0-9a-f]{12}$", proc.stdout, re.M), proc.stdout
     results = results_of(out, proc)
     assert results["config"]["start_method"] == "spawn"
-    check_work(results, front_end="Executor", tasks=8)
+    check_work(results, front_end="ProcessPoolExecutor (drop-in)", tasks=8)
     check_cpu_profiles(out, results)
     check_report(out, results)
 
@@ -214,3 +214,32 @@ def test_a_program_that_fails_keeps_its_exit_code_and_traceback_and_the_report_s
     if start_method == "forkserver":  # the report does not depend on the start method: once is enough
         check_cpu_profiles(out, results)
         check_report(out, results, verdict="ZeroDivisionError")
+
+
+# -- the overhead benchmark ----------------------------------------------------------------
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 60)
+def test_the_overhead_benchmark_runs_a_program_plain_and_profiled(tmp_path):
+    # benchmarks/profile_overhead.py in small: one program, a warm-up and one round of three ways.
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "profile_overhead.py"), "--quick", "--programs",
+         "ray_style", "--ways", "python,none,cpu", "--out", str(tmp_path / "RESULTS-profile.md")],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((tmp_path / "results-profile.json").read_text())
+    records = data["records"]
+    assert [(r["repeat"], r["ok"]) for r in records] == [(0, True)] * 3 + [(1, True)] * 3
+    assert {r["way"] for r in records if r["repeat"] == 1} == {"python", "none", "cpu"}
+    # The harness saw the program's 4 tasks, 4 actor calls and the estimate, in both harness ways.
+    assert [r["tasks"] for r in records if r["way"] != "python"] == [9, 9, 9, 9]
+    entry = data["summary"]["ray_style"]
+    assert entry["baseline"] == "python"  # a program on poolx's own API: the plain interpreter
+    ways = entry["ways"]
+    assert ways["python"]["vs_baseline"] == 1.0
+    assert ways["cpu"]["vs_baseline"] == ways["cpu"]["command_median_s"] / ways["python"]["command_median_s"]
+    assert ways["cpu"]["vs_none"] == ways["cpu"]["program_median_s"] / ways["none"]["program_median_s"]
+    table = (tmp_path / "RESULTS-profile.md").read_text()
+    assert re.search(r"^\| ray_style \| `--profile cpu` \| [\d.]+ s \(", table, re.M), table
+    assert f"{data['meta']['usable_cpus']} usable CPUs" in table
