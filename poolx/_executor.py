@@ -31,6 +31,7 @@ from . import _arguments, _observe, _shm
 from ._errors import ActorDiedError, InitializerError, SerializationError
 from ._futures import Future, Task
 from ._held import HeldTasks
+from ._insights import Insights, insights
 from ._map import (
     MAP_INFLIGHT_PER_WORKER,
     RUNNER_CACHE,
@@ -271,6 +272,11 @@ class Executor(cf.Executor):
         return self._telemetry.snapshot(
             backend=self._backend.name, max_workers=self._max_workers, **self._backend.worker_counts()
         )
+
+    def insights(self) -> Insights:
+        """Per worker its start-up, waiting, working and transfer time, and the slowest tasks by
+        function; ``print()`` it for tables (docs/executor.md)."""
+        return insights(self)
 
     def export_trace(self, path: str | os.PathLike[str]) -> None:
         """Write the task timeline as Chrome/Perfetto trace JSON (one lane per worker).

@@ -133,7 +133,7 @@ def _session(setting: dict[str, Any]) -> Any:
 
     return Session(setting["out"], profile=setting["profile"], workers=setting["workers"],
                    start_method=setting["start_method"], title=setting["title"], argv=list(sys.argv),
-                   live=setting["live"])
+                   live=setting["live"], drop_in=setting["drop_in"])
 
 
 def _stop(session: Any, setting: dict[str, Any], dropin: Any, outcome: dict[str, Any]) -> None:

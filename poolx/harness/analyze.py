@@ -370,11 +370,15 @@ def program_verdicts(program: dict[str, Any], executors: list[dict[str, Any]],
     out = _ending(program)
     wall = program["wall"]
     if not executors:
-        out.append(
-            f"the program made no poolx executor, so nothing in it ran in parallel under poolx "
-            f"({wall:.2f} s of wall, {program['driver_cpu']:.2f} s of CPU, all in the driver). If it uses "
-            "concurrent.futures.ProcessPoolExecutor, multiprocessing.Pool or joblib, profile it with "
-            "--drop-in (poolx profile run --drop-in ...) to run those on poolx")
+        ran = (f"the program made no poolx executor, so nothing in it ran in parallel under poolx "
+               f"({wall:.2f} s of wall, {program['driver_cpu']:.2f} s of CPU, all in the driver)")
+        if program.get("drop_in"):
+            out.append(f"{ran}, even with --drop-in: its pools stayed on the stdlib (the notes say "
+                       "why), or it made none")
+        else:
+            out.append(f"{ran}. If it uses concurrent.futures.ProcessPoolExecutor, multiprocessing.Pool "
+                       "or joblib, profile it with --drop-in (poolx profile run --drop-in ...) to run those "
+                       "on poolx")
         return out
     if not summary["tasks"]:
         out.append(f"the program made {len(executors)} poolx executor(s) but ran no task on them")

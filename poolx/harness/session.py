@@ -94,7 +94,8 @@ class Session:
 
     def __init__(self, out: str | os.PathLike[str], *, profile: str = "cpu", workers: int | None = None,
                  start_method: str | None = None, title: str = "poolx.profile",
-                 argv: list[str] | None = None, live: str | os.PathLike[str] | None = None) -> None:
+                 argv: list[str] | None = None, live: str | os.PathLike[str] | None = None,
+                 drop_in: bool = False) -> None:
         if profile not in PROFILES:
             raise ValueError(f"profile={profile!r}: choose 'cpu' (pyinstrument), 'mem' (memray) or 'none'")
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -109,6 +110,7 @@ class Session:
         self.title = title
         self.argv = list(sys.argv if argv is None else argv)
         self.live = Path(live) if live is not None else None
+        self.drop_in = drop_in  # the program's stdlib pools were offered to poolx (the verdicts say so)
         self.results: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._watched: list[Watched] = []
@@ -287,7 +289,7 @@ class Session:
         measure.account(run)
         self._run = run
         program = {"argv": self.argv, "exit_code": exit_code, "error": error, "wall": wall,
-                   "driver_cpu": driver_cpu, "driver_peak_rss": run.driver_peak_rss}
+                   "driver_cpu": driver_cpu, "driver_peak_rss": run.driver_peak_rss, "drop_in": self.drop_in}
         executors = [_executor_dict(w, self._t0) for w in watched]
         summary = analyze.program_summary([w.lanes for w in watched], run.tasks, wall, driver_cpu)
         notes += self._notes(watched)

@@ -203,7 +203,8 @@ def test_drop_in_observes_the_stdlib_pools_of_a_program_that_never_heard_of_pool
     assert (control.returncode, proc.returncode) == (4, 4), proc.stderr
     assert proc.stdout == control.stdout == "True 55\n"
     got = results(tmp_path / "out")
-    assert [(e["front_end"], e["tasks"]) for e in got["executors"]] == [("Executor", 6), ("Pool", 6)]
+    assert [(e["front_end"], e["tasks"]) for e in got["executors"]] == [("ProcessPoolExecutor (drop-in)", 6),
+                                                                      ("multiprocessing.Pool (drop-in)", 6)]
 
 
 @pytest.mark.timeout(180)

@@ -515,3 +515,10 @@ def test_actors_are_lanes_labelled_with_their_executor(tmp_path):
     assert len(actors) == 1 and actors[0]["tasks"] == 3 and actors[0]["key"] < 0
     assert results["executors"][1]["tasks"] == 3
     _check_lanes_add_up(results)
+
+
+def test_verdict_no_executor_suggests_the_drop_in_only_when_it_was_not_used():
+    (without,) = analyze.program_verdicts(_program(), [], _summary())
+    (used,) = analyze.program_verdicts(dict(_program(), drop_in=True), [], _summary())
+    assert "profile it with --drop-in" in without
+    assert "even with --drop-in" in used and "profile it with --drop-in" not in used
