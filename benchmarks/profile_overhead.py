@@ -63,6 +63,8 @@ from run import (  # the suite's own, beside this script
     wait_until_idle,
 )
 
+import poolx
+
 HERE = Path(__file__).resolve().parent
 PROGRAMS_DIR = HERE.parent / "profiling" / "programs"
 
@@ -225,8 +227,6 @@ def markdown(summary: dict, meta: dict) -> str:
 def _meta(argv: list[str], args: argparse.Namespace, elapsed: float, load_start: str) -> dict:
     def fmt(load: tuple) -> str:
         return " ".join(f"{x:.2f}" for x in load) or "n/a"
-
-    import poolx
 
     return {"command": "python benchmarks/profile_overhead.py " + " ".join(argv), "elapsed_s": elapsed,
             "repeats": args.repeats, "json": args.json.name, "usable_cpus": usable_cpus(),
