@@ -16,7 +16,8 @@ combining, relabelling, the call tree, speedscope, the hot functions) works on
 it unchanged.  What it sees differently: a thread blocked in a C call (a
 ``recv``, a ``sleep``) is shown in the Python function that made the call, not
 in a ``<built-in>`` frame of the C function; and the time after a capture's
-last sample (at most about one interval) is not counted.
+last sample (about one interval) is counted in that sample's stack.  A
+capture shorter than an interval may have no sample at all.
 
 The sampler thread starts with the process's first capture and ends with its
 last one.  A forked child starts with no capture and no sampler, whatever its
@@ -39,6 +40,11 @@ from typing import Any
 #: the sampler asks for it, so the real spacing can be longer: every sample is
 #: weighted by the time it stands for.
 INTERVAL = 0.002
+
+#: Seconds ``stop`` waits for the sampler thread to end: one sample's walk takes
+#: far less, but a loaded machine can keep the thread from running for a while;
+#: a thread not gone by then is a daemon, and ends on its own at its next wake.
+JOIN_TIMEOUT = 10.0
 
 #: The sampler thread's name (the tests look for it).
 THREAD_NAME = "poolx-profile-sampler"
@@ -145,12 +151,13 @@ def stop(recording: Recording) -> Any:
     with state.lock:
         if recording in state.recordings:
             state.recordings.remove(recording)
+            _count_the_tail(recording)
         if not state.recordings and state.thread is not None:
             ended, state.thread = state.thread, None
             assert state.stopping is not None
             state.stopping.set()
     if ended is not None and ended is not threading.current_thread():
-        ended.join()
+        ended.join(JOIN_TIMEOUT)
     return Session(
         frame_records=list(recording.records),
         start_time=recording.start_time,
@@ -164,6 +171,15 @@ def stop(recording: Recording) -> Any:
         sys_path=list(sys.path),
         sys_prefixes=Session.current_sys_prefixes(),
     )
+
+
+def _count_the_tail(recording: Recording) -> None:
+    # The time since the last sample goes to the stack that sample saw (the
+    # best guess there is), so that the samples add up to the capture's
+    # duration, as pyinstrument's do.  A capture with no sample has no guess.
+    if recording.records:
+        stack, weight = recording.records[-1]
+        recording.records[-1] = (stack, weight + time.perf_counter() - recording.last)
 
 
 def _run(state: _State, stopping: threading.Event) -> None:

@@ -83,12 +83,13 @@ def test_a_sleeping_function_is_seen_as_wall_time():
 
 def test_the_number_of_samples_follows_wall_time_not_calls():
     recording = _sampler.start("calls test")
-    sum(math.sqrt(i) for i in range(1_000_000))  # a million calls of the generator
+    sum(math.sqrt(i) for i in range(2_000_000))  # two million calls of the generator
     session = _sampler.stop(recording)
     # at most one sample per interval (plus slack for the first and a late stop);
     # a per-call profiler records far more, or costs the program per call
     assert session.sample_count <= session.duration / _sampler.INTERVAL + 5
-    assert abs(sum(t for _, t in session.frame_records) - session.duration) <= 0.5 * session.duration + 0.05
+    # the samples stand for the whole capture (each weighted by the time since the one before)
+    assert abs(sum(t for _, t in session.frame_records) - session.duration) <= 0.1 * session.duration
 
 
 def test_the_sampler_thread_runs_only_while_a_capture_does():
@@ -210,6 +211,7 @@ def test_two_captures_of_one_thread_both_see_its_work():
     _spin_named_busy_loop(0.2)
     inner_session = _sampler.stop(inner)
     outer_session = _sampler.stop(outer)
-    assert _time_in(inner_session, "_spin_named_busy_loop") > 0
-    assert _time_in(outer_session, "_spin_named_busy_loop") >= _time_in(inner_session, "_spin_named_busy_loop")
+    inner_busy = _time_in(inner_session, "_spin_named_busy_loop")
+    assert inner_busy > 0
+    assert _time_in(outer_session, "_spin_named_busy_loop") >= inner_busy
     assert _sampler_threads() == []
