@@ -16,8 +16,8 @@ combining, relabelling, the call tree, speedscope, the hot functions) works on
 it unchanged.  What it sees differently: a thread blocked in a C call (a
 ``recv``, a ``sleep``) is shown in the Python function that made the call, not
 in a ``<built-in>`` frame of the C function; and the time after a capture's
-last sample (about one interval) is counted in that sample's stack.  A
-capture shorter than an interval may have no sample at all.
+last sample (about one interval) is counted in that sample's stack, and a
+capture too short for any sample in the stack that stopped it.
 
 The sampler thread starts with the process's first capture and ends with its
 last one.  A forked child starts with no capture and no sampler, whatever its
@@ -151,7 +151,7 @@ def stop(recording: Recording) -> Any:
     with state.lock:
         if recording in state.recordings:
             state.recordings.remove(recording)
-            _count_the_tail(recording)
+            _count_the_tail(recording, sys._getframe(1))
         if not state.recordings and state.thread is not None:
             ended, state.thread = state.thread, None
             assert state.stopping is not None
@@ -173,13 +173,25 @@ def stop(recording: Recording) -> Any:
     )
 
 
-def _count_the_tail(recording: Recording) -> None:
+def _count_the_tail(recording: Recording, caller: Any) -> None:
     # The time since the last sample goes to the stack that sample saw (the
     # best guess there is), so that the samples add up to the capture's
-    # duration, as pyinstrument's do.  A capture with no sample has no guess.
+    # duration, as pyinstrument's do.  A capture too short for any sample (a
+    # task of a few ms, captured per call on a cluster) is counted in whatever
+    # called stop(): the code that ran the task.
+    elapsed = time.perf_counter() - recording.last
     if recording.records:
         stack, weight = recording.records[-1]
-        recording.records[-1] = (stack, weight + time.perf_counter() - recording.last)
+        recording.records[-1] = (stack, weight + elapsed)
+        return
+    while caller is not None and caller.f_code.co_filename in _OWN_FILES:
+        caller = caller.f_back
+    if caller is not None:
+        recording.records.append((call_stack(caller, recording.thread_name, recording.ident), elapsed))
+
+
+#: The frames of the profiler itself (skipped in the stack of a capture with no sample).
+_OWN_FILES = {__file__, os.path.join(os.path.dirname(__file__), "_hook.py")}
 
 
 def _run(state: _State, stopping: threading.Event) -> None:

@@ -120,6 +120,7 @@ def test_the_sampler_thread_runs_only_while_a_capture_does():
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # (the point)
 def test_a_forked_child_starts_with_no_capture_of_its_parent():
     recording = _sampler.start("parent")
     read, write = os.pipe()
@@ -215,3 +216,12 @@ def test_two_captures_of_one_thread_both_see_its_work():
     assert inner_busy > 0
     assert _time_in(outer_session, "_spin_named_busy_loop") >= inner_busy
     assert _sampler_threads() == []
+
+
+def test_a_capture_too_short_for_a_sample_still_counts_its_time_in_its_caller():
+    recording = _sampler.start("short")
+    session = _sampler.stop(recording)
+    assert session.sample_count >= 1
+    stacks = [stack for stack, _ in session.frame_records]
+    assert all(any(f.startswith("test_a_capture_too_short") for f in stack) for stack in stacks)
+    assert sum(t for _, t in session.frame_records) <= session.duration
