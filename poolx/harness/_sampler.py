@@ -77,6 +77,7 @@ class _State:
         # (a thread may have more than one: two hooks, or a capture in a capture)
         self.recordings: list[Recording] = []
         self.thread: threading.Thread | None = None
+        self.names: dict[str, str] = {}  # every frame name seen, stored once (see _stored)
         self.stopping: threading.Event | None = None
 
 
@@ -194,6 +195,15 @@ def _count_the_tail(recording: Recording, caller: Any) -> None:
 _OWN_FILES = {__file__, os.path.join(os.path.dirname(__file__), "_hook.py")}
 
 
+def _stored(stack: list[str], recording: Recording, names: dict[str, str]) -> list[str]:
+    # A long capture keeps every sample (a worker may live for hours): a stack
+    # equal to the previous sample's is that same list, and each frame's name
+    # is stored once for the process.
+    if recording.records and recording.records[-1][0] == stack:
+        return recording.records[-1][0]
+    return [names.setdefault(name, name) for name in stack]
+
+
 def _run(state: _State, stopping: threading.Event) -> None:
     frame_info = _frame_info()
     while not stopping.wait(INTERVAL):
@@ -212,7 +222,8 @@ def sample(state: _State, frame_info: Any) -> None:
                 frame = frames.get(ident)
                 if frame is None:  # (the thread ended without stopping its capture)
                     continue
-                stacks[ident] = call_stack(frame, recording.thread_name, ident, frame_info)
+                stacks[ident] = _stored(call_stack(frame, recording.thread_name, ident, frame_info),
+                                        recording, state.names)
             recording.records.append((stacks[ident], now - recording.last))
             recording.last = now
     del frames  # (holds every thread's frames alive)

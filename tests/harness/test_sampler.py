@@ -225,3 +225,17 @@ def test_a_capture_too_short_for_a_sample_still_counts_its_time_in_its_caller():
     stacks = [stack for stack, _ in session.frame_records]
     assert all(any(f.startswith("test_a_capture_too_short") for f in stack) for stack in stacks)
     assert sum(t for _, t in session.frame_records) <= session.duration
+
+
+def test_a_long_capture_stores_each_stack_and_name_once():
+    recording = _sampler.start("memory")
+    _nap_named_sleeper(0.3)  # the same stack, sample after sample
+    session = _sampler.stop(recording)
+    stacks = [stack for stack, _ in session.frame_records]
+    napping = [stack for stack in stacks if stack[-1].startswith("_nap_named_sleeper")]
+    assert len(napping) >= 2, stacks
+    assert len({id(stack) for stack in napping}) == 1  # (consecutive equal stacks: one list)
+    names = {}
+    for stack in stacks:
+        for name in stack:
+            assert names.setdefault(name, name) is name  # one string object per frame name
