@@ -2,8 +2,8 @@
 
 pyinstrument's ``Profiler`` installs a C hook that runs on every Python call
 and return and reads the clock there: on a machine with a slow clock a
-call-heavy program runs 3-4x slower under it (a generator expression over two
-million items: 0.11 s plain, 0.4-0.5 s profiled).  Here one daemon thread per
+call-heavy program runs 3-5x slower under it (a generator expression over two
+million items: 0.11-0.17 s plain, 0.4-0.7 s profiled, on issue 22's VM).  Here one daemon thread per
 process wakes every ``INTERVAL``, reads ``sys._current_frames()`` for the
 threads being captured, and records each one's stack, weighted by the real
 time since that thread's previous sample (the GIL can delay a wake-up: a
@@ -35,10 +35,11 @@ from typing import Any
 
 #: Seconds between samples.  Shorter shows short functions better but costs the
 #: program more (each sample takes the GIL from it and walks every captured
-#: stack); 2 ms keeps that under 1% and still gives 500 samples a second.  A
-#: busy thread keeps the GIL for up to ``sys.getswitchinterval()`` (5 ms) once
-#: the sampler asks for it, so the real spacing can be longer: every sample is
-#: weighted by the time it stands for.
+#: stack).  At 2 ms a call-heavy loop used about 3% more CPU (issue 22's
+#: measurements), and a waiting thread is seen 500 times a second.  A busy
+#: thread keeps the GIL for up to ``sys.getswitchinterval()`` (5 ms) once the
+#: sampler asks for it, so the real spacing is then longer (some 150 samples a
+#: second): every sample is weighted by the time it stands for.
 INTERVAL = 0.002
 
 #: Seconds ``stop`` waits for the sampler thread to end: one sample's walk takes
