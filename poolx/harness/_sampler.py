@@ -15,12 +15,13 @@ root, so that everything that reads ``.pyisession`` files (``profiles.py``:
 combining, relabelling, the call tree, speedscope, the hot functions) works on
 it unchanged.  What it sees differently: a thread blocked in a C call (a
 ``recv``, a ``sleep``) is shown in the Python function that made the call, not
-in a ``<built-in>`` frame of the C function; and the time after a capture's
-last sample (about one interval) is counted in that sample's stack, and a
-capture too short for any sample in the stack that stopped it.
+in a ``<built-in>`` frame of the C function; and a capture's total is right on
+average, not exactly: its first sample also stands for the moments before it
+began, and the moments after its last sample are not counted (a capture
+shorter than the spacing of samples may have none; see ``LINGER``).
 
-The sampler thread starts with the process's first capture and ends with its
-last one.  A forked child starts with no capture and no sampler, whatever its
+The sampler thread starts with the process's first capture and ends
+``LINGER`` seconds after its last one.  A forked child starts with no capture and no sampler, whatever its
 parent was doing (the state is per pid, and reset after a fork).
 """
 
@@ -42,10 +43,16 @@ from typing import Any
 #: second): every sample is weighted by the time it stands for.
 INTERVAL = 0.002
 
-#: Seconds ``stop`` waits for the sampler thread to end: one sample's walk takes
-#: far less, but a loaded machine can keep the thread from running for a while;
-#: a thread not gone by then is a daemon, and ends on its own at its next wake.
-JOIN_TIMEOUT = 10.0
+#: Seconds the sampler thread outlives the process's last capture.  A cluster
+#: worker is captured once per task, and its tasks may be shorter than the
+#: spacing of samples: a thread started anew with each capture would sample
+#: none of them.  One that goes on samples them at random points instead, and
+#: weighting each sample by the time since the sampler's previous one (not
+#: since the capture began) makes the short captures' total right on average: a
+#: 1 ms task is seen once in about five, for 5 ms.  Longer costs an idle
+#: process a wake-up per interval for longer; shorter restarts the thread more
+#: often between a cluster worker's tasks.
+LINGER = 0.5
 
 #: The sampler thread's name (the tests look for it).
 THREAD_NAME = "poolx-profile-sampler"
@@ -62,11 +69,7 @@ class Recording:
     start_time: float = field(default_factory=time.time)
     start_clock: float = field(default_factory=time.perf_counter)
     start_cpu: float = field(default_factory=time.process_time)
-    last: float = 0.0  # perf_counter() at the previous sample
     records: list[tuple[list[str], float]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.last = self.start_clock
 
 
 class _State:
@@ -79,7 +82,7 @@ class _State:
         self.recordings: list[Recording] = []
         self.thread: threading.Thread | None = None
         self.names: dict[str, str] = {}  # every frame name seen, stored once (see _stored)
-        self.stopping: threading.Event | None = None
+        self.last_wake = 0.0  # perf_counter() at the sampler's previous sample
 
 
 _state: _State | None = None
@@ -136,30 +139,21 @@ def start(target_description: str, caller_frame: Any = None) -> Recording:
     with state.lock:
         state.recordings.append(recording)
         if state.thread is None:
-            state.stopping = threading.Event()
-            state.thread = threading.Thread(target=_run, args=(state, state.stopping),
-                                            name=THREAD_NAME, daemon=True)
+            state.last_wake = time.perf_counter()
+            state.thread = threading.Thread(target=_run, args=(state,), name=THREAD_NAME, daemon=True)
             state.thread.start()
     return recording
 
 
 def stop(recording: Recording) -> Any:
-    """End ``recording``'s capture; returns its pyinstrument ``Session``.  The
-    sampler thread ends with the process's last capture."""
+    """End ``recording``'s capture; returns its pyinstrument ``Session`` (the
+    sampler thread ends ``LINGER`` seconds after the process's last capture)."""
     from pyinstrument.session import Session
 
     state = _current()
-    ended = None
     with state.lock:
         if recording in state.recordings:
             state.recordings.remove(recording)
-            _count_the_tail(recording, sys._getframe(1))
-        if not state.recordings and state.thread is not None:
-            ended, state.thread = state.thread, None
-            assert state.stopping is not None
-            state.stopping.set()
-    if ended is not None and ended is not threading.current_thread():
-        ended.join(JOIN_TIMEOUT)
     return Session(
         frame_records=list(recording.records),
         start_time=recording.start_time,
@@ -175,27 +169,6 @@ def stop(recording: Recording) -> Any:
     )
 
 
-def _count_the_tail(recording: Recording, caller: Any) -> None:
-    # The time since the last sample goes to the stack that sample saw (the
-    # best guess there is), so that the samples add up to the capture's
-    # duration, as pyinstrument's do.  A capture too short for any sample (a
-    # task of a few ms, captured per call on a cluster) is counted in whatever
-    # called stop(): the code that ran the task.
-    elapsed = time.perf_counter() - recording.last
-    if recording.records:
-        stack, weight = recording.records[-1]
-        recording.records[-1] = (stack, weight + elapsed)
-        return
-    while caller is not None and caller.f_code.co_filename in _OWN_FILES:
-        caller = caller.f_back
-    if caller is not None:
-        recording.records.append((call_stack(caller, recording.thread_name, recording.ident), elapsed))
-
-
-#: The frames of the profiler itself (skipped in the stack of a capture with no sample).
-_OWN_FILES = {__file__, os.path.join(os.path.dirname(__file__), "_hook.py")}
-
-
 def _stored(stack: list[str], recording: Recording, names: dict[str, str]) -> list[str]:
     # A long capture keeps every sample (a worker may live for hours): a stack
     # equal to the previous sample's is that same list, and each frame's name
@@ -205,14 +178,25 @@ def _stored(stack: list[str], recording: Recording, names: dict[str, str]) -> li
     return [names.setdefault(name, name) for name in stack]
 
 
-def _run(state: _State, stopping: threading.Event) -> None:
+def _run(state: _State) -> None:
     frame_info = _frame_info()
-    while not stopping.wait(INTERVAL):
+    idle_since = None
+    while True:
+        time.sleep(INTERVAL)
+        with state.lock:
+            if state.recordings:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.perf_counter()
+            elif time.perf_counter() - idle_since > LINGER:
+                state.thread = None  # (under the lock: a start() from now on makes a new one)
+                return
         sample(state, frame_info)
 
 
 def sample(state: _State, frame_info: Any) -> None:
-    """Record one sample of every thread being captured."""
+    """Record one sample of every thread being captured, weighted by the time
+    since the sampler's previous one (see ``LINGER``)."""
     frames = sys._current_frames()
     now = time.perf_counter()
     stacks: dict[int, list[str]] = {}
@@ -225,6 +209,6 @@ def sample(state: _State, frame_info: Any) -> None:
                     continue
                 stacks[ident] = _stored(call_stack(frame, recording.thread_name, ident, frame_info),
                                         recording, state.names)
-            recording.records.append((stacks[ident], now - recording.last))
-            recording.last = now
+            recording.records.append((stacks[ident], now - state.last_wake))
+        state.last_wake = now
     del frames  # (holds every thread's frames alive)

@@ -49,6 +49,14 @@ def _sampler_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == _sampler.THREAD_NAME]
 
 
+def _no_sampler_thread_soon() -> bool:
+    """Whether the sampler thread ends once it has outlived the last capture by LINGER."""
+    deadline = time.monotonic() + _sampler.LINGER + 30  # (a loaded machine may not run it for a while)
+    while _sampler_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not _sampler_threads()
+
+
 def test_the_session_loads_with_pyinstrument_and_renders_and_shows_the_hot_function(tmp_path):
     recording = _sampler.start("busy test")
     _nap_named_sleeper(0.01)
@@ -89,11 +97,11 @@ def test_the_number_of_samples_follows_wall_time_not_calls():
     # a per-call profiler records far more, or costs the program per call
     assert session.sample_count <= session.duration / _sampler.INTERVAL + 5
     # the samples stand for the whole capture (each weighted by the time since the one before)
-    assert abs(sum(t for _, t in session.frame_records) - session.duration) <= 0.1 * session.duration
+    assert abs(sum(t for _, t in session.frame_records) - session.duration) <= 0.1 * session.duration + 0.05
 
 
 def test_the_sampler_thread_runs_only_while_a_capture_does():
-    assert _sampler_threads() == []
+    assert _no_sampler_thread_soon()
     done = threading.Event()
     other: list = []
 
@@ -108,10 +116,11 @@ def test_the_sampler_thread_runs_only_while_a_capture_does():
     _spin_named_busy_loop(0.1)
     assert len(_sampler_threads()) == 1  # one per process, for both captures
     session = _sampler.stop(mine)
+    time.sleep(_sampler.LINGER + 0.2)
     assert len(_sampler_threads()) == 1  # the other thread's capture still runs
     done.set()
     thread.join(30)
-    assert _sampler_threads() == []
+    assert _no_sampler_thread_soon()
     # each capture saw only its own thread
     assert _time_in(session, "_spin_named_busy_loop") > 0
     assert _time_in(other[0], "_spin_named_busy_loop") == 0
@@ -133,7 +142,7 @@ def test_a_forked_child_starts_with_no_capture_of_its_parent():
             child = _sampler.start("child")
             _spin_named_busy_loop(0.2)
             session = _sampler.stop(child)
-            alive = len(_sampler_threads())
+            alive = 0 if _no_sampler_thread_soon() else 1
             os.write(write, f"{inherited} {session.sample_count} {alive}".encode())
             code = 0
         finally:
@@ -215,16 +224,25 @@ def test_two_captures_of_one_thread_both_see_its_work():
     inner_busy = _time_in(inner_session, "_spin_named_busy_loop")
     assert inner_busy > 0
     assert _time_in(outer_session, "_spin_named_busy_loop") >= inner_busy
-    assert _sampler_threads() == []
+    assert _no_sampler_thread_soon()
 
 
-def test_a_capture_too_short_for_a_sample_still_counts_its_time_in_its_caller():
-    recording = _sampler.start("short")
-    session = _sampler.stop(recording)
-    assert session.sample_count >= 1
-    stacks = [stack for stack, _ in session.frame_records]
-    assert all(any(f.startswith("test_a_capture_too_short") for f in stack) for stack in stacks)
-    assert sum(t for _, t in session.frame_records) <= session.duration
+def _one_ms_task() -> None:
+    _spin_named_busy_loop(0.001)
+
+
+def test_captures_shorter_than_a_sample_are_counted_right_on_average():
+    # As on a cluster worker: one capture per task, each far shorter than the
+    # spacing of samples.  A sampler started with each capture saw none of them.
+    sessions = []
+    for _ in range(300):
+        recording = _sampler.start("task")
+        _one_ms_task()
+        sessions.append(_sampler.stop(recording))
+    busy = sum(_time_in(s, "_one_ms_task") for s in sessions)
+    total = sum(s.duration for s in sessions)
+    assert busy > 0.2 * total, (busy, total, sum(s.sample_count for s in sessions))
+    assert _no_sampler_thread_soon()
 
 
 def test_a_long_capture_stores_each_stack_and_name_once():
