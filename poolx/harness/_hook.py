@@ -34,8 +34,8 @@ For the other ways a child ends, while a capture runs:
   process is lost (the report says so); memray's capture file is written as
   the process goes (``FileFormat.ALL_ALLOCATIONS``), so it stays readable.
 
-CPU and memory profilers never run in the same process at once: pyinstrument's
-hook makes memray lose Python stacks (../shared/research/profiling.md).  memray
+CPU and memory profilers never run in the same process at once (a run asks for
+one: the sampler's stack walks would show in memray's allocations).  memray
 tracks one capture per process at a time: a call that starts while another
 thread of the process is captured is not captured itself (its allocations are
 in the running capture, which tracks every thread).
@@ -61,8 +61,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: pyinstrument's sampling interval (seconds).
-CPU_INTERVAL = 0.001
+from . import _sampler
+
+#: The CPU sampler's interval (seconds; the trade-off is in ``_sampler``).
+CPU_INTERVAL = _sampler.INTERVAL
 
 
 def slug(label: str) -> str:
@@ -91,14 +93,14 @@ def _next_seq(directory: str) -> int:
 class _Capture:
     path: str
     depth: int = 1
-    profiler: Any = None
+    profiler: Any = None  # a _sampler.Recording
     tracker: Any = None
     finalizer: Any = None
     old_sigterm: Any = None  # the handler to put back (None: not replaced)
 
 
 class ProfilerHook:
-    """Start a CPU (pyinstrument) or memory (memray) profiler in a worker process."""
+    """Start a CPU (``_sampler``: pyinstrument sessions) or memory (memray) profiler in a worker process."""
 
     def __init__(self, kind: str, directory: str) -> None:
         if kind not in ("cpu", "mem"):
@@ -156,10 +158,9 @@ class ProfilerHook:
             return None
         capture = _Capture(self.path_for(label, os.getpid(), _next_seq(self.directory)))
         if self.kind == "cpu":
-            from pyinstrument import Profiler
-
-            capture.profiler = Profiler(interval=CPU_INTERVAL, async_mode="disabled")
-            capture.profiler.start(target_description=label)
+            # (the sampler, not pyinstrument's Profiler: its per-call hook made
+            # call-heavy programs several times slower; see _sampler)
+            capture.profiler = _sampler.start(label, sys._getframe())
         else:
             import memray
 
@@ -205,8 +206,7 @@ class ProfilerHook:
                 pass
         try:
             if capture.profiler is not None:
-                session = capture.profiler.stop()
-                session.save(capture.path)
+                _sampler.stop(capture.profiler).save(capture.path)
             if capture.tracker is not None:
                 try:
                     capture.tracker.__exit__(None, None, None)

@@ -63,8 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--profile",
         default="none",
         choices=PROFILES,
-        help="cpu: pyinstrument; mem: memray; trace: the timeline of every run; "
-        "none: timings only (the timeline of each median run is always written)",
+        help="cpu: a sampling CPU profiler (saved as pyinstrument sessions); mem: memray; "
+        "trace: the timeline of every run; none: timings only (the timeline of each median run is "
+        "always written)",
     )
     p.add_argument(
         "--backend",

@@ -113,7 +113,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-m", dest="module", metavar="module",
                    help="run a module as 'python -m module' would (the rest is its arguments)")
     p.add_argument("--profile", default="cpu", choices=PROFILES,
-                   help="cpu: pyinstrument in the driver and every worker (default); mem: memray; "
+                   help="cpu: a sampling CPU profiler in the driver and every worker (default); mem: memray; "
                    "none: timings and the timeline only")
     p.add_argument("--drop-in", action="store_true",
                    help="the program's concurrent.futures.ProcessPoolExecutor, multiprocessing.Pool and "

@@ -97,7 +97,7 @@ class Session:
                  argv: list[str] | None = None, live: str | os.PathLike[str] | None = None,
                  drop_in: bool = False) -> None:
         if profile not in PROFILES:
-            raise ValueError(f"profile={profile!r}: choose 'cpu' (pyinstrument), 'mem' (memray) or 'none'")
+            raise ValueError(f"profile={profile!r}: choose 'cpu' (poolx's sampler), 'mem' (memray) or 'none'")
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers={workers!r}: give every executor's worker count as an int >= 1, "
                              "or None to keep the program's")
@@ -333,7 +333,7 @@ class Session:
             threads = sorted({w.executor.backend for w in watched if w.executor.backend == "threads"})
             if threads:
                 notes.append("the threads backend runs tasks in threads of this process: the CPU profile "
-                             "(pyinstrument) is of the driver's own thread, so the tasks in worker threads "
+                             "(the sampler) is of the driver's own thread, so the tasks in worker threads "
                              "are not in it; their time is in the lanes and the timeline")
         for w in watched:
             dropped = w.executor.telemetry.trace_kept()["tasks_not_kept"]
@@ -408,7 +408,8 @@ def profile(out: str | os.PathLike[str] = "poolx-profile", **options: Any) -> Se
     """Profile a block of a program: ``with poolx.profile("out/") as prof: ...``.
 
     Every poolx executor made in the block is watched: per worker CPU
-    (``profile="cpu"``, pyinstrument) or memory (``"mem"``, memray) profiles,
+    (``profile="cpu"``, poolx's sampler, saved as pyinstrument sessions) or memory
+    (``"mem"``, memray) profiles,
     the task timeline, where each worker's time went, and verdicts, written into
     ``out`` (report.html, results.json, trace.json) when the block ends;
     ``prof.summary()`` gives the tables as text, and in Jupyter the session
