@@ -168,6 +168,7 @@ def shutdown() -> None:
     if executor is None:
         return
     resources.cancel_waiting()
+    executor.observe_closing()  # (a profile reads the actors' processes before they are killed)
     for actor in actors:
         actor.directory.backend.stop_actor(actor, kill=True, restart=False)
     executor.shutdown(wait=True)

@@ -362,6 +362,15 @@ class Executor(cf.Executor):
     _any_start_method: bool = False
     _observer: _observe.Observer | None = None  # told when this executor closes (poolx._observe)
 
+    def observe_closing(self) -> None:
+        """Tell the profiling observer (poolx._observe), once, that this executor is closing, while
+        its workers and actors can still be read: shutdown() and _force() do; the Ray-style API's
+        shutdown does before it kills its actors (poolx._api.shutdown)."""
+        with self._shutdown_lock:
+            observer, self._observer = self._observer, None
+        if observer is not None:
+            _observe.tell_closing(observer, self)
+
     def submit_task(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                     max_retries: int = 0, readonly_args: bool = False, chunk: bool = False) -> Task:
         """``submit`` with the engine's settings per task; returns the ``Task`` (id, future, timings).
@@ -544,9 +553,7 @@ class Executor(cf.Executor):
         with self._shutdown_lock:
             self.closed = True
             self._left_running = not wait
-            observer, self._observer = self._observer, None
-        if observer is not None:  # (once, while the workers are still there to be read)
-            _observe.tell_closing(observer, self)
+        self.observe_closing()
         self._actors.close()
         if cancel_futures:
             self._held.cancel()
@@ -571,9 +578,7 @@ class Executor(cf.Executor):
         with self._shutdown_lock:
             self.closed = True
             self._left_running = True  # a task that ignores SIGTERM: killed at exit (_at_exit)
-            observer, self._observer = self._observer, None
-        if observer is not None:
-            _observe.tell_closing(observer, self)
+        self.observe_closing()
         self._actors.close()
         self._held.cancel()
         self._backend.terminate_workers(kill)
