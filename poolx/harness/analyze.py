@@ -255,6 +255,9 @@ def _share(r: Row, bucket: str) -> float:
 
 
 #: What each cost besides compute is, and what to do about it.
+#: The share of the unpickling time spent in each lane's first task above which it is read as
+#: imports (start-up), not as big arguments: a first task's function brings its modules in.
+FIRST_UNPICKLE_SHARE = 0.6
 COST_HINTS = {
     "startup": "starting the processes (reuse one executor across calls, or give each process more work)",
     "unpickle": "unpickling arguments (send big inputs once: an actor's state, or poolx.put)",
@@ -341,7 +344,18 @@ def program_summary(lanes_by_executor: list[list[Lane]], tasks: list[tuple[Any, 
         "imbalance": next((text for text in found if text), None),
         "max_parallelism": max_parallelism(tasks),
         "parallel_seconds": covered(tasks, wall),
+        "unpickle_first": first_unpickles(tasks),
     }
+
+
+def first_unpickles(tasks: list[tuple[Any, ...]]) -> float:
+    """Seconds spent unpickling the first task of each lane: where a new process imports the
+    modules the task's function needs (scikit-learn, numpy), start-up in all but name."""
+    first: dict[Any, tuple[float, float]] = {}
+    for t in tasks:
+        if t[1] not in first or t[4] < first[t[1]][0]:
+            first[t[1]] = (t[4], t[10])
+    return sum(unpickle for _start, unpickle in first.values())
 
 
 def max_parallelism(tasks: list[tuple[Any, ...]]) -> int:
@@ -448,8 +462,17 @@ def _costs(summary: dict[str, Any]) -> list[str]:
         share = buckets.get(bucket, 0.0) / total
         if share > LARGE_SHARE:
             out.append(f"{bucket} took {buckets[bucket]:.2f} of the workers' {total:.2f} s ({share:.0%}): "
-                       f"{COST_HINTS[bucket]}")
+                       f"{_hint(bucket, summary)}")
     return out
+
+
+def _hint(bucket: str, summary: dict[str, Any]) -> str:
+    first = summary.get("unpickle_first", 0.0)
+    if bucket == "unpickle" and first >= FIRST_UNPICKLE_SHARE * summary["buckets"]["unpickle"]:
+        return (f"{first:.2f} s of it in each process's first task, where unpickling the function imports "
+                "the modules it needs: start-up in effect (reuse one executor across calls, or use fewer "
+                "processes for short runs)")
+    return COST_HINTS[bucket]
 
 
 def _named(ex: dict[str, Any], executors: list[dict[str, Any]]) -> str:

@@ -522,3 +522,18 @@ def test_verdict_no_executor_suggests_the_drop_in_only_when_it_was_not_used():
     (used,) = analyze.program_verdicts(dict(_program(), drop_in=True), [], _summary())
     assert "profile it with --drop-in" in without
     assert "even with --drop-in" in used and "profile it with --drop-in" not in used
+
+
+def test_verdict_unpickling_in_each_first_task_is_named_as_imports():
+    # (name, lane, submit, dispatch, start, end, done, bytes out, bytes in, ok, unpickle s, pickle s)
+    tasks = [("fit", lane, 0, 0, start, start + 0.5, start + 0.5, 10, 10, True, un, 0.0)
+             for lane, start, un in [(0, 0.0, 0.9), (0, 1.0, 0.01), (1, 0.0, 0.8), (1, 1.0, 0.01)]]
+    first = analyze.first_unpickles(tasks)
+    assert round(first, 2) == 1.7
+    costly = _summary(buckets=dict.fromkeys(BUCKETS, 0.0) | {"compute": 2.0, "unpickle": 1.72},
+                      unpickle_first=first)
+    (verdict,) = [v for v in analyze.program_verdicts(_program(), [_executor()], costly) if "unpickle" in v]
+    assert "first task" in verdict and "imports" in verdict and "poolx.put" not in verdict
+    big_args = dict(costly, unpickle_first=0.02)
+    (verdict,) = [v for v in analyze.program_verdicts(_program(), [_executor()], big_args) if "unpickle" in v]
+    assert "poolx.put" in verdict
