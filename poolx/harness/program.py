@@ -124,7 +124,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=positive_ints, default=None,
                    help="what-if: comma-separated worker counts, e.g. 1,2,4 (every executor's max_workers)")
     p.add_argument("--start-method", default=None, choices=START_METHODS,
-                   help="for executors whose program gives no mp_context (default: poolx's)")
+                   help="the start method of every executor and pool the program makes without naming "
+                   "one (multiprocessing's default is set to it too; default: poolx's, and the stdlib's "
+                   "for the stdlib's pools)")
     p.add_argument("--out", default=None,
                    help="folder for the files (default: ./poolx-profile-<script stem or module>)")
     p.add_argument("--no-live", action="store_true",
