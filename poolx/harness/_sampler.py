@@ -35,13 +35,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Seconds between samples.  Shorter shows short functions better but costs the
-#: program more (each sample takes the GIL from it and walks every captured
-#: stack).  At 2 ms a call-heavy loop used about 3% more CPU (issue 22's
-#: measurements), and a waiting thread is seen 500 times a second.  A busy
-#: thread keeps the GIL for up to ``sys.getswitchinterval()`` (5 ms) once the
-#: sampler asks for it, so the real spacing is then longer (some 150 samples a
-#: second): every sample is weighted by the time it stands for.
-INTERVAL = 0.002
+#: program more: each sample takes the GIL from the captured thread, and on busy
+#: cores that thread then also waits until the OS runs the sampler (a convoy),
+#: which a single-process loop does not show.  At 2 ms a call-heavy loop alone
+#: used about 3% more CPU, but a scikit-learn grid search on 2 busy cores used
+#: 0.3 s more CPU per worker (about 20%); at 10 ms about 0.05 s (issue 22's
+#: measurements, benchmarks/RESULTS-profile.md).  A busy thread keeps the GIL
+#: for up to ``sys.getswitchinterval()`` (5 ms) once asked, so the real spacing
+#: can be longer: every sample is weighted by the time it stands for.
+INTERVAL = 0.01
 
 #: Seconds the sampler thread outlives the process's last capture.  A cluster
 #: worker is captured once per task, and its tasks may be shorter than the
