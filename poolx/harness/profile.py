@@ -256,15 +256,17 @@ def require_engine(backend: str) -> None:
         raise ImportError(message)
 
 
-def require_profiler(kind: str) -> None:
+def require_profiler(kind: str, asked: str | None = None, instead: str = "") -> None:
+    """ImportError, naming the option ``asked`` (default ``--profile KIND``), when the profiler of
+    ``kind`` is not installed; ``instead`` ends the message with the way to go on without it."""
     module = "pyinstrument" if kind == "cpu" else "memray"
     try:
         __import__(module)
     except ImportError:
         # (the package's own name: it installs from the index today, as the extra will once
         # poolx is published)
-        raise ImportError(f"--profile {kind} needs {module}: pip install {module} (poolx's 'profile' "
-                          "extra)") from None
+        raise ImportError(f"{asked or f'--profile {kind}'} needs {module}: pip install {module} (poolx's "
+                          f"'profile' extra){instead}") from None
 
 
 def _plan(config: dict[str, Any]) -> tuple[list[tuple[str, int, int]], list[tuple[str, int]]]:

@@ -45,7 +45,7 @@ from .. import _observe
 from ..backends import get_backend
 from . import analyze, env, measure, report, report_program
 from ._hook import ProfilerHook, slug
-from .profile import OWN_FILES, SCHEMA, collect_profiles
+from .profile import OWN_FILES, SCHEMA, collect_profiles, require_profiler
 
 PROFILES = ("cpu", "mem", "none")
 START_METHODS = ("fork", "forkserver", "spawn")
@@ -183,7 +183,8 @@ class Session:
         # program may change its own before the files are written)
         self.out = self.out.resolve()
         if self.profile != "none":
-            _require_profiler(self.profile)
+            require_profiler(self.profile, f"profile={self.profile!r}",
+                             ", or profile='none' for the timings alone")
             directory = self.out / self.profile / "program"
             directory.mkdir(parents=True)
             self._hook = ProfilerHook(self.profile, str(directory))
@@ -560,12 +561,3 @@ def _prepare(out: Path) -> None:
         for sub in ("cpu", "mem"):
             shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-
-
-def _require_profiler(kind: str) -> None:
-    module = "pyinstrument" if kind == "cpu" else "memray"
-    try:
-        __import__(module)
-    except ImportError:
-        raise ImportError(f"profile={kind!r} needs {module}: pip install {module} (poolx's 'profile' "
-                          "extra), or profile='none' for the timings alone") from None

@@ -537,3 +537,19 @@ def test_verdict_unpickling_in_each_first_task_is_named_as_imports():
     big_args = dict(costly, unpickle_first=0.02)
     (verdict,) = [v for v in analyze.program_verdicts(_program(), [_executor()], big_args) if "unpickle" in v]
     assert "poolx.put" in verdict
+
+
+def test_a_missing_profiler_is_named_with_the_option_and_the_way_on(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_memray(name, *args, **kwargs):
+        if name == "memray":
+            raise ImportError("No module named 'memray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_memray)
+    session = Session(tmp_path / "out", profile="mem")
+    with pytest.raises(ImportError, match=r"profile='mem' needs memray: pip install memray .*profile='none'"):
+        session.start()
