@@ -50,7 +50,7 @@ def test_the_hook_writes_one_cpu_session_per_call_and_the_reader_combines_them(t
     for _ in range(3):
         hook.start("task")
         try:
-            _work(200_000)
+            _work(2_000_000)  # (long enough for the sampler to see it every time: ~100 ms)
         finally:
             hook.stop()
     hook.start("actor Sampler#7")  # a nested start (a call inside a call) is covered by the outer one
