@@ -50,6 +50,15 @@ def pid(_=None):
     return os.getpid()
 
 
+def setup(tag):  # an initializer that sets a global the tasks read
+    global TAG
+    TAG = tag
+
+
+def tagged(_):
+    return TAG, where()
+
+
 def report(**facts):
     if DROPIN is not None:
         facts.update(substituted=DROPIN.substituted, notes=DROPIN.notes)
@@ -87,13 +96,6 @@ def test_process_pool_executor_runs_on_poolx(tmp_path, start_method):
         import concurrent.futures
         import concurrent.futures.process
 
-        def setup(tag):
-            global TAG
-            TAG = tag
-
-        def tagged(_):
-            return TAG, where()
-
         if __name__ == "__main__":
             ctx = multiprocessing.get_context(METHOD)
             with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx, initializer=setup,
@@ -129,13 +131,6 @@ def test_multiprocessing_pool_runs_on_poolx(tmp_path, start_method):
     and multiprocessing.pool.Pool(context=...), each keeping its start method."""
     facts, _ = run(tmp_path, '''
         import multiprocessing.pool
-
-        def setup(tag):
-            global TAG
-            TAG = tag
-
-        def tagged(_):
-            return TAG, where()
 
         if __name__ == "__main__":
             multiprocessing.set_start_method(METHOD)
