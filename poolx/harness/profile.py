@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -209,29 +210,42 @@ def _configure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _out_folder(given: str | None, scenario: str) -> Path:
-    """The folder for the files, made ready: refused (ValueError) when it is a file, holds files
-    poolx profile did not write, or cannot be made."""
+    """The folder for the files of ``poolx profile`` (``--out``), made ready (see ``prepare_out``)."""
     out = Path(given or f"poolx-profile-{Path(scenario).name.replace(':', '-')}")
+    prepare_out(out, f"--out {out}")
+    return out
+
+
+def prepare_out(out: Path, named: str, runs: re.Pattern[str] | None = None) -> None:
+    """Make ``out`` ready for a profile's files; old profiles in it are removed.
+
+    Refused (ValueError, naming the folder as the user gave it: ``named``, such
+    as ``--out x`` or ``out='x'``) when it is a file, holds files a profile did
+    not write (nothing of the user's is overwritten), or cannot be made.
+    ``runs``: the names of the per-run subfolders a what-if writes, also
+    removed (a stale one would be read as this run's).
+    """
     if out.exists() and not out.is_dir():
         raise ValueError(
-            f"--out {out} is a file, not a folder: poolx profile writes report.html, results.json and "
+            f"{named} is a file, not a folder: a profile writes report.html, results.json and "
             "trace.json into a folder; give a folder's name (a new one is made)"
         )
     if out.exists():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES)
+        stale = [p for p in out.iterdir() if p.is_dir() and (
+            p.name in ("cpu", "mem") or (runs is not None and runs.fullmatch(p.name)))]
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES and p not in stale)
         if foreign:
             raise ValueError(
-                f"--out {out} exists and holds files poolx profile did not write "
+                f"{named} exists and holds files a profile did not write "
                 f"({', '.join(foreign[:3])}); choose another folder"
             )
-        for sub in ("cpu", "mem"):
-            shutil.rmtree(out / sub, ignore_errors=True)
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file on the way, no permission, a read-only disk
-        raise ValueError(f"--out {out}: cannot make the folder ({exc.strerror or exc}); give another "
+        raise ValueError(f"{named}: cannot make the folder ({exc.strerror or exc}); give another "
                          "folder") from None
-    return out
 
 
 #: The cluster backends: the module each needs, and the message when it is missing

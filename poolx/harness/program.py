@@ -37,7 +37,7 @@ from typing import Any
 from ..backends import get_backend
 from . import live, whatif
 from ._args import positive_ints
-from .profile import CLUSTER_BACKENDS, OWN_FILES, parse_list, require_engine, require_profiler
+from .profile import CLUSTER_BACKENDS, parse_list, prepare_out, require_engine, require_profiler
 
 #: The environment variable that carries a run's setting to ``_boot.py``.
 SETTING_VAR = "POOLX_PROFILE_RUN"
@@ -236,27 +236,11 @@ def settings(backends: list[str | None], workers: list[int] | None) -> list[Sett
 
 
 def out_folder(given: str | None, program: str) -> Path:
-    """The folder for the files, made ready: refused (ValueError) when it is a file, holds files
-    poolx profile did not write, or cannot be made; a rerun's old files are replaced."""
+    """The folder for the files (``--out``), made ready (``profile.prepare_out``: a rerun's
+    old profiles and settings are replaced)."""
     stem = Path(program).stem if program.endswith(".py") else Path(program).name
     out = Path(given or f"poolx-profile-{stem}")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder: poolx profile run writes report.html, "
-                         "results.json and trace.json into a folder; give a folder's name")
-    if out.exists():
-        mine = [p for p in out.iterdir()
-                if p.name in OWN_FILES or (p.is_dir() and SETTING_FOLDER.match(p.name))]
-        foreign = sorted(p.name for p in out.iterdir() if p not in mine)
-        if foreign:
-            raise ValueError(f"--out {out} exists and holds files poolx profile did not write "
-                             f"({', '.join(foreign[:3])}); choose another folder")
-        for path in mine:  # (a stale setting or profile would be read as this run's)
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"--out {out}: cannot make the folder ({exc.strerror or exc}); give another "
-                         "folder") from None
+    prepare_out(out, f"--out {out}", SETTING_FOLDER)
     return out
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import html as _html
 import json
 import os
-import shutil
 import sys
 import threading
 import time
@@ -45,7 +44,7 @@ from .. import _observe
 from ..backends import get_backend
 from . import analyze, env, measure, report, report_program
 from ._hook import ProfilerHook, slug
-from .profile import OWN_FILES, SCHEMA, collect_profiles, require_profiler
+from .profile import SCHEMA, collect_profiles, prepare_out, require_profiler
 
 PROFILES = ("cpu", "mem", "none")
 START_METHODS = ("fork", "forkserver", "spawn")
@@ -178,7 +177,7 @@ class Session:
             done = "started" if self._state == "on" else "stopped"
             raise RuntimeError(f"this profiling session has already {done}: a Session runs once; make "
                                "another for another block")
-        _prepare(self.out)
+        prepare_out(self.out, f"out={str(self.out)!r}")
         # (absolute: a worker's working directory may differ from the driver's, and the
         # program may change its own before the files are written)
         self.out = self.out.resolve()
@@ -545,19 +544,3 @@ def _relabel_files(directory: Path, labels: dict[int, str]) -> None:
         pid = rest.split("-")[0].split(".")[0]
         if dash and pid.isdigit() and int(pid) in labels and stem != slug(labels[int(pid)]):
             path.rename(path.with_name(f"{slug(labels[int(pid)])}-p{rest}"))
-
-
-def _prepare(out: Path) -> None:
-    """``out`` made ready: refused (ValueError) when it is a file or holds files a profile did
-    not write (so that nothing of the user's is overwritten); old profiles removed."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out={str(out)!r} is a file: a profile writes report.html, results.json and "
-                         "trace.json into a folder; give a folder's name (a new one is made)")
-    if out.exists():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES)
-        if foreign:
-            raise ValueError(f"out={str(out)!r} holds files a profile did not write "
-                             f"({', '.join(foreign[:3])}); choose another folder")
-        for sub in ("cpu", "mem"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)

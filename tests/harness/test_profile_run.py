@@ -324,7 +324,7 @@ def test_errors_name_the_culprit(tmp_path, monkeypatch, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "data.csv").write_text("x")
     assert command.main(["profile", "run", "--out", "full", "prog.py"]) == 2
-    assert "holds files poolx profile did not write (data.csv)" in capsys.readouterr().err
+    assert "holds files a profile did not write (data.csv)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         command.main(["profile", "run"])
     assert exit_.value.code == 2 and "give the program to run" in capsys.readouterr().err
