@@ -168,6 +168,11 @@ def cached_array(n):
     return a
 
 
+def fresh_array(n):
+    """The task of transfer_returns_fresh: a new ``transfer_array(n)``, built in this call."""
+    return transfer_array(n)
+
+
 def warm_transfer(seconds, n):
     """Ready a worker for the transfer cases: numpy imported, and with ``n`` the cached array built.
 
