@@ -1017,6 +1017,7 @@ def markdown(env, config, summary, goal_rows, records, json_name="results.json")
             lines += joblib_method_notes(env)
         if has_transfer:
             lines += transfer_method_notes(env, sizes)
+    lines += issue_method_notes(summary, sizes, config.get("busy") or 0)
     skipped = [r for r in records if r["status"] == "skipped"]
     if skipped:
         lines += ["", "## Skipped", ""]
@@ -1135,6 +1136,34 @@ def method_notes(env, pools=False):
     ] if pools else [])
 
 
+def issue_method_notes(summary, sizes, busy):
+    """What issue 23's cases, the floors and --busy add, for the ones in this run."""
+    notes = []
+    if "startup_next" in summary:
+        notes.append("- startup_next: in one process, the first executor is made, gets one trivial task and "
+                     "is shut down (\"first executor ms\"), then the next is timed from construction to its "
+                     "first result.")
+    if any(c in summary for c in _case.MAP_SIZE_CASES):
+        notes.append(f"- map_2k, map_200k, map_2m: on the warm pool, an untimed map of {sizes['map_warm']:,} "
+                     "items, then the timed map with the library's default chunking.  map_2m leaves out "
+                     "ProcessPoolExecutor and loky (chunksize=1: minutes for 2M items).")
+    if any(c in summary for c in _case.TRANSFER_WALL_CASES):
+        notes.append("- transfer_args_wall and transfer_returns_fresh (the issue's forms): the headline is "
+                     "the wall bandwidth, the sums included (`effective_gb_s` in results.json is the other); "
+                     "the joblib row of transfer_args_wall keeps one `joblib.Parallel` open for every call, "
+                     "so its memory-mapping dumps the array once; transfer_returns_fresh's task builds a new "
+                     "array every call.")
+    floors = sorted({i for rows in summary.values() for i in rows if i in _case.FLOOR_CASES})
+    if floors:
+        notes.append(f"- Floors ({', '.join(floors)}): no pool; fresh `python -c` interpreters (the median "
+                     f"of {sizes['floor_runs']} after one untimed) and a forked child echoing through pipes "
+                     f"({sizes['pingpong']:,} round trips after {sizes['pingpong_warmup']:,}); never a peer.")
+    if busy:
+        notes.append(f"- Busy machine: {busy} CPU-bound processes (a pure-Python loop each) ran from the "
+                     "first measurement to the last; their CPU is left out of \"others' CPU\".")
+    return notes
+
+
 # Hand-written analysis appended to RESULTS.md: what poolx reached, what limits
 # it.  It cites figures from a specific run; re-read it when the numbers move.
 ANALYSIS = Path(__file__).with_name("ANALYSIS.md")
@@ -1173,12 +1202,28 @@ def busy_text(count):
             "duration (--busy); their CPU is not in the \"others' CPU\" column")
 
 
+# Names --cases accepts for a set of cases: issue23 is every row of issue 23's goal
+# table (and the floors' cases), the figures its "Issue 23's goals" table is made of.
+CASE_GROUPS = {"issue23": ["startup", "startup_next", "tasks", "map_2k", "map_200k", "map_2m", "roundtrip",
+                           "retrieve", "actor_awaited", "actor_pipelined", "transfer_args_wall",
+                           "transfer_returns_fresh", "joblib_gridsearch_warm"]}
+
+
+def expand_groups(text):
+    """--cases with each group name (CASE_GROUPS) replaced by its cases."""
+    if not text:
+        return text
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    return ",".join(c for name in names for c in CASE_GROUPS.get(name, [name]))
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Benchmark poolx against its peers.")
     p.add_argument("--quick", action="store_true", help="smaller sizes, one repeat: a smoke test")
     p.add_argument("--repeats", type=int, help=f"repeats per measurement (default {DEFAULT_REPEATS}, "
                                                f"--quick {QUICK_REPEATS})")
-    p.add_argument("--cases", help="comma-separated subset of: " + ",".join(CASE_IMPLS))
+    p.add_argument("--cases", help="comma-separated subset of: " + ",".join(CASE_IMPLS) + "; or a group: "
+                                   + ", ".join(f"{g} ({','.join(c)})" for g, c in CASE_GROUPS.items()))
     p.add_argument("--impls", help="comma-separated subset of: " + ",".join(_case.IMPLS))
     p.add_argument("--timeout", type=float, help="seconds per measurement, overriding the per-case limits")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"),
@@ -1192,7 +1237,7 @@ def parse_args(argv):
                    help="run N CPU-bound processes beside the benchmark for its whole duration (a busy "
                         "machine); recorded in the environment table and the title, killed at the end")
     args = p.parse_args(argv)
-    args.cases = pick(args.cases, list(CASE_IMPLS), "case", p)
+    args.cases = pick(expand_groups(args.cases), list(CASE_IMPLS), "case", p)
     args.impls = pick(args.impls, _case.IMPLS, "implementation", p)
     if args.repeats is None:
         args.repeats = QUICK_REPEATS if args.quick else DEFAULT_REPEATS

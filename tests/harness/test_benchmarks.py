@@ -240,6 +240,10 @@ def test_issue_goals_judge_rates_times_and_absolute_targets():
     text = "\n".join(suite.issue_goal_lines(suite.issue_goals(summary)))
     assert "| 10,000 no-op tasks submitted one by one, then gathered | 90,000 tasks/s |" in text
     assert suite.issue_goal_lines([]) == []
+    # --cases issue23 names every row of the table (and nothing twice with the cases beside it).
+    assert {g[0] for g in suite.ISSUE_GOALS} == set(suite.CASE_GROUPS["issue23"])
+    assert suite.parse_args(["--cases", "pi,issue23"]).cases == [
+        c for c in suite.CASE_IMPLS if c in {"pi", *suite.CASE_GROUPS["issue23"]}]
 
 
 def _children_of(pid):
