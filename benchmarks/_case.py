@@ -61,6 +61,17 @@ FULL = {
     # The transfer cases (transfer_*): a float64 array of this many elements, 200 MB.
     "transfer_elements": 25_000_000,
     "transfer_calls": 5,  # timed calls, each waited for before the next (after one untimed)
+    # Issue 23's map rows: map(inc) with default chunking at three sizes, after an untimed map
+    # of map_warm items on the warm pool (as the issue measured them).
+    "map_2k": 2_000,
+    "map_200k": 200_000,
+    "map_2m": 2_000_000,
+    "map_warm": 2_000,
+    # The floors: fresh interpreters timed by startup's floor rows (the median of these runs,
+    # after one untimed), and the pipe ping-pong rows of roundtrip.
+    "floor_runs": 5,
+    "pingpong_warmup": 200,
+    "pingpong": 2_000,
 }
 # --quick: a smoke test of every path, about 10x smaller.
 QUICK = {
@@ -85,6 +96,13 @@ QUICK = {
     "joblib_tiny_items": 10_000,
     "transfer_elements": 2_500_000,  # 20 MB: still far above every library's large-buffer threshold (1 MB)
     "transfer_calls": 5,
+    "map_2k": 2_000,
+    "map_200k": 20_000,
+    "map_2m": 200_000,
+    "map_warm": 2_000,
+    "floor_runs": 3,
+    "pingpong_warmup": 50,
+    "pingpong": 300,
 }
 
 # Seconds each warm-up task sleeps: long enough that a pool hands one to each
@@ -93,7 +111,19 @@ WARM_SLEEP_S = 0.05
 
 IMPLS = ["poolx", "poolx[fork]", "ProcessPoolExecutor", "multiprocessing.Pool",
          "multiprocessing.Pool[forkserver]", "loky", "threading", "serial", "bare-fork", "ray", "dask",
-         "joblib", "poolx.remote"]
+         "joblib", "poolx.remote", "floor:python-pass", "floor:import-poolx", "floor:pipe-bytes",
+         "floor:pipe-pickled"]
+
+# The machine's floors, measured in the same run as the libraries (issue 23): no
+# pool at all, each the least any library could take on this machine for its case.
+# floor:python-pass and floor:import-poolx are rows of startup (a fresh
+# interpreter that does nothing, and one that imports poolx); floor:pipe-bytes and
+# floor:pipe-pickled rows of roundtrip (a forked child echoing 8 bytes through a
+# pair of pipes, and a small pickled tuple through multiprocessing Connections).
+FLOOR_CASES = {"floor:python-pass": "startup", "floor:import-poolx": "startup",
+               "floor:pipe-bytes": "roundtrip", "floor:pipe-pickled": "roundtrip"}
+# Issue 23's map rows, each the map case at its own size (the key in FULL and QUICK).
+MAP_SIZE_CASES = ["map_2k", "map_200k", "map_2m"]
 
 # The actor cases run poolx, Ray and Dask; Ray and Dask run nothing else.
 # Both are optional: where one cannot be imported its measurements are
@@ -142,7 +172,13 @@ JOBLIB_CV = 3
 # and ``pool.apply``.  joblib and multiprocessing.Pool have no put: in
 # transfer_put they get the array itself, every call.  numpy is needed, joblib
 # and Ray are optional (skipped, with the reason, where they cannot be imported).
-TRANSFER_CASES = ["transfer_args", "transfer_returns", "transfer_put"]
+TRANSFER_CASES = ["transfer_args", "transfer_returns", "transfer_put", "transfer_args_wall",
+                  "transfer_returns_fresh"]
+# Issue 23's two transfer forms, whose headline is the wall-time bandwidth (the sums
+# included): transfer_args_wall passes the same array to a warm, reused system
+# (joblib: one Parallel kept open, so its memory-mapping dumps the array once and
+# reuses the file), transfer_returns_fresh has the task build a new array every call.
+TRANSFER_WALL_CASES = ["transfer_args_wall", "transfer_returns_fresh"]
 TRANSFER_IMPLS = ["poolx", "poolx.remote", "ray", "joblib", "multiprocessing.Pool[forkserver]"]
 # Implementations that run the transfer cases only.  poolx.remote is poolx's
 # Ray-style API (large arguments arrive read-only, as Ray's do); the poolx row is
@@ -300,10 +336,120 @@ class Timer:
 
 def case_startup(impl, sizes):
     """Construction to the first result of a trivial task, in ms."""
+    if impl in FLOOR_CASES:
+        return startup_floor(impl, sizes)
     with Timer() as t:
         pool = open_pool(impl, WORKERS)
         pool.submit(w.noop).result()
     return pool, {"value": t.seconds * 1e3, "unit": "ms", "caller_cpu_s": t.cpu}
+
+
+def case_startup_next(impl, sizes):
+    """The next executor in the same process: construction to its first result, in ms.
+
+    The first is made, used once and shut down (its time is ``first_ms``), as a
+    program that makes one executor after another does; then the next is timed.
+    """
+    with Timer() as first:
+        pool = open_pool(impl, WORKERS)
+        pool.submit(w.noop).result()
+    pool.close()
+    with Timer() as t:
+        pool = open_pool(impl, WORKERS)
+        pool.submit(w.noop).result()
+    return pool, {"value": t.seconds * 1e3, "unit": "ms", "first_ms": first.seconds * 1e3,
+                  "caller_cpu_s": t.cpu}
+
+
+# What each startup floor runs in a fresh interpreter (python -c ...).
+FLOOR_PROGRAMS = {"floor:python-pass": "pass", "floor:import-poolx": "import poolx"}
+
+
+def startup_floor(impl, sizes):
+    """A fresh ``python -c PROGRAM``, start to exit: the median of ``floor_runs`` after one untimed."""
+    import subprocess
+
+    cmd = [sys.executable, "-c", FLOOR_PROGRAMS[impl]]
+    subprocess.run(cmd, check=True)  # untimed: the interpreter's files into the page cache
+    runs = []
+    for _ in range(sizes["floor_runs"]):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        runs.append((time.perf_counter() - t0) * 1e3)
+    pool = Pool(submit=None, map_=None, close=lambda: None, start_method="none (a fresh interpreter)")
+    return pool, {"value": statistics.median(runs), "unit": "ms", "runs_ms": runs,
+                  "program": f"{os.path.basename(sys.executable)} -c {FLOOR_PROGRAMS[impl]!r}"}
+
+
+def pipe_pingpong(impl, sizes):
+    """Round trips to a forked child echoing through pipes, no pool: median and p99 in us.
+
+    floor:pipe-bytes writes 8 bytes and reads them back (os.write / os.read);
+    floor:pipe-pickled sends a small tuple, as a pool's task message would be, and
+    receives a reply tuple (multiprocessing Connection.send / recv: pickle both ways).
+    """
+    from multiprocessing.connection import Connection
+
+    pickled = impl == "floor:pipe-pickled"
+    down_r, down_w = os.pipe()
+    up_r, up_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: echo until the parent closes its end
+        os.close(down_w)
+        os.close(up_r)
+        try:
+            if pickled:
+                rx, tx = Connection(down_r, writable=False), Connection(up_w, readable=False)
+                while True:
+                    i, _fn, _args = rx.recv()
+                    tx.send((i, None))
+            else:
+                while data := os.read(down_r, 64):
+                    os.write(up_w, data)
+        except EOFError:
+            pass
+        finally:
+            os._exit(0)
+    os.close(down_r)
+    os.close(up_w)
+    if pickled:
+        rx, tx = Connection(up_r, writable=False), Connection(down_w, readable=False)
+
+        def once(i):
+            tx.send((i, "noop", ()))
+            rx.recv()
+    else:
+        def once(i):
+            os.write(down_w, b"12345678")
+            os.read(up_r, 64)
+    try:
+        for i in range(sizes["pingpong_warmup"]):
+            once(i)
+        samples = []
+        clock = time.perf_counter_ns
+        with Timer() as t:
+            for i in range(sizes["pingpong"]):
+                t0 = clock()
+                once(i)
+                samples.append(clock() - t0)
+    finally:
+        if pickled:
+            tx.close()
+            rx.close()
+        else:
+            os.close(down_w)
+            os.close(up_r)
+        os.waitpid(pid, 0)
+    pool = Pool(submit=None, map_=None, close=lambda: None, start_method="fork (os.fork, no pool)")
+    return pool, latency_figures(samples, t)
+
+
+def latency_figures(samples_ns, t):
+    """Median, p99, min and max of round trips in us."""
+    us = sorted(s / 1e3 for s in samples_ns)
+    p99 = us[min(len(us) - 1, round(0.99 * (len(us) - 1)))]
+    return {"value": statistics.median(us), "unit": "us", "p99_us": p99,
+            "min_us": us[0], "max_us": us[-1], "n": len(us), "caller_cpu_s": t.cpu}
 
 
 def case_tasks(impl, sizes):
@@ -331,8 +477,35 @@ def case_map(impl, sizes):
                   "caller_cpu_s": t.cpu}
 
 
+def run_map_size(impl, sizes, case):
+    """Issue 23's map: a warm pool, an untimed map of ``map_warm`` items, then the timed map."""
+    n = sizes[case]
+    pool = open_pool(impl, WORKERS)
+    warm_up(pool, WORKERS)
+    pool.map(w.inc, range(sizes["map_warm"]))
+    with Timer() as t:
+        results = pool.map(w.inc, range(n))
+    check(results == list(range(1, n + 1)), "wrong map results")
+    return pool, {"value": n / t.seconds, "unit": "items/s", "seconds": t.seconds, "n": n,
+                  "caller_cpu_s": t.cpu}
+
+
+def case_map_2k(impl, sizes):
+    return run_map_size(impl, sizes, "map_2k")
+
+
+def case_map_200k(impl, sizes):
+    return run_map_size(impl, sizes, "map_200k")
+
+
+def case_map_2m(impl, sizes):
+    return run_map_size(impl, sizes, "map_2m")
+
+
 def case_roundtrip(impl, sizes):
     """Sequential submit(noop).result(): median and p99 latency in microseconds."""
+    if impl in FLOOR_CASES:
+        return pipe_pingpong(impl, sizes)
     pool = open_pool(impl, WORKERS)
     warm_up(pool, WORKERS)
     for _ in range(sizes["roundtrip_warmup"]):
@@ -344,11 +517,7 @@ def case_roundtrip(impl, sizes):
             t0 = clock()
             pool.submit(w.noop).result()
             samples.append(clock() - t0)
-    samples.sort()
-    us = [s / 1e3 for s in samples]
-    p99 = us[min(len(us) - 1, round(0.99 * (len(us) - 1)))]
-    return pool, {"value": statistics.median(us), "unit": "us", "p99_us": p99,
-                  "min_us": us[0], "max_us": us[-1], "n": len(us), "caller_cpu_s": t.cpu}
+    return pool, latency_figures(samples, t)
 
 
 def case_pi(impl, sizes):
@@ -993,7 +1162,10 @@ class TransferSystem:
         self.config = config
 
 
-def open_transfer_system(impl, workers):
+def open_transfer_system(impl, workers, reuse=False):
+    """The system of ``impl``; ``reuse``: joblib keeps one Parallel open across calls (issue 23's form)."""
+    if impl == "joblib" and reuse:
+        return joblib_reused_system(workers)
     if impl == "poolx":
         import poolx
 
@@ -1092,6 +1264,38 @@ def open_transfer_system(impl, workers):
     raise SystemExit(f"{impl!r} does not run the transfer cases; those that do: {', '.join(TRANSFER_IMPLS)}")
 
 
+def joblib_reused_system(workers):
+    """One ``joblib.Parallel`` entered once and called for every call: a warm, reused joblib.
+
+    Inside one Parallel context joblib's memory-mapping reducer remembers the
+    arrays it dumped (by identity), so the same array passed again is not
+    written again: the form in which the issue measured joblib at 6.7 GB/s.
+    """
+    import joblib
+
+    parallel = joblib.Parallel(n_jobs=workers, backend="loky")
+    parallel.__enter__()
+
+    def call(fn, *args):
+        return parallel([joblib.delayed(fn)(*args)])[0]
+
+    def spread(fn, *args):
+        return parallel(joblib.delayed(fn)(*args) for _ in range(2 * workers))
+
+    def close():
+        from joblib.externals.loky import reusable_executor
+
+        parallel.__exit__(None, None, None)
+        executor = reusable_executor._executor
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    return TransferSystem(call=call, put=None, spread=spread, close=close,
+                          start_method="loky (joblib's reusable executor)",
+                          config=f'with joblib.Parallel(n_jobs={workers}, backend="loky") as parallel: '
+                                 'parallel([delayed(fn)(arr)]) per call, max_nbytes="1M" (default)')
+
+
 def driver_sums_s(arr, calls):
     """The compute baseline: ``calls`` sums of ``arr`` here, in memory; the median of a few runs, in s."""
     runs = []
@@ -1132,15 +1336,19 @@ def run_transfer(impl, sizes, kind):
     n, calls = sizes["transfer_elements"], sizes["transfer_calls"]
     arr = w.transfer_array(n)
     expected = float(arr.sum())
+    # Issue 23's forms: the same array to a reused system, or a new array built in every task.
+    wall_headline = kind in ("args_wall", "returns_fresh")
+    returns_fn = w.fresh_array if kind == "returns_fresh" else w.cached_array
+    kind = {"args_wall": "args", "returns_fresh": "returns"}.get(kind, kind)
     t0 = time.perf_counter()
-    system = open_transfer_system(impl, WORKERS)
+    system = open_transfer_system(impl, WORKERS, reuse=wall_headline)
     start_s = time.perf_counter() - t0
     call, put = system.call, (system.put if kind == "put" else None)
     clock = time.perf_counter
 
     t0 = clock()
     if kind == "returns":
-        r = call(w.cached_array, n)
+        r = call(returns_fn, n)
         first = float(r.sum())
         del r
     elif put is not None:
@@ -1151,7 +1359,8 @@ def run_transfer(impl, sizes, kind):
         first = call(w.total, arr)
     warmup_s = clock() - t0
     check(first == expected, f"the warm-up call's sum {first} is not {expected}")
-    pids = system.spread(w.warm_transfer, WARM_SLEEP_S, n if kind == "returns" else 0)
+    cached = kind == "returns" and returns_fn is w.cached_array  # the worker builds its array now
+    pids = system.spread(w.warm_transfer, WARM_SLEEP_S, n if cached else 0)
     baseline_s = driver_sums_s(arr, calls)
 
     sums, call_s, put_s, arg = [], [], None, None
@@ -1159,7 +1368,7 @@ def run_transfer(impl, sizes, kind):
         if kind == "returns":
             for _ in range(calls):
                 c0 = clock()
-                r = call(w.cached_array, n)
+                r = call(returns_fn, n)
                 sums.append(float(r.sum()))  # the driver consumes it, then drops it
                 del r
                 call_s.append(clock() - c0)
@@ -1176,7 +1385,10 @@ def run_transfer(impl, sizes, kind):
                 call_s.append(clock() - c0)
     del arg  # put: the ref, dropped before the shutdown
     check(sums == [expected] * calls, f"wrong sums: {sums}, expected {expected} each")
-    return system, {**transfer_figures(calls * arr.nbytes, t.seconds, baseline_s),
+    figures = transfer_figures(calls * arr.nbytes, t.seconds, baseline_s)
+    if wall_headline:  # the issue's figure: the wall time, the sums included
+        figures.update(value=figures["wall_gb_s"], effective_gb_s=figures["value"])
+    return system, {**figures,
                     "warmup_s": warmup_s, "bytes": calls * arr.nbytes, "array_bytes": arr.nbytes,
                     "calls": calls, "calls_s": call_s, "put_s": put_s, "put": put is not None,
                     "warmed_workers": len(set(pids)), "runtime_start_s": start_s, "config": system.config,
@@ -1198,6 +1410,16 @@ def case_transfer_put(impl, sizes):
     return run_transfer(impl, sizes, "put")
 
 
+def case_transfer_args_wall(impl, sizes):
+    """Issue 23: the same array to ``total`` ``calls`` times on a warm, reused system: wall GB/s."""
+    return run_transfer(impl, sizes, "args_wall")
+
+
+def case_transfer_returns_fresh(impl, sizes):
+    """Issue 23: a new array built in the task and returned, ``calls`` times, summed here: wall GB/s."""
+    return run_transfer(impl, sizes, "returns_fresh")
+
+
 def import_transfer_libraries(impl):
     """numpy and what ``impl`` needs, before any timer; ImportError names what is missing."""
     import numpy  # noqa: F401
@@ -1214,8 +1436,12 @@ def import_transfer_libraries(impl):
 
 CASES = {
     "startup": case_startup,
+    "startup_next": case_startup_next,
     "tasks": case_tasks,
     "map": case_map,
+    "map_2k": case_map_2k,
+    "map_200k": case_map_200k,
+    "map_2m": case_map_2m,
     "roundtrip": case_roundtrip,
     "pi": case_pi,
     "retrieve": case_retrieve,
@@ -1235,6 +1461,8 @@ CASES = {
     "transfer_args": case_transfer_args,
     "transfer_returns": case_transfer_returns,
     "transfer_put": case_transfer_put,
+    "transfer_args_wall": case_transfer_args_wall,
+    "transfer_returns_fresh": case_transfer_returns_fresh,
 }
 
 
@@ -1261,8 +1489,12 @@ def main(argv):
         refused = impl not in JOBLIB_IMPLS
     elif case in TRANSFER_CASES:
         refused = impl not in TRANSFER_IMPLS
+    elif impl in FLOOR_CASES:
+        refused = FLOOR_CASES[impl] != case
     else:
         refused = impl in OPTIONAL_IMPLS or impl in JOBLIB_ONLY_IMPLS or impl in TRANSFER_ONLY_IMPLS
+    if refused and impl in FLOOR_CASES:
+        raise SystemExit(f"{impl} is a floor of {FLOOR_CASES[impl]} alone, not of {case}")
     if refused:
         raise SystemExit(f"{impl} does not run {case}: the actor cases ({', '.join(ACTOR_CASES)}) "
                          f"run {', '.join(ACTOR_IMPLS)}; the pool cases ({', '.join(POOL_CASES)}) run "
@@ -1296,7 +1528,7 @@ def main(argv):
             emit({"case": case, "impl": impl,
                   "skipped": f"{OPTIONAL_IMPLS[impl]} cannot be imported ({type(exc).__name__}: {exc})"})
             return
-    else:
+    elif impl not in FLOOR_CASES:  # a floor imports no library
         import_libraries(impl)
     pool, result = CASES[case](impl, sizes)
     # The result goes out before shutdown, so a hang in shutdown still leaves it.

@@ -168,6 +168,11 @@ def cached_array(n):
     return a
 
 
+def fresh_array(n):
+    """The task of transfer_returns_fresh: a new ``transfer_array(n)``, built in this call."""
+    return transfer_array(n)
+
+
 def warm_transfer(seconds, n):
     """Ready a worker for the transfer cases: numpy imported, and with ``n`` the cached array built.
 
@@ -182,3 +187,29 @@ def warm_transfer(seconds, n):
         cached_array(n)
     time.sleep(seconds)
     return os.getpid()
+
+
+# -- the scaling sweep (scaling.py) --------------------------------------------------
+
+
+def spin(loops):
+    """A CPU-bound task of ``loops`` turns of pure Python (30,000 take about 1 ms here)."""
+    total = 0
+    for k in range(loops):
+        total += k ^ loops
+    return total
+
+
+def wait_for_file(path, limit_s):
+    """Block a worker until ``path`` exists (at most ``limit_s`` s): tasks behind it stay pending."""
+    import os
+
+    deadline = time.monotonic() + limit_s
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.path.exists(path)
+
+
+def size_of(a):
+    """The task of the argument-size sweep: the argument's size and its last byte (it arrived whole)."""
+    return len(a), int(a[-1])

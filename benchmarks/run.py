@@ -1,7 +1,7 @@
 """Run poolx and its peers side by side; write RESULTS.md and results.json.
 
-    python benchmarks/run.py [--quick] [--repeats N] [--cases a,b] [--impls a,b]
-                             [--out benchmarks/RESULTS.md] [--strict]
+    python benchmarks/run.py [--quick] [--repeats N] [--cases a,b|issue23] [--impls a,b]
+                             [--out benchmarks/RESULTS.md] [--strict] [--wait-idle S] [--busy N]
 
 Every (case, implementation, repeat) is one fresh ``python _case.py CASE IMPL``
 subprocess with a time limit; the order of the implementations rotates from
@@ -77,13 +77,25 @@ TRANSFER_GOALS = {"transfer_args": ("transfer: a large array as a task argument"
 # bare-fork (two os.fork()ed children splitting pi statically, no pool) is the
 # machine's own ceiling for pi: a virtual machine's 2 vCPUs may not give 2x.
 ALL_POOLS = ["poolx", "poolx[fork]", "ProcessPoolExecutor", "multiprocessing.Pool", "loky"]
+# The floors (no pool: fresh interpreters, a pipe ping-pong) are rows of the
+# cases they bound; they are never a "best peer".
+STARTUP_FLOORS = ["floor:python-pass", "floor:import-poolx"]
+ROUNDTRIP_FLOORS = ["floor:pipe-bytes", "floor:pipe-pickled"]
 CASE_IMPLS = {
-    "startup": ALL_POOLS,
+    "startup": [*ALL_POOLS, *STARTUP_FLOORS],
     "tasks": [*ALL_POOLS, "serial"],
     "map": [*ALL_POOLS, "serial"],
-    "roundtrip": ALL_POOLS,
+    # Issue 23's map at three sizes.  Not ProcessPoolExecutor and loky at 2M: their
+    # default chunksize=1 runs about 13,000 items/s here, 150 s for 2M items.
+    "map_2k": [*ALL_POOLS, "serial"],
+    "map_200k": [*ALL_POOLS, "serial"],
+    "map_2m": ["poolx", "poolx[fork]", "multiprocessing.Pool", "serial"],
+    "roundtrip": [*ALL_POOLS, *ROUNDTRIP_FLOORS],
     "pi": [*ALL_POOLS, "serial", "bare-fork"],
     "retrieve": ALL_POOLS,
+    # The next executor in the same process (issue 23); not second in this table:
+    # `poolx bench` names startup and tasks first in its help and errors.
+    "startup_next": ALL_POOLS,
     # poolx, Ray and Dask actors; Ray and Dask are optional (skipped, with the
     # reason, where they cannot be imported) and run nothing else.
     **{case: _case.ACTOR_IMPLS for case in _case.ACTOR_CASES},
@@ -108,6 +120,9 @@ CASE_IMPLS = {
 # Ray on 2 cores, plus about 1.5 s for its shutdown) and Dask's 10,000 calls
 # at under 1,000/s.
 CASE_TIMEOUT_S = {"startup": 30, "tasks": 60, "map": 90, "roundtrip": 60, "pi": 60, "retrieve": 60,
+                  # Two executors, one after the other; 2M items at about 5M/s take 0.4 s, but
+                  # serial's list and the results' check take seconds on a busy machine.
+                  "startup_next": 40, "map_2k": 60, "map_200k": 90, "map_2m": 120,
                   "actor_awaited": 90, "actor_pipelined": 90, "actor_retrieve": 60,
                   # Ray's Pool includes starting a local Ray cluster; its imap with
                   # chunksize=1 runs about 1,500 items/s (about 7 s for 10,000).
@@ -135,7 +150,15 @@ IDLE_PROBE_S = 0.5
 CASE_INFO = {
     "startup": ("construction to the first result of a trivial task", "ms", False),
     "tasks": ("{tasks:,} no-op tasks submitted one by one, then all results", "tasks/s", True),
+    "startup_next": ("the next executor in the same process (the first made, used once and shut down "
+                     "before): construction to its first result", "ms", False),
     "map": ("map(inc) over {map_items:,} tiny items, default chunking", "items/s", True),
+    "map_2k": ("map(inc) over {map_2k:,} tiny items, default chunking, after an untimed "
+               "{map_warm:,}-item map", "items/s", True),
+    "map_200k": ("map(inc) over {map_200k:,} tiny items, default chunking, after an untimed "
+                 "{map_warm:,}-item map", "items/s", True),
+    "map_2m": ("map(inc) over {map_2m:,} tiny items, default chunking, after an untimed "
+               "{map_warm:,}-item map", "items/s", True),
     "roundtrip": ("{roundtrip:,} sequential submit(noop).result() after {roundtrip_warmup:,} untimed",
                   "us (median)", False),
     "pi": ("Monte Carlo pi, {pi_samples:,} samples in {pi_chunks} tasks", "s", False),
@@ -179,6 +202,13 @@ CASE_INFO = {
                      "total(a) {transfer_calls} times (joblib, multiprocessing.Pool: no put, the array "
                      "every time), after one untimed put and call: bytes moved / (wall time, the put "
                      "included, - the same sums in the caller)", "GB/s", True),
+    "transfer_args_wall": ("the same float64 array of {transfer_elements:,} elements passed to total(a) "
+                           "{transfer_calls} times, each awaited, on a warm reused system (joblib: one "
+                           "Parallel kept open), after one untimed: bytes / wall time, the sums included",
+                           "GB/s", True),
+    "transfer_returns_fresh": ("a float64 array of {transfer_elements:,} elements built in the task and "
+                               "returned, {transfer_calls} calls one after another after one untimed, each "
+                               "summed in the caller: bytes / wall time, the sums included", "GB/s", True),
 }
 
 # Reference figures from the issue (Ray and Dask on the machine the suite was
@@ -212,6 +242,10 @@ def run_measurement(case, impl, quick, timeout):
         exited_in_time = proc.poll() is not None
         kill_group(proc.pid)
         out, err = proc.communicate()
+    except BaseException:  # Ctrl-C or SIGTERM: the measurement (a session of its own) dies with us
+        kill_group(proc.pid)
+        proc.wait()
+        raise
     wall = time.perf_counter() - t0
     foreign = foreign_cpu_seconds(before, cpu_snapshot(exclude_session=proc.pid))
     leftovers = reap_group(proc.pid)
@@ -280,7 +314,7 @@ def cpu_snapshot(exclude_session):
     me = os.getpid()
     snapshot = {}
     for pid, fields in proc_stats():
-        if pid == me or int(fields[3]) == exclude_session:
+        if pid == me or pid in BURNER_PIDS or int(fields[3]) == exclude_session:
             continue
         utime, stime, start = int(fields[11]), int(fields[12]), int(fields[19])
         snapshot[(pid, start)] = utime + stime
@@ -334,6 +368,46 @@ def reap_group(sid):
     left = len(group_members(sid))
     kill_group(sid)
     return left
+
+
+# -- a busy machine (--busy N) ----------------------------------------------------
+
+# A burner: a pure-Python loop that keeps one core busy and looks at its parent
+# every few milliseconds, so it exits on its own if run.py dies without killing
+# it (SIGKILL, a crash): none is ever left behind.
+BURNER = ("import os\n"
+          "parent = os.getppid()\n"
+          "while os.getppid() == parent:\n"
+          "    for _ in range(100_000):\n"
+          "        pass\n")
+# The burners' pids: their CPU is the load asked for, not other processes' (the
+# "others' CPU" column and --wait-idle leave it out).
+BURNER_PIDS = set()
+
+
+def start_burners(count):
+    """``count`` CPU-bound processes in a session of their own (Ctrl-C reaches run.py, which kills them)."""
+    burners = []
+    for _ in range(count):
+        proc = subprocess.Popen([sys.executable, "-c", BURNER], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        burners.append(proc)
+        BURNER_PIDS.add(proc.pid)
+    return burners
+
+
+def stop_burners(burners):
+    """Kill the burners and reap them."""
+    for proc in burners:
+        proc.kill()
+    for proc in burners:
+        proc.wait()
+        BURNER_PIDS.discard(proc.pid)
+
+
+def exit_on_sigterm(signum, frame):
+    """SIGTERM (``timeout``, a CI job's end) unwinds like Ctrl-C, so the burners and the measurement die."""
+    raise SystemExit(128 + signum)
 
 
 # -- the schedule ----------------------------------------------------------------
@@ -404,6 +478,8 @@ def summarise(records, cases):
                 row.update(median=statistics.median(values), min=min(values), max=max(values))
                 if case in ("roundtrip", "pool_apply_roundtrip"):
                     row["p99_us"] = statistics.median(r["p99_us"] for r in ok)
+                if case == "startup_next":
+                    row["first_ms"] = statistics.median(r["first_ms"] for r in ok)
                 if case == "pool_small_tasks":
                     row["ideal_s"] = statistics.median(r["ideal_s"] for r in ok)
                 if case == "joblib_gridsearch_warm":  # the fastest single fit of every run
@@ -581,6 +657,92 @@ def goals(summary, cpus):
     return out
 
 
+# -- issue 23's goal table, computed from the data --------------------------------------
+
+# One row per row of issue 23's table: (case, what, the peer, how to judge, target).
+# The peer is an implementation's name, or None for the best of the case's peers.
+# "ratio>=" and "ratio<=" judge poolx's median / the peer's (a rate: higher is
+# better; a time: lower is better); "at most" judges poolx's median itself.
+ISSUE_GOALS = [
+    ("tasks", "10,000 no-op tasks submitted one by one, then gathered", None, "ratio>=", 3.0),
+    ("map_2k", "`map` over 2,000 tiny items, default chunking (after a 2,000-item map)", None,
+     "ratio>=", 1.2),
+    ("map_200k", "`map` over 200,000 tiny items, default chunking (after a 2,000-item map)", None,
+     "ratio>=", 1.2),
+    ("map_2m", "`map` over 2,000,000 tiny items, default chunking (after a 2,000-item map)", None,
+     "ratio>=", 1.2),
+    ("roundtrip", "one `submit(noop).result()` after another, median", None, "ratio<=", 0.5),
+    ("actor_awaited", "actor method call awaited one by one", "ray", "ratio>=", 10.0),
+    ("actor_pipelined", "actor method calls pipelined (all made, then every result)", "ray", "ratio>=", 20.0),
+    ("retrieve", "six sleeps (i/10 s) on six workers: time above the ideal 0.5 s", None, "at most", 1.0),
+    ("transfer_args_wall", "200 MB array passed to `submit(total)`, 5 calls each awaited, wall time "
+     "including the sums", "joblib", "ratio>=", 1.0),
+    ("transfer_returns_fresh", "200 MB array created in the task and returned, 5 calls, wall time", "ray",
+     "ratio>=", 2.0),
+    ("startup", "construction to first result, default start method (forkserver), first executor", None,
+     "at most", 30.0),
+    ("startup_next", "construction to first result, forkserver, the next executor in the same program",
+     None, "at most", 30.0),
+    ("joblib_gridsearch_warm", "scikit-learn GridSearchCV, warm, joblib backend \"poolx\"", "loky",
+     "ratio<=", 0.9),
+]
+# The floors shown beside a goal: no library can go below them on this machine.
+FLOORS = {"startup": STARTUP_FLOORS, "startup_next": STARTUP_FLOORS, "roundtrip": ROUNDTRIP_FLOORS}
+
+
+def issue_goals(summary):
+    """Issue 23's table for the cases that ran: goal, poolx, best peer, ratio, reached."""
+    out = []
+    for case, what, against, judge, target in ISSUE_GOALS:
+        rows = summary.get(case)
+        if not rows:
+            continue
+        unit = CASE_INFO[case][1]
+        poolx = rows.get("poolx", {})
+        mine = poolx.get("median")
+        name, theirs = ((against, rows.get(against, {}).get("median")) if against
+                        else best_peer(case, rows))
+        ratio = mine / theirs if mine and theirs else None
+        if judge == "at most":
+            reached = mine is not None and mine <= target
+            if case.startswith("startup"):  # the goal is for forkserver, poolx's default
+                reached = reached and poolx.get("start_method") == "forkserver"
+            goal = f"<= {target:g} {unit}"
+        else:
+            reached = ratio is not None and (ratio >= target if judge == "ratio>=" else ratio <= target)
+            goal = f"{judge[5:]} {target:g}x {against or 'the best peer'}"
+        # The startup_next floors are startup's rows: a fresh interpreter either way.
+        floor_rows = summary.get("startup", {}) if case == "startup_next" else rows
+        floors = [f"{f} {fmt(floor_rows[f]['median'], unit)}" for f in FLOORS.get(case, [])
+                  if "median" in floor_rows.get(f, {})]
+        out.append({"case": case, "goal": what, "target": goal, "unit": unit,
+                    "poolx": mine, "peer": name, "peer_value": theirs, "ratio": ratio,
+                    "floors": floors, "reached": None if mine is None else bool(reached)})
+    return out
+
+
+def issue_goal_lines(rows):
+    """The markdown table of ``issue_goals``; no lines when none of its cases ran."""
+    if not rows:
+        return []
+    lines = ["## Issue 23's goals", "",
+             "The issue's table, computed from the medians below for the default `poolx` row; the best peer "
+             "is the best of the case's peers in the same run (the one the goal names, where it names one); "
+             "ratio: poolx's median / the peer's (a rate: above 1x poolx is faster; a time: below 1x poolx "
+             "is faster); the floors are measured in the same run (no library goes below them here).", "",
+             "| goal | poolx | best peer (same run) | ratio | target | reached? | floor (same run) |",
+             "|---|---|---|---|---|---|---|"]
+    for g in rows:
+        unit = g["unit"]
+        mine = "-" if g["poolx"] is None else f"{fmt(g['poolx'], unit)} {unit.split(' (')[0]}"
+        peer = f"{g['peer']} {fmt(g['peer_value'], unit)}" if g["peer_value"] is not None else "-"
+        ratio = ratio_text(g["ratio"]) if g["ratio"] is not None else "-"
+        reached = {True: "yes", False: "no", None: "n/a (no poolx figure)"}[g["reached"]]
+        lines.append(f"| {g['goal']} | {mine} | {peer} | {ratio} | {g['target']} | {reached} | "
+                     f"{'; '.join(g['floors']) or '-'} |")
+    return [*lines, ""]
+
+
 # -- environment ---------------------------------------------------------------------
 
 
@@ -690,6 +852,7 @@ def case_table(case, rows, sizes):
     joblib = case in _case.JOBLIB_CASES
     transfer = case in _case.TRANSFER_CASES
     extra = {"roundtrip": ["p99 us (median)"], "pi": ["speedup vs serial"],
+             "startup_next": ["first executor ms (median)"],
              "pool_apply_roundtrip": ["p99 us (median)"],
              "pool_small_tasks": ["ideal s (median)"]}.get(case, [])
     if actors:
@@ -733,6 +896,8 @@ def case_table(case, rows, sizes):
             cells.append(f"{row['runtime_start_s']:.2f}" if "runtime_start_s" in row else "-")
         if case in ("roundtrip", "pool_apply_roundtrip"):
             cells.append(fmt(row.get("p99_us"), unit))
+        if case == "startup_next":
+            cells.append(fmt(row.get("first_ms"), "ms"))
         if case == "pool_small_tasks":
             cells.append(fmt(row.get("ideal_s"), "s"))
         if case == "pi":
@@ -809,6 +974,9 @@ def markdown(env, config, summary, goal_rows, records, json_name="results.json")
              if only_joblib else
              "# poolx benchmark results: a large numpy array between processes, beside Ray, joblib and "
              "multiprocessing.Pool" if only_transfer else "# poolx benchmark results")
+    busy = config.get("busy") or 0
+    if busy:
+        title += f" (busy machine: {busy} CPU-bound process{'es' if busy > 1 else ''} beside the benchmark)"
     lines = [title, "",
              f"Generated by `{config['command']}` in {config['total_s']:.0f} s "
              f"({config['repeats']} repeat(s) of every measurement).  Every number comes from "
@@ -834,7 +1002,8 @@ def markdown(env, config, summary, goal_rows, records, json_name="results.json")
                     if any(c in summary for c in _case.POOL_CASES) else "")
                  + ("; " + JOBLIB_GOALS_TEXT if has_joblib else "")
                  + ("; " + TRANSFER_GOALS_TEXT if has_transfer else "") + ".")
-    lines += ["", "## Goals", "", intro, "",
+    lines += ["", *issue_goal_lines(issue_goals(summary))]
+    lines += ["## Goals", "", intro, "",
               "| goal | target | measured | status |", "|---|---|---|---|"]
     lines += [f"| {g['goal']} | {g['target']} | {g['measured']} | {g['status']} |" for g in goal_rows]
     lines += ["", "## Results", ""]
@@ -850,6 +1019,7 @@ def markdown(env, config, summary, goal_rows, records, json_name="results.json")
             lines += joblib_method_notes(env)
         if has_transfer:
             lines += transfer_method_notes(env, sizes)
+    lines += issue_method_notes(summary, sizes, config.get("busy") or 0)
     skipped = [r for r in records if r["status"] == "skipped"]
     if skipped:
         lines += ["", "## Skipped", ""]
@@ -968,6 +1138,34 @@ def method_notes(env, pools=False):
     ] if pools else [])
 
 
+def issue_method_notes(summary, sizes, busy):
+    """What issue 23's cases, the floors and --busy add, for the ones in this run."""
+    notes = []
+    if "startup_next" in summary:
+        notes.append("- startup_next: in one process, the first executor is made, gets one trivial task and "
+                     "is shut down (\"first executor ms\"), then the next is timed from construction to its "
+                     "first result.")
+    if any(c in summary for c in _case.MAP_SIZE_CASES):
+        notes.append(f"- map_2k, map_200k, map_2m: on the warm pool, an untimed map of {sizes['map_warm']:,} "
+                     "items, then the timed map with the library's default chunking.  map_2m leaves out "
+                     "ProcessPoolExecutor and loky (chunksize=1: minutes for 2M items).")
+    if any(c in summary for c in _case.TRANSFER_WALL_CASES):
+        notes.append("- transfer_args_wall and transfer_returns_fresh (the issue's forms): the headline is "
+                     "the wall bandwidth, the sums included (`effective_gb_s` in results.json is the other); "
+                     "the joblib row of transfer_args_wall keeps one `joblib.Parallel` open for every call, "
+                     "so its memory-mapping dumps the array once; transfer_returns_fresh's task builds a new "
+                     "array every call.")
+    floors = sorted({i for rows in summary.values() for i in rows if i in _case.FLOOR_CASES})
+    if floors:
+        notes.append(f"- Floors ({', '.join(floors)}): no pool; fresh `python -c` interpreters (the median "
+                     f"of {sizes['floor_runs']} after one untimed) and a forked child echoing through pipes "
+                     f"({sizes['pingpong']:,} round trips after {sizes['pingpong_warmup']:,}); never a peer.")
+    if busy:
+        notes.append(f"- Busy machine: {busy} CPU-bound processes (a pure-Python loop each) ran from the "
+                     "first measurement to the last; their CPU is left out of \"others' CPU\".")
+    return notes
+
+
 # Hand-written analysis appended to RESULTS.md: what poolx reached, what limits
 # it.  It cites figures from a specific run; re-read it when the numbers move.
 ANALYSIS = Path(__file__).with_name("ANALYSIS.md")
@@ -983,8 +1181,8 @@ def write_outputs(out_md, env, config, summary, goal_rows, records):
     out_md = Path(out_md)
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_json = json_path(out_md)
-    data = {"environment": env, "config": config, "goals": goal_rows, "summary": summary,
-            "measurements": records}
+    data = {"environment": env, "config": config, "goals": goal_rows, "issue_goals": issue_goals(summary),
+            "summary": summary, "measurements": records}
     out_json.write_text(json.dumps(data, indent=2) + "\n")
     text = markdown(env, config, summary, goal_rows, records, json_name=out_json.name)
     # The engineers' reading of the main run's figures, kept across runs; not
@@ -998,12 +1196,36 @@ def write_outputs(out_md, env, config, summary, goal_rows, records):
 # -- command line -------------------------------------------------------------------------
 
 
+def busy_text(count):
+    """The environment table's line for --busy."""
+    if not count:
+        return "no (nothing started beside the benchmark)"
+    return (f"{count} CPU-bound process(es) (a pure-Python loop each) ran beside the benchmark for its whole "
+            "duration (--busy); their CPU is not in the \"others' CPU\" column")
+
+
+# Names --cases accepts for a set of cases: issue23 is every row of issue 23's goal
+# table (and the floors' cases), the figures its "Issue 23's goals" table is made of.
+CASE_GROUPS = {"issue23": ["startup", "startup_next", "tasks", "map_2k", "map_200k", "map_2m", "roundtrip",
+                           "retrieve", "actor_awaited", "actor_pipelined", "transfer_args_wall",
+                           "transfer_returns_fresh", "joblib_gridsearch_warm"]}
+
+
+def expand_groups(text):
+    """--cases with each group name (CASE_GROUPS) replaced by its cases."""
+    if not text:
+        return text
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    return ",".join(c for name in names for c in CASE_GROUPS.get(name, [name]))
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Benchmark poolx against its peers.")
     p.add_argument("--quick", action="store_true", help="smaller sizes, one repeat: a smoke test")
     p.add_argument("--repeats", type=int, help=f"repeats per measurement (default {DEFAULT_REPEATS}, "
                                                f"--quick {QUICK_REPEATS})")
-    p.add_argument("--cases", help="comma-separated subset of: " + ",".join(CASE_IMPLS))
+    p.add_argument("--cases", help="comma-separated subset of: " + ",".join(CASE_IMPLS) + "; or a group: "
+                                   + ", ".join(f"{g} ({','.join(c)})" for g, c in CASE_GROUPS.items()))
     p.add_argument("--impls", help="comma-separated subset of: " + ",".join(_case.IMPLS))
     p.add_argument("--timeout", type=float, help="seconds per measurement, overriding the per-case limits")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"),
@@ -1013,13 +1235,18 @@ def parse_args(argv):
                    help="before each measurement, wait up to S seconds for the rest of the machine "
                         f"to use under {DISTURBED_CORES} core (default 0: do not wait)")
     p.add_argument("--strict", action="store_true", help="exit 1 if any poolx measurement failed")
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="run N CPU-bound processes beside the benchmark for its whole duration (a busy "
+                        "machine); recorded in the environment table and the title, killed at the end")
     args = p.parse_args(argv)
-    args.cases = pick(args.cases, list(CASE_IMPLS), "case", p)
+    args.cases = pick(expand_groups(args.cases), list(CASE_IMPLS), "case", p)
     args.impls = pick(args.impls, _case.IMPLS, "implementation", p)
     if args.repeats is None:
         args.repeats = QUICK_REPEATS if args.quick else DEFAULT_REPEATS
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
+    if args.busy < 0:
+        p.error("--busy must be >= 0")
     return args
 
 
@@ -1039,11 +1266,18 @@ def main(argv=None):
     sizes = _case.QUICK if args.quick else _case.FULL
     print(f"poolx benchmarks: {', '.join(args.cases)}; {args.repeats} repeat(s); "
           f"{env['usable_cpus']} usable CPUs; Python {env['python']}", flush=True)
+    env["busy"] = busy_text(args.busy)
     t0 = time.perf_counter()
-    records = run_all(args.cases, args.impls, args.repeats, args.quick, args.timeout, args.wait_idle)
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
+    burners = start_burners(args.busy)
+    try:
+        records = run_all(args.cases, args.impls, args.repeats, args.quick, args.timeout, args.wait_idle)
+    finally:
+        stop_burners(burners)
+        signal.signal(signal.SIGTERM, previous)
     config = {"command": "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "quick": args.quick, "repeats": args.repeats, "cases": args.cases, "impls": args.impls,
-              "wait_idle_s": args.wait_idle, "sizes": sizes,
+              "wait_idle_s": args.wait_idle, "busy": args.busy, "sizes": sizes,
               "timeouts_s": {c: args.timeout or CASE_TIMEOUT_S[c] for c in args.cases},
               "total_s": time.perf_counter() - t0}
     env["load_average_at_end"] = " ".join(f"{x:.2f}" for x in load_average())
@@ -1053,6 +1287,9 @@ def main(argv=None):
     print(f"wrote {args.out} and {out_json} ({config['total_s']:.0f} s)")
     for g in [g for g in goal_rows if g["reached"] is not None] or goal_rows:  # those with data
         print(f"  goal: {g['goal']:<40} {g['target']:<24} {g['status']:<12} {g['measured']}")
+    for g in issue_goals(summary):
+        ratio = ratio_text(g["ratio"]) if g["ratio"] is not None else "-"
+        print(f"  issue 23: {g['case']:<24} {g['target']:<32} ratio {ratio:<8} reached: {g['reached']}")
     # Skipped (an optional library such as scikit-learn not installed) is not a failure.
     poolx_failed = any(r["status"] not in ("ok", "skipped") for r in records if r["impl"].startswith("poolx"))
     return 1 if args.strict and poolx_failed else 0
