@@ -41,7 +41,8 @@ _NEEDS = {
 }
 # The pi and transfer cases run numpy, whatever the implementation.
 _CASE_NEEDS = {case: ("numpy", "pip install numpy")
-               for case in ("pi", "transfer_args", "transfer_returns", "transfer_put")}
+               for case in ("pi", "transfer_args", "transfer_returns", "transfer_put",
+                                                  "transfer_args_wall", "transfer_returns_fresh")}
 # Shorter spellings accepted by --peers (the names themselves are matched case-insensitively).
 _ALIASES = {
     "poolx-fork": "poolx[fork]",
