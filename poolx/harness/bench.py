@@ -42,7 +42,7 @@ _NEEDS = {
 # The pi and transfer cases run numpy, whatever the implementation.
 _CASE_NEEDS = {case: ("numpy", "pip install numpy")
                for case in ("pi", "transfer_args", "transfer_returns", "transfer_put",
-                                                  "transfer_args_wall", "transfer_returns_fresh")}
+                            "transfer_args_wall", "transfer_returns_fresh")}
 # Shorter spellings accepted by --peers (the names themselves are matched case-insensitively).
 _ALIASES = {
     "poolx-fork": "poolx[fork]",
