@@ -614,7 +614,9 @@ class _Private:
             _close_map(mm)
 
     def after_fork(self) -> None:
+        """In a forked child: the parent's kept mappings would only pin their segments here."""
         self.lock = threading.Lock()
+        self.clear()
 
 
 _pool = _Pool()

@@ -35,6 +35,7 @@ import errno
 import os
 import platform
 import sys
+import threading
 
 from . import _fds
 
@@ -119,8 +120,10 @@ class _Watcher:
 
     def available(self) -> bool:
         if not self.tried:
-            self.tried = True
-            self._open()
+            with _opening:
+                if not self.tried:
+                    self._open()
+                    self.tried = True
         return self.uffd >= 0
 
     def _open(self) -> None:
@@ -217,8 +220,15 @@ class _Watcher:
         self.reset()
 
 
+_opening = threading.Lock()  # (two threads sending their first large argument at once open one watcher)
 watcher = _Watcher()  # one per process; its user (``_shm``'s reuse cache) serializes calls to it
 
 
+def _after_fork() -> None:
+    global _opening
+    _opening = threading.Lock()
+    watcher.after_fork()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=watcher.after_fork)
+    os.register_at_fork(after_in_child=_after_fork)
