@@ -250,11 +250,12 @@ class Received:
         # The mapping keeps the lock for as long as the views of it live, even
         # once the fd (closed with the message) is gone.  A result (EXCLUSIVE) is
         # not cached: its segment is read again only after its creator reuses it,
-        # which a dropped result's creator may never do (a forkserver or spawn
-        # worker unmaps a freed segment at once), and a cached mapping would keep
-        # the segment's memory for as long as the cache holds it (issue 19: 20
+        # which a dropped result's creator may never do (a worker that exits, or
+        # whose pool is full, unmaps it), and a cached mapping would keep the
+        # segment's memory for as long as the cache holds it (issue 19: 20
         # dropped results of 100 MB kept 1,000 MB mapped).  Mapping again costs
-        # the page faults where a fork worker does reuse it (docs/design.md).
+        # the page faults, populated in one call (_populate).  A PRIVATE argument
+        # is kept (_Private) since its sender keeps the segment for reuse anyway.
         if self.mode == PRIVATE and _writes.watcher.available():
             return _private.view(self)
         flags = mmap.MAP_SHARED if self.mode == EXCLUSIVE else mmap.MAP_PRIVATE
