@@ -51,9 +51,10 @@ import resource
 import struct
 import sys
 import threading
+import weakref
 from typing import Any
 
-from . import _fds
+from . import _fds, _reuse, _writes
 
 AVAILABLE = (sys.platform.startswith("linux") and hasattr(os, "memfd_create")
              and os.path.isdir("/proc/self/fd"))
@@ -249,13 +250,17 @@ class Received:
         # The mapping keeps the lock for as long as the views of it live, even
         # once the fd (closed with the message) is gone.  A result (EXCLUSIVE) is
         # not cached: its segment is read again only after its creator reuses it,
-        # which a dropped result's creator may never do (a forkserver or spawn
-        # worker unmaps a freed segment at once), and a cached mapping would keep
-        # the segment's memory for as long as the cache holds it (issue 19: 20
+        # which a dropped result's creator may never do (a worker that exits, or
+        # whose pool is full, unmaps it), and a cached mapping would keep the
+        # segment's memory for as long as the cache holds it (issue 19: 20
         # dropped results of 100 MB kept 1,000 MB mapped).  Mapping again costs
-        # the page faults where a fork worker does reuse it (docs/design.md).
+        # the page faults, populated in one call (_populate).  A PRIVATE argument
+        # is kept (_Private) since its sender keeps the segment for reuse anyway.
+        if self.mode == PRIVATE and _writes.watcher.available():
+            return _private.view(self)
         flags = mmap.MAP_SHARED if self.mode == EXCLUSIVE else mmap.MAP_PRIVATE
         mm = _fds.mmap(self._fd(), self.nbytes, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        _populate(mm)
         return memoryview(mm)
 
 
@@ -295,7 +300,19 @@ def lookup(buf: Any) -> ShmBuffer | Received | None:
 
 
 def store(buf: Any, mode: int) -> ShmBuffer | None:
-    """Copy a pickle buffer into a segment of this process (None: no fd to spare, send it inline)."""
+    """Copy a pickle buffer into a segment of this process (None: no fd to spare, send it inline).
+
+    An argument or put value of at least MIN_BYTES already copied, whose owner
+    lives and was not written since, reuses that copy (``_Reused``).
+    """
+    nbytes = buf.raw().nbytes
+    if mode != EXCLUSIVE and nbytes >= MIN_BYTES and _writes.watcher.available():
+        seg = _reuse.sent.store(buf, lambda: _copy(buf, mode))
+        return None if seg is None else ShmBuffer(seg, nbytes, WIRE_MODE[mode])
+    return _copy(buf, mode)
+
+
+def _copy(buf: Any, mode: int) -> ShmBuffer | None:
     raw = buf.raw()
     nbytes = raw.nbytes
     seg = _pool.allocate(nbytes)
@@ -439,7 +456,14 @@ def raise_fd_limit() -> None:
     limit is poolx's to set, and a worker holding many segments (a task's many
     large results) should not fall back to copying.  Never in the driver: a
     process-wide limit there is the program's, and poolx does not change it.
+
+    Such a process also keeps its freed segments for its next results
+    (``keep_free_segments``): a fresh 200 MB segment cost 180 to 430 ms of
+    page allocation on the CI machine, against 15 to 50 ms for the copy
+    into a kept one.  A kept segment is reused once its receiver let the
+    last result in it go (the driver dropped it).
     """
+    keep_free_segments()
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         want = FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, FD_LIMIT)
@@ -489,6 +513,7 @@ class _Cache:
             mm = _fds.mmap(fd, rec.capacity)
         finally:
             os.close(fd)
+        _populate(mm)
         with self.lock:
             old = self.maps.pop(key, None)
             if old is not None:
@@ -519,8 +544,85 @@ def _close_map(mm: mmap.mmap) -> None:
         pass
 
 
+# Linux 5.14's madvise(MADV_POPULATE_READ): map every page of a fresh mapping in one call.
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+
+
+def _populate(mm: mmap.mmap) -> None:
+    """Map all of a fresh mapping's pages now: one pass in the kernel instead of a fault per few pages
+    (shmem has no transparent huge pages on this machine: shmem_enabled is "never")."""
+    try:
+        mm.madvise(MADV_POPULATE_READ)
+    except (OSError, ValueError):  # (an older kernel: the pages fault in as they are read)
+        pass
+
+
+class _Private:
+    """Copy-on-write mappings (PRIVATE arguments) kept for the next message of the same segment.
+
+    A fresh mapping per task cost its page faults on every read (200 MB: 35
+    ms, more than the task's own sum).  A kept one is handed out again only
+    when no view of it is alive (the last task let its arguments go) and no
+    page of it was written (copied on write): then every page shows the
+    segment as it is now, whatever its sender wrote into it since, which is
+    what the new message sends.  It holds a fresh open file description, not
+    the message's lock: the sender may reuse the segment; each task's views
+    keep its own message's lock.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        # key -> (mapping, its address, a weak reference to the ctypes array under the last views)
+        self.maps: collections.OrderedDict[tuple[int, int], tuple[mmap.mmap, int, Any]] = (
+            collections.OrderedDict())
+        self.bytes = 0
+
+    def view(self, rec: Received) -> memoryview:
+        key = rec.key()
+        with self.lock:
+            kept = self.maps.pop(key, None)
+            if kept is not None:
+                self.bytes -= len(kept[0])
+        if kept is not None:
+            mm, address, views = kept
+            stale = views() is not None or _writes.watcher.copied(address, address + len(mm))
+            if stale or len(mm) < rec.nbytes:
+                _close_map(mm)
+                kept = None
+        if kept is None:
+            fd = _fds.open_fd(f"/proc/self/fd/{rec._fd()}", os.O_RDONLY)
+            try:
+                prot = mmap.PROT_READ | mmap.PROT_WRITE
+                mm = _fds.mmap(fd, rec.capacity, flags=mmap.MAP_PRIVATE, prot=prot)
+            finally:
+                os.close(fd)
+            _populate(mm)
+        array = (ctypes.c_char * rec.nbytes).from_buffer(mm)
+        array._poolx_hold = rec  # type: ignore[attr-defined]  # (the message's lock, while views live)
+        with self.lock:
+            self.maps[key] = (mm, ctypes.addressof(array), weakref.ref(array))
+            self.bytes += len(mm)
+            while self.bytes > CACHE_BYTES and len(self.maps) > 1:
+                _, (oldest, _a, _v) = self.maps.popitem(last=False)
+                self.bytes -= len(oldest)
+                _close_map(oldest)
+        return memoryview(array).cast("B")
+
+    def clear(self) -> None:
+        with self.lock:
+            maps, self.maps, self.bytes = self.maps, collections.OrderedDict(), 0
+        for mm, _address, _views in maps.values():
+            _close_map(mm)
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's kept mappings would only pin their segments here."""
+        self.lock = threading.Lock()
+        self.clear()
+
+
 _pool = _Pool()
 _cache = _Cache()
+_private = _Private()
 
 
 def _after_fork() -> None:
@@ -528,6 +630,8 @@ def _after_fork() -> None:
     _token = _new_token()
     _pool.after_fork()
     _cache.after_fork()
+    _private.after_fork()
+    _reuse.sent.after_fork()
 
 
 if hasattr(os, "register_at_fork"):
@@ -542,6 +646,9 @@ def statistics() -> dict[str, int]:
     with _cache.lock:
         pool["cached_mappings"] = len(_cache.maps)
         pool["cached_bytes"] = _cache.bytes
+    with _reuse.sent.lock:
+        pool["reused_copies"] = len(_reuse.sent.sent)
+        pool["reused_bytes"] = _reuse.sent.bytes
     return pool
 
 
@@ -556,5 +663,7 @@ def release_memory() -> None:
     Segments freed from now on are unmapped at once, until ``keep_free_segments()``.
     """
     _pool.keep = False
+    _reuse.sent.clear()
     _pool.trim(0)
     _cache.clear()
+    _private.clear()
