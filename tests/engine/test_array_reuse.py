@@ -217,3 +217,15 @@ def test_the_copies_kept_are_bounded(monkeypatch):
         assert _shm.statistics()["reused_copies"] <= 3
         for a in arrays:
             assert received(ex, a) == a.tobytes()
+
+
+def test_without_the_kernels_help_every_send_is_a_fresh_copy(ex, copies, monkeypatch):
+    # An older kernel, or a seccomp filter, refuses userfaultfd: nothing can say an
+    # array is unchanged, so nothing is reused, and an edit always arrives.
+    monkeypatch.setattr(_writes.watcher, "available", lambda: False)
+    a = np.random.default_rng(7).random(N)
+    assert received(ex, a) == a.tobytes()
+    a[N // 2] += 1.0
+    assert received(ex, a) == a.tobytes()
+    assert received(ex, a) == a.tobytes()
+    assert copies == [a.nbytes] * 3

@@ -32,7 +32,7 @@ N = 4 * MB // 8  # float64 items of a 4 MB array: above _shm.MIN_BYTES
 
 # Entries other libraries make in /dev/shm (joblib's and loky's memmapping folders), which tests
 # and benchmarks running beside this one on the machine may create at any time.
-_OTHERS = ("joblib_", "loky-")
+_OTHERS = ("joblib_", "loky-", "sem.loky-")  # (other programs' joblib and loky on this machine)
 
 
 def dev_shm() -> set[str]:
