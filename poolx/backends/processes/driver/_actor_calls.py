@@ -376,8 +376,8 @@ class ActorChannels:
         # runs under s.lock, as this does.
         pop = proc.inflight.pop
         calls = [pop(r[0], None) for r in records]
-        if proc.pending:  # it has run what it had: send it what waited
-            self.release_pending(proc)
+        if proc.pending and len(proc.inflight) == len(proc.pending):
+            self.release_pending(proc)  # it has run all it was sent: send it what waited
         results = self.s.results
         for call, record in zip(calls, records):
             # A protocol.ResultRecord:
