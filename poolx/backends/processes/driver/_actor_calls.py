@@ -194,10 +194,10 @@ class ActorChannels:
                     "Actors run in other processes, so arguments must be picklable."
                 ) from exc
             call.bytes_out = len(payload) + sum(b.raw().nbytes for b in bufs)
+            call.args, call.kwargs = (), {}
         else:
             payload, bufs = b"", ()
         call.state = (payload, bufs)
-        call.args, call.kwargs = (), {}
         future = call.future
         future.__class__ = ActorFuture  # (same layout: a class of methods only)
         future._poolx_direct = (actor.impl, call.id)  # type: ignore[attr-defined]
@@ -401,8 +401,10 @@ class ActorChannels:
                 call.t_done = time.perf_counter()
                 self.s.telemetry.task_done(call, status == P.OK)
                 continue
-            ok, value = P.decode_outcome(status, data, bufs, info, call.fn, True)
-            results.append((call, ok, value))
+            if status == P.OK and not data:  # a call that returned None
+                results.append((call, True, None))
+                continue
+            results.append((call, *P.decode_outcome(status, data, bufs, info, call.fn, True)))
         for conn, (recs, frames) in forward.items():
             self.s.send_results(conn, recs, frames)
 
