@@ -124,6 +124,26 @@ def test_the_actor_dies_while_a_caller_reads_its_channel(start_method, how, tmp_
         assert helper.held
 
 
+@pytest.mark.timeout(60)
+def test_a_death_seen_only_by_the_liveness_check_wakes_the_reader(tmp_path):
+    # A grandchild keeps the actor's socket and sentinel open after the actor died:
+    # neither wakes the caller that reads its channel; the scheduler's liveness
+    # check sees the death and must wake it.
+    pid_file = tmp_path / "grandchild"
+    with poolx.Executor(2, mp_context="fork") as ex:
+        log = ex.actor(Log)
+        log.add.remote(0).result(timeout=30)
+        try:
+            with pytest.raises(poolx.ActorDiedError, match=r"the actor Log#\d+"):
+                log.fork_then_die.remote(str(pid_file)).result()  # (a timeout would end the wait)
+        finally:
+            if _until(pid_file.exists, 5) and pid_file.read_text():
+                try:
+                    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
 def test_a_timeout_while_reading_gives_the_channel_back(tmp_path):
     flag = tmp_path / "go"
     with poolx.Executor(2) as ex:

@@ -128,7 +128,10 @@ class Waiter:
             os.close(fd)
 
     def __del__(self) -> None:  # (the scheduler failed and its cleanup dropped the process)
-        self.close()
+        try:
+            self.close()
+        except Exception:  # (at interpreter exit, os may be gone already)
+            pass
 
 
 _here = threading.local()  # .reading: this thread reads an actor's channel (no nested direct wait)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import selectors
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -211,6 +212,13 @@ class ActorSupervisor(ActorChannels):
         if proc.open:
             self.read(proc, limit=None)
             self.close_channel(proc)
+        if proc.direct:
+            # Wake the caller reading its channel: the end of the process may be known only
+            # from check_liveness (a grandchild it forked keeps its socket and sentinel open).
+            try:
+                proc.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         proc.process.join(1.0)
         if proc.process.exitcode is None:
             signal_process(proc.process, kill=True)
