@@ -8,9 +8,11 @@ channel by the calling thread itself, under the actor's lock: calls from one
 thread arrive in order, and no thread switch sits between ``.remote()`` and
 the socket.  A sequential actor (one call at a time) that is still running
 earlier calls does not need the next ones yet: they wait in ``pending`` and go
-as one message when a result comes back, when the caller waits for one of
-them, or when CALL_BATCH have gathered.  A pipelined caller so writes one
-message per batch instead of one per call, and the actor wakes once per batch.
+as one message when the results of all it was sent have come back, when a
+caller waits for one of them, or when CALL_BATCH have gathered.  A pipelined
+caller so writes one message per batch instead of one per call, and the actor
+wakes (and answers) once per batch.  Threaded and async actors get every call
+at once: a call may need another to run beside it.
 
 **Reading.**  The scheduler thread reads the results, as it does for tasks,
 and completes the futures, except while a caller reads them itself: a thread
