@@ -55,6 +55,9 @@ ASYNC_DEFAULT_CONCURRENCY = 1000
 
 OnDone = Callable[[Any, bool, Any, float, float], None]
 
+# Results that cannot be awaitables, looked up before inspect.isawaitable (~2 us, an ABC check).
+_NEVER_AWAITABLE = frozenset({type(None), int, float, bool, str, bytes, list, tuple, dict})
+
 
 def make_runner(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any], max_concurrency: int | None,
                 inline: bool, on_done: OnDone, on_start: Callable[[Any], None] | None = None,
@@ -130,7 +133,8 @@ class Runner:
         t_start = time.perf_counter()
         try:
             value = self.method(name)(*args, **kwargs)
-            if inspect.isawaitable(value) and not isinstance(value, cf.Future):  # a ref is returned as a ref
+            if (type(value) not in _NEVER_AWAITABLE and inspect.isawaitable(value)
+                    and not isinstance(value, cf.Future)):  # a ref is returned as a ref
                 value = self.loop().run_until_complete(_await(value))
         except BaseException as exc:
             _current.runner = outer

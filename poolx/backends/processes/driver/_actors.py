@@ -2,9 +2,10 @@
 
 Each actor is a process of its own (``child/_actor``), outside the task
 workers, with one channel to the driver.  Calls made in the driver are sent
-by the calling thread itself, under the actor's lock (so calls from one
-thread arrive in order, and no thread switch sits on the latency path); the
-scheduler thread reads the results, as it does for tasks.
+by the calling thread itself, and their results read by the scheduler thread,
+or by the caller that waits for one (``_actor_calls``, the base of the
+``ActorSupervisor``: sending, reading, the direct wait).  This module starts,
+stops and restarts the processes, and decides what becomes of their calls.
 
 Calls made inside a task or another actor arrive on that child's *client
 channel* (``child/_client``); the scheduler forwards them to the actor and the
@@ -15,32 +16,30 @@ it runs in is an ``ActorProcess``.  While there is no process (being
 restarted after a kill), calls wait in the slot's backlog.
 
 Which calls fail when an actor process dies: every call sent to it that had
-not returned (running, or queued in the process) fails with
-``ActorDiedError``, unless ``max_task_retries`` allows sending it again to
-the restarted process.  Calls made after the death was noticed go to the
-restarted process (or fail at once when there is no restart left).
+not returned (running, queued in the process, or held back in the driver)
+fails with ``ActorDiedError``, unless ``max_task_retries`` allows sending it
+again to the restarted process.  Calls made after the death was noticed go to
+the restarted process (or fail at once when there is no restart left).
 """
 
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import selectors
 import socket
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .... import _shm
 from ...._errors import ActorDiedError, RemoteTraceback, SerializationError, TaskTimeoutError, describe_exit
 from ...._serialization import dumps, loads, unpicklable_argument
 from ....actors.directory import DEAD, Actor, ActorCall
 from .. import _channel, _lifetime
 from .. import protocol as P
 from .._cell import read_cell
-from ._endpoint import Conn, Endpoint
-from ._spawn import READY, STARTING, STOPPING, close_process, crash_dump_fd, signal_process
+from ._actor_calls import ActorChannels, ActorProcess, ActorSlot
+from ._endpoint import Conn
+from ._spawn import STOPPING, close_process, crash_dump_fd, signal_process
 
 if TYPE_CHECKING:
     from ._state import SchedulerState
@@ -48,38 +47,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("poolx")
 
 
-class ActorProcess(Endpoint):
-    """One process an actor runs in, and the driver's end of its channel."""
-
-    def __init__(self, actor: Actor, process: Any, sock: socket.socket, client: Conn, cell: mmap.mmap,
-                 fd: int) -> None:
-        super().__init__(sock)  # its outbox is written under actor.lock: callers write too
-        self.actor = actor
-        self.process = process
-        self.pid = process.pid
-        self.client = client
-        self.cell = cell
-        self.fd = fd
-        self.inflight: dict[int, ActorCall] = {}
-        self.state = STARTING
-        self.init_error: tuple[Any, ...] | None = None
-        self.killed: str | None = None  # why it was killed (executor.kill, terminate_workers)
-        self.restart_after_kill = False
-        self.timed_out = 0  # id of the call it was killed for running over call_timeout
-        self.killed_for: str | None = None  # why poolx killed it for what its channels carried
-
-
-class ActorSlot:
-    """An actor across its restarts: ``actor.impl`` on the processes backend."""
-
-    def __init__(self, setup: P.ActorSetup) -> None:
-        self.setup = setup
-        self.proc: ActorProcess | None = None
-        self.backlog: list[ActorCall] = []
-        self.gone = threading.Event()  # set when the actor is dead and its process reaped
-
-
-class ActorSupervisor:
+class ActorSupervisor(ActorChannels):
     """Actors of one processes backend: started, called, restarted; driven by its scheduler.
 
     ``s`` is the scheduler whose thread reads the actors' channels and
@@ -89,9 +57,8 @@ class ActorSupervisor:
     """
 
     def __init__(self, scheduler: SchedulerState, actor_main: Any) -> None:
-        self.s = scheduler
+        super().__init__(scheduler)
         self.actor_main = actor_main  # the actor process's entry point (child/_actor.main)
-        self.procs: dict[int, ActorProcess] = {}  # live actor processes, by id() (scheduler thread)
 
     # -- starting ---------------------------------------------------------------
 
@@ -104,7 +71,7 @@ class ActorSupervisor:
 
     def start(self, actor: Actor) -> None:
         """Caller's thread: start the actor's first process; calls may be sent to it at once."""
-        slot = ActorSlot(actor_setup(actor, self.s.backend.hook_bytes))
+        slot = ActorSlot(actor_setup(actor, self.s.backend.hook_bytes), self)
         actor.impl = slot
         proc = self.spawn(actor)
         with actor.lock:
@@ -113,131 +80,11 @@ class ActorSupervisor:
 
     def register(self, proc: ActorProcess) -> None:
         """Scheduler thread: watch a new actor process (its socket, exit, client channel)."""
-        sel = self.s.sel
         self.procs[id(proc)] = proc
-        sel.register(proc.sock, selectors.EVENT_READ, lambda k, m, p=proc: self.on_socket(p, m))
-        sel.register(proc.process.sentinel, selectors.EVENT_READ, lambda k, m, p=proc: self.on_exit(p))
+        self.watch(proc)  # (for room too if callers filled its socket before it was watched)
+        self.s.sel.register(proc.process.sentinel, selectors.EVENT_READ, lambda k, m, p=proc: self.on_exit(p))
         self.s.register_client(proc.client)
         self.s.telemetry.actor_pids[proc.actor.id] = proc.pid
-        with proc.actor.lock:
-            if proc.writing:  # callers filled its socket before it was watched
-                self.want_write(proc)
-
-    # -- calling (any thread, under actor.lock) -----------------------------------
-
-    def call(self, actor: Actor, call: ActorCall) -> None:
-        args, kwargs = call.args, call.kwargs
-        if args or kwargs:
-            try:
-                payload, bufs = dumps((args, kwargs), _shm.PRIVATE)
-            except (Exception, SystemExit) as exc:
-                culprit = unpicklable_argument(args, kwargs)
-                raise SerializationError(
-                    f"cannot pickle {culprit + ' of' if culprit else 'the arguments of'} {call.fn}(): "
-                    f"{type(exc).__name__}: {exc}. "
-                    "Actors run in other processes, so arguments must be picklable."
-                ) from exc
-            call.bytes_out = len(payload) + sum(b.raw().nbytes for b in bufs)
-        else:
-            payload, bufs = b"", ()
-        call.state = (payload, bufs)
-        call.args, call.kwargs = (), {}
-        error = self.route(actor, call)
-        if error is not None:
-            actor.fail(call, error)
-
-    def route(self, actor: Actor, call: ActorCall) -> ActorDiedError | None:
-        """Send ``call`` to the actor's process, or queue it while there is none.
-
-        Any thread.  Returns the error to fail it with when the actor is dead.
-        """
-        with actor.lock:
-            slot: ActorSlot = actor.impl
-            if actor.status == DEAD:
-                return actor.died_error()
-            if slot.proc is None:
-                slot.backlog.append(call)
-            else:
-                self.send_calls(slot.proc, [call])
-        return None
-
-    def send_calls(self, proc: ActorProcess, calls: list[ActorCall]) -> None:
-        """Queue ``calls`` on ``proc``'s channel and write what the socket takes (under actor.lock)."""
-        if len(calls) == 1 and not calls[0].state[1] and not proc.outbox and proc.open:
-            # The common case, a small call on an idle channel: one bytes object, one send().
-            call = calls[0]
-            message = _channel.encode_single(P.control(P.CALLS, [(call.id, call.method, call.state[0], 0)]))
-            proc.inflight[call.id] = call
-            call.t_dispatch = time.perf_counter()
-            try:
-                sent = proc.sock.send(message)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:  # the process is gone; its sentinel will tell
-                return
-            if sent < len(message):
-                proc.outbox.append(memoryview(message)[sent:])
-                self.write(proc)
-            return
-        records = []
-        frames: list[Any] = []
-        fds: list[int] = []
-        keys: dict[Any, int] = {}
-        now = time.perf_counter()
-        for call in calls:
-            payload, bufs = call.state
-            records.append((call.id, call.method, payload, len(bufs)))  # a protocol.CallRecord
-            if bufs:
-                _channel.out_frames(bufs, frames, fds, keys)
-            proc.inflight[call.id] = call
-            call.t_dispatch = now
-        control = P.control(P.CALLS, records)
-        if not proc.open:
-            _channel.Fds(fds).close()
-            return  # it is dying: on_exit fails (or retries) these calls
-        pending = bool(proc.outbox)
-        _channel.queue(proc.outbox, [control, *frames], fds)
-        if not pending:
-            self.write(proc)
-
-    def write(self, proc: ActorProcess) -> None:
-        """Write as much of the outbox as the socket takes (under actor.lock)."""
-        proc.write()
-        if proc.outbox and not proc.writing:
-            proc.writing = True
-            self.s.request(self.want_write, proc)
-
-    def want_write(self, proc: ActorProcess) -> None:
-        """Scheduler thread: watch for room in ``proc``'s socket."""
-        if not proc.open:
-            return
-        try:
-            key = self.s.sel.get_key(proc.sock)
-        except KeyError:
-            return  # not registered yet: register() asks again
-        self.s.sel.modify(proc.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, key.data)
-
-    # -- reading (scheduler thread) -------------------------------------------------
-
-    def on_socket(self, proc: ActorProcess, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
-            with proc.actor.lock:
-                self.write(proc)
-                done = not proc.outbox
-                if done:
-                    proc.writing = False
-            if done and proc.open:
-                self.s.sel.modify(proc.sock, selectors.EVENT_READ, self.s.sel.get_key(proc.sock).data)
-        if mask & selectors.EVENT_READ:
-            self.read(proc, limit=8)
-
-    def read(self, proc: ActorProcess, limit: int | None) -> None:
-        try:
-            _channel.drain(proc.reader, self.on_message, proc, limit)
-        except _channel.ChannelCorrupt as exc:
-            self.drop_lying(proc, f"sent {exc}")
-        except _channel.ChannelClosed:
-            self.close_channel(proc)
 
     def drop_lying(self, proc: ActorProcess, what: str, channel: bool = True) -> None:
         """Kill an actor process whose channel carried something else than poolx messages.
@@ -255,7 +102,8 @@ class ActorSupervisor:
         """Drop the actor channels on which a message started arriving, then stopped."""
         for proc in list(self.procs.values()):
             if proc.open and proc.reader.stall(time.monotonic(), limit) is not None:
-                self.read(proc, limit=1)  # (see Scheduler.check_stalls)
+                if not proc.direct:  # (its reader waits in poll: never complete its call under it)
+                    self.read(proc, limit=1)  # (see Scheduler.check_stalls)
                 stall = proc.reader.stall(time.monotonic(), limit) if proc.open else None
                 if stall is not None:
                     self.drop_lying(proc, f"sent {stall}")
@@ -266,60 +114,6 @@ class ActorSupervisor:
             if proc.client is conn:
                 self.drop_lying(proc, f"sent on its client channel {exc}", channel=False)
                 return
-
-    def close_channel(self, proc: ActorProcess) -> None:
-        if proc.open:
-            with proc.actor.lock:
-                proc.open = False
-                proc.outbox = []
-            self.s.sel.unregister(proc.sock)
-
-    def on_message(self, proc: ActorProcess, msg: list[Any]) -> None:
-        control = _channel.decode_control(msg[0])
-        kind = control[0]
-        self.s.telemetry.messages_received += 1
-        if kind == P.RESULTS:
-            if control[2] != proc.client.seen:
-                self.s.catch_up(proc.client, control[2])  # its own calls first (see Scheduler)
-            self.on_results(proc, control[1], msg)
-        elif kind == P.READY:
-            if proc.state == STARTING:
-                proc.state = READY
-            proc.pid = control[1]
-            self.s.telemetry.actor_ready(proc.actor.id, proc.pid)
-        elif kind == P.INIT_FAILED:
-            proc.init_error = control[1:]
-
-    def on_results(self, proc: ActorProcess, records: list[Any], msg: list[Any]) -> None:
-        oob = 1
-        forward: dict[Conn, tuple[list[Any], list[Any]]] = {}  # records and buffers per child
-        # No lock: a dict pop is atomic, and on_exit (which takes what is left)
-        # runs on this same thread.
-        pop = proc.inflight.pop
-        calls = [pop(r[0], None) for r in records]
-        for call, record in zip(calls, records):
-            # A protocol.ResultRecord:
-            _, status, data, n_oob, t_start, t_end, info, s_unpickle, s_pickle = record
-            bufs = msg[oob : oob + n_oob]
-            oob += n_oob
-            if call is None:
-                continue
-            call.t_start, call.t_end = t_start, t_end
-            call.s_unpickle, call.s_pickle = s_unpickle, s_pickle
-            call.bytes_in = len(data) + sum(len(b) for b in bufs)
-            call.state = None
-            if call.origin is not None:
-                conn, child_id = call.origin
-                recs, frames = forward.setdefault(conn, ([], []))
-                recs.append((child_id, status, data, n_oob, t_start, t_end, info, s_unpickle, s_pickle))
-                frames.extend(bufs)
-                call.t_done = time.perf_counter()
-                self.s.telemetry.task_done(call, status == P.OK)
-                continue
-            ok, value = P.decode_outcome(status, data, bufs, info, call.fn, True)
-            self.s.results.append((call, ok, value))
-        for conn, (recs, frames) in forward.items():
-            self.s.send_results(conn, recs, frames)
 
     # -- calls from children (scheduler thread) ----------------------------------------
 
@@ -393,6 +187,7 @@ class ActorSupervisor:
             if proc is not None:
                 proc.state = STOPPING
                 if proc.open:
+                    self.send_pending(proc)  # the calls held back run first
                     pending = bool(proc.outbox)
                     _channel.queue(proc.outbox, [P.STOP_FRAME], [])
                     if not pending:
@@ -417,6 +212,13 @@ class ActorSupervisor:
         if proc.open:
             self.read(proc, limit=None)
             self.close_channel(proc)
+        if proc.direct:
+            # Wake the caller reading its channel: the end of the process may be known only
+            # from check_liveness (a grandchild it forked keeps its socket and sentinel open).
+            try:
+                proc.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         proc.process.join(1.0)
         if proc.process.exitcode is None:
             signal_process(proc.process, kill=True)
@@ -460,6 +262,8 @@ class ActorSupervisor:
             else:
                 self.settle(actor)
         finally:
+            if proc.waiter is not None and not proc.direct:  # (else its reader closes it)
+                proc.waiter.close()
             proc.sock.close()
             proc.cell.close()
             os.close(proc.fd)
