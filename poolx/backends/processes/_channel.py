@@ -48,7 +48,9 @@ DIRECT_FRAME_BYTES = 256 * 1024
 # Room for the most fds one message may carry.
 ANC_BYTES = socket.CMSG_SPACE(4 * 253)
 # Received fds are close-on-exec, as every fd Python opens (a task's subprocess must not inherit them).
-MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+MSG_CMSG_CLOEXEC = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+# (an int, not the enum: OR-ing socket.MSG_DONTWAIT costs ~1 us on every read)
+_NONBLOCKING_FLAGS = int(socket.MSG_DONTWAIT) | MSG_CMSG_CLOEXEC
 
 
 class ChannelClosed(ConnectionError):
@@ -310,7 +312,7 @@ class FrameReader:
         Returns the number of bytes received (0 when nothing was available on a
         non-blocking read).  Raises ChannelClosed on EOF.
         """
-        flags = (socket.MSG_DONTWAIT if nonblocking else 0) | MSG_CMSG_CLOEXEC
+        flags = _NONBLOCKING_FLAGS if nonblocking else MSG_CMSG_CLOEXEC
         try:
             if self._direct is not None:
                 return self._fill_direct(flags)
