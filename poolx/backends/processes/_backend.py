@@ -32,6 +32,7 @@ from ..._serialization import (
 from ..._telemetry import Telemetry
 from ...actors.directory import Actor, ActorCall
 from .. import Backend, BackendOptions
+from ._zygote import zygote_context
 from .child._actor import main as actor_main
 from .child._boot import with_main
 from .child._worker import main as worker_main
@@ -80,6 +81,9 @@ def default_context(initargs: tuple[Any, ...] = (), max_tasks: int | None = None
             and fork_only_lock(initargs) is not None:
         method = "fork"
     if method == "forkserver":
+        zygote = zygote_context()  # (poolx's own forkserver, when the driver is small and plain)
+        if zygote is not None:
+            return zygote
         _preload_worker_module()
     return multiprocessing.get_context(method)
 
