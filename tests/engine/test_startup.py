@@ -86,7 +86,6 @@ def test_workers_inherit_no_fd_thread_or_script_of_the_driver():
     out = run("""
         print("the script's top level ran", file=sys.stderr)  # (once: the workers never run it)
         r, w = os.pipe()
-        log = open(os.devnull + "", "w")
         ex = poolx.Executor(max_workers=1)
         first = ex.submit(facts).result()
         stop = threading.Event()
@@ -237,3 +236,45 @@ def test_what_the_driver_printed_before_the_zygote_is_printed_once():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("printed by the driver") == 1, proc.stdout
     assert proc.stdout.count("printed by a worker") == 1, proc.stdout
+
+
+def test_a_dead_zygote_is_replaced_by_the_stdlib_forkserver():
+    out = run("""
+        import signal, time
+        from poolx.backends.processes import _zygote
+        with poolx.Executor(max_workers=1) as ex:
+            before = ex.submit(facts).result()
+        os.kill(before["ppid"], signal.SIGKILL)
+        while os.waitid(os.P_PID, before["ppid"], os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            time.sleep(0.01)
+        with poolx.Executor(max_workers=1) as ex:
+            after = ex.submit(facts).result()
+        print(json.dumps({"before": before, "after": after, "cmd": my_cmd()}))
+    """)
+    assert out["before"]["parent_cmd"] == out["cmd"]
+    assert out["after"]["ppid"] != out["before"]["ppid"]
+    assert "multiprocessing.forkserver" in out["after"]["parent_cmd"]
+
+
+def test_a_module_still_being_imported_at_the_fork_is_imported_afresh_by_the_workers(tmp_path):
+    """An executor made at the top of an imported module: its workers must not see the module half-made."""
+    (tmp_path / "half_made.py").write_text(textwrap.dedent("""
+        import os
+        import poolx
+
+        def complete(_=None):
+            import half_made
+            return hasattr(half_made, "DEFINED_AFTER_THE_EXECUTOR")
+
+        EX = poolx.Executor(max_workers=1)
+        DEFINED_AFTER_THE_EXECUTOR = True
+    """))
+    out = run("""
+        import half_made
+        from poolx.backends.processes import _zygote
+        complete = half_made.EX.submit(half_made.complete).result()
+        half_made.EX.shutdown()
+        print(json.dumps({"complete": complete, "zygote": _zygote.running() is not None}))
+    """, env={"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
+    assert out["zygote"]
+    assert out["complete"]
