@@ -28,8 +28,8 @@ It is used only when copying the driver costs nothing a user would notice
 ``MAX_DRIVER_RSS`` (the zygote keeps those pages, copy-on-write, after the
 driver frees them), and no extension module outside the standard library
 and poolx's own dependencies (numpy's global random state, a CUDA context,
-an MPI library: state a fresh worker must not share).  Otherwise the stdlib
-forkserver serves, as before.  Modules the driver had imported before its
+an MPI library: state a fresh worker must not share), and no stdlib
+forkserver already running.  Otherwise the stdlib forkserver serves, as before.  Modules the driver had imported before its
 first executor (pure Python) are in the workers as the driver had them then,
 as under fork.  The multiprocessing forkserver of the program's own pools is
 never touched.  ``POOLX_ZYGOTE=0`` in the environment turns the zygote off.
@@ -151,6 +151,8 @@ def unsuitable() -> str | None:
         return "not Linux"
     if hasattr(forkserver.ForkServer(), "_forkserver_authkey"):
         return "this Python's forkserver authenticates its clients"
+    if getattr(forkserver._forkserver, "_forkserver_pid", None) is not None:
+        return "multiprocessing's forkserver is running already (started by an earlier executor)"
     if threading.current_thread() is not threading.main_thread() or _threads() != 1:
         return "the driver has more than one thread"
     if _resident_bytes() > MAX_DRIVER_RSS:
