@@ -29,10 +29,11 @@ It is used only when copying the driver costs nothing a user would notice
 driver frees them), and no extension module outside the standard library
 and poolx's own dependencies (numpy's global random state, a CUDA context,
 an MPI library: state a fresh worker must not share), and no stdlib
-forkserver already running.  Otherwise the stdlib forkserver serves, as before.  Modules the driver had imported before its
-first executor (pure Python) are in the workers as the driver had them then,
-as under fork.  The multiprocessing forkserver of the program's own pools is
-never touched.  ``POOLX_ZYGOTE=0`` in the environment turns the zygote off.
+forkserver already running.  Otherwise the stdlib forkserver serves, as
+before.  Modules the driver had imported before its first executor (pure
+Python) are in the workers as the driver had them then, as under fork.  The
+multiprocessing forkserver of the program's own pools is never touched.
+``POOLX_ZYGOTE=0`` in the environment turns the zygote off.
 """
 
 from __future__ import annotations
@@ -180,11 +181,13 @@ def _resident_bytes() -> int:
 
 def _foreign_extension() -> str | None:
     stdlib: frozenset[str] = getattr(sys, "stdlib_module_names", frozenset())
+    suffixes = tuple(EXTENSION_SUFFIXES)
     for name, module in list(sys.modules.items()):
-        path = getattr(module, "__file__", None)
         top = name.partition(".")[0]
-        if isinstance(path, str) and path.endswith(tuple(EXTENSION_SUFFIXES)) \
-                and top not in stdlib and top not in OWN_PACKAGES:
+        if top in stdlib or top in OWN_PACKAGES:
+            continue
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str) and path.endswith(suffixes):
             return name
     return None
 
