@@ -75,6 +75,9 @@ def default_context(initargs: tuple[Any, ...] = (), max_tasks: int | None = None
     C library's pool) leaves it held for ever in the worker, which is why
     poolx prefers forkserver otherwise.  Not with ``max_tasks_per_child``,
     which rules fork out for an Executor, as for ProcessPoolExecutor.
+    Under forkserver the server is poolx's own zygote when the driver allows
+    it (``_zygote``: a copy of the driver holding the worker's imports), else
+    multiprocessing's, asked to preload the worker module.
     """
     method = default_start_method()
     if method != "fork" and max_tasks is None and "fork" in multiprocessing.get_all_start_methods() \

@@ -18,7 +18,9 @@ when its parent ends.  Three things make that hold:
   kept the worker up.  Each poolx child closes its copy
   (``leave_forkserver_alive_pipe``; the stdlib's children never use it: a
   forkserver child that starts processes starts a forkserver of its own), so
-  the forkserver ends with the driver and its children with it.
+  the forkserver ends with the driver and its children with it.  poolx's own
+  forkserver (``_zygote``, forked from the driver) works the same way, and
+  has the death signal itself.
 - A parent that ended before the child set the signal sends none: the child
   checks right after (``die_with_parent``).
 
