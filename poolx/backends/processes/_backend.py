@@ -32,6 +32,7 @@ from ..._serialization import (
 from ..._telemetry import Telemetry
 from ...actors.directory import Actor, ActorCall
 from .. import Backend, BackendOptions
+from ._zygote import zygote_context
 from .child._actor import main as actor_main
 from .child._boot import with_main
 from .child._worker import main as worker_main
@@ -74,12 +75,18 @@ def default_context(initargs: tuple[Any, ...] = (), max_tasks: int | None = None
     C library's pool) leaves it held for ever in the worker, which is why
     poolx prefers forkserver otherwise.  Not with ``max_tasks_per_child``,
     which rules fork out for an Executor, as for ProcessPoolExecutor.
+    Under forkserver the server is poolx's own zygote when the driver allows
+    it (``_zygote``: a copy of the driver holding the worker's imports), else
+    multiprocessing's, asked to preload the worker module.
     """
     method = default_start_method()
     if method != "fork" and max_tasks is None and "fork" in multiprocessing.get_all_start_methods() \
             and fork_only_lock(initargs) is not None:
         method = "fork"
     if method == "forkserver":
+        zygote = zygote_context()  # (poolx's own forkserver, when the driver is small and plain)
+        if zygote is not None:
+            return zygote
         _preload_worker_module()
     return multiprocessing.get_context(method)
 

@@ -18,7 +18,9 @@ when its parent ends.  Three things make that hold:
   kept the worker up.  Each poolx child closes its copy
   (``leave_forkserver_alive_pipe``; the stdlib's children never use it: a
   forkserver child that starts processes starts a forkserver of its own), so
-  the forkserver ends with the driver and its children with it.
+  the forkserver ends with the driver and its children with it.  poolx's own
+  forkserver (``_zygote``, forked from the driver) works the same way, and
+  has the death signal itself.
 - A parent that ended before the child set the signal sends none: the child
   checks right after (``die_with_parent``).
 
@@ -71,13 +73,14 @@ def die_with_parent(sock: socket.socket) -> None:
     ``sock`` is the worker's end of its channel to the driver.  If the parent
     ended before the signal was set, no signal will come: exit now.
     """
-    if not _set_parent_death_signal():
+    if not set_parent_death_signal():
         return
     if _driver_hung_up(sock) or _parent_changed():
         os._exit(0)
 
 
-def _set_parent_death_signal() -> bool:
+def set_parent_death_signal() -> bool:
+    """PR_SET_PDEATHSIG with SIGKILL (Linux); whether it was set."""
     if not sys.platform.startswith("linux"):
         return False
     import ctypes
@@ -222,7 +225,8 @@ def start_process(process: Any, run_main: bool = True) -> None:
     if forkserver:
         from multiprocessing import forkserver as fs
 
-        pid = getattr(fs._forkserver, "_forkserver_pid", None)
+        # (poolx's zygote, or the stdlib's forkserver: see _zygote)
+        pid = getattr(process, "server_pid", getattr(fs._forkserver, "_forkserver_pid", None))
         if pid is not None:
             _forkserver_of[process] = pid
 
