@@ -141,12 +141,17 @@ def test_result_timeout_expires_then_the_result_comes_later():
 def test_futures_sent_directly_complete_for_wait_and_as_completed_alone():
     # Nobody calls result(): the scheduler must take the worker's channel
     # back (its reservation for a caller, see _direct.note) and read it.
+    # A round trip read directly first each time: a reservation follows only a
+    # claimed one, and only once the scheduler naps short (it wakes at least
+    # once a second: the loop runs for longer than that).
     with poolx.Executor(2) as ex:
         warm(ex, 2)
-        for i in range(30):
+        for i in range(40):
+            assert ex.submit(square, i).result(timeout=60) == i * i
             fut = ex.submit(square, i)
             done, _ = cf.wait([fut], timeout=60)
             assert done == {fut} and fut.result() == i * i
+            time.sleep(0.05)
         futures = [ex.submit(square, i) for i in range(2)]
         assert sorted(f.result() for f in cf.as_completed(futures, timeout=60)) == [0, 1]
 

@@ -1,25 +1,34 @@
 """The direct read: a caller waiting for a task's result reads it from the worker itself.
 
 A task handed straight to an idle worker from the caller's thread
-(``try_direct``) would come back through two more hops: the scheduler
-thread wakes on the worker's socket, reads and completes the future, and
-the Condition wakes the caller.  On a 2-core machine those two thread
-switches were over half of a ~150 us round trip.  Instead, when a caller
-waits on such a future (``Future.result``/``exception`` call ``wait``
-through ``poolx._futures.direct_wait``), its own thread:
+(``try_direct``) came back through two more hops: the scheduler thread
+woke on the worker's socket, read the result and completed the future, and
+the Condition woke the caller.  Instead, when a caller waits on such a
+future (``Future.result``/``exception`` call ``wait`` through
+``poolx._futures.direct_wait``), its own thread:
 
 1. takes the scheduler's ``lock`` and, if the task is still on that worker
-   and no other thread reads its channel, takes the socket from the
-   selector (``reading = False``): the scheduler stops watching it for
-   input, and goes on serving every other socket, timeouts and deaths;
+   and no other thread reads its channel, becomes its reader (``owner``):
+   the selector no longer watches the socket for input (``reading``), and
+   the scheduler goes on serving every other socket, timeouts and deaths;
 2. lets go of the lock and waits in ``poll`` on the socket and the
    worker's process sentinel (never holding the lock while it blocks);
-3. under the lock again, reads what came and completes the futures read
-   (the scheduler's own ``read`` and ``deliver``: the same records,
-   telemetry and callbacks), until its future is done; then gives the
-   socket back to the selector.
+3. under the lock again, reads what came (the scheduler's own ``read``:
+   the same records and telemetry) and, once its task's outcome is among
+   it, gives the channel back; then, outside the lock, completes the
+   futures it read (``complete``), so their callbacks may wait for other
+   tasks.  ``shutdown()`` waits for those completions (``delivering``).
 
-It gives up, and leaves the rest to the scheduler and the ordinary
+So that the scheduler does not even wake for the result, ``try_direct``
+leaves the channel unwatched at once (a reservation, ``note``) when the
+scheduler naps short; it naps short (DIRECT_NAP) while tasks go direct,
+and takes back a reservation nobody claimed within DIRECT_CLAIM (a future
+waited for by ``wait()``, ``as_completed`` or a callback).  An idle
+worker's channel stays unwatched after a direct read (its death is seen by
+its sentinel) until the next task goes to it: no selector call per round
+trip.
+
+The reader gives up, and leaves the rest to the scheduler and the ordinary
 Condition wait, when the worker's process ends (the sentinel: the
 scheduler blames its tasks as always), when its channel closes, on
 ``result(timeout)``'s deadline (the remaining time goes to the ordinary
@@ -31,7 +40,6 @@ thread completes the future.  A worker's exit handled while a caller reads
 its socket leaves the socket and sentinel open for that caller to close
 (``WorkerHandle.gone``), so the caller never polls a closed descriptor.
 """
-
 from __future__ import annotations
 
 import math
@@ -78,9 +86,11 @@ _pending: dict[Any, tuple[Any, Any, Any]] = {}
 def note(sched: SchedulerState, w: WorkerHandle, task: Task) -> None:
     """Under the scheduler's lock (try_direct): ``task`` went to ``w`` from a caller's thread.
 
-    Unless the scheduler may be in a long sleep, ``w``'s channel is left
-    unwatched for the caller (reserved): the result then wakes no thread
-    but the caller's.  Else it stays watched (the scheduler reads the
+    Unless the scheduler may be in a long sleep, or the last reservation
+    went unclaimed (its future waited for otherwise: by ``await``, a
+    callback, ``as_completed``; those pay DIRECT_CLAIM once, not per task),
+    ``w``'s channel is left unwatched for the caller (reserved): the result
+    then wakes no thread but the caller's.  Else it stays watched (the scheduler reads the
     result unless the caller comes first), and the scheduler, woken by it,
     naps short from then on (``nap``).
     """
@@ -90,7 +100,7 @@ def note(sched: SchedulerState, w: WorkerHandle, task: Task) -> None:
     w.direct_future = task.future
     _pending[task.future] = (sched, w, task)
     sched.direct_at = now = time.monotonic()
-    if sched.napping:
+    if sched.napping or not sched.direct_claimed:
         if not w.reading:
             unpark(sched, w)
     else:
@@ -114,6 +124,7 @@ def hand_back(sched: SchedulerState) -> None:
     for w in sched.workers.values():
         if w.reserved and not w.owner and now - w.reserved >= DIRECT_CLAIM:
             unpark(sched, w)
+            sched.direct_claimed = False  # no more reservations until a caller reads one
 
 
 def nap(sched: SchedulerState, timeout: float | None) -> float | None:
@@ -166,6 +177,7 @@ def _take(sched: Any, w: WorkerHandle, task: Task) -> bool:
             return False
         w.owner = True
         w.reserved = 0.0
+        sched.direct_claimed = True
         if w.reading:
             w.reading = False
             w.watch(sched.sel)

@@ -134,6 +134,7 @@ class Scheduler(Dispatch, Workers, Blame, Children, threading.Thread):
         self.borrowed_back = False  # a loan ended: extra idle workers may retire (retire_extra)
         self.collectives: Any = None  # the actors' collective.Rendezvous, made at first use
         self.delivering = 0  # callers' threads completing futures they read (_direct)
+        self.direct_claimed = False  # a caller read the last direct task itself (_direct.note)
         self.napping = True  # its sleep in select() may be long (see _direct.note)
         self.direct_at = 0.0  # when a task last went to a worker from a caller's thread
 

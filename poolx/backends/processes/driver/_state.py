@@ -70,6 +70,7 @@ class SchedulerState:
     borrowed_back: bool
     collectives: Any
     napping: bool
+    direct_claimed: bool
     delivering: int  # callers' threads completing futures they read (_direct), outside the lock
     direct_at: float
 
