@@ -166,6 +166,7 @@ class Dispatch(SchedulerState):
     def on_results(self, w: WorkerHandle, records: list[Any], msg: list[Any]) -> None:
         oob = 1
         est = self.est
+        direct = w.direct_future  # (dropped once its task is read: the future holds its result)
         forward: dict[Conn, tuple[list[Any], list[Any]]] = {}  # records and buffers per child
         for record in records:
             # A protocol.ResultRecord:
@@ -175,6 +176,8 @@ class Dispatch(SchedulerState):
             task = w.outstanding.pop(task_id, None)
             if task is None:
                 continue
+            if task.future is direct:
+                _direct.forget(w)
             task.t_start, task.t_end = t_start, t_end
             task.s_unpickle, task.s_pickle = s_unpickle, s_pickle
             task.bytes_in = len(data) + sum(len(b) for b in bufs) if n_oob else len(data)
