@@ -28,6 +28,13 @@ _LOGGER = logging.getLogger("concurrent.futures")  # where the stdlib logs a cal
 #: processes worker's main thread), ``lend`` is the backend's ``lend_slot``.
 worker_thread = threading.local()
 
+#: The direct read (set by ``backends/processes/driver/_direct`` when it loads):
+#: ``direct_wait(future, timeout)``, called by ``result()``/``exception()`` on an
+#: unfinished future outside a task, may wait for it in the calling thread by
+#: reading the worker's channel itself; it returns the part of ``timeout`` left
+#: for the ordinary wait (``timeout`` itself when it does not apply).
+direct_wait: Callable[[Future[Any], float | None], float | None] | None = None
+
 
 @contextlib.contextmanager
 def lent_slot() -> Iterator[None]:
@@ -70,13 +77,21 @@ class Future(cf.Future[T]):
         self._condition._waiters = []  # type: ignore[attr-defined]
 
     def result(self, timeout: float | None = None) -> T:
-        if self._state == "FINISHED" or getattr(worker_thread, "lend", None) is None:
+        if self._state == "FINISHED":
+            return super().result(timeout)
+        if getattr(worker_thread, "lend", None) is None:
+            if direct_wait is not None:
+                timeout = direct_wait(self, timeout)
             return super().result(timeout)
         with lent_slot():
             return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        if self._state == "FINISHED" or getattr(worker_thread, "lend", None) is None:
+        if self._state == "FINISHED":
+            return super().exception(timeout)
+        if getattr(worker_thread, "lend", None) is None:
+            if direct_wait is not None:
+                timeout = direct_wait(self, timeout)
             return super().exception(timeout)
         with lent_slot():
             return super().exception(timeout)

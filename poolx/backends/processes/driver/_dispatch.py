@@ -23,6 +23,7 @@ from ...._errors import RemoteError
 from ...._futures import Task
 from .. import _channel
 from .. import protocol as P
+from . import _direct
 from ._endpoint import Conn
 from ._spawn import READY, STARTING, STOPPING
 from ._state import SchedulerState
@@ -99,6 +100,8 @@ class Dispatch(SchedulerState):
             if batch:
                 if w.tasks_left is not None:
                     w.tasks_left -= len(batch)
+                if not w.reading and not w.owner:  # its channel was left to a caller: watch it again
+                    _direct.unpark(self, w)
                 self.send_tasks(w, batch)
             if not queue:
                 return
@@ -109,7 +112,9 @@ class Dispatch(SchedulerState):
         The latency path: with nothing queued and a worker waiting, waking the
         scheduler thread to forward one task costs a thread switch (~20 us on
         the CI machine) for nothing.  Under load workers are busy and tasks go
-        through the loop, which batches them.
+        through the loop, which batches them.  A caller that then waits on
+        the task's future reads its result from the worker's socket itself
+        (``_direct``): no scheduler-thread hop on the way back either.
         """
         if self.queue or self.incoming or not self.lock.acquire(blocking=False):
             return False
@@ -129,6 +134,7 @@ class Dispatch(SchedulerState):
             if w.tasks_left is not None:
                 w.tasks_left -= 1
             self.send_tasks(w, [task])
+            _direct.note(self, w, task)  # its caller may read the result itself
             return True
         finally:
             self.lock.release()
@@ -160,6 +166,7 @@ class Dispatch(SchedulerState):
     def on_results(self, w: WorkerHandle, records: list[Any], msg: list[Any]) -> None:
         oob = 1
         est = self.est
+        direct = w.direct_future  # (dropped once its task is read: the future holds its result)
         forward: dict[Conn, tuple[list[Any], list[Any]]] = {}  # records and buffers per child
         for record in records:
             # A protocol.ResultRecord:
@@ -169,6 +176,8 @@ class Dispatch(SchedulerState):
             task = w.outstanding.pop(task_id, None)
             if task is None:
                 continue
+            if task.future is direct:
+                _direct.forget(w)
             task.t_start, task.t_end = t_start, t_end
             task.s_unpickle, task.s_pickle = s_unpickle, s_pickle
             task.bytes_in = len(data) + sum(len(b) for b in bufs) if n_oob else len(data)
@@ -211,6 +220,10 @@ class Dispatch(SchedulerState):
         on the CI machine).
         """
         results, self.results = self.results, []
+        self.complete(results)
+
+    def complete(self, results: list[tuple[Any, bool, Any]]) -> None:
+        """Complete the futures of ``results`` (records read, taken out of ``results``)."""
         finished = []
         for task, ok, outcome in results:
             task.t_done = time.perf_counter()

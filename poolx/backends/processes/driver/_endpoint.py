@@ -30,6 +30,10 @@ class Endpoint:
         self.outbox: list[Any] = []
         self.writing = False  # the selector watches it for room (EVENT_WRITE)
         self.open = True  # registered with the selector, and read
+        # The selector watches it for input (EVENT_READ); False while a caller's
+        # thread reads it itself (a task worker's: ``_direct``).
+        self.reading = True
+        self.watcher: Any = None  # its selector key's data while it is not registered
 
     def write(self) -> None:
         """Write as much of the outbox as the socket takes."""
@@ -54,8 +58,24 @@ class Endpoint:
         want_write = bool(self.outbox)
         if want_write != self.writing and self.open:
             self.writing = want_write
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
-            sel.modify(self.sock, events, sel.get_key(self.sock).data)
+            self.watch(sel)
+
+    def watch(self, sel: selectors.BaseSelector) -> None:
+        """Under the scheduler's lock: have the selector watch what is wanted now
+        (input unless a caller reads it, room while the outbox holds something):
+        register, modify or unregister the socket."""
+        events = selectors.EVENT_READ if self.reading else 0
+        if self.writing:
+            events |= selectors.EVENT_WRITE
+        key = sel.get_map().get(self.sock)
+        if key is None:
+            if events:
+                sel.register(self.sock, events, self.watcher)
+        elif not events:
+            self.watcher = key.data
+            sel.unregister(self.sock)
+        elif events != key.events:
+            sel.modify(self.sock, events, key.data)
 
 
 class Conn(Endpoint):

@@ -64,6 +64,7 @@ from ...._futures import Task
 from ...._serialization import describe
 from ...._telemetry import Telemetry
 from .. import protocol as P
+from . import _direct
 from ._actors import ActorSupervisor
 from ._blame import Blame
 from ._children import Children
@@ -132,11 +133,17 @@ class Scheduler(Dispatch, Workers, Blame, Children, threading.Thread):
         self.borrowed = 0  # workers started beyond max_workers while tasks wait in get()
         self.borrowed_back = False  # a loan ended: extra idle workers may retire (retire_extra)
         self.collectives: Any = None  # the actors' collective.Rendezvous, made at first use
+        self.delivering = 0  # callers' threads completing futures they read (_direct)
+        self.direct_claimed = False  # a caller read the last direct task itself (_direct.note)
+        self.napping = True  # its sleep in select() may be long (see _direct.note)
+        self.direct_at = 0.0  # when a task last went to a worker from a caller's thread
 
     def run(self) -> None:
         try:
+            with self.lock:
+                timeout = _direct.nap(self, self.select_timeout())
             while True:
-                events = self.sel.select(self.select_timeout())
+                events = self.sel.select(timeout)
                 with self.lock:
                     for key, mask in events:
                         key.data(key, mask)
@@ -160,6 +167,10 @@ class Scheduler(Dispatch, Workers, Blame, Children, threading.Thread):
                         self.deliver()
                     if self.closing and self.wind_down():
                         return
+                    if self.direct_at:
+                        _direct.hand_back(self)
+                    # Under the lock: try_direct reads what it says about the sleep (napping).
+                    timeout = _direct.nap(self, self.select_timeout())
         except BaseException as exc:  # never leave futures hanging on a bug here
             logger.exception("poolx scheduler failed")
             error = PoolxError(
@@ -316,6 +327,8 @@ class Scheduler(Dispatch, Workers, Blame, Children, threading.Thread):
 
     def wind_down(self) -> bool:
         """Stop idle workers once all work is done; True when the loop may end."""
+        if self.delivering:  # a caller completes futures it read: shutdown() returns after them
+            return False
         if self.queue and not self.terminating and self.backend.broken is None:
             return False
         if self.terminating or self.backend.broken is not None:
@@ -384,13 +397,16 @@ class Scheduler(Dispatch, Workers, Blame, Children, threading.Thread):
     def cleanup(self) -> None:
         if self.collectives is not None:
             self.collectives.close()
-        for w in list(self.workers.values()):
-            self.signal(w, kill=True)
-            w.process.join(1.0)
-            w.sock.close()
-            w.cell.close()
-            os.close(w.fd)
-            close_process(w.process)  # (its sentinel pipes: workers are left here only after abort)
+        with self.lock:  # (a caller reading a worker's channel itself reads under it: _direct)
+            for w in list(self.workers.values()):
+                self.signal(w, kill=True)
+                w.process.join(1.0)
+                w.open = False
+                _direct.forget(w)
+                if not w.owner:
+                    w.close_files()  # (its sentinel pipes: workers are left here only after abort)
+                else:  # a caller waits on its socket and sentinel: it closes them as it lets go
+                    w.gone = True
         for proc in list(self.actors.procs.values()):
             signal_process(proc.process, kill=True)
             proc.process.join(1.0)

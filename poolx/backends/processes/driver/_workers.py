@@ -26,6 +26,7 @@ from ...._futures import Task
 from .. import _channel, _lifetime
 from .. import protocol as P
 from .._cell import read_cell, read_log
+from . import _direct
 from ._endpoint import Conn, Endpoint
 from ._spawn import READY, STARTING, STOPPING, close_process, signal_process
 from ._state import SchedulerState
@@ -65,6 +66,21 @@ class WorkerHandle(Endpoint):
         self.retiring = False  # said RETIRING (over its memory cap): exits by itself
         self.cancelled: set[int] = set()  # ids of its tasks it was killed to stop (stop_tasks)
         self.blocked = False  # its task waits in get(): its slot is lent (see on_blocked)
+        # The direct read (``_direct``): the future of the last task sent to it from
+        # a caller's thread, the poll object a caller waits on, and whether its
+        # exit was handled while a caller read its channel (who then closes its files).
+        self.direct_future: Any = None
+        self.poller: Any = None
+        self.gone = False
+        self.owner = False  # a caller's thread is reading its channel
+        self.reserved = 0.0  # since when its channel waits, unwatched, for the caller of its task
+
+    def close_files(self) -> None:
+        """After its exit: its socket, progress cell, crash-dump file and process handle."""
+        self.sock.close()
+        self.cell.close()
+        os.close(self.fd)
+        close_process(self.process)
 
     def room(self, window: int) -> int:
         room = window - len(self.outstanding)
@@ -158,7 +174,7 @@ class Workers(SchedulerState):
     def on_socket(self, w: WorkerHandle, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
             w.flush(self.sel)
-        if mask & selectors.EVENT_READ:
+        if mask & selectors.EVENT_READ and w.reading:  # (else a caller reads it: _direct)
             self.read(w, limit=8)
 
     def read(self, w: WorkerHandle, limit: int | None) -> None:
@@ -203,7 +219,8 @@ class Workers(SchedulerState):
     def close_channel(self, w: WorkerHandle) -> None:
         if w.open:
             w.open = False
-            self.sel.unregister(w.sock)
+            if self.sel.get_map().get(w.sock) is not None:  # (not while a caller reads it: _direct)
+                self.sel.unregister(w.sock)
             w.outbox = []
 
     def on_message(self, w: WorkerHandle, msg: list[Any]) -> None:
@@ -303,11 +320,12 @@ class Workers(SchedulerState):
             self.on_results(w, logged, [None])
         self.sel.unregister(w.process.sentinel)
         del self.workers[w.index]
+        _direct.forget(w)
         self.close_conn(w.client)
         try:
             self.after_exit(w, exitcode)
         finally:
-            w.sock.close()
-            w.cell.close()
-            os.close(w.fd)
-            close_process(w.process)
+            if not w.owner:
+                w.close_files()
+            else:  # a caller waits on its socket and sentinel: it closes them as it lets go
+                w.gone = True
