@@ -97,6 +97,11 @@ def test_a_death_after_the_task_returned_keeps_its_outcome_and_runs_it_once(star
         assert ex.submit(noted, log, 0).result(timeout=60) == 0
         for i in range(1, 4):
             assert ex.submit(exit_once_returned, log, i).result(timeout=60) == 2 * i
+            # (its killer thread waits for the task's "finished" mark: a next task sent at
+            # once could start first and leave it waiting out its deadline, the worker alive)
+            deadline = time.monotonic() + 30
+            while ex.statistics().workers_died < i and time.monotonic() < deadline:
+                time.sleep(0.01)
         assert [f.result(timeout=60) for f in [ex.submit(noted, log, i) for i in range(4, 100)]] == [
             2 * i for i in range(4, 100)]
         stats = ex.statistics()
