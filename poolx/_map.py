@@ -189,7 +189,9 @@ def submit_chunk(ex: Executor, runner: Callable[..., Any], chunk: tuple[int, lis
     except SerializationError as exc:  # an item cannot be pickled: map() raises it at its chunk
         return unsendable(runner, exc)
     # Measured when the chunk finishes, whether or not anyone consumes results yet.
-    task.future.add_done_callback(lambda _f: sizer.observe(task, len(items)))
+    # (Not a closure over ``items``: that would keep them alive after they are pickled.)
+    n = len(items)
+    task.future.add_done_callback(lambda _f: sizer.observe(task, n))
     return task
 
 

@@ -173,6 +173,30 @@ def test_finished_future_raises_its_exception_and_refuses_a_second_outcome():
     assert repr(f).endswith("state=finished raised ValueError>")
 
 
+def test_a_callback_referring_to_its_future_does_not_keep_it_for_the_cyclic_gc():
+    """map() registers callbacks that refer to their chunk's task (and so its future):
+    once called they are let go, so a finished future is freed by its last reference."""
+    gc.disable()
+    try:
+        seen = []
+
+        class Chunk:  # holds its future, as a map chunk's task does
+            def measure(self, done):
+                seen.append(self.future is done)
+
+        chunk = Chunk()
+        chunk.future = Future()
+        chunk.future.add_done_callback(chunk.measure)
+        chunk.future.set_running_or_notify_cancel()
+        chunk.future.set_result(1)
+        ref = weakref.ref(chunk.future)
+        del chunk
+        assert ref() is None
+        assert seen == [True]
+    finally:
+        gc.enable()
+
+
 # -- objects per pending task ---------------------------------------------------------
 
 
