@@ -462,9 +462,11 @@ class Executor(cf.Executor):
         """Like ``concurrent.futures.Executor.map``, with automatic chunking.
 
         ``chunksize=None`` (the default) lets poolx size chunks itself: one item
-        at a time until the cost of an item is measured, then chunks of about
-        TARGET_CHUNK_SECONDS (at most a quarter of each worker's share when the
-        input has a length).  The input is consumed lazily: at most
+        at a time until the cost of an item is measured (or from the start at
+        the cost an earlier map of the same function measured), then chunks of
+        about TARGET_CHUNK_SECONDS (at most a quarter of each worker's share when
+        the input has a length; one chunk per worker when all its work is
+        estimated under SMALL_MAP_SECONDS).  The input is consumed lazily: at most
         ``buffersize`` chunks are in flight (Python 3.14 semantics: the next
         chunk is submitted as a result is consumed); without ``buffersize``, a
         background feeder keeps a few chunks per worker in flight whether or

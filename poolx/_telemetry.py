@@ -154,6 +154,7 @@ def check_capacity(capacity: Any) -> int | None:
 class Telemetry:
     def __init__(self, trace_capacity: int | None = TRACE_CAPACITY) -> None:
         self._lock = threading.Lock()
+        self._submit_lock = threading.Lock()  # ``submitted`` only (task_submitted)
         self.submitted = 0
         self.completed = 0
         self.failed = 0
@@ -253,7 +254,9 @@ class Telemetry:
             self.calls_submitted += 1
 
     def task_submitted(self) -> None:
-        with self._lock:
+        # Its own lock, not ``_lock``: the scheduler holds that for a whole batch
+        # of results (tasks_done), and a submitting caller waited for it there.
+        with self._submit_lock:
             self.submitted += 1
 
     def task_cancelled(self) -> None:
