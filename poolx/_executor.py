@@ -394,7 +394,7 @@ class Executor(cf.Executor):
             task.skip = {}
         if readonly_args:  # the Ray-style API: large arguments arrive read-only, mapped once per worker
             task.shm = _shm.READONLY
-        deps = dependencies(args, kwargs)
+        deps = dependencies(args, kwargs) if args or kwargs else None
         if deps:
             self._telemetry.task_submitted()
             self._hold(task, deps)
@@ -462,9 +462,11 @@ class Executor(cf.Executor):
         """Like ``concurrent.futures.Executor.map``, with automatic chunking.
 
         ``chunksize=None`` (the default) lets poolx size chunks itself: one item
-        at a time until the cost of an item is measured, then chunks of about
-        TARGET_CHUNK_SECONDS (at most a quarter of each worker's share when the
-        input has a length).  The input is consumed lazily: at most
+        at a time until the cost of an item is measured (or from the start at
+        the cost an earlier map of the same function measured), then chunks of
+        about TARGET_CHUNK_SECONDS (at most a quarter of each worker's share when
+        the input has a length; one chunk per worker when all its work is
+        estimated under SMALL_MAP_SECONDS).  The input is consumed lazily: at most
         ``buffersize`` chunks are in flight (Python 3.14 semantics: the next
         chunk is submitted as a result is consumed); without ``buffersize``, a
         background feeder keeps a few chunks per worker in flight whether or
@@ -477,10 +479,10 @@ class Executor(cf.Executor):
         if self.closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
         end_time = None if timeout is None else timeout + time.monotonic()
-        sizer = ChunkSizer(chunksize, length(iterables), self._max_workers)
         star = len(iterables) != 1
-        chunks = in_chunks(zip(*iterables) if star else iter(iterables[0]), sizer)
         runner = self._runners.get(fn, star)
+        sizer = ChunkSizer(chunksize, length(iterables), self._max_workers, self._runners.cost(runner))
+        chunks = in_chunks(zip(*iterables) if star else iter(iterables[0]), sizer)
         if buffersize is not None or self._backend.runs_in_caller:
             # An in-process backend runs each chunk as it is consumed, in the caller.
             return results_buffered(self, runner, chunks, sizer, self._max_retries, buffersize or 1, end_time)

@@ -61,20 +61,228 @@ def lent_slot() -> Iterator[None]:
         worker_thread.lending = False
 
 
-class Future(cf.Future[T]):
+# The states of concurrent.futures (its private names, the strings its code compares).
+_PENDING, _RUNNING, _FINISHED = "PENDING", "RUNNING", "FINISHED"
+_CANCELLED, _CANCELLED_AND_NOTIFIED = "CANCELLED", "CANCELLED_AND_NOTIFIED"
+_DONE = frozenset((_CANCELLED, _CANCELLED_AND_NOTIFIED, _FINISHED))
+_CANCELLED_STATES = frozenset((_CANCELLED, _CANCELLED_AND_NOTIFIED))
+
+# Guards every future that has no Condition yet: its state changes under this
+# lock, and its Condition is made under it, so a change of state and a waiter's
+# arrival are ordered (see _LeanFuture).  Held for a few bytecodes, never while
+# anything is called out.
+_NO_CONDITION_LOCK = threading.Lock()
+
+
+class _LeanFuture(cf.Future[T]):
+    """``concurrent.futures.Future`` whose Condition is made only when someone waits.
+
+    The stdlib's Future makes a ``threading.Condition`` at once: with its
+    RLock, its deque and the five bound methods it copies from the lock, eight
+    objects the cyclic GC tracks, for every task, though most futures are never
+    waited on before they are done (10,000 tasks submitted, then gathered: the
+    GC took a third of the run, benchmarks/ANALYSIS.md).  Here a future starts
+    with no Condition, no waiter list and no callback list:
+
+    - reading the state (``done``, ``running``, ``cancelled``, ``result`` and
+      ``exception`` of a finished future) takes no lock: one attribute read
+      is atomic, and ``FINISHED`` is set after the outcome;
+    - changing it (``set_result``, ``cancel``...) takes one process-wide lock
+      while the future has no Condition, its own Condition once it has one;
+    - ``_condition`` (what the stdlib's ``wait``/``as_completed`` and its own
+      ``result(timeout)`` acquire, and what they put waiters under) makes the
+      Condition under that same lock.  So a waiter either arrives before the
+      change of state (which then sees the Condition and notifies it) or after
+      it (and sees the new state): no wake-up is lost.
+
+    The stdlib's own methods keep working unchanged on top (``_waiters`` and
+    ``_done_callbacks`` are there when they look), so the semantics are the
+    stdlib's, which CPython's test_future checks (tests/engine/test_tiny_tasks.py).
+    """
+
+    __slots__ = ("_callbacks", "_cond", "_exception", "_result", "_state", "_wait_list")
+
+    def __init__(self) -> None:  # (not the stdlib's: no Condition, no lists)
+        self._cond: threading.Condition | None = None
+        self._wait_list: list[Any] | None = None
+        self._callbacks: list[Callable[[Any], object]] | None = None
+        self._state = _PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+
+    @property  # (read only: made here, never assigned)
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        cond = self._cond
+        if cond is None:
+            with _NO_CONDITION_LOCK:
+                cond = self._cond
+                if cond is None:
+                    cond = threading.Condition()
+                    # threading.Condition keeps its waiters in a deque (760 bytes
+                    # empty); a list does the same job here (append, remove, [0],
+                    # iteration: all Condition uses, on 3.10 to 3.13) in 56.
+                    cond._waiters = []  # type: ignore[attr-defined]
+                    self._wait_list = []
+                    self._cond = cond
+        return cond
+
+    @property  # (read only: made with the Condition)
+    def _waiters(self) -> list[Any]:  # type: ignore[override]
+        """The stdlib's waiters (``wait``, ``as_completed``): made with the Condition."""
+        self._condition  # noqa: B018
+        return self._wait_list  # type: ignore[return-value]  # (set with the Condition)
+
+    @property
+    def _done_callbacks(self) -> list[Callable[[Any], object]]:
+        callbacks = self._callbacks
+        if callbacks is None:
+            with _NO_CONDITION_LOCK:
+                if self._callbacks is None:
+                    self._callbacks = []
+                callbacks = self._callbacks
+        return callbacks
+
+    def cancelled(self) -> bool:
+        return self._state in _CANCELLED_STATES
+
+    def running(self) -> bool:
+        return self._state == _RUNNING
+
+    def done(self) -> bool:
+        return self._state in _DONE
+
+    def result(self, timeout: float | None = None) -> T:
+        state = self._state
+        if state == _FINISHED:
+            if self._exception:
+                try:
+                    raise self._exception
+                finally:
+                    self = None  # type: ignore[assignment]  # (the stdlib's: no cycle through the traceback)
+            return self._result
+        if state in _CANCELLED_STATES:
+            raise cf.CancelledError()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        state = self._state
+        if state == _FINISHED:
+            return self._exception
+        if state in _CANCELLED_STATES:
+            raise cf.CancelledError()
+        return super().exception(timeout)
+
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None:
+        if self._cond is None:
+            with _NO_CONDITION_LOCK:
+                if self._cond is None:
+                    if self._state not in _DONE:
+                        if self._callbacks is None:
+                            self._callbacks = [fn]
+                        else:
+                            self._callbacks.append(fn)
+                        return
+                    fn_now = True
+                else:
+                    fn_now = False
+            if fn_now:
+                try:
+                    fn(self)
+                except Exception:
+                    _LOGGER.exception("exception calling callback for %r", self)
+                return
+        super().add_done_callback(fn)
+
+    def set_running_or_notify_cancel(self) -> bool:
+        if self._cond is None:
+            with _NO_CONDITION_LOCK:
+                if self._cond is None:
+                    state = self._state
+                    if state == _PENDING:
+                        self._state = _RUNNING
+                        return True
+                    if state == _CANCELLED:  # (no waiters: they come with the Condition)
+                        self._state = _CANCELLED_AND_NOTIFIED
+                        return False
+        return super().set_running_or_notify_cancel()  # (logs and raises for any other state)
+
+    def set_result(self, result: T) -> None:
+        if self._cond is None and self._finish_lean("_result", result):
+            return
+        super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        if self._cond is None and self._finish_lean("_exception", exception):
+            return
+        super().set_exception(exception)
+
+    def _finish_lean(self, field: str, value: Any) -> bool:
+        """Finish a future that has no Condition; False if it has one, or is done (the stdlib's way then)."""
+        with _NO_CONDITION_LOCK:
+            if self._cond is not None or self._state in _DONE:
+                return False
+            setattr(self, field, value)
+            self._state = _FINISHED
+        if self._callbacks:
+            self._invoke_callbacks()
+        return True
+
+    def cancel(self) -> bool:
+        if self._cond is None:
+            with _NO_CONDITION_LOCK:
+                if self._cond is None:
+                    state = self._state
+                    if state in (_RUNNING, _FINISHED):
+                        return False
+                    if state in _CANCELLED_STATES:
+                        return True
+                    self._state = _CANCELLED
+                    lean = True
+                else:
+                    lean = False
+            if lean:
+                if self._callbacks:
+                    self._invoke_callbacks()
+                return True
+        return super().cancel()
+
+    def _invoke_callbacks(self) -> None:
+        # The stdlib logs a callback's Exception and lets SystemExit or
+        # KeyboardInterrupt escape into whatever completed the future: in
+        # poolx, a scheduler thread that all the executor's futures depend on.
+        # The callbacks are let go once called (they never run twice; a callback
+        # added now runs at once): one that refers to the future's task (map's
+        # chunks do) would otherwise keep task and future in a cycle that only
+        # the cyclic GC frees, with the task's arguments (a 2M-item map: 50
+        # chunks' tasks, futures and closures, found by gc.get_objects()).
+        callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            try:
+                callback(self)
+            except BaseException:
+                _LOGGER.exception("exception calling callback for %r", self)
+
+    def __repr__(self) -> str:
+        # The stdlib's text, without taking the Condition (a repr need not make one).
+        name, state = self.__class__.__name__, self._state
+        if state == _FINISHED:
+            if self._exception:
+                return f"<{name} at {id(self):#x} state=finished raised {self._exception.__class__.__name__}>"
+            return f"<{name} at {id(self):#x} state=finished returned {self._result.__class__.__name__}>"
+        return f"<{name} at {id(self):#x} state={_DESCRIPTIONS[state]}>"
+
+
+_DESCRIPTIONS = {_PENDING: "pending", _RUNNING: "running", _CANCELLED: "cancelled",
+                 _CANCELLED_AND_NOTIFIED: "cancelled", _FINISHED: "finished"}
+
+
+class Future(_LeanFuture[T]):
     """A ``concurrent.futures.Future`` that can also be awaited.
 
     Waiting for it inside a task lends the task's worker slot (``lent_slot``):
     a task may wait for a future of its own executor without deadlocking it.
+    It makes its Condition only when someone waits (``_LeanFuture``).
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        # threading.Condition keeps its waiters in a deque (760 bytes empty);
-        # a list does the same job here (append, remove, [0], iteration: all
-        # Condition uses, on 3.10 to 3.13) in 56.  A task's future is the bulk
-        # of its memory in the driver, and 10,000 pending tasks are common.
-        self._condition._waiters = []  # type: ignore[attr-defined]
 
     def result(self, timeout: float | None = None) -> T:
         if self._state == "FINISHED":
@@ -95,16 +303,6 @@ class Future(cf.Future[T]):
             return super().exception(timeout)
         with lent_slot():
             return super().exception(timeout)
-
-    def _invoke_callbacks(self) -> None:
-        # The stdlib logs a callback's Exception and lets SystemExit or
-        # KeyboardInterrupt escape into whatever completed the future: in
-        # poolx, a scheduler thread that all the executor's futures depend on.
-        for callback in self._done_callbacks:  # type: ignore[attr-defined]
-            try:
-                callback(self)
-            except BaseException:
-                _LOGGER.exception("exception calling callback for %r", self)
 
     def __repr__(self) -> str:
         # A ref of the Ray-style API (marked by it: poolx._ray_calls.mark_ref,

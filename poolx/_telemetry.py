@@ -154,6 +154,7 @@ def check_capacity(capacity: Any) -> int | None:
 class Telemetry:
     def __init__(self, trace_capacity: int | None = TRACE_CAPACITY) -> None:
         self._lock = threading.Lock()
+        self._submit_lock = threading.Lock()  # ``submitted`` only (task_submitted)
         self.submitted = 0
         self.completed = 0
         self.failed = 0
@@ -253,7 +254,9 @@ class Telemetry:
             self.calls_submitted += 1
 
     def task_submitted(self) -> None:
-        with self._lock:
+        # Its own lock, not ``_lock``: the scheduler holds that for a whole batch
+        # of results (tasks_done), and a submitting caller waited for it there.
+        with self._submit_lock:
             self.submitted += 1
 
     def task_cancelled(self) -> None:
@@ -277,7 +280,8 @@ class Telemetry:
             append = self.records.append
             for task, ok in finished:
                 worker = task.worker
-                if worker >= 0 or type(task.fn) is not str:
+                call = task.fn
+                if worker >= 0 or type(call) is not str:
                     # A task (worker -1: it never reached one, e.g. its input failed).
                     if ok:
                         self.completed += 1
@@ -287,13 +291,16 @@ class Telemetry:
                     self.calls_completed += 1
                 else:
                     self.calls_failed += 1
-                self.bytes_sent += task.bytes_out
-                self.bytes_received += task.bytes_in
-                name = _name(task.fn)
+                bytes_out, bytes_in = task.bytes_out, task.bytes_in
+                self.bytes_sent += bytes_out
+                self.bytes_received += bytes_in
+                # (_name, written out: a call per task costs more than its work)
+                name = call if type(call) is str else \
+                    getattr(call, "__qualname__", None) or type(call).__qualname__
                 t_dispatch, t_start, t_end = task.t_dispatch, task.t_start, task.t_end
                 s_unpickle, s_pickle = task.s_unpickle, task.s_pickle
                 append((task.id, name, worker, task.t_submit, t_dispatch,
-                        t_start, t_end, task.t_done, task.bytes_out, task.bytes_in, ok,
+                        t_start, t_end, task.t_done, bytes_out, bytes_in, ok,
                         s_unpickle, s_pickle))
                 if not t_start:
                     continue  # it never ran: no lane's time

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ from ..._errors import InitializerError, SerializationError
 from ..._futures import Task
 from ..._serialization import (
     IN_BAND,
+    PROTOCOL,
     cacheable,
     describe,
     dumps,
@@ -41,6 +43,16 @@ from .protocol import WorkerSetup
 
 # Functions kept pickled in the driver (by identity), newest first out.
 DRIVER_FN_CACHE = 1024
+
+# Argument types the C pickler writes on its own (no reducer, no buffer out of
+# band, no future inside, nothing of the script): a call whose arguments are
+# all of these is pickled by ``pickle.dumps`` directly, skipping poolx's
+# pickler (cloudpickle's Python-level dump, the pins and shared-memory hooks),
+# about 2 us per task.  ``bytes`` are not among them: a large one goes out of band.
+_ATOMS = frozenset((int, float, str, bool, type(None), complex))
+# The pickle of ``((), {})``: the arguments of a call without any, made once.
+_NO_ARGUMENTS = pickle.dumps(((), {}), PROTOCOL)
+_NO_BUFFERS: tuple[Any, ...] = ()
 
 
 def default_start_method() -> str:
@@ -206,6 +218,9 @@ class ProcessBackend(Backend):
             ) from exc
         self._fn_lock = threading.Lock()
         self._fn_cache: OrderedDict[Any, tuple[int, bytes]] = OrderedDict()
+        # The function of the last submit and its entry: a loop submitting one
+        # function skips the lock and the LRU update (the key stays valid).
+        self._last_fn: tuple[Any, tuple[int, bytes]] = (None, (0, b""))
         self._next_key = 1
         self._incoming: deque[Any] = deque()
         # The hand-over to the scheduler thread, under incoming_lock: appends to
@@ -233,7 +248,28 @@ class ProcessBackend(Backend):
             raise InitializerError(self.broken)
         self._raise_if_stopped()
         fn = task.fn
-        key, fn_bytes = self._function(fn) if cacheable(fn) else (0, None)
+        last = self._last_fn  # (one read: another thread may replace it meanwhile)
+        if last[0] is fn:
+            key, fn_bytes = last[1]
+        elif cacheable(fn):
+            key, fn_bytes = entry = self._function(fn)
+            self._last_fn = (fn, entry)
+        else:
+            key, fn_bytes = 0, None
+        args, kwargs = task.args, task.kwargs
+        if key and not kwargs and (not args or all(type(a) in _ATOMS for a in args)):
+            payload = pickle.dumps((args, kwargs), PROTOCOL) if args else _NO_ARGUMENTS
+            task.state = (key, fn_bytes, payload, _NO_BUFFERS)
+            task.args = ()
+            task.bytes_out = len(payload)
+        else:
+            self._pickle(task, key, fn_bytes)
+        if not self._scheduler.try_direct(task) and not self._put(task):
+            self._raise_if_stopped()
+
+    def _pickle(self, task: Task, key: int, fn_bytes: bytes | None) -> None:
+        """Pickle the call with poolx's pickler (any argument: buffers out of band, futures by id)."""
+        fn = task.fn
         obj = (task.args, task.kwargs) if key else (fn, task.args, task.kwargs)
         pins: list[Any] = []
         try:
@@ -244,9 +280,7 @@ class ProcessBackend(Backend):
         # The pickle is what travels; let the caller's objects go, but keep the
         # futures sent by id (refs in containers) until the task is done.
         task.args, task.kwargs = tuple(pins), {}
-        task.bytes_out = len(payload) + sum(b.raw().nbytes for b in bufs)
-        if not self._scheduler.try_direct(task) and not self._put(task):
-            self._raise_if_stopped()
+        task.bytes_out = len(payload) + sum(b.raw().nbytes for b in bufs) if bufs else len(payload)
 
     def _raise_if_stopped(self) -> None:
         stopped = self.stopped
