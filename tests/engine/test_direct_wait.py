@@ -204,6 +204,29 @@ def test_a_signal_handler_raising_in_the_waiting_thread():
         signal.signal(signal.SIGUSR1, old)
 
 
+def test_an_exception_while_the_reader_completes_futures_leaves_none_pending(monkeypatch):
+    # A signal handler's exception can land while the reader completes the futures it
+    # read: those not completed yet must go to the scheduler, not stay pending for ever.
+    with poolx.Executor(1) as ex:
+        warm(ex)
+        scheduler = ex._backend._scheduler
+        real = scheduler.complete
+        calls = []
+
+        def interrupted(results):
+            calls.append(threading.get_ident())
+            if len(calls) == 1 and threading.get_ident() != scheduler.ident:
+                raise Interrupted  # (before completing any of them)
+            real(results)
+
+        monkeypatch.setattr(scheduler, "complete", interrupted)
+        fut = ex.submit(sleep_and_return, 0.2, "kept")
+        with pytest.raises(Interrupted):
+            fut.result(timeout=60)
+        assert fut.result(timeout=60) == "kept"
+        assert calls[0] != scheduler.ident  # (the reader was interrupted, not the scheduler)
+
+
 @pytest.mark.timeout(600)
 def test_many_round_trips_while_workers_are_killed_at_random():
     """10,000 round trips; a thread kills a worker every ~30 ms.  Each future

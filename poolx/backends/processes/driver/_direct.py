@@ -219,6 +219,13 @@ def _read_until_done(sched: Any, w: WorkerHandle, task: Task, deadline: float | 
             if results:
                 try:
                     sched.complete(results)
+                except BaseException:
+                    # A signal handler's exception mid-way: the futures not completed yet
+                    # go to the scheduler's next pass, never left pending for ever.
+                    with sched.lock:
+                        sched.results.extend(r for r in results if not r[0].future.done())
+                    sched.backend.wake()
+                    raise
                 finally:
                     with sched.lock:
                         sched.delivering -= 1
