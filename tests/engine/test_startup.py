@@ -278,3 +278,28 @@ def test_a_module_still_being_imported_at_the_fork_is_imported_afresh_by_the_wor
     """, env={"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
     assert out["zygote"]
     assert out["complete"]
+
+
+def test_the_default_worker_count_is_lokys_and_needs_no_loky_import_where_it_is_plain(monkeypatch):
+    # loky's import (about 25 ms) was most of a fresh executor's start-up; where there is
+    # no cgroup CPU quota and no LOKY_MAX_CPU_COUNT, the count is read without it.
+    from loky import cpu_count
+
+    from poolx import _executor
+
+    assert _executor.default_max_workers() == cpu_count()
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "1")  # loky's own cap: loky answers
+    assert _executor.default_max_workers() == 1 == cpu_count()
+    monkeypatch.delenv("LOKY_MAX_CPU_COUNT")
+    if not _executor._no_cpu_quota():
+        pytest.skip("this machine's cgroup sets a CPU quota: loky reads it")
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        import poolx
+        with poolx.Executor() as ex:
+            ex.submit(int).result(timeout=60)
+            print(ex._max_workers, "loky" in sys.modules)
+        """)], capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(cpu_count()), "False"]
