@@ -56,7 +56,8 @@ if _typing.TYPE_CHECKING:
         timeline,
         wait,
     )
-    from ._executor import ActorFactory, Executor, default_max_workers
+    from ._cpus import default_max_workers
+    from ._executor import ActorFactory, Executor
     from ._objects import PutRef
     from ._pool import Pool, ThreadPool
     from .actors.handle import ActorHandle, ActorMethod
@@ -128,7 +129,8 @@ __all__ = [
 # worker or actor process, which imports this package before its entry point,
 # so loads none of the front ends it never runs.  Name -> module.
 _LAZY = {
-    **dict.fromkeys(["ActorFactory", "Executor", "default_max_workers"], "poolx._executor"),
+    **dict.fromkeys(["ActorFactory", "Executor"], "poolx._executor"),
+    "default_max_workers": "poolx._cpus",
     **dict.fromkeys(["ActorHandle", "ActorMethod"], "poolx.actors.handle"),
     "ActorOptions": "poolx.actors.options",
     "ActorPool": "poolx.actors.pool",

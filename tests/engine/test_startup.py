@@ -285,13 +285,13 @@ def test_the_default_worker_count_is_lokys_and_needs_no_loky_import_where_it_is_
     # no cgroup CPU quota and no LOKY_MAX_CPU_COUNT, the count is read without it.
     from loky import cpu_count
 
-    from poolx import _executor
+    from poolx import _cpus
 
-    assert _executor.default_max_workers() == cpu_count()
+    assert _cpus.default_max_workers() == cpu_count()
     monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "1")  # loky's own cap: loky answers
-    assert _executor.default_max_workers() == 1 == cpu_count()
+    assert _cpus.default_max_workers() == 1 == cpu_count()
     monkeypatch.delenv("LOKY_MAX_CPU_COUNT")
-    if not _executor._no_cpu_quota():
+    if not _cpus._no_cpu_quota():
         pytest.skip("this machine's cgroup sets a CPU quota: loky reads it")
     out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import sys
