@@ -275,8 +275,11 @@ def test_a_second_map_of_a_function_starts_with_its_measured_chunks(start_method
         cold_chunks = ex.statistics().tasks_submitted
         assert list(ex.map(square, range(2000))) == [i * i for i in range(2000)]
         warm_chunks = ex.statistics().tasks_submitted - cold_chunks
-    assert cold_chunks > 2  # the first map measured with single items first
-    assert warm_chunks == 2  # the second: one chunk per worker at once (2,000 tiny items)
+    # The first map measured with single items first; the second starts from that cost, so
+    # it needs fewer chunks (on an idle machine one per worker: under 2 ms of work; a loaded
+    # one measures a dearer item, so the count is not fixed: CI once saw 8).
+    assert cold_chunks > 2
+    assert warm_chunks < cold_chunks
 
 
 def test_map_results_free_each_item_and_close_cancels_the_rest():
