@@ -498,22 +498,10 @@ class ActorChannels:
             del results[mark:]
             _here.reading = True
             try:
-                self.deliver(mine)
+                self.s.complete(mine)  # (the scheduler's own completion: futures, telemetry)
             finally:
                 _here.reading = False
         return proc.open and future._state != _FINISHED
-
-    def deliver(self, results: list[tuple[Any, bool, Any]]) -> None:
-        """Complete the futures of results read here (as the scheduler's ``deliver``)."""
-        finished = []
-        for call, ok, value in results:
-            call.t_done = time.perf_counter()
-            if ok:
-                call.future.set_result(value)
-            else:
-                call.future.set_exception(value)
-            finished.append((call, ok))
-        self.s.telemetry.tasks_done(finished)
 
     def give_back(self, proc: ActorProcess) -> None:
         """Under s.lock: the scheduler reads ``proc``'s channel again (or, once it is closed, nobody)."""
